@@ -1,0 +1,37 @@
+//! Pure encoding and decoding of everything a repository stores. No I/O;
+//! every decoder bounds its allocations and is fuzzed (see `fuzz/`).
+//! docs/FORMAT.md is the prose version of this module.
+
+pub mod codec;
+pub mod id;
+pub mod index;
+pub mod meta;
+pub mod pack;
+pub mod snapshot;
+
+pub use id::{Hasher, Id};
+
+/// Object names inside a repository. Every object except `config` is named
+/// by the SHA-256 of its stored bytes.
+pub mod names {
+    use super::Id;
+
+    pub const CONFIG: &str = "config";
+    pub const DATA: &str = "data/";
+    pub const INDEX: &str = "index/";
+    pub const SNAPSHOTS: &str = "snapshots/";
+    pub const KEYS: &str = "keys/";
+    pub const LOCKS: &str = "locks/";
+
+    pub fn pack(id: &Id) -> String {
+        let hex = id.to_hex();
+        format!("data/{}/{hex}", &hex[..2])
+    }
+    pub fn in_dir(dir: &str, id: &Id) -> String {
+        format!("{dir}{id}")
+    }
+    /// Parse the id out of `<dir>…/<hex>`.
+    pub fn id_of(name: &str) -> Option<Id> {
+        Id::parse(name.rsplit('/').next()?).ok()
+    }
+}

@@ -1,0 +1,13 @@
+//! usdcop-dr: streaming, deduplicated, encrypted, content-addressed backups.
+//!
+//! Layers, from pure to I/O (docs/ARCHITECTURE.md has the picture):
+//! `format`, `chunker`, `crypto` are pure; `backend` is the storage seam;
+//! `repository` ties keys, index, snapshots and locks together; `pipeline`
+//! moves bytes; `source` reads what is backed up; `commands` are the
+//! operations the CLI (in `src/main.rs` and `cli/`) exposes.
+
+pub mod error;
+pub mod crypto;
+pub mod format;
+
+pub use error::{Error, ErrorKind, Result};
