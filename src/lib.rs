@@ -7,6 +7,8 @@
 //! operations the CLI (in `src/main.rs` and `cli/`) exposes.
 
 pub mod error;
+pub mod backend;
+pub mod chunker;
 pub mod crypto;
 pub mod format;
 

@@ -1,0 +1,130 @@
+//! The storage seam. A backend stores opaque objects under `/`-separated
+//! names; it knows nothing of packs, keys or snapshots.
+//!
+//! Contracts every implementation keeps (checked by [`conformance`], which
+//! runs against each backend):
+//! - `put` is atomic: a reader sees the whole object or no object, never a
+//!   prefix. After `put` returns `Ok`, the object is durable.
+//! - `put` with [`PutMode::Create`] fails with `ErrorKind::AlreadyExists`
+//!   if the name exists, and never replaces it. With [`PutMode::Overwrite`]
+//!   it replaces. Content-addressed names make overwrite harmless.
+//! - `get`/`get_range`/`head` of a missing object fail with `ErrorKind::NotFound`.
+//! - `list` returns every object under a prefix exactly once, with sizes,
+//!   in pages; temporary files of unfinished writes are never listed.
+//! - `delete` of a missing object is not an error.
+
+pub mod conformance;
+pub mod local;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+/// What to upload: bytes in memory, or a file that can be re-read (so a
+/// failed upload can be retried without holding the object in memory).
+#[derive(Debug)]
+pub enum Payload {
+    Bytes(Bytes),
+    /// A spooled temporary file the backend may consume (rename) or copy.
+    File { path: PathBuf, len: u64 },
+}
+
+impl Payload {
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::File { len, .. } => *len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Self {
+        Payload::Bytes(Bytes::from(v))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Atomic create: fail with AlreadyExists rather than replace.
+    Create,
+    Overwrite,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub size: u64,
+}
+
+/// One page of a listing; pass `next` back to get the following page.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, without credentials.
+    fn location(&self) -> String;
+
+    async fn put(&self, name: &str, payload: Payload, mode: PutMode) -> Result<()>;
+    async fn get(&self, name: &str) -> Result<Bytes>;
+    /// `len` bytes from `offset`; fails if the object is shorter.
+    async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Bytes>;
+    async fn head(&self, name: &str) -> Result<ObjectMeta>;
+    /// One page of objects whose names start with `prefix`.
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage>;
+    async fn delete_many(&self, names: &[String]) -> Result<()>;
+
+    /// Where to spool large uploads so that `put(Payload::File)` can move
+    /// them into place without copying (local backend: same filesystem).
+    fn spool_dir(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Whether `PutMode::Create` is really atomic on this store.
+    fn atomic_create(&self) -> bool {
+        true
+    }
+}
+
+pub type DynBackend = Arc<dyn Backend>;
+
+/// List every object under `prefix`, following pages.
+pub async fn list_all(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = backend.list_page(prefix, token).await?;
+        out.extend(page.objects);
+        match page.next {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Open the backend a `--repo` string names.
+pub fn open(repo: &str) -> Result<DynBackend> {
+    if let Some(rest) = repo.strip_prefix("file://") {
+        return Ok(Arc::new(local::LocalBackend::new(rest)?));
+    }
+    if repo.starts_with("s3://") {
+        return Err(Error::usage(format!("{repo}: S3 repositories are not supported by this build yet"))
+            .with_hint("use a local directory repository"));
+    }
+    if repo.contains("://") {
+        return Err(Error::usage(format!("unknown repository scheme in {repo:?}"))
+            .with_hint("use a path, file:///path or s3://bucket/prefix"));
+    }
+    Ok(Arc::new(local::LocalBackend::new(repo)?))
+}
