@@ -18,7 +18,11 @@ pub struct Chunker {
 
 impl Chunker {
     pub fn new(params: ChunkerParams) -> Self {
-        Chunker { params, buf: Vec::with_capacity(params.max_size as usize * 2), start: 0 }
+        Chunker {
+            params,
+            buf: Vec::with_capacity(params.max_size as usize * 2),
+            start: 0,
+        }
     }
 
     pub fn params(&self) -> &ChunkerParams {
@@ -62,8 +66,14 @@ impl Chunker {
 
     fn cut(&self, data: &[u8]) -> usize {
         let p = &self.params;
-        let mut cdc =
-            FastCDC::with_level_and_seed(data, p.min_size, p.avg_size, p.max_size, Normalization::Level1, p.seed);
+        let mut cdc = FastCDC::with_level_and_seed(
+            data,
+            p.min_size,
+            p.avg_size,
+            p.max_size,
+            Normalization::Level1,
+            p.seed,
+        );
         cdc.next().map_or(data.len(), |c| c.length)
     }
 }
@@ -119,13 +129,20 @@ mod tests {
         let a: std::collections::HashSet<_> = chunk_all(params(), &data).into_iter().collect();
         let b = chunk_all(params(), &edited);
         let shared = b.iter().filter(|c| a.contains(*c)).count();
-        assert!(shared + 3 >= b.len(), "only {shared} of {} chunks shared", b.len());
+        assert!(
+            shared + 3 >= b.len(),
+            "only {shared} of {} chunks shared",
+            b.len()
+        );
     }
 
     #[test]
     fn seed_changes_boundaries() {
         let data = random(200_000, 3);
-        let other = ChunkerParams { seed: 7, ..params() };
+        let other = ChunkerParams {
+            seed: 7,
+            ..params()
+        };
         assert_ne!(chunk_all(params(), &data), chunk_all(other, &data));
     }
 

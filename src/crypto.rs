@@ -64,8 +64,9 @@ impl Key {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Key> {
-        let arr: [u8; 32] =
-            bytes.try_into().map_err(|_| Error::format("key", "key must be 32 bytes"))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::format("key", "key must be 32 bytes"))?;
         Ok(Key(Zeroizing::new(arr)))
     }
 
@@ -83,7 +84,13 @@ impl Key {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher()
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: domain.aad() })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: domain.aad(),
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -102,8 +109,18 @@ impl Key {
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         self.cipher()
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: domain.aad() })
-            .map_err(|_| Error::integrity(format!("{domain:?} failed authentication (damaged or not ours)")))
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: domain.aad(),
+                },
+            )
+            .map_err(|_| {
+                Error::integrity(format!(
+                    "{domain:?} failed authentication (damaged or not ours)"
+                ))
+            })
     }
 }
 
@@ -119,7 +136,11 @@ impl Default for KdfParams {
     /// 32 MiB, 3 passes: above OWASP's Argon2id floor while keeping the
     /// process under its 64 MiB memory budget.
     fn default() -> Self {
-        KdfParams { m_cost_kib: 32 * 1024, t_cost: 3, p_cost: 1 }
+        KdfParams {
+            m_cost_kib: 32 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
     }
 }
 
@@ -133,7 +154,10 @@ impl KdfParams {
         if ok {
             Ok(())
         } else {
-            Err(Error::format("key object", format!("KDF parameters out of range: {self:?}")))
+            Err(Error::format(
+                "key object",
+                format!("KDF parameters out of range: {self:?}"),
+            ))
         }
     }
 }
@@ -174,19 +198,34 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert!(k.open(Domain::Blob, &bad).is_err(), "flip at {i} undetected");
+            assert!(
+                k.open(Domain::Blob, &bad).is_err(),
+                "flip at {i} undetected"
+            );
         }
         assert!(k.open(Domain::Blob, &sealed[..10]).is_err());
     }
 
     #[test]
     fn kdf_is_deterministic_and_salted() {
-        let p = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
+        let p = KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
         let a = derive_key(b"pw", b"saltsaltsaltsalt", p).unwrap();
         let b = derive_key(b"pw", b"saltsaltsaltsalt", p).unwrap();
         let c = derive_key(b"pw", b"othersaltothersa", p).unwrap();
         assert_eq!(a.as_bytes(), b.as_bytes());
         assert_ne!(a.as_bytes(), c.as_bytes());
-        assert!(derive_key(b"pw", b"saltsaltsaltsalt", KdfParams { m_cost_kib: u32::MAX, ..p }).is_err());
+        assert!(derive_key(
+            b"pw",
+            b"saltsaltsaltsalt",
+            KdfParams {
+                m_cost_kib: u32::MAX,
+                ..p
+            }
+        )
+        .is_err());
     }
 }

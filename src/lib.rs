@@ -6,10 +6,15 @@
 //! moves bytes; `source` reads what is backed up; `commands` are the
 //! operations the CLI (in `src/main.rs` and `cli/`) exposes.
 
-pub mod error;
 pub mod backend;
 pub mod chunker;
+pub mod commands;
 pub mod crypto;
+pub mod error;
 pub mod format;
+pub mod pipeline;
+pub mod progress;
+pub mod repository;
+pub mod source;
 
 pub use error::{Error, ErrorKind, Result};

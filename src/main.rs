@@ -1,1 +1,47 @@
-fn main(){}
+//! `usdcop-dr`: parse, run, map the result to an exit code.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::args::Cli::parse();
+    init_logging(args.verbose);
+    let json = args.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("usdcop-dr: error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(cli::run(args)) {
+        Ok(code) => code,
+        // A closed pipe (`restore --stdout | head`) is not a failure.
+        Err(e) if e.kind() == usdcop_dr::ErrorKind::Interrupted => 0,
+        Err(e) => {
+            cli::report_error(&e, json);
+            e.exit_code()
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("USDCOP_DR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -33,7 +33,12 @@ impl LocalBackend {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf> {
-        if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if name.is_empty()
+            || name.starts_with('/')
+            || name
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return Err(Error::usage(format!("invalid object name {name:?}")));
         }
         Ok(self.root.join(name))
@@ -50,9 +55,13 @@ impl LocalBackend {
         let tmp_dir = self.tmp_dir();
         fs::create_dir_all(&tmp_dir).map_err(|e| io_err(e, "tmp"))?;
         let tmp = match payload {
-            Payload::Bytes(b) => write_temp(&tmp_dir, |f| f.write_all(&b)).map_err(|e| io_err(e, name))?,
+            Payload::Bytes(b) => {
+                write_temp(&tmp_dir, |f| f.write_all(&b)).map_err(|e| io_err(e, name))?
+            }
             Payload::File { path, .. } => {
-                File::open(&path).and_then(|f| f.sync_all()).map_err(|e| io_err(e, name))?;
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| io_err(e, name))?;
                 if path.parent() == Some(tmp_dir.as_path()) {
                     path
                 } else {
@@ -71,7 +80,10 @@ impl LocalBackend {
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                return Err(Error::new(ErrorKind::AlreadyExists, format!("object {name} already exists")));
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("object {name} already exists"),
+                ));
             }
             return Err(io_err(e, name));
         }
@@ -83,18 +95,34 @@ impl LocalBackend {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let base = if dir_part.is_empty() { self.root.clone() } else { self.path(dir_part)? };
+        let base = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
         let mut names = Vec::new();
         walk(&base, dir_part, &mut names).map_err(|e| io_err(e, prefix))?;
-        names.retain(|(n, _)| n.starts_with(prefix) && !(dir_part.is_empty() && n.starts_with("tmp/")));
+        names.retain(|(n, _)| {
+            n.starts_with(prefix) && !(dir_part.is_empty() && n.starts_with("tmp/"))
+        });
         names.sort();
         if let Some(t) = &token {
             names.retain(|(n, _)| n > t);
         }
         let more = names.len() > PAGE;
         names.truncate(PAGE);
-        let next = if more { names.last().map(|(n, _)| n.clone()) } else { None };
-        Ok(ListPage { objects: names.into_iter().map(|(name, size)| ObjectMeta { name, size }).collect(), next })
+        let next = if more {
+            names.last().map(|(n, _)| n.clone())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects: names
+                .into_iter()
+                .map(|(name, size)| ObjectMeta { name, size })
+                .collect(),
+            next,
+        })
     }
 }
 
@@ -107,7 +135,11 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) -> std::io::Result<
     for ent in rd {
         let ent = ent?;
         let name = ent.file_name().to_string_lossy().into_owned();
-        let rel_name = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let rel_name = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
         let ft = ent.file_type()?;
         if ft.is_dir() {
             walk(&ent.path(), &rel_name, out)?;
@@ -119,10 +151,19 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) -> std::io::Result<
 }
 
 /// Write a new temp file in `dir` with `fill`, fsync it, return its path.
-fn write_temp(dir: &Path, fill: impl FnOnce(&mut File) -> std::io::Result<()>) -> std::io::Result<PathBuf> {
-    let path = dir.join(format!("{}.tmp", hex::encode(crate::crypto::random_bytes::<12>())));
+fn write_temp(
+    dir: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!(
+        "{}.tmp",
+        hex::encode(crate::crypto::random_bytes::<12>())
+    ));
     let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         fill(&mut f)?;
         f.sync_all()
     })();
@@ -141,14 +182,17 @@ fn io_err(e: std::io::Error, name: &str) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => Error::not_found(format!("object {name} not found")),
         std::io::ErrorKind::StorageFull => {
-            Error::io(format!("writing {name}: no space left on device")).with_hint("free disk space and run the backup again")
+            Error::io(format!("writing {name}: no space left on device"))
+                .with_hint("free disk space and run the backup again")
         }
         _ => Error::io(format!("{name}: {e}")),
     }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::io(format!("I/O task failed: {e}")))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io(format!("I/O task failed: {e}")))?
 }
 
 #[async_trait]
@@ -166,7 +210,12 @@ impl Backend for LocalBackend {
     async fn get(&self, name: &str) -> Result<Bytes> {
         let path = self.path(name)?;
         let name = name.to_owned();
-        blocking(move || fs::read(&path).map(Bytes::from).map_err(|e| io_err(e, &name))).await
+        blocking(move || {
+            fs::read(&path)
+                .map(Bytes::from)
+                .map_err(|e| io_err(e, &name))
+        })
+        .await
     }
 
     async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Bytes> {
@@ -180,7 +229,8 @@ impl Backend for LocalBackend {
                     "object {name} is {size} bytes, cannot read {len} bytes at {offset}"
                 )));
             }
-            f.seek(SeekFrom::Start(offset)).map_err(|e| io_err(e, &name))?;
+            f.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_err(e, &name))?;
             let mut buf = vec![0u8; len as usize];
             f.read_exact(&mut buf).map_err(|e| io_err(e, &name))?;
             Ok(Bytes::from(buf))
@@ -196,7 +246,10 @@ impl Backend for LocalBackend {
             if !m.is_file() {
                 return Err(Error::not_found(format!("object {name} not found")));
             }
-            Ok(ObjectMeta { name, size: m.len() })
+            Ok(ObjectMeta {
+                name,
+                size: m.len(),
+            })
         })
         .await
     }
@@ -208,7 +261,10 @@ impl Backend for LocalBackend {
     }
 
     async fn delete_many(&self, names: &[String]) -> Result<()> {
-        let paths = names.iter().map(|n| self.path(n).map(|p| (n.clone(), p))).collect::<Result<Vec<_>>>()?;
+        let paths = names
+            .iter()
+            .map(|n| self.path(n).map(|p| (n.clone(), p)))
+            .collect::<Result<Vec<_>>>()?;
         blocking(move || {
             for (name, p) in paths {
                 match fs::remove_file(&p) {

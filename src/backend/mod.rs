@@ -30,7 +30,10 @@ use crate::error::{Error, Result};
 pub enum Payload {
     Bytes(Bytes),
     /// A spooled temporary file the backend may consume (rename) or copy.
-    File { path: PathBuf, len: u64 },
+    File {
+        path: PathBuf,
+        len: u64,
+    },
 }
 
 impl Payload {
@@ -119,12 +122,16 @@ pub fn open(repo: &str) -> Result<DynBackend> {
         return Ok(Arc::new(local::LocalBackend::new(rest)?));
     }
     if repo.starts_with("s3://") {
-        return Err(Error::usage(format!("{repo}: S3 repositories are not supported by this build yet"))
-            .with_hint("use a local directory repository"));
+        return Err(Error::usage(format!(
+            "{repo}: S3 repositories are not supported by this build yet"
+        ))
+        .with_hint("use a local directory repository"));
     }
     if repo.contains("://") {
-        return Err(Error::usage(format!("unknown repository scheme in {repo:?}"))
-            .with_hint("use a path, file:///path or s3://bucket/prefix"));
+        return Err(
+            Error::usage(format!("unknown repository scheme in {repo:?}"))
+                .with_hint("use a path, file:///path or s3://bucket/prefix"),
+        );
     }
     Ok(Arc::new(local::LocalBackend::new(repo)?))
 }

@@ -24,7 +24,11 @@ impl<'a> Reader<'a> {
         if n > self.remaining() {
             return Err(Error::format(
                 self.what,
-                format!("truncated at byte {}: need {n} more, have {}", self.pos, self.remaining()),
+                format!(
+                    "truncated at byte {}: need {n} more, have {}",
+                    self.pos,
+                    self.remaining()
+                ),
             ));
         }
         let s = &self.buf[self.pos..self.pos + n];
@@ -58,17 +62,25 @@ impl<'a> Reader<'a> {
     /// that cannot fit in what is left.
     pub fn count(&mut self, record_len: usize) -> Result<usize> {
         let n = self.u32()? as usize;
-        if n.checked_mul(record_len).map_or(true, |need| need > self.remaining()) {
+        if n.checked_mul(record_len)
+            .map_or(true, |need| need > self.remaining())
+        {
             return Err(Error::format(
                 self.what,
-                format!("count {n} of {record_len}-byte records exceeds remaining {} bytes", self.remaining()),
+                format!(
+                    "count {n} of {record_len}-byte records exceeds remaining {} bytes",
+                    self.remaining()
+                ),
             ));
         }
         Ok(n)
     }
     pub fn finish(&self) -> Result<()> {
         if self.remaining() != 0 {
-            return Err(Error::format(self.what, format!("{} trailing bytes", self.remaining())));
+            return Err(Error::format(
+                self.what,
+                format!("{} trailing bytes", self.remaining()),
+            ));
         }
         Ok(())
     }
@@ -82,14 +94,18 @@ pub fn compress(data: &[u8], level: i32) -> Vec<u8> {
 /// Decompress a zstd frame, refusing output larger than `limit` bytes
 /// (grows the output as it goes instead of trusting the frame header).
 pub fn decompress(data: &[u8], limit: usize, what: &'static str) -> Result<Vec<u8>> {
-    let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(|e| Error::format(what, e))?;
+    let decoder =
+        zstd::stream::read::Decoder::with_buffer(data).map_err(|e| Error::format(what, e))?;
     let mut out = Vec::new();
     decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| Error::format(what, format!("zstd: {e}")))?;
     if out.len() > limit {
-        return Err(Error::format(what, format!("decompresses to more than {limit} bytes")));
+        return Err(Error::format(
+            what,
+            format!("decompresses to more than {limit} bytes"),
+        ));
     }
     Ok(out)
 }

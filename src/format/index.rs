@@ -53,7 +53,8 @@ impl IndexFile {
 
 /// Encode to the plaintext that gets compressed and sealed.
 pub fn encode(index: &IndexFile) -> Vec<u8> {
-    let mut out = Vec::with_capacity(13 + index.packs.len() * PACK_MIN_LEN + index.blob_count() * BLOB_LEN);
+    let mut out =
+        Vec::with_capacity(13 + index.packs.len() * PACK_MIN_LEN + index.blob_count() * BLOB_LEN);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&(index.supersedes.len() as u32).to_le_bytes());
@@ -97,9 +98,19 @@ pub fn decode(plain: &[u8]) -> Result<IndexFile> {
             let stored_len = r.u32()?;
             let raw_len = r.u32()?;
             if stored_len > super::pack::MAX_BLOB_LEN || offset.checked_add(stored_len).is_none() {
-                return Err(Error::format("index", format!("blob length {stored_len} at {offset} out of range")));
+                return Err(Error::format(
+                    "index",
+                    format!("blob length {stored_len} at {offset} out of range"),
+                ));
             }
-            blobs.push(IndexBlob { kind, compression, offset, stored_len, raw_len, id: r.id()? });
+            blobs.push(IndexBlob {
+                kind,
+                compression,
+                offset,
+                stored_len,
+                raw_len,
+                id: r.id()?,
+            });
         }
         packs.push(IndexPack { id, blobs });
     }
@@ -146,7 +157,10 @@ mod tests {
         let idx = sample();
         assert_eq!(decode(&encode(&idx)).unwrap(), idx);
         assert_eq!(decode_compressed(&encode_compressed(&idx)).unwrap(), idx);
-        assert_eq!(decode(&encode(&IndexFile::default())).unwrap(), IndexFile::default());
+        assert_eq!(
+            decode(&encode(&IndexFile::default())).unwrap(),
+            IndexFile::default()
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ impl ChunkerParams {
     }
 
     pub fn check(&self) -> Result<()> {
-        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
         let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&self.min_size)
             && (AVERAGE_MIN..=AVERAGE_MAX).contains(&self.avg_size)
             && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&self.max_size)
@@ -81,8 +83,13 @@ impl Config {
             .with_hint("upgrade usdcop-dr"));
         }
         self.chunker.check()?;
-        if !(1 << 20..=1 << 30).contains(&self.pack_size) || !(-7..=22).contains(&self.compression_level) {
-            return Err(Error::format("config", "pack size or compression level out of range"));
+        if !(1 << 20..=1 << 30).contains(&self.pack_size)
+            || !(-7..=22).contains(&self.compression_level)
+        {
+            return Err(Error::format(
+                "config",
+                "pack size or compression level out of range",
+            ));
         }
         Ok(())
     }

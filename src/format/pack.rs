@@ -38,7 +38,10 @@ impl Compression {
         match v {
             0 => Ok(Compression::None),
             1 => Ok(Compression::Zstd),
-            _ => Err(Error::format("pack header", format!("unknown compression {v}"))),
+            _ => Err(Error::format(
+                "pack header",
+                format!("unknown compression {v}"),
+            )),
         }
     }
 }
@@ -47,7 +50,10 @@ impl BlobKind {
     pub fn from_u8(v: u8) -> Result<Self> {
         match v {
             0 => Ok(BlobKind::Data),
-            _ => Err(Error::format("pack header", format!("unknown blob kind {v}"))),
+            _ => Err(Error::format(
+                "pack header",
+                format!("unknown blob kind {v}"),
+            )),
         }
     }
 }
@@ -89,9 +95,18 @@ pub fn decode_header(plain: &[u8]) -> Result<Vec<PackEntry>> {
         let stored_len = r.u32()?;
         let raw_len = r.u32()?;
         if stored_len > MAX_BLOB_LEN || stored_len < crate::crypto::OVERHEAD as u32 {
-            return Err(Error::format("pack header", format!("blob length {stored_len} out of range")));
+            return Err(Error::format(
+                "pack header",
+                format!("blob length {stored_len} out of range"),
+            ));
         }
-        entries.push(PackEntry { kind, compression, stored_len, raw_len, id: r.id()? });
+        entries.push(PackEntry {
+            kind,
+            compression,
+            stored_len,
+            raw_len,
+            id: r.id()?,
+        });
     }
     r.finish()?;
     Ok(entries)
@@ -102,7 +117,10 @@ pub fn decode_header(plain: &[u8]) -> Result<Vec<PackEntry>> {
 pub fn header_location(pack_len: u64, trailer: [u8; 4]) -> Result<(u64, u32)> {
     let hlen = u32::from_le_bytes(trailer);
     if hlen as usize > MAX_HEADER_LEN || (hlen as u64) + 4 > pack_len {
-        return Err(Error::format("pack", format!("header length {hlen} impossible for a {pack_len}-byte pack")));
+        return Err(Error::format(
+            "pack",
+            format!("header length {hlen} impossible for a {pack_len}-byte pack"),
+        ));
     }
     Ok((pack_len - 4 - hlen as u64, hlen))
 }
@@ -132,7 +150,11 @@ mod tests {
     fn entry(i: u8) -> PackEntry {
         PackEntry {
             kind: BlobKind::Data,
-            compression: if i % 2 == 0 { Compression::Zstd } else { Compression::None },
+            compression: if i % 2 == 0 {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
             stored_len: 100 + i as u32,
             raw_len: 1000 + i as u32,
             id: Id([i; 32]),

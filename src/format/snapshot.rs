@@ -138,7 +138,10 @@ impl Snapshot {
     }
     pub fn validate(&self) -> Result<()> {
         if self.version != VERSION {
-            return Err(Error::format("snapshot", format!("unsupported version {}", self.version)));
+            return Err(Error::format(
+                "snapshot",
+                format!("unsupported version {}", self.version),
+            ));
         }
         for e in &self.entries {
             validate_path(&e.path)?;
@@ -152,9 +155,14 @@ pub fn validate_path(path: &str) -> Result<()> {
     let bad = path.is_empty()
         || path.starts_with('/')
         || path.contains('\0')
-        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
-        return Err(Error::format("snapshot", format!("unsafe entry path {path:?}")));
+        return Err(Error::format(
+            "snapshot",
+            format!("unsafe entry path {path:?}"),
+        ));
     }
     Ok(())
 }
@@ -185,7 +193,10 @@ mod tests {
             time: t,
             host: "h".into(),
             username: "u".into(),
-            source: Source { kind: SourceKind::Files, name: "config".into() },
+            source: Source {
+                kind: SourceKind::Files,
+                name: "config".into(),
+            },
             tags: vec!["nightly".into()],
             parent: None,
             paths: vec!["/etc".into()],

@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# Benchmark: usdcop-dr vs restic 0.14 on the same single-stream input.
+#
+# Usage: scripts/bench.sh [SIZE_GIB]        (default 3; fractions such as 0.25 are accepted)
+#
+# Environment:
+#   BENCH_DIR          parent of the work directory (default /tmp/usdcop-bench)
+#   BENCH_TOOLS        tools to run, in order (default "usdcop-dr restic")
+#   BENCH_SEED         seed of the deterministic input generator (default 20240501)
+#   BENCH_SKIP_BUILD=1 do not run `cargo build --release` first
+#   BENCH_KEEP=1       keep the work directory (input, repositories) afterwards
+#   USDCOP_DR_BIN      usdcop-dr binary (default <repo>/target/release/usdcop-dr)
+#   RESTIC_BIN         restic binary (default: restic on PATH)
+#
+# This is a benchmark, not a test: it prints a Markdown table to stdout (progress goes to
+# stderr) and exits non-zero if any step failed or a restore did not reproduce the input.
+# See docs/BENCHMARKS.md.
+set -euo pipefail
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 2; }
+
+SIZE_GIB="${1:-3}"
+[[ "$SIZE_GIB" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "SIZE_GIB must be a positive number, got '$SIZE_GIB'"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_DIR="${BENCH_DIR:-/tmp/usdcop-bench}"
+BENCH_SEED="${BENCH_SEED:-20240501}"
+read -r -a TOOLS <<<"${BENCH_TOOLS:-usdcop-dr restic}"
+USDCOP_BIN="${USDCOP_DR_BIN:-$REPO_ROOT/target/release/usdcop-dr}"
+RESTIC_BIN="${RESTIC_BIN:-restic}"
+SOURCE_NAME="pg-usdcop"
+STDIN_NAME="usdcop_trading.pgdump"
+PASSPHRASE="bench-passphrase-not-secret"
+
+for t in "${TOOLS[@]}"; do
+    [[ "$t" == usdcop-dr || "$t" == restic ]] || die "unknown tool '$t' in BENCH_TOOLS"
+done
+
+# ---------------------------------------------------------------- prerequisites
+need_pkg() { # need_pkg COMMAND-PATH DEBIAN-PACKAGE
+    if [[ "$1" == /* ]]; then [[ -x "$1" ]] && return 0; else command -v "$1" >/dev/null && return 0; fi
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "$1 missing: installing Debian package $2"
+        { apt-get install -y -q "$2" || { apt-get update -q && apt-get install -y -q "$2"; }; } >&2 \
+            || die "could not install $2"
+    else
+        die "$1 missing: install the Debian package '$2' (apt-get install -y $2)"
+    fi
+}
+need_pkg /usr/bin/time time
+need_pkg python3 python3
+need_pkg sha256sum coreutils
+for t in "${TOOLS[@]}"; do
+    if [[ "$t" == restic && "$RESTIC_BIN" == restic ]]; then need_pkg restic restic; fi
+done
+
+SIZE_BYTES="$(python3 -c 'import sys; print(int(float(sys.argv[1]) * 2**30))' "$SIZE_GIB")"
+((SIZE_BYTES >= 64 * 1024 * 1024)) || die "SIZE_GIB too small (minimum 64 MiB)"
+
+mkdir -p "$BENCH_DIR"
+AVAIL_BYTES=$(($(df -Pk "$BENCH_DIR" | awk 'NR == 2 { print $4 }') * 1024))
+if ((AVAIL_BYTES < 4 * SIZE_BYTES)); then
+    die "$BENCH_DIR has $((AVAIL_BYTES >> 20)) MiB free; a ${SIZE_GIB} GiB run needs at least 4 x size = $(((4 * SIZE_BYTES) >> 20)) MiB"
+fi
+
+for t in "${TOOLS[@]}"; do
+    if [[ "$t" == usdcop-dr && -z "${USDCOP_DR_BIN:-}" && "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+        log "building usdcop-dr (cargo build --release)"
+        (cd "$REPO_ROOT" && cargo build --release >&2) || die "cargo build --release failed"
+    fi
+    if [[ "$t" == usdcop-dr ]]; then [[ -x "$USDCOP_BIN" ]] || die "usdcop-dr binary not found at $USDCOP_BIN"; fi
+    if [[ "$t" == restic ]]; then
+        RESTIC_VERSION="$("$RESTIC_BIN" version)"
+        [[ "$RESTIC_VERSION" == "restic 0.14."* ]] || log "warning: expected restic 0.14.x, found: $RESTIC_VERSION"
+    fi
+done
+
+WORK="$(mktemp -d "$BENCH_DIR/run.XXXXXX")"
+cleanup() {
+    if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+log "work directory: $WORK"
+
+# Keep the caller's environment from redirecting either tool elsewhere.
+unset USDCOP_DR_REPO USDCOP_DR_PASSWORD_FILE RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE \
+    RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND RESTIC_COMPRESSION RESTIC_PACK_SIZE
+export USDCOP_DR_PASSWORD="$PASSPHRASE" RESTIC_PASSWORD="$PASSPHRASE"
+export RESTIC_CACHE_DIR="$WORK/restic-cache"
+
+# ---------------------------------------------------------------- input generator
+# Deterministic (seeded) synthetic dump stream of a trading system's PostgreSQL database:
+# ~70 % pg_dump COPY / CSV text of 5-minute USD/COP OHLCV bars (prices around 4000-4500 COP
+# per USD), ~30 % incompressible random bytes standing for already-compressed artefacts
+# (zstd'd parquet / model files) stored in the same dump.
+cat >"$WORK/gen.py" <<'PYEOF'
+import datetime, itertools, random, sys
+
+BASE = 200000  # price table index 0 = 2000.00
+PRICES = ["%d.%02d" % divmod(i, 100) for i in range(BASE, 700001)]
+SLOTS = ["%02d:%02d:00-05" % divmod(m, 60) for m in range(0, 1440, 5)]
+SERIES = [(s, v) for s in ("USDCOP", "USDCOP_NDF1M", "USDCOP_NDF3M", "USDCOP_TRM")
+          for v in ("SET-FX", "BLOOMBERG", "REFINITIV", "BANREP", "BROKER-A", "BROKER-B")]
+COLS = "bar_ts, symbol, source, open, high, low, close, volume"
+
+
+class Gen:
+    def __init__(self, seed):
+        self.rng = rng = random.Random(seed)
+        self.step = [int(round(rng.gauss(0, 120) / 5)) * 5 for _ in range(256)]  # hundredths
+        self.wick = [int(rng.expovariate(1 / 60) / 5) * 5 for _ in range(256)]
+        self.vol = [str(int(rng.lognormvariate(13, 1.0))) for _ in range(65536)]
+        self.state = {k: [datetime.date(2010, 1, 4), rng.randrange(400000, 450000) - BASE]
+                      for k in SERIES}
+        self.blob_no = 0
+
+    def rows(self, series, days, sep):
+        """`days` days of 5-minute bars of one series, as text with separator `sep`."""
+        rng, st = self.rng, self.state[series]
+        fmt = "%s%s" + sep + series[0] + sep + series[1] + (sep + "%s") * 5 + "\n"
+        out = []
+        ap = out.append
+        day, close = st
+        P, W, V, S = PRICES, self.wick, self.vol, self.step
+        one_day = datetime.timedelta(days=1)
+        for _ in range(days):
+            # overnight gap with 2 %/day mean reversion towards 4250 COP
+            close += (425000 - BASE - close) // 50 + S[rng.randrange(256)]
+            rb = rng.randbytes(288 * 3)
+            closes = list(itertools.accumulate((S[b] for b in rb[:288]), initial=close))
+            hw, lw = rb[288:576], rb[576:]
+            vols = memoryview(rng.randbytes(576)).cast("H")
+            ds = day.isoformat() + " "
+            for j in range(288):
+                o, c = closes[j], closes[j + 1]
+                hi, lo = (o, c) if o > c else (c, o)
+                ap(fmt % (ds, SLOTS[j], P[o], P[hi + W[hw[j]]], P[lo - W[lw[j]]], P[c], V[vols[j]]))
+            close = closes[-1]
+            day += one_day
+            if day.weekday() == 5:  # markets closed on weekends
+                day += 2 * one_day
+        st[0], st[1] = day, close
+        return "".join(out).encode()
+
+    def text_section(self):
+        rng = self.rng
+        series = SERIES[rng.randrange(len(SERIES))]
+        days = rng.randrange(20, 120)
+        if rng.random() < 0.75:  # pg_dump COPY block (text format)
+            d = self.state[series][0]
+            head = ("--\n-- Data for Name: ohlcv_5m_%d; Type: TABLE DATA; Schema: market; Owner: usdcop\n--\n\n"
+                    "COPY market.ohlcv_5m_%d (%s) FROM stdin;\n" % (d.year, d.year, COLS)).encode()
+            return head + self.rows(series, days, "\t") + b"\\.\n\n\n"
+        head = ("-- csv export: market.ohlcv_5m %s/%s\n%s\n" % (series[0], series[1], COLS.replace(" ", ""))).encode()
+        return head + self.rows(series, days, ",")
+
+    def blob_section(self):
+        self.blob_no += 1
+        n = self.rng.randrange(256 << 10, 4 << 20)
+        head = ("-- blob %d: artefacts/usdcop_model_%05d.parquet.zst (%d bytes)\n"
+                % (self.blob_no, self.blob_no, n)).encode()
+        return head + self.rng.randbytes(n) + b"\n"
+
+
+def generate(size, seed, out):
+    g = Gen(seed)
+    written = rand = 0
+    head = (b"--\n-- PostgreSQL database dump\n--\n\n-- Dumped from database version 15.6\n"
+            b"-- Dumped by pg_dump version 15.6\n\nSET statement_timeout = 0;\nSET lock_timeout = 0;\n"
+            b"SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\n"
+            b"CREATE TABLE market.ohlcv_5m (\n    bar_ts timestamp with time zone NOT NULL,\n"
+            b"    symbol text NOT NULL,\n    source text NOT NULL,\n    open numeric(12,2),\n"
+            b"    high numeric(12,2),\n    low numeric(12,2),\n    close numeric(12,2),\n"
+            b"    volume bigint\n) PARTITION BY RANGE (bar_ts);\n\n")
+    while written < size:
+        if written and rand < 0.3 * written:
+            chunk = g.blob_section()
+            rand += len(chunk)
+        else:
+            chunk = head + g.text_section()
+            head = b""
+        chunk = chunk[: size - written]
+        out.write(chunk)
+        written += len(chunk)
+
+
+def modify(src, dst, seed):
+    """Copy src to dst with ~1 % of the bytes changed at six places: four in-place
+    rewrites of rows, one insertion of new rows and one deletion."""
+    g = Gen(seed + 1)
+    rng = g.rng
+    src.seek(0, 2)
+    size = src.tell()
+    src.seek(0)
+    edit = size // 100 // 6
+    kinds = ["replace", "insert", "replace", "delete", "replace", "replace"]
+    offsets = sorted(rng.randrange(i * size // 6, (i + 1) * size // 6 - edit) for i in range(6))
+    pos = 0
+    for off, kind in zip(offsets, kinds):
+        while pos < off:
+            buf = src.read(min(8 << 20, off - pos))
+            dst.write(buf)
+            pos += len(buf)
+        new = b""
+        while len(new) < edit:
+            new += g.rows(SERIES[rng.randrange(len(SERIES))], 10, "\t")
+        new = new[:edit]
+        if kind in ("replace", "insert"):
+            dst.write(new)
+        if kind in ("replace", "delete"):
+            src.seek(edit, 1)
+            pos += edit
+    while True:
+        buf = src.read(8 << 20)
+        if not buf:
+            break
+        dst.write(buf)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "gen":
+        with open(sys.argv[4], "wb", buffering=8 << 20) as f:
+            generate(int(sys.argv[2]), int(sys.argv[3]), f)
+    else:
+        with open(sys.argv[2], "rb") as s, open(sys.argv[3], "wb", buffering=8 << 20) as d:
+            modify(s, d, int(sys.argv[4]))
+PYEOF
+
+INPUT="$WORK/input.pgdump"
+MODIFIED="$WORK/modified.pgdump"
+log "generating ${SIZE_GIB} GiB input ($SIZE_BYTES bytes, seed $BENCH_SEED)"
+gen_start=$SECONDS
+python3 "$WORK/gen.py" gen "$SIZE_BYTES" "$BENCH_SEED" "$INPUT"
+python3 "$WORK/gen.py" modify "$INPUT" "$MODIFIED" "$BENCH_SEED"
+INPUT_SHA="$(sha256sum "$INPUT" | cut -d' ' -f1)"
+MODIFIED_BYTES="$(stat -c %s "$MODIFIED")"
+log "input generated in $((SECONDS - gen_start)) s: sha256 $INPUT_SHA; modified stream $MODIFIED_BYTES bytes"
+log "input compresses to $(python3 -c '
+import sys, zlib
+with open(sys.argv[1], "rb") as f:
+    f.seek(int(sys.argv[2]) // 2)
+    b = f.read(64 << 20)
+print("%.1f %%" % (100 * len(zlib.compress(b, 6)) / len(b)))' "$INPUT" "$SIZE_BYTES") with zlib -6 (64 MiB sample)"
+
+# ---------------------------------------------------------------- measurement helpers
+declare -A MBS RSS SECS NOTE REPO_BYTES SNAP NEW_BYTES
+FAILED=0
+
+# run_timed TOOL STEP STDIN STDOUT CMD...: runs CMD under /usr/bin/time; sets SECS/RSS.
+run_timed() {
+    local tool=$1 step=$2 in=$3 out=$4 rc=0 e m
+    shift 4
+    local tf="$WORK/time.$tool.$step" errf="$WORK/stderr.$tool.$step"
+    /usr/bin/time -f '%e %M' -o "$tf" "$@" <"$in" >"$out" 2>"$errf" || rc=$?
+    read -r e m < <(tail -n 1 "$tf")
+    SECS[$tool,$step]=$e
+    RSS[$tool,$step]=$m
+    if ((rc != 0)); then
+        log "FAILED ($tool, $step, exit $rc): $*"
+        sed 's/^/    /' "$errf" | tail -n 20 >&2
+    fi
+    return "$rc"
+}
+
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", b / 1e6 / s }'; }
+repo_bytes() { du -sb "$1" | cut -f1; }
+repo_of() { echo "$WORK/repo-$1"; }
+
+prepare() { # make the runs comparable: input hot in the page cache, no pending writeback
+    cat "$1" >/dev/null
+    sync
+}
+
+json_field() { # json_field FILE FIELD: FIELD of the last JSON object line in FILE
+    python3 - "$1" "$2" <<'PYEOF'
+import json, sys
+val = None
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    line = line.strip()
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if sys.argv[2] in obj:
+            val = obj[sys.argv[2]]
+if val is None:
+    sys.exit(1)
+print(val)
+PYEOF
+}
+
+do_init() {
+    local tool=$1 repo
+    repo="$(repo_of "$tool")"
+    case $tool in
+        usdcop-dr) "$USDCOP_BIN" --repo "$repo" init ;;
+        restic) "$RESTIC_BIN" -r "$repo" init --repository-version 2 ;;
+    esac >"$WORK/init.$tool.log" 2>&1 || {
+        log "FAILED ($tool, init):"
+        sed 's/^/    /' "$WORK/init.$tool.log" | tail -n 20 >&2
+        return 1
+    }
+}
+
+# do_backup TOOL STEP INPUT
+do_backup() {
+    local tool=$1 step=$2 in=$3 repo out bytes before
+    repo="$(repo_of "$tool")"
+    out="$WORK/out.$tool.$step.json"
+    bytes="$(stat -c %s "$in")"
+    before="$(repo_bytes "$repo")"
+    prepare "$in"
+    case $tool in
+        usdcop-dr)
+            run_timed "$tool" "$step" "$in" "$out" "$USDCOP_BIN" --repo "$repo" --json backup stdin \
+                --source "$SOURCE_NAME" --stdin-name "$STDIN_NAME" || return 1
+            NEW_BYTES[$tool,$step]="$(json_field "$out" bytes_stored_new || echo '?')"
+            local bin
+            bin="$(json_field "$out" bytes_in || echo '?')"
+            if [[ "$bin" != "$bytes" ]]; then
+                log "warning: usdcop-dr reported bytes_in=$bin for a $bytes-byte stream ($step)"
+                NOTE[$tool,$step]="bytes_in=$bin"
+            fi
+            ;;
+        restic)
+            run_timed "$tool" "$step" "$in" "$out" "$RESTIC_BIN" -r "$repo" backup --json \
+                --stdin --stdin-filename "$STDIN_NAME" || return 1
+            NEW_BYTES[$tool,$step]="$(json_field "$out" data_added || echo '?')"
+            ;;
+    esac
+    SNAP[$tool,$step]="$(json_field "$out" snapshot_id || echo '')"
+    if [[ -z "${SNAP[$tool,$step]}" ]]; then
+        log "FAILED ($tool, $step): no snapshot_id in the JSON output"
+        return 1
+    fi
+    MBS[$tool,$step]="$(mbps "$bytes" "${SECS[$tool,$step]}")"
+    REPO_BYTES[$tool,$step]="$(repo_bytes "$repo")"
+    REPO_BYTES[$tool,$step,growth]=$((REPO_BYTES[$tool,$step] - before))
+}
+
+do_restore() {
+    local tool=$1 step=$2 snap=$3 repo out sha
+    repo="$(repo_of "$tool")"
+    out="$WORK/restored.$tool"
+    sync
+    case $tool in
+        usdcop-dr)
+            run_timed "$tool" "$step" /dev/null "$out" "$USDCOP_BIN" --repo "$repo" restore \
+                --snapshot "$snap" --source "$SOURCE_NAME" --stdout || return 1
+            ;;
+        restic)
+            run_timed "$tool" "$step" /dev/null "$out" "$RESTIC_BIN" -r "$repo" dump "$snap" \
+                "$STDIN_NAME" || return 1
+            ;;
+    esac
+    MBS[$tool,$step]="$(mbps "$(stat -c %s "$out")" "${SECS[$tool,$step]}")"
+    sha="$(sha256sum "$out" | cut -d' ' -f1)"
+    rm -f "$out"
+    if [[ "$sha" != "$INPUT_SHA" ]]; then
+        log "FAILED ($tool, $step): restored stream sha256 $sha != input $INPUT_SHA"
+        NOTE[$tool,$step]="MISMATCH"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- the run
+# Every step runs the tools one after the other in the BENCH_TOOLS order, each with the
+# input hot in the page cache and after a sync; caches are not dropped.
+declare -A BROKEN
+STEPS=(backup1 backup2 backup3 restore1)
+STEP_TITLE=(
+    [0]="1. first backup"
+    [1]="2. second backup, same stream (dedup)"
+    [2]="3. backup of modified stream (~1 % changed)"
+    [3]="4. restore of first snapshot"
+)
+
+mark_failed() { # mark_failed TOOL STEP [fatal]
+    FAILED=1
+    NOTE[$1,$2]="${NOTE[$1,$2]:-FAIL}"
+    if [[ "${3:-}" == fatal ]]; then BROKEN[$1]=1; fi
+}
+
+for tool in "${TOOLS[@]}"; do
+    log "$tool: init"
+    if ! do_init "$tool"; then mark_failed "$tool" init; BROKEN[$tool]=1; fi
+done
+for step in backup1 backup2 backup3; do
+    in="$INPUT"
+    [[ $step == backup3 ]] && in="$MODIFIED"
+    for tool in "${TOOLS[@]}"; do
+        if [[ -n "${BROKEN[$tool]:-}" ]]; then NOTE[$tool,$step]="${NOTE[$tool,$step]:-skipped}"; continue; fi
+        log "$tool: $step"
+        if do_backup "$tool" "$step" "$in"; then
+            log "$tool: $step: ${SECS[$tool,$step]} s, ${MBS[$tool,$step]} MB/s, peak RSS ${RSS[$tool,$step]} KiB"
+        else
+            mark_failed "$tool" "$step" "$([[ $step == backup1 ]] && echo fatal)"
+        fi
+    done
+done
+rm -f "$MODIFIED"
+for tool in "${TOOLS[@]}"; do
+    step=restore1
+    if [[ -n "${BROKEN[$tool]:-}" ]]; then NOTE[$tool,$step]="${NOTE[$tool,$step]:-skipped}"; continue; fi
+    log "$tool: $step (snapshot ${SNAP[$tool,backup1]})"
+    if do_restore "$tool" "$step" "${SNAP[$tool,backup1]}"; then
+        log "$tool: $step: ${SECS[$tool,$step]} s, ${MBS[$tool,$step]} MB/s, peak RSS ${RSS[$tool,$step]} KiB, sha256 ok"
+    else
+        mark_failed "$tool" "$step"
+    fi
+done
+
+# ---------------------------------------------------------------- report
+cell() { # cell ARRAY-VALUE-OR-EMPTY TOOL STEP
+    if [[ -n "${NOTE[$2,$3]:-}" && "${NOTE[$2,$3]}" != bytes_in=* ]]; then echo "${NOTE[$2,$3]}"
+    elif [[ -n "$1" ]]; then echo "$1"
+    else echo "n/a"; fi
+}
+has() { local t; for t in "${TOOLS[@]}"; do [[ $t == "$1" ]] && return 0; done; return 1; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+mib() { [[ "$1" =~ ^-?[0-9]+$ ]] && awk -v k="$1" -v d="$2" 'BEGIN { printf "%.1f", k / d }' || echo "n/a"; }
+val() { # val TOOL STEP KIND
+    local t=$1 s=$2
+    has "$t" || { echo "n/a"; return; }
+    case $3 in
+        mbs) cell "${MBS[$t,$s]:-}" "$t" "$s" ;;
+        rss) if [[ -n "${RSS[$t,$s]:-}" ]]; then mib "${RSS[$t,$s]}" 1024; else cell "" "$t" "$s"; fi ;;
+        secs) cell "${SECS[$t,$s]:-}" "$t" "$s" ;;
+    esac
+}
+
+cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+echo "## usdcop-dr vs restic: ${SIZE_GIB} GiB stream ($SIZE_BYTES bytes)"
+echo
+echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)."
+if has restic; then echo "restic: ${RESTIC_VERSION:-?}, repository version 2, default compression (auto)."; fi
+if has usdcop-dr; then echo "usdcop-dr: $("$USDCOP_BIN" --version 2>/dev/null || echo "$USDCOP_BIN")."; fi
+echo "Input: seed $BENCH_SEED, sha256 $INPUT_SHA; ~70 % pg_dump/CSV text of 5-minute USD/COP bars, ~30 % random bytes."
+echo "Each step runs the tools in the order ${TOOLS[*]} with the input hot in the page cache after a sync;"
+echo "caches are not dropped. MB/s = 10^6 bytes of stream per wall-clock second (/usr/bin/time %e),"
+echo "peak RSS = max resident set (/usr/bin/time %M)."
+echo
+echo "| step | usdcop-dr MB/s | restic MB/s | ratio usdcop-dr/restic | usdcop-dr peak RSS MiB | restic peak RSS MiB |"
+echo "|---|---:|---:|---:|---:|---:|"
+for i in "${!STEPS[@]}"; do
+    s=${STEPS[$i]}
+    u="$(val usdcop-dr "$s" mbs)"
+    r="$(val restic "$s" mbs)"
+    printf '| %s | %s | %s | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")" \
+        "$(val usdcop-dr "$s" rss)" "$(val restic "$s" rss)"
+done
+echo
+echo "| detail | usdcop-dr | restic | ratio usdcop-dr/restic |"
+echo "|---|---:|---:|---:|"
+for i in "${!STEPS[@]}"; do
+    s=${STEPS[$i]}
+    u="$(val usdcop-dr "$s" secs)"
+    r="$(val restic "$s" secs)"
+    printf '| %s: seconds | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")"
+done
+repo_row() { # repo_row TITLE KEY-SUFFIX
+    local u=n/a r=n/a
+    if has usdcop-dr; then u="$(mib "${REPO_BYTES[usdcop-dr,$2]:-x}" 1048576)"; fi
+    if has restic; then r="$(mib "${REPO_BYTES[restic,$2]:-x}" 1048576)"; fi
+    printf '| %s | %s | %s | %s |\n' "$1" "$u" "$r" "$(ratio "$u" "$r")"
+}
+repo_row "repository size after first backup, MiB" "backup1"
+repo_row "repository growth from second backup (same stream), MiB" "backup2,growth"
+repo_row "repository growth from modified-stream backup, MiB" "backup3,growth"
+new_row() {
+    local u=n/a r=n/a
+    if has usdcop-dr; then u="$(mib "${NEW_BYTES[usdcop-dr,$2]:-x}" 1048576)"; fi
+    if has restic; then r="$(mib "${NEW_BYTES[restic,$2]:-x}" 1048576)"; fi
+    printf '| %s | %s | %s | %s |\n' "$1" "$u" "$r" "$(ratio "$u" "$r")"
+}
+new_row "new bytes stored as reported by the tool, first backup, MiB" backup1
+new_row "new bytes stored as reported by the tool, modified backup, MiB" backup3
+echo
+echo "(usdcop-dr: bytes_stored_new; restic: data_added. Repository sizes are du -sb of the repository directory; restic's cache in RESTIC_CACHE_DIR is not counted.)"
+
+if ((FAILED)); then
+    log "one or more steps FAILED (see above)"
+    exit 1
+fi
+log "all steps succeeded; restores matched the input"

@@ -1,0 +1,141 @@
+//! Command-line flags (clap). Secrets are never flags: the passphrase comes
+//! from USDCOP_DR_PASSWORD or USDCOP_DR_PASSWORD_FILE only.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "usdcop-dr",
+    version,
+    about = "Backup and disaster recovery: deduplicated, encrypted, verified"
+)]
+#[command(
+    after_help = "Passphrase: set USDCOP_DR_PASSWORD or USDCOP_DR_PASSWORD_FILE (never a flag).\n\
+Exit codes: 0 ok, 1 operational failure, 2 usage/configuration (incl. wrong passphrase), 3 integrity failure."
+)]
+pub struct Cli {
+    /// Repository: a directory path, file:///path (s3://bucket/prefix in a later release)
+    #[arg(
+        long,
+        short = 'r',
+        env = "USDCOP_DR_REPO",
+        global = true,
+        hide_env_values = true
+    )]
+    pub repo: Option<String>,
+    /// Machine-readable JSON on stdout (shapes documented in docs/CLI.md)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output, only errors
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository (refuses an existing one)
+    Init(InitArgs),
+    /// Back up files or a stream
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// List snapshots
+    Snapshots {
+        /// Only this source
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Restore a snapshot into a directory or to stdout
+    Restore(RestoreArgs),
+    /// Check the repository's integrity (exit 3 if damaged)
+    Verify(VerifyArgs),
+    /// Repository size, deduplication and settings
+    Stats,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Target average chunk size in bytes (power of two, 256 B … 4 MiB)
+    #[arg(long, default_value_t = 1 << 20)]
+    pub chunk_avg_size: u32,
+    /// zstd level for chunks (1 = fast … 19)
+    #[arg(long, default_value_t = 3)]
+    pub compression_level: i32,
+    /// Pack files are closed at this size in bytes (1 MiB … 1 GiB)
+    #[arg(long, default_value_t = 32 << 20)]
+    pub pack_size: u32,
+    /// Argon2id memory in KiB for the passphrase key (default 32768)
+    #[arg(long, default_value_t = 32 * 1024, hide = true)]
+    pub kdf_memory_kib: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Files and directories (mode, owner, mtime, symlinks kept)
+    Files {
+        #[command(flatten)]
+        common: BackupCommon,
+        /// Files or directories to back up
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Whatever arrives on standard input, stored as one file
+    Stdin {
+        #[command(flatten)]
+        common: BackupCommon,
+        /// File name recorded for the stream (used on restore)
+        #[arg(long)]
+        stdin_name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BackupCommon {
+    /// Name of the source (e.g. config, pg-usdcop): retention and restore select by it
+    #[arg(long)]
+    pub source: String,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Record this snapshot time (RFC 3339) instead of now
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Record this host name instead of the machine's
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (or unique prefix) or `latest`
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// With `latest`: the latest of this source
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Directory to restore into
+    #[arg(long, conflicts_with = "stdout", required_unless_present = "stdout")]
+    pub target: Option<PathBuf>,
+    /// Stream the snapshot's single file to stdout
+    #[arg(long)]
+    pub stdout: bool,
+    /// Only restore these paths (as stored in the snapshot; repeatable)
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Also download every pack and re-check every chunk
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Download and re-check this percentage of packs (chosen at random)
+    #[arg(long, value_name = "PERCENT")]
+    pub read_data_subset: Option<f64>,
+}

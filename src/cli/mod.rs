@@ -1,0 +1,311 @@
+//! The thin layer: flags → library options → rendered results → exit code.
+
+pub mod args;
+pub mod progress;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use usdcop_dr::backend;
+use usdcop_dr::commands::backup::{self, BackupInput, BackupOptions};
+use usdcop_dr::commands::restore::{self, RestoreOptions, RestoreTarget};
+use usdcop_dr::commands::{snapshots, stats, verify};
+use usdcop_dr::crypto::KdfParams;
+use usdcop_dr::repository::{InitOptions, Repository};
+use usdcop_dr::{Error, Result};
+use zeroize::Zeroizing;
+
+use args::{BackupCommand, Cli, Command};
+
+/// Run one command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let progress = progress::make(cli.quiet, cli.json);
+    let repo_arg = cli.repo.clone().ok_or_else(|| {
+        Error::usage("no repository given").with_hint("pass --repo PATH or set USDCOP_DR_REPO")
+    })?;
+    let backend = backend::open(&repo_arg)?;
+    let password = read_password()?;
+    match cli.command {
+        Command::Init(a) => {
+            if password.is_empty() {
+                return Err(Error::usage("refusing an empty passphrase"));
+            }
+            let opts = InitOptions {
+                chunk_avg_size: a.chunk_avg_size,
+                compression_level: a.compression_level,
+                pack_size: a.pack_size,
+                kdf: KdfParams {
+                    m_cost_kib: a.kdf_memory_kib,
+                    ..KdfParams::default()
+                },
+            };
+            let repo = Repository::init(backend, &password, &opts).await?;
+            #[derive(Serialize)]
+            struct Out<'a> {
+                repository_id: &'a str,
+                location: String,
+            }
+            let out = Out {
+                repository_id: &repo.config().id,
+                location: repo.backend().location(),
+            };
+            emit(cli.json, &out, || {
+                format!(
+                    "created repository {} at {}",
+                    out.repository_id, out.location
+                )
+            })?;
+        }
+        Command::Backup(cmd) => {
+            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let (common, input) = match cmd {
+                BackupCommand::Files { common, paths } => (common, BackupInput::Files(paths)),
+                BackupCommand::Stdin { common, stdin_name } => {
+                    let reader: Box<dyn Read + Send> = Box::new(std::io::stdin());
+                    (
+                        common,
+                        BackupInput::Stream {
+                            name: stdin_name,
+                            reader,
+                        },
+                    )
+                }
+            };
+            let mut opts = BackupOptions::new(common.source);
+            opts.tags = common.tags;
+            opts.host = common.host;
+            opts.time = common.time.as_deref().map(parse_time).transpose()?;
+            let s = backup::run(repo, opts, input, progress).await?;
+            emit(cli.json, &s, || {
+                format!(
+                    "snapshot {} saved: {} in, {} new stored ({} of {} chunks new, {} unchanged files) in {:.1}s",
+                    s.snapshot_id.short(),
+                    human(s.bytes_in),
+                    human(s.bytes_stored_new),
+                    s.chunks_new,
+                    s.chunks,
+                    s.files_unchanged,
+                    s.duration_s
+                )
+            })?;
+        }
+        Command::Snapshots { source } => {
+            let repo = Repository::open(backend, &password).await?;
+            let rows = snapshots::list(&repo, source.as_deref()).await?;
+            emit(cli.json, &rows, || {
+                let mut t = format!(
+                    "{:<10} {:<25} {:<16} {:<7} {:>10}  {}\n",
+                    "ID", "TIME", "SOURCE", "KIND", "SIZE", "HOST"
+                );
+                for r in &rows {
+                    t += &format!(
+                        "{:<10} {:<25} {:<16} {:<7} {:>10}  {}\n",
+                        r.short_id,
+                        r.time.format("%Y-%m-%d %H:%M:%S UTC"),
+                        r.source,
+                        r.kind.as_str(),
+                        human(r.bytes),
+                        r.host
+                    );
+                }
+                t + &format!("{} snapshot(s)", rows.len())
+            })?;
+        }
+        Command::Restore(a) => {
+            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let (id, snap) = repo.find_snapshot(&a.snapshot, a.source.as_deref()).await?;
+            let target = match a.target {
+                Some(dir) => RestoreTarget::Dir(dir),
+                None => RestoreTarget::Stream(Box::new(std::io::stdout())),
+            };
+            let to_stdout = a.stdout;
+            let s = restore::run(
+                repo,
+                id,
+                &snap,
+                RestoreOptions {
+                    target,
+                    include: a.paths,
+                },
+                progress,
+            )
+            .await?;
+            if !s.failed.is_empty() {
+                for f in &s.failed {
+                    eprintln!("usdcop-dr: not restored: {}: {}", f.path, f.error);
+                }
+                let e = Error::integrity(format!(
+                    "{} of {} files of snapshot {} could not be restored intact (listed above); nothing wrong was written",
+                    s.failed.len(),
+                    s.failed.len() as u64 + s.files,
+                    id.short()
+                ))
+                .with_hint("run `usdcop-dr verify --read-data` to see the damaged objects");
+                if cli.json && !to_stdout {
+                    print_json(&s)?;
+                }
+                return Err(e);
+            }
+            if !to_stdout {
+                emit(cli.json, &s, || {
+                    format!(
+                        "restored snapshot {}: {} files, {} dirs, {} symlinks, {} in {:.1}s",
+                        id.short(),
+                        s.files,
+                        s.dirs,
+                        s.symlinks,
+                        human(s.bytes),
+                        s.duration_s
+                    )
+                })?;
+            }
+        }
+        Command::Verify(a) => {
+            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let percent = if a.read_data {
+                100.0
+            } else {
+                a.read_data_subset.unwrap_or(0.0)
+            };
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(Error::usage("--read-data-subset must be between 0 and 100"));
+            }
+            let r = verify::run(
+                repo,
+                verify::VerifyOptions {
+                    read_data_percent: percent,
+                },
+                progress,
+            )
+            .await?;
+            emit(cli.json, &r, || render_verify(&r))?;
+            if !r.ok() {
+                return Ok(3);
+            }
+        }
+        Command::Stats => {
+            let repo = Repository::open(backend, &password).await?;
+            let s = stats::run(&repo).await?;
+            emit(cli.json, &s, || {
+                format!(
+                    "repository {} at {}\n  snapshots: {}\n  packs: {} ({})\n  index objects: {}\n  unique chunks: {} ({} uncompressed)\n  snapshot content: {}, space saving ratio {:.2}x\n  chunk avg {} / zstd level {} / pack size {}",
+                    s.repository_id, s.location, s.snapshots, s.packs, human(s.pack_bytes), s.index_objects, s.chunks,
+                    human(s.unique_bytes), human(s.snapshot_bytes), s.space_saving_ratio, human(s.chunker_avg_size as u64),
+                    s.compression_level, human(s.pack_size as u64)
+                )
+            })?;
+        }
+    }
+    Ok(0)
+}
+
+fn render_verify(r: &verify::VerifyReport) -> String {
+    let mut t = format!(
+        "checked {} snapshots, {} index objects, {} packs, {} chunks",
+        r.snapshots, r.index_objects, r.packs, r.chunks
+    );
+    if r.packs_read > 0 {
+        t += &format!(
+            "; read {} packs ({}), {} chunks re-hashed",
+            r.packs_read,
+            human(r.bytes_read),
+            r.chunks_read
+        );
+    }
+    for w in &r.warnings {
+        t += &format!("\nwarning: {w}");
+    }
+    if r.ok() {
+        t += "\nno problems found";
+    } else {
+        for p in &r.problems {
+            t += &format!("\nDAMAGED {}: {}", p.object, p.message);
+            if !p.snapshots.is_empty() {
+                t += &format!("\n  affects snapshots: {}", p.snapshots.join(", "));
+            }
+        }
+        t += &format!("\n{} problem(s) found", r.problems.len());
+    }
+    t
+}
+
+/// The passphrase, from the environment or a file; never from argv.
+fn read_password() -> Result<Zeroizing<Vec<u8>>> {
+    let env = std::env::var_os("USDCOP_DR_PASSWORD");
+    let file = std::env::var_os("USDCOP_DR_PASSWORD_FILE");
+    match (env, file) {
+        (Some(_), Some(_)) => Err(Error::usage(
+            "both USDCOP_DR_PASSWORD and USDCOP_DR_PASSWORD_FILE are set; set only one",
+        )),
+        (Some(p), None) => Ok(Zeroizing::new(p.into_encoded_bytes())),
+        (None, Some(f)) => {
+            let mut bytes = std::fs::read(&f).map_err(|e| {
+                Error::usage(format!(
+                    "cannot read USDCOP_DR_PASSWORD_FILE {}: {e}",
+                    std::path::Path::new(&f).display()
+                ))
+            })?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            Ok(Zeroizing::new(bytes))
+        }
+        (None, None) => Err(Error::usage("no repository passphrase")
+            .with_hint("set USDCOP_DR_PASSWORD or USDCOP_DR_PASSWORD_FILE")),
+    }
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            Error::usage(format!(
+                "--time {s:?} is not RFC 3339 (e.g. 2026-11-29T02:00:00Z): {e}"
+            ))
+        })
+}
+
+fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", text()).map_err(|e| Error::io(format!("writing output: {e}")))
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(|e| Error::io(format!("writing output: {e}")))?;
+    writeln!(out).map_err(|e| Error::io(format!("writing output: {e}")))
+}
+
+/// Print an error for a person (stderr) and, with --json, for a machine (stdout).
+pub fn report_error(e: &Error, json: bool) {
+    eprintln!("usdcop-dr: error: {e}");
+    if let Some(h) = e.hint() {
+        eprintln!("usdcop-dr: hint: {h}");
+    }
+    if json {
+        let v = serde_json::json!({"error": {"kind": format!("{:?}", e.kind()).to_lowercase(), "message": e.to_string(), "hint": e.hint(), "exit_code": e.exit_code()}});
+        println!("{v}");
+    }
+}
+
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

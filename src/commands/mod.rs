@@ -1,0 +1,8 @@
+//! The operations usdcop-dr offers, as library calls that return reports.
+//! The CLI parses flags into these option structs and renders the results.
+
+pub mod backup;
+pub mod restore;
+pub mod snapshots;
+pub mod stats;
+pub mod verify;

@@ -1,0 +1,7 @@
+//! Moving bytes between sources, the repository and restore targets.
+
+pub mod reader;
+pub mod writer;
+
+pub use reader::ChunkReader;
+pub use writer::{StoredStream, Writer, WriterOptions, WriterTotals};

@@ -1,0 +1,558 @@
+//! The backup pipeline: source bytes → chunker → parallel workers (hash,
+//! dedup lookup, compress, encrypt) → packer → uploaders → index objects.
+//!
+//! ```text
+//!  caller thread          N worker threads        packer thread       K uploader threads
+//!  read + chunk  ──job──▶ sha256, dedup, zstd, ──blob──▶ append to  ──pack──▶ put pack, then
+//!  whole-stream sha256    seal                   spool file          write index objects
+//!       ◀──── (id, new?) in order ───┘
+//! ```
+//! Every channel is bounded, so a slow store slows the reader instead of
+//! filling memory. Peak memory ≈ (2·N + N) chunks in flight + 2 sealed
+//! blobs + buffers: about 3·N·avg_chunk, independent of input size. Packs
+//! are spooled to disk (`Backend::spool_dir`), never held in memory.
+//!
+//! Write order gives crash safety: a pack is uploaded before any index
+//! object names it, and [`Writer::finish`] writes the last index before the
+//! caller may write a snapshot. A killed backup leaves packs (and indexes
+//! of finished packs) that the next backup reuses, and no snapshot.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::backend::{Payload, PutMode};
+use crate::chunker::Chunker;
+use crate::crypto::Domain;
+use crate::error::{Error, Result};
+use crate::format::index::{IndexBlob, IndexFile, IndexPack};
+use crate::format::pack::{self, BlobKind, Compression, PackEntry};
+use crate::format::{codec, names, Hasher, Id};
+use crate::progress::Progress;
+use crate::repository::{MasterIndex, Repository};
+
+/// Index objects are written after this many packs, or this long after the
+/// previous one, whichever comes first (bounds what a crash can orphan).
+const INDEX_FLUSH_PACKS: usize = 4;
+const INDEX_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
+/// Spool files older than this are left over from a killed process.
+const STALE_SPOOL: Duration = Duration::from_secs(6 * 3600);
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterOptions {
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Parallel pack uploads.
+    pub uploaders: usize,
+}
+
+/// What one stream became.
+#[derive(Debug, Clone)]
+pub struct StoredStream {
+    pub size: u64,
+    pub sha256: Id,
+    pub chunks: Vec<Id>,
+}
+
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub chunks: AtomicU64,
+    pub chunks_new: AtomicU64,
+    pub bytes_stored_new: AtomicU64,
+    pub packs: AtomicU64,
+    pub index_objects: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterTotals {
+    pub chunks: u64,
+    pub chunks_new: u64,
+    pub bytes_stored_new: u64,
+    pub packs: u64,
+    pub index_objects: u64,
+}
+
+struct Job {
+    data: Vec<u8>,
+    reply: Sender<Result<Id>>,
+}
+
+struct SealedBlob {
+    entry: PackEntry,
+    bytes: Vec<u8>,
+}
+
+struct FinishedPack {
+    id: Id,
+    path: PathBuf,
+    len: u64,
+    blobs: Vec<IndexBlob>,
+}
+
+struct Shared {
+    repo: Arc<Repository>,
+    known: Arc<MasterIndex>,
+    /// Chunks this backup has queued for storage (dedup within the run).
+    inflight: Mutex<HashSet<Id>>,
+    stats: WriterStats,
+    error: Mutex<Option<Error>>,
+    pending_index: Mutex<(Vec<IndexPack>, Instant)>,
+    rt: tokio::runtime::Handle,
+    compression_level: i32,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        let mut slot = self.error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+    fn failed(&self) -> Option<Error> {
+        self.error
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|e| Error::new(e.kind(), e.to_string()))
+    }
+}
+
+pub struct Writer {
+    shared: Arc<Shared>,
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    queue_depth: usize,
+    chunker_params: crate::format::meta::ChunkerParams,
+}
+
+impl Writer {
+    /// Start the pipeline threads. Must be called inside a tokio runtime.
+    pub fn start(
+        repo: Arc<Repository>,
+        known: Arc<MasterIndex>,
+        opts: WriterOptions,
+    ) -> Result<Writer> {
+        let workers = if opts.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            opts.workers
+        };
+        let uploaders = opts.uploaders.max(1);
+        let spool = repo
+            .backend()
+            .spool_dir()
+            .unwrap_or_else(|| std::env::temp_dir().join("usdcop-dr-spool"));
+        std::fs::create_dir_all(&spool).map_err(|e| {
+            Error::io(format!(
+                "cannot create spool directory {}: {e}",
+                spool.display()
+            ))
+        })?;
+        clean_stale_spool(&spool);
+        let config = repo.config().clone();
+        let shared = Arc::new(Shared {
+            repo,
+            known,
+            inflight: Mutex::new(HashSet::new()),
+            stats: WriterStats::default(),
+            error: Mutex::new(None),
+            pending_index: Mutex::new((Vec::new(), Instant::now())),
+            rt: tokio::runtime::Handle::current(),
+            compression_level: config.compression_level,
+        });
+        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+        let (blob_tx, blob_rx) = bounded::<SealedBlob>(2);
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let (s, rx, tx) = (shared.clone(), job_rx.clone(), blob_tx.clone());
+            threads.push(spawn(format!("chunk-worker-{i}"), move || {
+                worker(s, rx, tx)
+            }));
+        }
+        drop(blob_tx);
+        let s = shared.clone();
+        let pack_size = config.pack_size as u64;
+        threads.push(spawn("packer".into(), move || {
+            packer(s, blob_rx, pack_tx, spool, pack_size)
+        }));
+        for i in 0..uploaders {
+            let (s, rx) = (shared.clone(), pack_rx.clone());
+            threads.push(spawn(format!("uploader-{i}"), move || uploader(s, rx)));
+        }
+        Ok(Writer {
+            shared,
+            jobs: Some(job_tx),
+            threads,
+            queue_depth: workers * 2,
+            chunker_params: config.chunker,
+        })
+    }
+
+    /// Chunk and store one stream; returns its chunk list and checksum.
+    /// Blocking: call from a blocking thread.
+    pub fn store_stream(
+        &self,
+        mut reader: impl Read,
+        progress: &dyn Progress,
+    ) -> Result<StoredStream> {
+        let jobs = self.jobs.as_ref().expect("writer not finished");
+        let mut chunker = Chunker::new(self.chunker_params);
+        let mut hasher = Hasher::new();
+        let mut size = 0u64;
+        let mut pending: VecDeque<Receiver<Result<Id>>> = VecDeque::new();
+        let mut chunks = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut eof = false;
+        while !eof {
+            let n = read_some(&mut reader, &mut buf)?;
+            eof = n == 0;
+            hasher.update(&buf[..n]);
+            size += n as u64;
+            progress.add_bytes(n as u64);
+            chunker.push(&buf[..n]);
+            while let Some(data) = chunker.next_chunk(eof) {
+                if let Some(e) = self.shared.failed() {
+                    return Err(e);
+                }
+                if pending.len() >= self.queue_depth {
+                    chunks.push(self.wait(pending.pop_front().unwrap())?);
+                }
+                let (reply, rx) = bounded(1);
+                jobs.send(Job { data, reply }).map_err(|_| self.broken())?;
+                pending.push_back(rx);
+            }
+        }
+        for rx in pending {
+            chunks.push(self.wait(rx)?);
+        }
+        Ok(StoredStream {
+            size,
+            sha256: hasher.finish(),
+            chunks,
+        })
+    }
+
+    fn wait(&self, rx: Receiver<Result<Id>>) -> Result<Id> {
+        rx.recv().map_err(|_| self.broken())?
+    }
+
+    fn broken(&self) -> Error {
+        self.shared
+            .failed()
+            .unwrap_or_else(|| Error::io("backup pipeline stopped unexpectedly"))
+    }
+
+    /// Whether a chunk is already stored (or queued by this backup).
+    pub fn has_chunk(&self, id: &Id) -> bool {
+        self.shared.known.contains(id) || self.shared.inflight.lock().unwrap().contains(id)
+    }
+
+    pub fn totals(&self) -> WriterTotals {
+        let s = &self.shared.stats;
+        WriterTotals {
+            chunks: s.chunks.load(Ordering::Relaxed),
+            chunks_new: s.chunks_new.load(Ordering::Relaxed),
+            bytes_stored_new: s.bytes_stored_new.load(Ordering::Relaxed),
+            packs: s.packs.load(Ordering::Relaxed),
+            index_objects: s.index_objects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drain the pipeline: last pack uploaded, last index written. Only
+    /// after this returns `Ok` is everything stored referenced by an index.
+    pub fn finish(mut self) -> Result<WriterTotals> {
+        drop(self.jobs.take());
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                self.shared
+                    .fail(Error::io("a backup pipeline thread panicked"));
+            }
+        }
+        if let Some(e) = self.shared.failed() {
+            return Err(e);
+        }
+        flush_index(&self.shared, true)?;
+        Ok(self.totals())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .expect("spawn pipeline thread")
+}
+
+fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::new(
+                    crate::ErrorKind::Source,
+                    format!("reading the source: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+fn worker(s: Arc<Shared>, jobs: Receiver<Job>, blobs: Sender<SealedBlob>) {
+    for job in jobs {
+        let result = process_chunk(&s, job.data, &blobs);
+        if let Err(e) = &result {
+            s.fail(Error::new(e.kind(), e.to_string()));
+        }
+        let _ = job.reply.send(result);
+    }
+}
+
+fn process_chunk(s: &Shared, data: Vec<u8>, blobs: &Sender<SealedBlob>) -> Result<Id> {
+    let id = Id::hash(&data);
+    s.stats.chunks.fetch_add(1, Ordering::Relaxed);
+    if s.known.contains(&id) || !s.inflight.lock().unwrap().insert(id) {
+        return Ok(id);
+    }
+    let raw_len = data.len() as u32;
+    let compressed = codec::compress(&data, s.compression_level);
+    let (compression, inner) = if compressed.len() < data.len() {
+        (Compression::Zstd, compressed)
+    } else {
+        (Compression::None, data)
+    };
+    let bytes = s.repo.key().seal(Domain::Blob, &inner);
+    let entry = PackEntry {
+        kind: BlobKind::Data,
+        compression,
+        stored_len: bytes.len() as u32,
+        raw_len,
+        id,
+    };
+    s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
+    s.stats
+        .bytes_stored_new
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    blobs.send(SealedBlob { entry, bytes }).map_err(|_| {
+        s.failed()
+            .unwrap_or_else(|| Error::io("pack writer stopped"))
+    })?;
+    Ok(id)
+}
+
+struct OpenPack {
+    path: PathBuf,
+    out: BufWriter<File>,
+    hasher: Hasher,
+    len: u64,
+    entries: Vec<PackEntry>,
+}
+
+impl OpenPack {
+    fn create(dir: &std::path::Path) -> Result<OpenPack> {
+        let path = dir.join(format!(
+            "pack-{}.tmp",
+            hex::encode(crate::crypto::random_bytes::<12>())
+        ));
+        let file = File::create(&path).map_err(|e| spool_err(&path, e))?;
+        Ok(OpenPack {
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            hasher: Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        })
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| spool_err(&self.path, e))?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self, s: &Shared) -> Result<FinishedPack> {
+        let header = s
+            .repo
+            .key()
+            .seal(Domain::PackHeader, &pack::encode_header(&self.entries));
+        self.append(&header)?;
+        self.append(&(header.len() as u32).to_le_bytes())?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| spool_err(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| spool_err(&self.path, e))?;
+        let mut offset = 0u32;
+        let blobs = self
+            .entries
+            .iter()
+            .map(|e| {
+                let b = IndexBlob {
+                    kind: e.kind,
+                    compression: e.compression,
+                    offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                    id: e.id,
+                };
+                offset += e.stored_len;
+                b
+            })
+            .collect();
+        Ok(FinishedPack {
+            id: self.hasher.finish(),
+            path: self.path,
+            len: self.len,
+            blobs,
+        })
+    }
+}
+
+fn spool_err(path: &std::path::Path, e: std::io::Error) -> Error {
+    let full = e.kind() == std::io::ErrorKind::StorageFull;
+    let err = Error::io(format!("writing spool file {}: {e}", path.display()));
+    if full {
+        err.with_hint("the spool directory's disk is full; free space (no snapshot was written)")
+    } else {
+        err
+    }
+}
+
+fn packer(
+    s: Arc<Shared>,
+    blobs: Receiver<SealedBlob>,
+    packs: Sender<FinishedPack>,
+    dir: PathBuf,
+    pack_size: u64,
+) {
+    let mut open: Option<OpenPack> = None;
+    let result = (|| -> Result<()> {
+        for blob in blobs.iter() {
+            let p = match open.as_mut() {
+                Some(p) => p,
+                None => open.insert(OpenPack::create(&dir)?),
+            };
+            p.append(&blob.bytes)?;
+            p.entries.push(blob.entry);
+            if p.len >= pack_size {
+                let done = open.take().unwrap().finish(&s)?;
+                packs
+                    .send(done)
+                    .map_err(|_| Error::io("pack uploader stopped"))?;
+            }
+        }
+        if let Some(p) = open.take() {
+            let done = p.finish(&s)?;
+            packs
+                .send(done)
+                .map_err(|_| Error::io("pack uploader stopped"))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        if let Some(p) = open {
+            let _ = std::fs::remove_file(&p.path);
+        }
+        s.fail(e);
+        // Keep draining so workers never block on a dead packer.
+        for _ in blobs.iter() {}
+    }
+}
+
+fn uploader(s: Arc<Shared>, packs: Receiver<FinishedPack>) {
+    for p in packs.iter() {
+        if s.failed().is_some() {
+            let _ = std::fs::remove_file(&p.path);
+            continue;
+        }
+        let name = names::pack(&p.id);
+        let path = p.path.clone();
+        let put = s.rt.block_on(s.repo.backend().put(
+            &name,
+            Payload::File {
+                path: p.path,
+                len: p.len,
+            },
+            PutMode::Create,
+        ));
+        let _ = std::fs::remove_file(&path);
+        match put {
+            Ok(()) => {}
+            // Same content, same name: someone stored this exact pack already.
+            Err(e) if e.kind() == crate::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                s.fail(e.context(format!("uploading pack {name}")));
+                continue;
+            }
+        }
+        s.stats.packs.fetch_add(1, Ordering::Relaxed);
+        s.pending_index.lock().unwrap().0.push(IndexPack {
+            id: p.id,
+            blobs: p.blobs,
+        });
+        if let Err(e) = flush_index(&s, false) {
+            s.fail(e);
+        }
+    }
+}
+
+/// Write pending pack entries as an index object if due (or if `force`).
+fn flush_index(s: &Shared, force: bool) -> Result<()> {
+    let packs = {
+        let mut pending = s.pending_index.lock().unwrap();
+        let due =
+            pending.0.len() >= INDEX_FLUSH_PACKS || pending.1.elapsed() >= INDEX_FLUSH_INTERVAL;
+        if pending.0.is_empty() || !(force || due) {
+            return Ok(());
+        }
+        pending.1 = Instant::now();
+        std::mem::take(&mut pending.0)
+    };
+    let file = IndexFile {
+        supersedes: vec![],
+        packs,
+    };
+    s.rt.block_on(s.repo.save_index(&file))
+        .map_err(|e| e.context("writing index object"))?;
+    s.stats.index_objects.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn clean_stale_spool(dir: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let is_ours = name.to_string_lossy().ends_with(".tmp");
+        let old = ent
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(false, |age| age > STALE_SPOOL);
+        if is_ours && old {
+            let _ = std::fs::remove_file(ent.path());
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! A repository: a backend plus the keys to read it. Opens and creates
+//! repositories, stores and loads sealed objects, snapshots and indexes,
+//! and reads blobs back with end-to-end checks.
+
+pub mod index;
+pub mod lock;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::RwLock;
+
+use crate::backend::{list_all, Backend, DynBackend, PutMode};
+use crate::crypto::{self, Domain, KdfParams, Key};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::meta::{ChunkerParams, Config, KeyFile, FORMAT_VERSION};
+use crate::format::pack::Compression;
+use crate::format::snapshot::{self, Snapshot};
+use crate::format::{codec, index as index_fmt, names, Id};
+pub use index::{BlobLocation, MasterIndex};
+
+/// Parallel metadata loads (index and snapshot objects).
+const LOAD_CONCURRENCY: usize = 16;
+/// Key objects tried before giving up on a passphrase.
+const MAX_KEYS: usize = 64;
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunk_avg_size: u32,
+    pub compression_level: i32,
+    pub pack_size: u32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunk_avg_size: 1 << 20,
+            compression_level: 3,
+            pack_size: 32 << 20,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Repository {
+    backend: DynBackend,
+    key: Key,
+    config: Config,
+    index: RwLock<Arc<MasterIndex>>,
+}
+
+impl Repository {
+    /// Create a new repository. Refuses if any config or key already exists.
+    pub async fn init(
+        backend: DynBackend,
+        passphrase: &[u8],
+        opts: &InitOptions,
+    ) -> Result<Repository> {
+        let location = backend.location();
+        if !list_all(backend.as_ref(), names::KEYS).await?.is_empty()
+            || backend.head(names::CONFIG).await.is_ok()
+        {
+            return Err(already_a_repo(&location));
+        }
+        let seed = u64::from_le_bytes(crypto::random_bytes::<8>());
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: hex::encode(crypto::random_bytes::<16>()),
+            created: Utc::now(),
+            chunker: ChunkerParams::with_avg(opts.chunk_avg_size, seed)?,
+            compression_level: opts.compression_level,
+            pack_size: opts.pack_size,
+        };
+        config.check()?;
+        let key = Key::random();
+        let repo = Repository {
+            backend,
+            key,
+            config,
+            index: Default::default(),
+        };
+        // The config is the repository's anchor: created atomically, first.
+        let sealed = repo.key.seal(
+            Domain::Config,
+            &serde_json::to_vec(&repo.config).expect("config serializes"),
+        );
+        match repo
+            .backend
+            .put(names::CONFIG, sealed.into(), PutMode::Create)
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                return Err(already_a_repo(&location))
+            }
+            r => r?,
+        }
+        repo.add_key(passphrase, opts.kdf).await?;
+        Ok(repo)
+    }
+
+    /// Store a new key object that opens this repository with `passphrase`.
+    pub async fn add_key(&self, passphrase: &[u8], kdf: KdfParams) -> Result<Id> {
+        let salt = crypto::random_bytes::<16>();
+        let kek = derive_key_blocking(passphrase.to_vec(), salt.to_vec(), kdf).await?;
+        let file = KeyFile {
+            version: FORMAT_VERSION,
+            created: Utc::now(),
+            host: hostname(),
+            kdf: "argon2id".into(),
+            kdf_params: kdf,
+            salt: hex::encode(salt),
+            sealed_master_key: hex::encode(kek.seal(Domain::MasterKey, self.key.as_bytes())),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).expect("key file serializes");
+        let id = Id::hash(&bytes);
+        self.backend
+            .put(
+                &names::in_dir(names::KEYS, &id),
+                bytes.into(),
+                PutMode::Create,
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Open an existing repository with a passphrase.
+    pub async fn open(backend: DynBackend, passphrase: &[u8]) -> Result<Repository> {
+        let location = backend.location();
+        let keys = list_all(backend.as_ref(), names::KEYS).await?;
+        if keys.is_empty() {
+            return Err(Error::usage(format!(
+                "{location} is not a usdcop-dr repository (no keys/)"
+            ))
+            .with_hint("check --repo / USDCOP_DR_REPO, or create one with `usdcop-dr init`"));
+        }
+        let mut key = None;
+        for obj in keys.iter().take(MAX_KEYS) {
+            let bytes = backend.get(&obj.name).await?;
+            check_name(&obj.name, &bytes)?;
+            let file: KeyFile = crate::format::meta::decode_json("key object", &bytes)?;
+            let salt = hex::decode(&file.salt).map_err(|e| Error::format("key object", e))?;
+            let sealed =
+                hex::decode(&file.sealed_master_key).map_err(|e| Error::format("key object", e))?;
+            let kek = derive_key_blocking(passphrase.to_vec(), salt, file.kdf_params).await?;
+            if let Ok(master) = kek.open(Domain::MasterKey, &sealed) {
+                key = Some(Key::from_bytes(&master)?);
+                break;
+            }
+        }
+        let key = key.ok_or_else(|| {
+            Error::usage(format!(
+                "wrong passphrase: it opens none of the {} keys of {location}",
+                keys.len()
+            ))
+            .with_hint("check USDCOP_DR_PASSWORD / USDCOP_DR_PASSWORD_FILE")
+        })?;
+        let sealed = backend.get(names::CONFIG).await.map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::integrity(format!("{location}: the config object is missing")).with_hint(
+                    "the repository is damaged; restore the `config` object from a copy of the repository",
+                )
+            } else {
+                e
+            }
+        })?;
+        let config: Config = crate::format::meta::decode_json(
+            "config",
+            &key.open(Domain::Config, &sealed)
+                .map_err(|e| e.context("config"))?,
+        )?;
+        config.check()?;
+        Ok(Repository {
+            backend,
+            key,
+            config,
+            index: Default::default(),
+        })
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+    pub fn backend_arc(&self) -> DynBackend {
+        self.backend.clone()
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Seal `plain`, name it by the SHA-256 of the stored bytes, store it under `dir`.
+    pub async fn save_sealed(&self, dir: &str, domain: Domain, plain: &[u8]) -> Result<Id> {
+        let sealed = self.key.seal(domain, plain);
+        let id = Id::hash(&sealed);
+        self.backend
+            .put(&names::in_dir(dir, &id), sealed.into(), PutMode::Create)
+            .await?;
+        Ok(id)
+    }
+
+    /// Get an object, check its name against its content, and open it.
+    pub async fn load_sealed(&self, name: &str, domain: Domain) -> Result<Vec<u8>> {
+        let bytes = self.backend.get(name).await?;
+        check_name(name, &bytes)?;
+        self.key
+            .open(domain, &bytes)
+            .map_err(|e| e.context(format!("object {name}")))
+    }
+
+    // ---- snapshots ----
+
+    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        self.save_sealed(
+            names::SNAPSHOTS,
+            Domain::Snapshot,
+            &snapshot::encode_compressed(snap),
+        )
+        .await
+    }
+
+    pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let name = names::in_dir(names::SNAPSHOTS, id);
+        let plain = self.load_sealed(&name, Domain::Snapshot).await?;
+        snapshot::decode_compressed(&plain)
+            .map_err(|e| e.context(format!("snapshot {}", id.short())))
+    }
+
+    /// All snapshots, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let ids: Vec<Id> = list_all(self.backend(), names::SNAPSHOTS)
+            .await?
+            .iter()
+            .filter_map(|o| names::id_of(&o.name))
+            .collect();
+        let mut snaps: Vec<(Id, Snapshot)> = futures::stream::iter(ids)
+            .map(|id| async move { self.load_snapshot(&id).await.map(|s| (id, s)) })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(snaps)
+    }
+
+    /// Resolve `latest` or an id prefix (optionally within one source).
+    pub async fn find_snapshot(&self, spec: &str, source: Option<&str>) -> Result<(Id, Snapshot)> {
+        let snaps = self.snapshots().await?;
+        let in_source = |s: &Snapshot| source.map_or(true, |n| s.source.name == n);
+        let found: Vec<(Id, Snapshot)> = if spec == "latest" {
+            snaps
+                .into_iter()
+                .filter(|(_, s)| in_source(s))
+                .last()
+                .into_iter()
+                .collect()
+        } else {
+            let spec_l = spec.to_ascii_lowercase();
+            snaps
+                .into_iter()
+                .filter(|(id, s)| in_source(s) && id.to_hex().starts_with(&spec_l))
+                .collect()
+        };
+        let scope = source
+            .map(|s| format!(" of source {s:?}"))
+            .unwrap_or_default();
+        match found.len() {
+            1 => Ok(found.into_iter().next().unwrap()),
+            0 => Err(Error::not_found(format!("no snapshot {spec}{scope}"))
+                .with_hint("list them with `usdcop-dr snapshots`")),
+            n => Err(
+                Error::usage(format!("snapshot id {spec} is ambiguous ({n} matches)"))
+                    .with_hint("give more hex digits"),
+            ),
+        }
+    }
+
+    // ---- index ----
+
+    /// Load (or reload) every index object into the master index.
+    pub async fn load_index(&self) -> Result<Arc<MasterIndex>> {
+        let objs = list_all(self.backend(), names::INDEX).await?;
+        let files: Vec<(Id, index_fmt::IndexFile)> = futures::stream::iter(objs)
+            .map(|o| async move {
+                let id = names::id_of(&o.name)
+                    .ok_or_else(|| Error::integrity(format!("stray object {}", o.name)))?;
+                let plain = self.load_sealed(&o.name, Domain::Index).await?;
+                let file = index_fmt::decode_compressed(&plain)
+                    .map_err(|e| e.context(format!("index {}", o.name)))?;
+                Ok::<_, Error>((id, file))
+            })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut master = MasterIndex::default();
+        for (id, f) in &files {
+            master.add_file(Some(*id), f);
+        }
+        let master = Arc::new(master);
+        *self.index.write().await = master.clone();
+        Ok(master)
+    }
+
+    pub async fn index(&self) -> Arc<MasterIndex> {
+        self.index.read().await.clone()
+    }
+
+    pub async fn save_index(&self, file: &index_fmt::IndexFile) -> Result<Id> {
+        self.save_sealed(
+            names::INDEX,
+            Domain::Index,
+            &index_fmt::encode_compressed(file),
+        )
+        .await
+    }
+
+    /// Read one chunk back: ranged get, authenticate, decompress, and check
+    /// that its SHA-256 is its id. Wrong bytes never leave this function.
+    pub async fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Bytes> {
+        let loc = index.get(id).ok_or_else(|| {
+            Error::integrity(format!("chunk {id} is not in the index"))
+                .with_hint("run `usdcop-dr verify` to see which index or pack is missing")
+        })?;
+        let pack = index.pack_id(&loc);
+        let name = names::pack(&pack);
+        let stored = self
+            .backend
+            .get_range(&name, loc.offset as u64, loc.stored_len as u64)
+            .await
+            .map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::integrity(format!(
+                        "pack {name} holding chunk {} is missing",
+                        id.short()
+                    ))
+                } else {
+                    e
+                }
+            })?;
+        let key = self.key.clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            decode_blob(&key, &stored, loc.compression, loc.raw_len, &id)
+        })
+        .await
+        .map_err(|e| Error::io(format!("decode task failed: {e}")))?
+        .map_err(|e| e.context(format!("pack {name}")))
+        .map(Bytes::from)
+    }
+}
+
+/// Decrypt, decompress and check one stored blob.
+pub fn decode_blob(
+    key: &Key,
+    stored: &[u8],
+    compression: Compression,
+    raw_len: u32,
+    id: &Id,
+) -> Result<Vec<u8>> {
+    let inner = key
+        .open(Domain::Blob, stored)
+        .map_err(|e| e.context(format!("chunk {}", id.short())))?;
+    let plain = match compression {
+        Compression::None => inner,
+        Compression::Zstd => codec::decompress(&inner, raw_len as usize, "chunk")?,
+    };
+    if plain.len() != raw_len as usize || Id::hash(&plain) != *id {
+        return Err(Error::integrity(format!(
+            "chunk {} does not match its checksum",
+            id.short()
+        )));
+    }
+    Ok(plain)
+}
+
+/// Content-addressed objects must hash to their name.
+pub fn check_name(name: &str, bytes: &[u8]) -> Result<()> {
+    if let Some(expected) = names::id_of(name) {
+        let actual = Id::hash(bytes);
+        if actual != expected {
+            return Err(Error::integrity(format!(
+                "object {name} is damaged: its content hashes to {}",
+                actual.short()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn already_a_repo(location: &str) -> Error {
+    Error::usage(format!(
+        "{location} already holds a repository; init refuses to touch it"
+    ))
+    .with_hint("use another --repo, or use the existing repository")
+}
+
+async fn derive_key_blocking(pass: Vec<u8>, salt: Vec<u8>, kdf: KdfParams) -> Result<Key> {
+    let pass = zeroize::Zeroizing::new(pass);
+    tokio::task::spawn_blocking(move || crypto::derive_key(&pass, &salt, kdf))
+        .await
+        .map_err(|e| Error::io(format!("key derivation task failed: {e}")))?
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Read and decrypt a pack's header, fetching bytes with `read(offset, len)`.
+pub fn parse_pack_header(
+    key: &Key,
+    pack_len: u64,
+    mut read: impl FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<Vec<crate::format::pack::PackEntry>> {
+    use crate::format::pack;
+    if pack_len < 4 {
+        return Err(Error::integrity(format!(
+            "pack of {pack_len} bytes is too short"
+        )));
+    }
+    let trailer: [u8; 4] = read(pack_len - 4, 4)?
+        .try_into()
+        .map_err(|_| Error::integrity("short read"))?;
+    let (offset, len) = pack::header_location(pack_len, trailer)?;
+    let sealed = read(offset, len as u64)?;
+    let plain = key.open(Domain::PackHeader, &sealed)?;
+    let entries = pack::decode_header(&plain)?;
+    pack::blob_offsets(&entries, offset)?;
+    Ok(entries)
+}

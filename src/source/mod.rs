@@ -1,0 +1,6 @@
+//! What gets backed up. Each source turns something outside (a directory
+//! tree, a stream, later pg_dump and S3 buckets) into snapshot entries by
+//! feeding bytes through the pipeline [`Writer`](crate::pipeline::Writer).
+
+pub mod files;
+pub mod stdin;
