@@ -231,30 +231,35 @@ MODIFIED="$WORK/modified.pgdump"
 log "generating ${SIZE_GIB} GiB input ($SIZE_BYTES bytes, seed $BENCH_SEED)"
 gen_start=$SECONDS
 python3 "$WORK/gen.py" gen "$SIZE_BYTES" "$BENCH_SEED" "$INPUT"
+sha256sum "$INPUT" >"$WORK/input.sha256" &
+sha_pid=$!
 python3 "$WORK/gen.py" modify "$INPUT" "$MODIFIED" "$BENCH_SEED"
-INPUT_SHA="$(sha256sum "$INPUT" | cut -d' ' -f1)"
+wait "$sha_pid"
+INPUT_SHA="$(cut -d' ' -f1 "$WORK/input.sha256")"
 MODIFIED_BYTES="$(stat -c %s "$MODIFIED")"
 log "input generated in $((SECONDS - gen_start)) s: sha256 $INPUT_SHA; modified stream $MODIFIED_BYTES bytes"
 log "input compresses to $(python3 -c '
 import sys, zlib
 with open(sys.argv[1], "rb") as f:
     f.seek(int(sys.argv[2]) // 2)
-    b = f.read(64 << 20)
-print("%.1f %%" % (100 * len(zlib.compress(b, 6)) / len(b)))' "$INPUT" "$SIZE_BYTES") with zlib -6 (64 MiB sample)"
+    b = f.read(32 << 20)
+print("%.1f %%" % (100 * len(zlib.compress(b, 6)) / len(b)))' "$INPUT" "$SIZE_BYTES") with zlib -6 (32 MiB sample)"
 
 # ---------------------------------------------------------------- measurement helpers
-declare -A MBS RSS SECS NOTE REPO_BYTES SNAP NEW_BYTES
+declare -A MBS RSS SECS CPU LOAD NOTE REPO_BYTES SNAP NEW_BYTES
 FAILED=0
 
 # run_timed TOOL STEP STDIN STDOUT CMD...: runs CMD under /usr/bin/time; sets SECS/RSS.
 run_timed() {
-    local tool=$1 step=$2 in=$3 out=$4 rc=0 e m
+    local tool=$1 step=$2 in=$3 out=$4 rc=0 e m u s
     shift 4
     local tf="$WORK/time.$tool.$step" errf="$WORK/stderr.$tool.$step"
-    /usr/bin/time -f '%e %M' -o "$tf" "$@" <"$in" >"$out" 2>"$errf" || rc=$?
-    read -r e m < <(tail -n 1 "$tf")
+    LOAD[$tool,$step]="$(cut -d' ' -f1 /proc/loadavg)"
+    /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" <"$in" >"$out" 2>"$errf" || rc=$?
+    read -r e m u s < <(tail -n 1 "$tf")
     SECS[$tool,$step]=$e
     RSS[$tool,$step]=$m
+    CPU[$tool,$step]="$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')"
     if ((rc != 0)); then
         log "FAILED ($tool, $step, exit $rc): $*"
         sed 's/^/    /' "$errf" | tail -n 20 >&2
@@ -274,16 +279,20 @@ prepare() { # make the runs comparable: input hot in the page cache, no pending 
 json_field() { # json_field FILE FIELD: FIELD of the last JSON object line in FILE
     python3 - "$1" "$2" <<'PYEOF'
 import json, sys
-val = None
-for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
-    line = line.strip()
-    if line.startswith("{"):
+text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+try:  # one (possibly pretty-printed) JSON document ...
+    objs = [json.loads(text)]
+except ValueError:  # ... or one JSON object per line (restic --json)
+    objs = []
+    for line in text.splitlines():
         try:
-            obj = json.loads(line)
+            objs.append(json.loads(line))
         except ValueError:
-            continue
-        if sys.argv[2] in obj:
-            val = obj[sys.argv[2]]
+            pass
+val = None
+for obj in objs:
+    if isinstance(obj, dict) and sys.argv[2] in obj:
+        val = obj[sys.argv[2]]
 if val is None:
     sys.exit(1)
 print(val)
@@ -427,6 +436,8 @@ val() { # val TOOL STEP KIND
         mbs) cell "${MBS[$t,$s]:-}" "$t" "$s" ;;
         rss) if [[ -n "${RSS[$t,$s]:-}" ]]; then mib "${RSS[$t,$s]}" 1024; else cell "" "$t" "$s"; fi ;;
         secs) cell "${SECS[$t,$s]:-}" "$t" "$s" ;;
+        cpu) cell "${CPU[$t,$s]:-}" "$t" "$s" ;;
+        load) cell "${LOAD[$t,$s]:-}" "$t" "$s" ;;
     esac
 }
 
@@ -441,7 +452,11 @@ echo "Each step runs the tools in the order ${TOOLS[*]} with the input hot in th
 echo "caches are not dropped. MB/s = 10^6 bytes of stream per wall-clock second (/usr/bin/time %e),"
 echo "peak RSS = max resident set (/usr/bin/time %M)."
 echo
-echo "| step | usdcop-dr MB/s | restic MB/s | ratio usdcop-dr/restic | usdcop-dr peak RSS MiB | restic peak RSS MiB |"
+echo "Load average (1 min) before each timed command, usdcop-dr / restic:$(for s in "${STEPS[@]}"; do
+    printf ' %s %s / %s;' "$s" "$(val usdcop-dr "$s" load)" "$(val restic "$s" load)"; done)"
+echo "(the machine has $(nproc) CPUs; a load above that means other work competed for the CPUs and the wall-clock figures are noisy)."
+echo
+echo "| step | usdcop-dr MB/s | restic MB/s | ratio usdcop-dr/restic (>1: usdcop-dr faster) | usdcop-dr peak RSS MiB | restic peak RSS MiB |"
 echo "|---|---:|---:|---:|---:|---:|"
 for i in "${!STEPS[@]}"; do
     s=${STEPS[$i]}
@@ -457,7 +472,10 @@ for i in "${!STEPS[@]}"; do
     s=${STEPS[$i]}
     u="$(val usdcop-dr "$s" secs)"
     r="$(val restic "$s" secs)"
-    printf '| %s: seconds | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")"
+    printf '| %s: wall-clock seconds | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")"
+    u="$(val usdcop-dr "$s" cpu)"
+    r="$(val restic "$s" cpu)"
+    printf '| %s: CPU seconds (user+sys) | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")"
 done
 repo_row() { # repo_row TITLE KEY-SUFFIX
     local u=n/a r=n/a
@@ -477,7 +495,7 @@ new_row() {
 new_row "new bytes stored as reported by the tool, first backup, MiB" backup1
 new_row "new bytes stored as reported by the tool, modified backup, MiB" backup3
 echo
-echo "(usdcop-dr: bytes_stored_new; restic: data_added. Repository sizes are du -sb of the repository directory; restic's cache in RESTIC_CACHE_DIR is not counted.)"
+echo "(usdcop-dr: bytes_stored_new; restic: data_added, which restic 0.14 counts before compression. Repository sizes are du -sb of the repository directory; restic's cache in RESTIC_CACHE_DIR is not counted.)"
 
 if ((FAILED)); then
     log "one or more steps FAILED (see above)"
