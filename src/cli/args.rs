@@ -57,6 +57,15 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Repository size, deduplication and settings
     Stats,
+    /// Repair repository metadata
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild index entries for packs that no index lists (reads pack headers)
+    Index,
 }
 
 #[derive(Args, Debug)]

@@ -11,13 +11,13 @@ use serde::Serialize;
 use usdcop_dr::backend;
 use usdcop_dr::commands::backup::{self, BackupInput, BackupOptions};
 use usdcop_dr::commands::restore::{self, RestoreOptions, RestoreTarget};
-use usdcop_dr::commands::{snapshots, stats, verify};
+use usdcop_dr::commands::{repair, snapshots, stats, verify};
 use usdcop_dr::crypto::KdfParams;
 use usdcop_dr::repository::{InitOptions, Repository};
 use usdcop_dr::{Error, Result};
 use zeroize::Zeroizing;
 
-use args::{BackupCommand, Cli, Command};
+use args::{BackupCommand, Cli, Command, RepairCommand};
 
 /// Run one command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
@@ -182,6 +182,26 @@ pub async fn run(cli: Cli) -> Result<i32> {
             .await?;
             emit(cli.json, &r, || render_verify(&r))?;
             if !r.ok() {
+                return Ok(3);
+            }
+        }
+        Command::Repair(RepairCommand::Index) => {
+            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let r = repair::index(repo).await?;
+            emit(cli.json, &r, || {
+                let mut t = format!(
+                    "{} packs, {} not in any index; re-indexed {} packs ({} chunks)",
+                    r.packs, r.packs_unindexed, r.packs_reindexed, r.chunks_recovered
+                );
+                if let Some(id) = r.index_written {
+                    t += &format!("; wrote index {}", id.short());
+                }
+                for (name, why) in &r.unreadable {
+                    t += &format!("\nDAMAGED {name}: {why}");
+                }
+                t
+            })?;
+            if !r.unreadable.is_empty() {
                 return Ok(3);
             }
         }

@@ -13,7 +13,7 @@ use crate::repository::{MasterIndex, Repository};
 /// Chunks in flight per stream: enough to keep every core decoding and the
 /// store busy, few enough that memory stays at a few dozen MiB.
 pub fn default_depth() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2 + 2
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 2
 }
 
 pub struct ChunkReader {

@@ -49,7 +49,7 @@ const STALE_SPOOL: Duration = Duration::from_secs(6 * 3600);
 pub struct WriterOptions {
     /// Worker threads; 0 = one per core.
     pub workers: usize,
-    /// Parallel pack uploads.
+    /// Parallel pack uploads; 0 = 2.
     pub uploaders: usize,
 }
 
@@ -144,7 +144,11 @@ impl Writer {
         } else {
             opts.workers
         };
-        let uploaders = opts.uploaders.max(1);
+        let uploaders = if opts.uploaders == 0 {
+            2
+        } else {
+            opts.uploaders
+        };
         let spool = repo
             .backend()
             .spool_dir()
@@ -397,11 +401,11 @@ impl OpenPack {
             .seal(Domain::PackHeader, &pack::encode_header(&self.entries));
         self.append(&header)?;
         self.append(&(header.len() as u32).to_le_bytes())?;
-        let file = self
-            .out
+        // Durability is the backend's job (the local backend fsyncs before
+        // linking the pack into place); syncing here would stall the packer.
+        self.out
             .into_inner()
             .map_err(|e| spool_err(&self.path, e.into_error()))?;
-        file.sync_all().map_err(|e| spool_err(&self.path, e))?;
         let mut offset = 0u32;
         let blobs = self
             .entries

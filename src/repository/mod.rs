@@ -439,3 +439,37 @@ pub fn parse_pack_header(
     pack::blob_offsets(&entries, offset)?;
     Ok(entries)
 }
+
+impl Repository {
+    /// Read a stored pack's own header (two ranged reads), e.g. to rebuild
+    /// the index from packs alone.
+    pub async fn read_pack_header(
+        &self,
+        pack_id: &Id,
+        pack_len: u64,
+    ) -> Result<Vec<crate::format::pack::PackEntry>> {
+        let name = names::pack(pack_id);
+        if pack_len < 4 {
+            return Err(Error::integrity(format!(
+                "pack {name} is too short ({pack_len} bytes)"
+            )));
+        }
+        let trailer = self.backend.get_range(&name, pack_len - 4, 4).await?;
+        let (offset, len) = crate::format::pack::header_location(
+            pack_len,
+            trailer[..].try_into().expect("4 bytes"),
+        )
+        .map_err(|e| e.context(format!("pack {name}")))?;
+        let sealed = self.backend.get_range(&name, offset, len as u64).await?;
+        parse_pack_header(&self.key, pack_len, |o, l| {
+            if o == pack_len - 4 {
+                Ok(trailer.to_vec())
+            } else if o == offset && l == len as u64 {
+                Ok(sealed.to_vec())
+            } else {
+                Err(Error::integrity("unexpected header read"))
+            }
+        })
+        .map_err(|e| e.context(format!("pack {name}")))
+    }
+}
