@@ -9,6 +9,8 @@
 #   BENCH_SEED         seed of the deterministic input generator (default 20240501)
 #   BENCH_SKIP_BUILD=1 do not run `cargo build --release` first
 #   BENCH_KEEP=1       keep the work directory (input, repositories) afterwards
+#   BENCH_WAIT_IDLE=N  before each timed command wait up to N seconds (default 0) for the
+#                      1-minute load average to fall below BENCH_IDLE_LOAD (default 1.0)
 #   USDCOP_DR_BIN      usdcop-dr binary (default <repo>/target/release/usdcop-dr)
 #   RESTIC_BIN         restic binary (default: restic on PATH)
 #
@@ -80,6 +82,7 @@ cleanup() {
     if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 log "work directory: $WORK"
 
 # Keep the caller's environment from redirecting either tool elsewhere.
@@ -94,7 +97,7 @@ export RESTIC_CACHE_DIR="$WORK/restic-cache"
 # per USD), ~30 % incompressible random bytes standing for already-compressed artefacts
 # (zstd'd parquet / model files) stored in the same dump.
 cat >"$WORK/gen.py" <<'PYEOF'
-import datetime, itertools, random, sys
+import datetime, itertools, multiprocessing, os, random, sys
 
 BASE = 200000  # price table index 0 = 2000.00
 PRICES = ["%d.%02d" % divmod(i, 100) for i in range(BASE, 700001)]
@@ -104,15 +107,29 @@ SERIES = [(s, v) for s in ("USDCOP", "USDCOP_NDF1M", "USDCOP_NDF3M", "USDCOP_TRM
 COLS = "bar_ts, symbol, source, open, high, low, close, volume"
 
 
+SEGMENT = 64 << 20      # generated independently (and in parallel), seeded by index
+SEGMENT_DAYS = 100      # calendar days each series advances per segment
+TABLES = None
+
+
+def tables(seed):
+    """Price-step, wick and volume tables shared by every segment of one seed."""
+    global TABLES
+    if TABLES is None:
+        rng = random.Random(seed)
+        TABLES = ([int(round(rng.gauss(0, 120) / 5)) * 5 for _ in range(256)],  # hundredths
+                  [int(rng.expovariate(1 / 60) / 5) * 5 for _ in range(256)],
+                  [str(int(rng.lognormvariate(13, 1.0))) for _ in range(65536)])
+    return TABLES
+
+
 class Gen:
-    def __init__(self, seed):
-        self.rng = rng = random.Random(seed)
-        self.step = [int(round(rng.gauss(0, 120) / 5)) * 5 for _ in range(256)]  # hundredths
-        self.wick = [int(rng.expovariate(1 / 60) / 5) * 5 for _ in range(256)]
-        self.vol = [str(int(rng.lognormvariate(13, 1.0))) for _ in range(65536)]
-        self.state = {k: [datetime.date(2010, 1, 4), rng.randrange(400000, 450000) - BASE]
-                      for k in SERIES}
-        self.blob_no = 0
+    def __init__(self, seed, segment, purpose="input"):
+        self.step, self.wick, self.vol = tables(seed)
+        self.rng = rng = random.Random("%s/%d/%d" % (purpose, seed, segment))
+        day0 = datetime.date(2010, 1, 4) + datetime.timedelta(days=SEGMENT_DAYS * segment)
+        self.state = {k: [day0, rng.randrange(400000, 450000) - BASE] for k in SERIES}
+        self.blob_no = segment * 1000
 
     def rows(self, series, days, sep):
         """`days` days of 5-minute bars of one series, as text with separator `sep`."""
@@ -162,32 +179,51 @@ class Gen:
         return head + self.rng.randbytes(n) + b"\n"
 
 
-def generate(size, seed, out):
-    g = Gen(seed)
-    written = rand = 0
-    head = (b"--\n-- PostgreSQL database dump\n--\n\n-- Dumped from database version 15.6\n"
-            b"-- Dumped by pg_dump version 15.6\n\nSET statement_timeout = 0;\nSET lock_timeout = 0;\n"
-            b"SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\n"
-            b"CREATE TABLE market.ohlcv_5m (\n    bar_ts timestamp with time zone NOT NULL,\n"
-            b"    symbol text NOT NULL,\n    source text NOT NULL,\n    open numeric(12,2),\n"
-            b"    high numeric(12,2),\n    low numeric(12,2),\n    close numeric(12,2),\n"
-            b"    volume bigint\n) PARTITION BY RANGE (bar_ts);\n\n")
-    while written < size:
+HEADER = (b"--\n-- PostgreSQL database dump\n--\n\n-- Dumped from database version 15.6\n"
+          b"-- Dumped by pg_dump version 15.6\n\nSET statement_timeout = 0;\nSET lock_timeout = 0;\n"
+          b"SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\n"
+          b"CREATE TABLE market.ohlcv_5m (\n    bar_ts timestamp with time zone NOT NULL,\n"
+          b"    symbol text NOT NULL,\n    source text NOT NULL,\n    open numeric(12,2),\n"
+          b"    high numeric(12,2),\n    low numeric(12,2),\n    close numeric(12,2),\n"
+          b"    volume bigint\n) PARTITION BY RANGE (bar_ts);\n\n")
+
+
+def segment(args):
+    """Write segment `k` of the stream (bytes [k*SEGMENT, min(size, (k+1)*SEGMENT)))."""
+    path, size, seed, k = args
+    g = Gen(seed, k)
+    n = min(SEGMENT, size - k * SEGMENT)
+    parts, written, rand = [HEADER if k == 0 else b""], 0, 0
+    written = len(parts[0])
+    while written < n:
         if written and rand < 0.3 * written:
             chunk = g.blob_section()
             rand += len(chunk)
         else:
-            chunk = head + g.text_section()
-            head = b""
-        chunk = chunk[: size - written]
-        out.write(chunk)
+            chunk = g.text_section()
+        parts.append(chunk)
         written += len(chunk)
+    data = b"".join(parts)[:n]
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, k * SEGMENT)
+    finally:
+        os.close(fd)
+    return n
+
+
+def generate(size, seed, path):
+    with open(path, "wb") as f:
+        f.truncate(size)
+    jobs = [(path, size, seed, k) for k in range((size + SEGMENT - 1) // SEGMENT)]
+    with multiprocessing.Pool(os.cpu_count() or 1) as pool:
+        assert sum(pool.imap_unordered(segment, jobs)) == size
 
 
 def modify(src, dst, seed):
     """Copy src to dst with ~1 % of the bytes changed at six places: four in-place
     rewrites of rows, one insertion of new rows and one deletion."""
-    g = Gen(seed + 1)
+    g = Gen(seed, 0, "modify")
     rng = g.rng
     src.seek(0, 2)
     size = src.tell()
@@ -219,8 +255,7 @@ def modify(src, dst, seed):
 
 if __name__ == "__main__":
     if sys.argv[1] == "gen":
-        with open(sys.argv[4], "wb", buffering=8 << 20) as f:
-            generate(int(sys.argv[2]), int(sys.argv[3]), f)
+        generate(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         with open(sys.argv[2], "rb") as s, open(sys.argv[3], "wb", buffering=8 << 20) as d:
             modify(s, d, int(sys.argv[4]))
@@ -254,6 +289,7 @@ run_timed() {
     local tool=$1 step=$2 in=$3 out=$4 rc=0 e m u s
     shift 4
     local tf="$WORK/time.$tool.$step" errf="$WORK/stderr.$tool.$step"
+    wait_idle
     LOAD[$tool,$step]="$(cut -d' ' -f1 /proc/loadavg)"
     /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" <"$in" >"$out" 2>"$errf" || rc=$?
     read -r e m u s < <(tail -n 1 "$tf")
@@ -265,6 +301,15 @@ run_timed() {
         sed 's/^/    /' "$errf" | tail -n 20 >&2
     fi
     return "$rc"
+}
+
+wait_idle() {
+    local limit=$((SECONDS + ${BENCH_WAIT_IDLE:-0})) load
+    while ((SECONDS < limit)); do
+        load="$(cut -d' ' -f1 /proc/loadavg)"
+        awk -v l="$load" -v t="${BENCH_IDLE_LOAD:-1.0}" 'BEGIN { exit !(l < t) }' && return 0
+        sleep 5
+    done
 }
 
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", b / 1e6 / s }'; }
