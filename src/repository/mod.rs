@@ -234,23 +234,49 @@ impl Repository {
 
     /// All snapshots, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let ids: Vec<Id> = list_all(self.backend(), names::SNAPSHOTS)
+        self.load_snapshots(self.snapshot_ids().await?).await
+    }
+
+    pub async fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        Ok(list_all(self.backend(), names::SNAPSHOTS)
             .await?
             .iter()
             .filter_map(|o| names::id_of(&o.name))
-            .collect();
-        let mut snaps: Vec<(Id, Snapshot)> = futures::stream::iter(ids)
-            .map(|id| async move { self.load_snapshot(&id).await.map(|s| (id, s)) })
+            .collect())
+    }
+
+    /// Load snapshots, oldest first. A damaged snapshot object is skipped
+    /// with a warning (`verify` reports it) so that it cannot make every
+    /// other snapshot unrestorable; any other failure is an error, so a
+    /// flaky store never silently hides the latest snapshot.
+    pub async fn load_snapshots(&self, ids: Vec<Id>) -> Result<Vec<(Id, Snapshot)>> {
+        let loaded: Vec<(Id, Result<Snapshot>)> = futures::stream::iter(ids)
+            .map(|id| async move { (id, self.load_snapshot(&id).await) })
             .buffer_unordered(LOAD_CONCURRENCY)
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let mut snaps = Vec::with_capacity(loaded.len());
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => snaps.push((id, s)),
+                Err(e) if e.kind() == ErrorKind::Integrity => {
+                    tracing::warn!("skipping damaged snapshot {}: {e}", id.short())
+                }
+                Err(e) => return Err(e),
+            }
+        }
         snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(snaps)
     }
 
     /// Resolve `latest` or an id prefix (optionally within one source).
     pub async fn find_snapshot(&self, spec: &str, source: Option<&str>) -> Result<(Id, Snapshot)> {
-        let snaps = self.snapshots().await?;
+        let spec_l = spec.to_ascii_lowercase();
+        let mut ids = self.snapshot_ids().await?;
+        if spec != "latest" {
+            ids.retain(|id| id.to_hex().starts_with(&spec_l));
+        }
+        let snaps = self.load_snapshots(ids).await?;
         let in_source = |s: &Snapshot| source.map_or(true, |n| s.source.name == n);
         let found: Vec<(Id, Snapshot)> = if spec == "latest" {
             snaps
@@ -260,7 +286,6 @@ impl Repository {
                 .into_iter()
                 .collect()
         } else {
-            let spec_l = spec.to_ascii_lowercase();
             snaps
                 .into_iter()
                 .filter(|(id, s)| in_source(s) && id.to_hex().starts_with(&spec_l))
