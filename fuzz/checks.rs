@@ -25,8 +25,15 @@ pub fn check_pack_header(data: &[u8]) -> bool {
         }
         for pack_len in lens {
             if let Ok((off, hlen)) = pack::header_location(pack_len, trailer) {
-                assert_eq!(hlen, u32::from_le_bytes(trailer), "header_location changed the length");
-                assert!(hlen as usize <= pack::MAX_HEADER_LEN, "header length {hlen} above the maximum");
+                assert_eq!(
+                    hlen,
+                    u32::from_le_bytes(trailer),
+                    "header_location changed the length"
+                );
+                assert!(
+                    hlen as usize <= pack::MAX_HEADER_LEN,
+                    "header length {hlen} above the maximum"
+                );
                 assert_eq!(
                     off.checked_add(hlen as u64).and_then(|e| e.checked_add(4)),
                     Some(pack_len),
@@ -48,25 +55,43 @@ pub fn check_pack_header(data: &[u8]) -> bool {
         hex_of(data),
         hex_of(&reencoded)
     );
-    assert_eq!(data.len(), 9 + entries.len() * pack::ENTRY_LEN, "pack header length");
-    assert_eq!(pack::decode_header(&reencoded).expect("re-encoded pack header decodes"), entries);
+    assert_eq!(
+        data.len(),
+        9 + entries.len() * pack::ENTRY_LEN,
+        "pack header length"
+    );
+    assert_eq!(
+        pack::decode_header(&reencoded).expect("re-encoded pack header decodes"),
+        entries
+    );
 
     let mut total = 0u64;
     let mut expect = Vec::with_capacity(entries.len());
     for e in &entries {
         assert!(
-            e.stored_len <= pack::MAX_BLOB_LEN && e.stored_len as usize >= usdcop_dr::crypto::OVERHEAD,
+            e.stored_len <= pack::MAX_BLOB_LEN
+                && e.stored_len as usize >= usdcop_dr::crypto::OVERHEAD,
             "decoder accepted out-of-range stored_len {}",
             e.stored_len
         );
         expect.push(total);
         total += e.stored_len as u64;
     }
-    let offsets = pack::blob_offsets(&entries, total).expect("blob_offsets accepts the exact blob total");
-    assert_eq!(offsets, expect, "blob_offsets are not the prefix sums of stored_len");
-    assert!(pack::blob_offsets(&entries, total + 1).is_err(), "blob_offsets accepted a gap");
+    let offsets =
+        pack::blob_offsets(&entries, total).expect("blob_offsets accepts the exact blob total");
+    assert_eq!(
+        offsets, expect,
+        "blob_offsets are not the prefix sums of stored_len"
+    );
+    assert!(
+        pack::blob_offsets(&entries, total + 1).is_err(),
+        "blob_offsets accepted a gap"
+    );
     if total > 0 {
-        assert!(pack::blob_offsets(&entries, total - 1).is_err(), "blob_offsets accepted an overlap");
+        assert!(
+            pack::blob_offsets(&entries, total - 1).is_err(),
+            "blob_offsets accepted an overlap"
+        );
     }
 
     // A pack made of these blobs followed by a header of this size is located
@@ -75,7 +100,10 @@ pub fn check_pack_header(data: &[u8]) -> bool {
     let pack_len = total + data.len() as u64 + 4;
     match pack::header_location(pack_len, hlen.to_le_bytes()) {
         Ok(loc) => assert_eq!(loc, (total, hlen), "header_location of a well-formed pack"),
-        Err(e) => assert!(data.len() > pack::MAX_HEADER_LEN, "header_location refused a valid pack: {e}"),
+        Err(e) => assert!(
+            data.len() > pack::MAX_HEADER_LEN,
+            "header_location refused a valid pack: {e}"
+        ),
     }
     true
 }
@@ -87,12 +115,23 @@ pub fn check_index(data: &[u8]) -> bool {
     fn invariants(idx: &index::IndexFile) {
         for p in &idx.packs {
             for b in &p.blobs {
-                assert!(b.stored_len <= usdcop_dr::format::pack::MAX_BLOB_LEN, "index accepted stored_len {}", b.stored_len);
-                assert!(b.offset.checked_add(b.stored_len).is_some(), "index accepted an overflowing blob range");
+                assert!(
+                    b.stored_len <= usdcop_dr::format::pack::MAX_BLOB_LEN,
+                    "index accepted stored_len {}",
+                    b.stored_len
+                );
+                assert!(
+                    b.offset.checked_add(b.stored_len).is_some(),
+                    "index accepted an overflowing blob range"
+                );
             }
         }
         let enc = index::encode(idx);
-        assert_eq!(&index::decode(&enc).expect("encoded index decodes"), idx, "index: decode(encode(i)) != i");
+        assert_eq!(
+            &index::decode(&enc).expect("encoded index decodes"),
+            idx,
+            "index: decode(encode(i)) != i"
+        );
         let comp = index::encode_compressed(idx);
         assert_eq!(
             &index::decode_compressed(&comp).expect("compressed index decodes"),
@@ -120,24 +159,30 @@ pub fn check_index(data: &[u8]) -> bool {
     accepted
 }
 
-/// Snapshot: JSON `decode` and `decode_compressed`; re-encoding a decoded
-/// snapshot with `serde_json::to_vec` must decode to an equal value, and the
-/// re-encoding is a fixed point.
+/// Snapshot: JSON `decode` and `decode_compressed`. Re-encoding a decoded
+/// snapshot with `serde_json::to_vec` must decode to an exactly equal value
+/// (floats included: this needs serde_json's `float_roundtrip` feature), and
+/// the re-encoding must be a fixed point.
 pub fn check_snapshot(data: &[u8]) -> bool {
     use usdcop_dr::format::snapshot;
 
     fn invariants(s: &snapshot::Snapshot) {
-        s.validate().expect("decoder returned a snapshot that does not validate");
+        s.validate()
+            .expect("decoder returned a snapshot that does not validate");
         let json = serde_json::to_vec(s).expect("decoded snapshot serializes");
         let again = match snapshot::decode(&json) {
             Ok(again) => again,
-            Err(e) => panic!("snapshot: re-encoded JSON does not decode: {e}\n  json = {}", String::from_utf8_lossy(&json)),
+            Err(e) => panic!(
+                "snapshot: re-encoded JSON does not decode: {e}\n  json = {}",
+                String::from_utf8_lossy(&json)
+            ),
         };
         assert!(
             &again == s,
             "snapshot: decode(to_vec(s)) != s\n  s     = {s:?}\n  again = {again:?}\n  json  = {}",
             String::from_utf8_lossy(&json)
         );
+        // Equal values can still serialize differently (0.0 == -0.0).
         let json2 = serde_json::to_vec(&again).expect("snapshot serializes");
         assert!(
             json2 == json,

@@ -701,6 +701,21 @@ mod gen {
         // escapes, a non-UTC offset and an explicit null.
         let hand = br#"{"version":1,"time":"2024-02-29T23:59:59.999999999+05:30","host":"h\u00e9","source":{"kind":"wal","name":"pg\/main"},"entries":[{"path":"a\/b","type":"file","sha256":null,"extra":[1,{"x":null}]}],"totals":{"files":0,"dirs":0,"symlinks":0,"bytes":0,"chunks":0,"chunks_new":0,"bytes_stored_new":0,"files_unchanged":0},"started":"1970-01-01T00:00:00Z","duration_s":1e-7,"program_version":"","metadata":{"k":{"nested":[[[]]],"f":-0.0,"e":1E+2}},"unknown":true}"#;
         write(t, "valid_handwritten.json", hand);
+        // Floats that serde_json parses wrongly (by 1-2 ULP) without its
+        // `float_roundtrip` feature, so they change on a decode/encode trip.
+        let floats = String::from_utf8(min_json.clone())
+            .unwrap()
+            .replace("\"duration_s\":0.25", "\"duration_s\":94815.703598957334")
+            .replace(
+                "\"metadata\":{}",
+                "\"metadata\":{\"f\":[1.9477003958951621e-169,-1.4901437678453858e129,23762.2102018230180,6.1625998656410322e196]}",
+            );
+        assert_ne!(
+            floats.as_bytes(),
+            &min_json[..],
+            "float seed template no longer matches"
+        );
+        write(t, "valid_float_roundtrip.json", floats.as_bytes());
 
         write(t, "bad_truncated.json", &min_json[..min_json.len() / 2]);
         let comp = snapshot::encode_compressed(&files);
