@@ -20,7 +20,7 @@ use crate::crypto::Domain;
 use crate::error::{Error, Result};
 use crate::format::index::IndexBlob;
 use crate::format::snapshot::Snapshot;
-use crate::format::{index as index_fmt, names, pack, Id};
+use crate::format::{index as index_fmt, names, pack, Hasher, Id};
 use crate::progress::Progress;
 use crate::repository::{decode_blob, MasterIndex, Repository};
 
@@ -151,10 +151,11 @@ pub async fn run(
             .map(|pack_id| {
                 let repo = repo.clone();
                 let blobs = by_pack[&pack_id].clone();
+                let size = pack_sizes[&pack_id];
                 let progress = progress.clone();
                 async move {
                     progress.set_item(&names::pack(&pack_id));
-                    let (bytes, chunks, err) = check_pack(&repo, pack_id, blobs).await;
+                    let (bytes, chunks, err) = check_pack(&repo, pack_id, size, blobs).await;
                     progress.add_bytes(bytes);
                     (pack_id, bytes, chunks, err)
                 }
@@ -239,58 +240,119 @@ fn affected_snapshots(snaps: &[(Id, Snapshot)], chunks: &HashSet<Id>) -> Vec<Str
     set.into_iter().collect()
 }
 
-/// Download one pack and check everything in it. Returns bytes read,
-/// chunks checked and the first problem found.
+/// Bytes fetched per ranged read when checking a pack: memory per pack
+/// being checked is one window plus the largest blob, never the pack.
+const WINDOW: u64 = 8 << 20;
+
+struct Scan {
+    hasher: Hasher,
+    buf: Vec<u8>,
+    buf_start: u64,
+    checked: u64,
+    first_bad: Option<String>,
+    bad: u64,
+}
+
+/// Stream one pack through ranged reads: hash it whole, decode every blob
+/// the index places in it, and compare its own header with the index.
+/// Returns bytes read, chunks checked and the problem found, if any.
 async fn check_pack(
     repo: &Arc<Repository>,
     pack_id: Id,
-    blobs: Vec<IndexBlob>,
+    pack_len: u64,
+    mut blobs: Vec<IndexBlob>,
 ) -> (u64, u64, Option<String>) {
+    blobs.sort_by_key(|b| b.offset);
     let name = names::pack(&pack_id);
-    let bytes = match repo.backend().get(&name).await {
-        Ok(b) => b,
-        Err(e) => return (0, 0, Some(format!("cannot read: {e}"))),
-    };
-    let len = bytes.len() as u64;
     let key = repo.key().clone();
-    let checked = tokio::task::spawn_blocking(move || -> (u64, Option<String>) {
-        if Id::hash(&bytes) != pack_id {
-            // Still try each chunk, to say which ones are damaged.
-            let bad = blobs.iter().filter(|b| blob_ok(&key, &bytes, b).is_err()).count();
-            return (0, Some(format!("content does not match its name (SHA-256 mismatch; {bad} of {} chunks damaged)", blobs.len())));
-        }
-        if let Err(e) = header_matches(&key, &bytes, &blobs) {
-            return (0, Some(e.to_string()));
-        }
-        for (n, b) in blobs.iter().enumerate() {
-            if let Err(e) = blob_ok(&key, &bytes, b) {
-                return (n as u64, Some(e.to_string()));
+    let mut scan = Scan {
+        hasher: Hasher::new(),
+        buf: Vec::new(),
+        buf_start: 0,
+        checked: 0,
+        first_bad: None,
+        bad: 0,
+    };
+    let mut pos = 0u64;
+    let mut next = 0usize;
+    while pos < pack_len {
+        let n = WINDOW.min(pack_len - pos);
+        let seg = match repo.backend().get_range(&name, pos, n).await {
+            Ok(b) => b,
+            Err(e) => return (pos, scan.checked, Some(format!("cannot read: {e}"))),
+        };
+        pos += n;
+        let end = blobs[next..]
+            .iter()
+            .take_while(|b| b.offset as u64 + b.stored_len as u64 <= pos)
+            .count();
+        let ready: Vec<IndexBlob> = blobs[next..next + end].to_vec();
+        next += end;
+        let keep_from = blobs.get(next).map_or(pos, |b| b.offset as u64);
+        let key = key.clone();
+        scan = match tokio::task::spawn_blocking(move || {
+            scan.hasher.update(&seg);
+            scan.buf.extend_from_slice(&seg);
+            for b in &ready {
+                let start = (b.offset as u64 - scan.buf_start) as usize;
+                let stored = &scan.buf[start..start + b.stored_len as usize];
+                match decode_blob(&key, stored, b.compression, b.raw_len, &b.id) {
+                    Ok(_) => scan.checked += 1,
+                    Err(e) => {
+                        scan.bad += 1;
+                        scan.first_bad.get_or_insert_with(|| e.to_string());
+                    }
+                }
             }
-        }
-        (blobs.len() as u64, None)
-    })
-    .await
-    .unwrap_or_else(|e| (0, Some(format!("check task failed: {e}"))));
-    (len, checked.0, checked.1)
+            let keep_from = keep_from.clamp(scan.buf_start, pos);
+            scan.buf.drain(..(keep_from - scan.buf_start) as usize);
+            scan.buf_start = keep_from;
+            scan
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return (pos, 0, Some(format!("check task failed: {e}"))),
+        };
+    }
+    let mut problems = Vec::new();
+    if scan.hasher.finish() != pack_id {
+        problems.push("content does not match its name (SHA-256 mismatch)".to_owned());
+    }
+    if scan.bad > 0 {
+        problems.push(format!(
+            "{} of {} chunks damaged (first: {})",
+            scan.bad,
+            blobs.len(),
+            scan.first_bad.unwrap_or_default()
+        ));
+    }
+    if next < blobs.len() {
+        problems.push(format!(
+            "{} chunks lie outside the pack",
+            blobs.len() - next
+        ));
+    }
+    if let Err(e) = header_matches(repo, &pack_id, pack_len, &blobs).await {
+        problems.push(e.to_string());
+    }
+    let problem = if problems.is_empty() {
+        None
+    } else {
+        Some(problems.join("; "))
+    };
+    (pos, scan.checked, problem)
 }
 
-fn blob_ok(key: &crate::crypto::Key, pack_bytes: &[u8], b: &IndexBlob) -> Result<()> {
-    let start = b.offset as usize;
-    let end = start + b.stored_len as usize;
-    let stored = pack_bytes
-        .get(start..end)
-        .ok_or_else(|| Error::integrity("blob outside the pack"))?;
-    decode_blob(key, stored, b.compression, b.raw_len, &b.id).map(|_| ())
-}
-
-fn header_matches(key: &crate::crypto::Key, bytes: &[u8], blobs: &[IndexBlob]) -> Result<()> {
-    let entries = crate::repository::parse_pack_header(key, bytes.len() as u64, |off, len| {
-        bytes
-            .get(off as usize..(off + len) as usize)
-            .map(|s| s.to_vec())
-            .ok_or_else(|| Error::integrity("header outside the pack"))
-    })?;
-    let offsets = pack::blob_offsets(&entries, bytes.len() as u64 - 4 - header_len(bytes) as u64)?;
+async fn header_matches(
+    repo: &Repository,
+    pack_id: &Id,
+    pack_len: u64,
+    blobs: &[IndexBlob],
+) -> Result<()> {
+    let entries = repo.read_pack_header(pack_id, pack_len).await?;
+    let header_offset: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
+    let offsets = pack::blob_offsets(&entries, header_offset)?;
     let from_header: HashMap<Id, (u32, u32)> = entries
         .iter()
         .zip(offsets)
@@ -305,8 +367,4 @@ fn header_matches(key: &crate::crypto::Key, bytes: &[u8], blobs: &[IndexBlob]) -
         }
     }
     Ok(())
-}
-
-fn header_len(bytes: &[u8]) -> u32 {
-    u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap())
 }
