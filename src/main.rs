@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    limit_malloc_arenas();
     let args = cli::args::Cli::parse();
     init_logging(args.verbose);
     let json = args.json;
@@ -44,4 +45,17 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per
+/// core) and each arena keeps memory it freed; with chunk-sized buffers
+/// moving between pipeline and tokio blocking threads that is tens of MiB
+/// of idle heap. Two arenas keep peak RSS near what is really in use
+/// (restore: ~38 MiB instead of 45–75 MiB) at no measurable speed cost.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

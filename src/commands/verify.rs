@@ -242,7 +242,7 @@ fn affected_snapshots(snaps: &[(Id, Snapshot)], chunks: &HashSet<Id>) -> Vec<Str
 
 /// Bytes fetched per ranged read when checking a pack: memory per pack
 /// being checked is one window plus the largest blob, never the pack.
-const WINDOW: u64 = 8 << 20;
+const WINDOW: u64 = 4 << 20;
 
 struct Scan {
     hasher: Hasher,
