@@ -224,7 +224,7 @@ impl Backend for LocalBackend {
         blocking(move || {
             let mut f = File::open(&path).map_err(|e| io_err(e, &name))?;
             let size = f.metadata().map_err(|e| io_err(e, &name))?.len();
-            if offset.checked_add(len).map_or(true, |end| end > size) {
+            if offset.checked_add(len).is_none_or(|end| end > size) {
                 return Err(Error::integrity(format!(
                     "object {name} is {size} bytes, cannot read {len} bytes at {offset}"
                 )));

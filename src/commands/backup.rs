@@ -90,101 +90,101 @@ pub async fn run(
         BackupInput::Stream { .. } => SourceKind::Stdin,
     };
     let index = repo.load_index().await?;
-    let lock = LockGuard::acquire(repo.clone(), LockKind::Backup).await?;
     let parent = match kind {
-        SourceKind::Files => repo
-            .snapshots()
-            .await?
-            .into_iter()
-            .filter(|(_, s)| {
-                s.source.name == opts.source && s.source.kind == kind && s.host == host
-            })
-            .last(),
+        SourceKind::Files => repo.snapshots().await?.into_iter().rfind(|(_, s)| {
+            s.source.name == opts.source && s.source.kind == kind && s.host == host
+        }),
         _ => None,
     };
-    let time = opts.time.unwrap_or(started);
-    let writer = Writer::start(repo.clone(), index, opts.writer)?;
-    let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
-    let stored = tokio::task::spawn_blocking(move || -> Result<_> {
-        let (entries, paths, totals) = match input {
-            BackupInput::Files(roots) => {
-                let mut src = FilesSource::new(&writer, parent_snap.as_ref(), progress.as_ref());
-                src.add_roots(&roots)?;
-                let paths = roots.iter().map(|p| p.display().to_string()).collect();
-                (src.entries, paths, src.totals)
-            }
-            BackupInput::Stream { name, reader } => {
-                let entry =
-                    crate::source::stdin::store(&writer, &name, reader, time, progress.as_ref())?;
-                let t = crate::source::files::FilesTotals {
-                    files: 1,
-                    bytes: entry.size,
-                    ..Default::default()
-                };
-                (vec![entry], vec![name], t)
-            }
+    // Whatever happens after this, the lock is released (or, if the
+    // process dies, expires on its own).
+    let lock = LockGuard::acquire(repo.clone(), LockKind::Backup).await?;
+    let result = async {
+        let time = opts.time.unwrap_or(started);
+        let writer = Writer::start(repo.clone(), index, opts.writer)?;
+        let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
+        let stored = tokio::task::spawn_blocking(move || -> Result<_> {
+            let (entries, paths, totals) = match input {
+                BackupInput::Files(roots) => {
+                    let mut src =
+                        FilesSource::new(&writer, parent_snap.as_ref(), progress.as_ref());
+                    src.add_roots(&roots)?;
+                    let paths = roots.iter().map(|p| p.display().to_string()).collect();
+                    (src.entries, paths, src.totals)
+                }
+                BackupInput::Stream { name, reader } => {
+                    let entry = crate::source::stdin::store(
+                        &writer,
+                        &name,
+                        reader,
+                        time,
+                        progress.as_ref(),
+                    )?;
+                    let t = crate::source::files::FilesTotals {
+                        files: 1,
+                        bytes: entry.size,
+                        ..Default::default()
+                    };
+                    (vec![entry], vec![name], t)
+                }
+            };
+            let w = writer.finish()?;
+            Ok((entries, paths, totals, w))
+        })
+        .await
+        .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
+        let (entries, paths, t, w) = stored?;
+        let snapshot = Snapshot {
+            version: VERSION,
+            time,
+            host,
+            username: std::env::var("USER").unwrap_or_default(),
+            source: Source {
+                kind,
+                name: opts.source.clone(),
+            },
+            tags: opts.tags,
+            parent: parent.as_ref().map(|(id, _)| *id),
+            paths,
+            entries,
+            totals: Totals {
+                files: t.files,
+                dirs: t.dirs,
+                symlinks: t.symlinks,
+                bytes: t.bytes,
+                chunks: w.chunks,
+                chunks_new: w.chunks_new,
+                bytes_stored_new: w.bytes_stored_new,
+                files_unchanged: t.files_unchanged,
+            },
+            started,
+            duration_s: clock.elapsed().as_secs_f64(),
+            program_version: env!("CARGO_PKG_VERSION").into(),
+            metadata: opts.metadata,
         };
-        let w = writer.finish()?;
-        Ok((entries, paths, totals, w))
-    })
-    .await
-    .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
-    let (entries, paths, t, w) = match stored {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = lock.release().await;
-            return Err(e);
-        }
-    };
-    let snapshot = Snapshot {
-        version: VERSION,
-        time,
-        host,
-        username: std::env::var("USER").unwrap_or_default(),
-        source: Source {
+        let snapshot_id = repo.save_snapshot(&snapshot).await?;
+        Ok(BackupSummary {
+            snapshot_id,
+            time,
+            source: opts.source,
             kind,
-            name: opts.source.clone(),
-        },
-        tags: opts.tags,
-        parent: parent.as_ref().map(|(id, _)| *id),
-        paths,
-        entries,
-        totals: Totals {
-            files: t.files,
-            dirs: t.dirs,
-            symlinks: t.symlinks,
-            bytes: t.bytes,
+            parent: snapshot.parent,
+            bytes_in: t.bytes,
+            bytes_stored_new: w.bytes_stored_new,
             chunks: w.chunks,
             chunks_new: w.chunks_new,
-            bytes_stored_new: w.bytes_stored_new,
+            packs_written: w.packs,
+            index_objects_written: w.index_objects,
+            files: t.files,
             files_unchanged: t.files_unchanged,
-        },
-        started,
-        duration_s: clock.elapsed().as_secs_f64(),
-        program_version: env!("CARGO_PKG_VERSION").into(),
-        metadata: opts.metadata,
-    };
-    let saved = repo.save_snapshot(&snapshot).await;
+            dirs: t.dirs,
+            symlinks: t.symlinks,
+            duration_s: snapshot.duration_s,
+        })
+    }
+    .await;
     let _ = lock.release().await;
-    let snapshot_id = saved?;
-    Ok(BackupSummary {
-        snapshot_id,
-        time,
-        source: opts.source,
-        kind,
-        parent: snapshot.parent,
-        bytes_in: t.bytes,
-        bytes_stored_new: w.bytes_stored_new,
-        chunks: w.chunks,
-        chunks_new: w.chunks_new,
-        packs_written: w.packs,
-        index_objects_written: w.index_objects,
-        files: t.files,
-        files_unchanged: t.files_unchanged,
-        dirs: t.dirs,
-        symlinks: t.symlinks,
-        duration_s: snapshot.duration_s,
-    })
+    result
 }
 
 /// Source names end up in reports and filters: keep them plain.

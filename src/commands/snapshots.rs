@@ -52,7 +52,7 @@ pub async fn list(repo: &Repository, source: Option<&str>) -> Result<Vec<Snapsho
         .snapshots()
         .await?
         .iter()
-        .filter(|(_, s)| source.map_or(true, |n| s.source.name == n))
+        .filter(|(_, s)| source.is_none_or(|n| s.source.name == n))
         .map(|(id, s)| SnapshotRow::new(*id, s))
         .collect())
 }

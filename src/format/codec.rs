@@ -63,7 +63,7 @@ impl<'a> Reader<'a> {
     pub fn count(&mut self, record_len: usize) -> Result<usize> {
         let n = self.u32()? as usize;
         if n.checked_mul(record_len)
-            .map_or(true, |need| need > self.remaining())
+            .is_none_or(|need| need > self.remaining())
         {
             return Err(Error::format(
                 self.what,

@@ -554,7 +554,7 @@ fn clean_stale_spool(dir: &std::path::Path) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .map_or(false, |age| age > STALE_SPOOL);
+            .is_some_and(|age| age > STALE_SPOOL);
         if is_ours && old {
             let _ = std::fs::remove_file(ent.path());
         }

@@ -277,12 +277,11 @@ impl Repository {
             ids.retain(|id| id.to_hex().starts_with(&spec_l));
         }
         let snaps = self.load_snapshots(ids).await?;
-        let in_source = |s: &Snapshot| source.map_or(true, |n| s.source.name == n);
+        let in_source = |s: &Snapshot| source.is_none_or(|n| s.source.name == n);
         let found: Vec<(Id, Snapshot)> = if spec == "latest" {
             snaps
                 .into_iter()
-                .filter(|(_, s)| in_source(s))
-                .last()
+                .rfind(|(_, s)| in_source(s))
                 .into_iter()
                 .collect()
         } else {
