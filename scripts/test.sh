@@ -16,5 +16,12 @@ fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export PROPTEST_CASES=${PROPTEST_CASES:-64}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 cargo build --locked --tests --bins
-cargo test --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+# Doc-tests are skipped (the crate has none): their empty "0 passed" line
+# would otherwise be the run's last word.
+status=0
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
