@@ -15,12 +15,15 @@
 
 pub mod conformance;
 pub mod local;
+pub mod s3;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 
@@ -98,6 +101,58 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn atomic_create(&self) -> bool {
         true
     }
+
+    /// Find out (by trying) whether `PutMode::Create` is atomic here; the
+    /// answer is also what [`Backend::atomic_create`] reports afterwards.
+    async fn probe_atomic_create(&self) -> Result<bool> {
+        Ok(self.atomic_create())
+    }
+
+    /// Requests made so far, for stores that charge per request.
+    fn request_counts(&self) -> Option<RequestCounts> {
+        None
+    }
+}
+/// Requests by type and bytes moved, for cost reports.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub put: AtomicU64,
+    pub get: AtomicU64,
+    pub head: AtomicU64,
+    pub list: AtomicU64,
+    pub delete: AtomicU64,
+    pub multipart: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub put: u64,
+    pub get: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
+    /// Create/complete/abort multipart and upload-part requests.
+    pub multipart: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl RequestStats {
+    pub fn snapshot(&self) -> RequestCounts {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RequestCounts {
+            put: l(&self.put),
+            get: l(&self.get),
+            head: l(&self.head),
+            list: l(&self.list),
+            delete: l(&self.delete),
+            multipart: l(&self.multipart),
+            bytes_up: l(&self.bytes_up),
+            bytes_down: l(&self.bytes_down),
+        }
+    }
 }
 
 pub type DynBackend = Arc<dyn Backend>;
@@ -117,15 +172,12 @@ pub async fn list_all(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectM
 }
 
 /// Open the backend a `--repo` string names.
-pub fn open(repo: &str) -> Result<DynBackend> {
+pub async fn open(repo: &str, s3: &s3::S3Options) -> Result<DynBackend> {
     if let Some(rest) = repo.strip_prefix("file://") {
         return Ok(Arc::new(local::LocalBackend::new(rest)?));
     }
     if repo.starts_with("s3://") {
-        return Err(Error::usage(format!(
-            "{repo}: S3 repositories are not supported by this build yet"
-        ))
-        .with_hint("use a local directory repository"));
+        return Ok(Arc::new(s3::S3Backend::open(repo, s3).await?));
     }
     if repo.contains("://") {
         return Err(

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 Exit codes: 0 ok, 1 operational failure, 2 usage/configuration (incl. wrong passphrase), 3 integrity failure."
 )]
 pub struct Cli {
-    /// Repository: a directory path, file:///path (s3://bucket/prefix in a later release)
+    /// Repository: a directory path, file:///path or s3://bucket/prefix
     #[arg(
         long,
         short = 'r',
@@ -25,6 +25,12 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub repo: Option<String>,
+    /// S3 endpoint for s3:// repositories (MinIO, Garage, …); path-style addressing
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// Storage class for data packs in S3 (e.g. STANDARD_IA)
+    #[arg(long, env = "USDCOP_DR_S3_DATA_STORAGE_CLASS", global = true)]
+    pub s3_data_storage_class: Option<String>,
     /// Machine-readable JSON on stdout (shapes documented in docs/CLI.md)
     #[arg(long, global = true)]
     pub json: bool,

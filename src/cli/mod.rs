@@ -25,7 +25,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let repo_arg = cli.repo.clone().ok_or_else(|| {
         Error::usage("no repository given").with_hint("pass --repo PATH or set USDCOP_DR_REPO")
     })?;
-    let backend = backend::open(&repo_arg)?;
+    let s3 = backend::s3::S3Options {
+        endpoint: cli.s3_endpoint.clone(),
+        data_storage_class: cli.s3_data_storage_class.clone(),
+        ..Default::default()
+    };
+    let backend = backend::open(&repo_arg, &s3).await?;
     let password = read_password()?;
     match cli.command {
         Command::Init(a) => {

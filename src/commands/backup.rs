@@ -73,6 +73,9 @@ pub struct BackupSummary {
     pub dirs: u64,
     pub symlinks: u64,
     pub duration_s: f64,
+    /// Requests made to the store (S3 repositories only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::backend::RequestCounts>,
 }
 
 pub async fn run(
@@ -180,6 +183,7 @@ pub async fn run(
             dirs: t.dirs,
             symlinks: t.symlinks,
             duration_s: snapshot.duration_s,
+            requests: repo.backend().request_counts(),
         })
     }
     .await;

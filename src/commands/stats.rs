@@ -27,6 +27,9 @@ pub struct Stats {
     pub chunker_avg_size: u32,
     pub compression_level: i32,
     pub pack_size: u32,
+    /// Requests this command made to the store (S3 repositories only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::backend::RequestCounts>,
 }
 
 pub async fn run(repo: &Repository) -> Result<Stats> {
@@ -64,5 +67,6 @@ pub async fn run(repo: &Repository) -> Result<Stats> {
         chunker_avg_size: c.chunker.avg_size,
         compression_level: c.compression_level,
         pack_size: c.pack_size,
+        requests: repo.backend().request_counts(),
     })
 }

@@ -89,16 +89,7 @@ impl Repository {
             Domain::Config,
             &serde_json::to_vec(&repo.config).expect("config serializes"),
         );
-        match repo
-            .backend
-            .put(names::CONFIG, sealed.into(), PutMode::Create)
-            .await
-        {
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                return Err(already_a_repo(&location))
-            }
-            r => r?,
-        }
+        create_config(repo.backend.as_ref(), sealed, &location).await?;
         repo.add_key(passphrase, opts.kdf).await?;
         Ok(repo)
     }
@@ -415,6 +406,41 @@ pub fn check_name(name: &str, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Create the `config` object so that of two concurrent `init`s exactly
+/// one wins. With atomic create that is the store's job. On stores that
+/// silently overwrite (Garage ignores `If-None-Match`), write, wait for
+/// any concurrent writer to land, and read back: if the bytes are not ours,
+/// another init won and this one stops before writing a key.
+async fn create_config(backend: &dyn Backend, sealed: Vec<u8>, location: &str) -> Result<()> {
+    if backend.probe_atomic_create().await? {
+        return match backend
+            .put(names::CONFIG, sealed.into(), PutMode::Create)
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(already_a_repo(location)),
+            r => r,
+        };
+    }
+    tracing::warn!(
+        "{location}: the store does not refuse overwrites; using write-and-verify for init"
+    );
+    backend
+        .put(names::CONFIG, sealed.clone().into(), PutMode::Overwrite)
+        .await?;
+    tokio::time::sleep(CONFIG_SETTLE).await;
+    let stored = backend.get(names::CONFIG).await?;
+    if stored[..] != sealed[..] {
+        return Err(Error::usage(format!(
+            "{location}: another `init` created this repository at the same time"
+        ))
+        .with_hint("use the repository it created (with its passphrase), or another location"));
+    }
+    Ok(())
+}
+
+/// How long write-and-verify init waits for a concurrent writer to land.
+const CONFIG_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn already_a_repo(location: &str) -> Error {
     Error::usage(format!(

@@ -1,0 +1,651 @@
+//! S3 backend (AWS S3 or any S3-compatible store) on aws-sdk-s3.
+//!
+//! - Objects live under `s3://bucket/prefix/`; the prefix is invisible to callers.
+//! - Credentials and region come from the standard AWS chain (environment,
+//!   profile), never from flags. `--s3-endpoint` / `AWS_ENDPOINT_URL` selects
+//!   a non-AWS endpoint and turns on path-style addressing.
+//! - Retries: the SDK's standard retry strategy (exponential back-off with
+//!   jitter on throttling, 5xx, timeouts and connection errors), per request,
+//!   so each multipart part is retried on its own. File payloads are
+//!   re-read from disk on retry, never held in memory.
+//! - Large file payloads go up as multipart uploads with bounded
+//!   parallelism; a failed one is aborted, and abandoned ones under the
+//!   prefix are aborted by [`S3Backend::abort_stale_uploads`].
+//! - `PutMode::Create` sends `If-None-Match: *`. Whether the store honours
+//!   it is found out by [`S3Backend::probe_atomic_create`], never assumed.
+//! - Every request is counted by type, with bytes moved ([`RequestStats`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
+};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{Backend, ListPage, ObjectMeta, Payload, PutMode, RequestCounts, RequestStats};
+use crate::error::{Error, ErrorKind, Result};
+
+/// File payloads larger than this go up as multipart uploads.
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
+const PART_SIZE: u64 = 8 << 20;
+const PART_CONCURRENCY: usize = 4;
+const MAX_ATTEMPTS: u32 = 6;
+/// Multipart uploads older than this under our prefix are abandoned.
+const STALE_UPLOAD: chrono::Duration = chrono::Duration::hours(24);
+
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Custom endpoint (MinIO, Garage, moto, …); path-style addressing.
+    pub endpoint: Option<String>,
+    /// Storage class for data packs, e.g. `STANDARD_IA`.
+    pub data_storage_class: Option<String>,
+    /// Explicit credentials and region for programs embedding the library
+    /// (tests, the bucket source); the CLI always uses the AWS chain.
+    pub credentials: Option<(String, String)>,
+    pub region: Option<String>,
+}
+
+fn inc(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Backend {
+    client: Client,
+    bucket: String,
+    /// Empty or ending in `/`.
+    prefix: String,
+    endpoint: String,
+    data_storage_class: Option<StorageClass>,
+    stats: Arc<RequestStats>,
+    atomic_create: Arc<AtomicBool>,
+}
+
+/// Split `s3://bucket/some/prefix` into bucket and prefix (`some/prefix/`).
+pub fn parse_url(url: &str) -> Result<(String, String)> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| Error::usage(format!("{url:?} is not an s3:// URL")))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(
+            Error::usage(format!("{url:?} names no bucket")).with_hint("use s3://bucket/prefix")
+        );
+    }
+    let prefix = prefix.trim_matches('/');
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    Ok((bucket.to_owned(), prefix))
+}
+
+/// An S3 client from the standard AWS configuration chain.
+pub async fn client(endpoint: Option<&str>) -> Client {
+    client_with(endpoint, &S3Options::default()).await
+}
+
+/// An S3 client; explicit credentials/region in `opts` win over the chain.
+pub async fn client_with(endpoint: Option<&str>, opts: &S3Options) -> Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let mut b = aws_sdk_s3::config::Builder::from(&shared)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(MAX_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(200))
+                .with_max_backoff(Duration::from_secs(20)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(60))
+                .operation_attempt_timeout(Duration::from_secs(300))
+                .build(),
+        );
+    if let Some(ep) = endpoint {
+        b = b.endpoint_url(ep).force_path_style(true);
+    }
+    if let Some((ak, sk)) = &opts.credentials {
+        b = b.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            ak,
+            sk,
+            None,
+            None,
+            "usdcop-dr",
+        ));
+    }
+    if let Some(r) = &opts.region {
+        b = b.region(Region::new(r.clone()));
+    } else if shared.region().is_none() {
+        b = b.region(Region::new("us-east-1"));
+    }
+    Client::from_conf(b.build())
+}
+
+impl S3Backend {
+    pub async fn open(url: &str, opts: &S3Options) -> Result<S3Backend> {
+        let (bucket, prefix) = parse_url(url)?;
+        let endpoint = opts
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let client = client_with(endpoint.as_deref(), opts).await;
+        let data_storage_class = opts.data_storage_class.as_deref().map(StorageClass::from);
+        Ok(S3Backend {
+            client,
+            bucket,
+            prefix,
+            endpoint: endpoint.unwrap_or_else(|| "AWS S3".into()),
+            data_storage_class,
+            stats: Arc::new(RequestStats::default()),
+            atomic_create: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    pub fn stats(&self) -> RequestCounts {
+        self.stats.snapshot()
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(name))
+    }
+
+    /// Whether `If-None-Match: *` really prevents overwrites here:
+    /// create a probe object twice and see whether the second create fails
+    /// and the first content survives. The answer is remembered and
+    /// reported by [`Backend::atomic_create`].
+    async fn probe(&self) -> Result<bool> {
+        let name = format!(
+            "locks/probe-{}",
+            hex::encode(crate::crypto::random_bytes::<8>())
+        );
+        self.put_bytes(&name, Bytes::from_static(b"first"), PutMode::Create)
+            .await?;
+        let second = self
+            .put_bytes(&name, Bytes::from_static(b"second"), PutMode::Create)
+            .await;
+        let kept_first = self
+            .get(&name)
+            .await
+            .map(|b| &b[..] == b"first")
+            .unwrap_or(false);
+        let _ = self.delete_many(&[name]).await;
+        let atomic =
+            matches!(&second, Err(e) if e.kind() == ErrorKind::AlreadyExists) && kept_first;
+        if second.is_err() && !matches!(&second, Err(e) if e.kind() == ErrorKind::AlreadyExists) {
+            second?;
+        }
+        self.atomic_create.store(atomic, Ordering::Relaxed);
+        Ok(atomic)
+    }
+
+    async fn put_bytes(&self, name: &str, data: Bytes, mode: PutMode) -> Result<()> {
+        let len = data.len() as u64;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .content_length(len as i64)
+            .body(ByteStream::from(data));
+        if mode == PutMode::Create {
+            req = req.if_none_match("*");
+        }
+        if let Some(sc) = self.storage_class_for(name) {
+            req = req.storage_class(sc);
+        }
+        inc(&self.stats.put, 1);
+        req.send().await.map_err(|e| self.map_err(e, name, "PUT"))?;
+        inc(&self.stats.bytes_up, len);
+        Ok(())
+    }
+
+    async fn put_file(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        len: u64,
+        mode: PutMode,
+    ) -> Result<()> {
+        if len <= MULTIPART_THRESHOLD {
+            let body = ByteStream::read_from()
+                .path(path)
+                .length(Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| Error::io(format!("reading spool file {}: {e}", path.display())))?;
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.key(name))
+                .content_length(len as i64)
+                .body(body);
+            if mode == PutMode::Create {
+                req = req.if_none_match("*");
+            }
+            if let Some(sc) = self.storage_class_for(name) {
+                req = req.storage_class(sc);
+            }
+            inc(&self.stats.put, 1);
+            req.send().await.map_err(|e| self.map_err(e, name, "PUT"))?;
+            inc(&self.stats.bytes_up, len);
+            return Ok(());
+        }
+        self.multipart(name, path, len, mode).await
+    }
+
+    async fn multipart(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        len: u64,
+        mode: PutMode,
+    ) -> Result<()> {
+        let key = self.key(name);
+        let mut create = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key);
+        if let Some(sc) = self.storage_class_for(name) {
+            create = create.storage_class(sc);
+        }
+        inc(&self.stats.multipart, 1);
+        let upload = create
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, name, "CreateMultipartUpload"))?;
+        let upload_id = upload
+            .upload_id()
+            .ok_or_else(|| Error::io(format!("{}: store returned no upload id", self.url(name))))?
+            .to_owned();
+        let result = self
+            .upload_parts_and_complete(name, &key, &upload_id, path, len, mode)
+            .await;
+        if result.is_err() {
+            inc(&self.stats.multipart, 1);
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts_and_complete(
+        &self,
+        name: &str,
+        key: &str,
+        upload_id: &str,
+        path: &std::path::Path,
+        len: u64,
+        mode: PutMode,
+    ) -> Result<()> {
+        let parts = len.div_ceil(PART_SIZE);
+        let completed: Vec<CompletedPart> = futures::stream::iter(0..parts)
+            .map(|i| async move {
+                let offset = i * PART_SIZE;
+                let size = PART_SIZE.min(len - offset);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(Length::Exact(size))
+                    .build()
+                    .await
+                    .map_err(|e| {
+                        Error::io(format!("reading spool file {}: {e}", path.display()))
+                    })?;
+                inc(&self.stats.multipart, 1);
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(i as i32 + 1)
+                    .content_length(size as i64)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| self.map_err(e, name, "UploadPart"))?;
+                inc(&self.stats.bytes_up, size);
+                Ok::<_, Error>(
+                    CompletedPart::builder()
+                        .part_number(i as i32 + 1)
+                        .set_e_tag(out.e_tag().map(str::to_owned))
+                        .build(),
+                )
+            })
+            .buffered(PART_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut complete = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            );
+        if mode == PutMode::Create {
+            complete = complete.if_none_match("*");
+        }
+        inc(&self.stats.multipart, 1);
+        complete
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, name, "CompleteMultipartUpload"))?;
+        Ok(())
+    }
+
+    /// Abort multipart uploads under our prefix started more than a day ago
+    /// (left by killed processes; they cost storage until aborted).
+    pub async fn abort_stale_uploads(&self) -> Result<u64> {
+        let now = chrono::Utc::now();
+        let mut aborted = 0;
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            inc(&self.stats.list, 1);
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.map_err(e, "", "ListMultipartUploads"))?;
+            for u in page.uploads() {
+                let started = u
+                    .initiated()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0));
+                let stale = started.is_none_or(|t| now - t > STALE_UPLOAD);
+                if let (true, Some(key), Some(id)) = (stale, u.key(), u.upload_id()) {
+                    inc(&self.stats.multipart, 1);
+                    let _ = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await;
+                    aborted += 1;
+                }
+            }
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_owned);
+                id_marker = page.next_upload_id_marker().map(str::to_owned);
+                if key_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(aborted)
+    }
+
+    fn storage_class_for(&self, name: &str) -> Option<StorageClass> {
+        if name.starts_with(super::super::format::names::DATA) {
+            self.data_storage_class.clone()
+        } else {
+            None
+        }
+    }
+
+    /// One clear error, with the object and the likely cause.
+    fn map_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        name: &str,
+        op: &str,
+    ) -> Error {
+        let what = if name.is_empty() {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        } else {
+            self.url(name)
+        };
+        match &e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                return Error::io(format!(
+                    "cannot reach the S3 endpoint {} ({op} {what})",
+                    self.endpoint
+                ))
+                .with_hint("check --s3-endpoint / AWS_ENDPOINT_URL and the network");
+            }
+            SdkError::ConstructionFailure(_) => {
+                return Error::usage(format!(
+                    "cannot build the S3 request for {what}: {}",
+                    e_display(&e)
+                ))
+                .with_hint("check AWS credentials and region (environment or profile)");
+            }
+            _ => {}
+        }
+        let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+        let code = e.code().unwrap_or("").to_owned();
+        let message = e.message().unwrap_or("").to_owned();
+        match (status, code.as_str()) {
+            (_, "NoSuchBucket") => Error::io(format!("bucket {} does not exist at {}", self.bucket, self.endpoint))
+                .with_hint("create the bucket, or check the s3:// URL"),
+            (404, _) | (_, "NoSuchKey") | (_, "NotFound") => Error::not_found(format!("object {name} not found ({what})")),
+            (412, _) | (409, "ConditionalRequestConflict") => {
+                Error::new(ErrorKind::AlreadyExists, format!("object {name} already exists ({what})"))
+            }
+            (403, _) | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") | (_, "AccessDenied") => Error::io(
+                format!("S3 refused {op} on {what}: {} {}", if code.is_empty() { "403 Forbidden" } else { &code }, message)
+                    .trim_end()
+                    .to_owned(),
+            )
+            .with_hint("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy"),
+            (416, _) | (_, "InvalidRange") => Error::integrity(format!("{what} is shorter than the range requested")),
+            _ => Error::io(format!("S3 {op} {what} failed: {status} {code} {message}").trim_end().to_owned()),
+        }
+    }
+}
+
+fn e_display(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        if self.endpoint == "AWS S3" {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        } else {
+            format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+        }
+    }
+
+    async fn put(&self, name: &str, payload: Payload, mode: PutMode) -> Result<()> {
+        match payload {
+            Payload::Bytes(b) => self.put_bytes(name, b, mode).await,
+            Payload::File { path, len } => {
+                let r = self.put_file(name, &path, len, mode).await;
+                // The spool file is ours to consume, as with the local backend.
+                let _ = std::fs::remove_file(&path);
+                r
+            }
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Bytes> {
+        inc(&self.stats.get, 1);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, name, "GET"))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::io(format!("reading {}: {e}", self.url(name))))?
+            .into_bytes();
+        inc(&self.stats.bytes_down, data.len() as u64);
+        Ok(data)
+    }
+
+    async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            self.head(name).await?;
+            return Ok(Bytes::new());
+        }
+        inc(&self.stats.get, 1);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, name, "GET"))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::io(format!("reading {}: {e}", self.url(name))))?
+            .into_bytes();
+        inc(&self.stats.bytes_down, data.len() as u64);
+        if data.len() as u64 != len {
+            return Err(Error::integrity(format!(
+                "{} returned {} bytes for a {len}-byte range at {offset}",
+                self.url(name),
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+
+    async fn head(&self, name: &str) -> Result<ObjectMeta> {
+        inc(&self.stats.head, 1);
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, name, "HEAD"))?;
+        Ok(ObjectMeta {
+            name: name.to_owned(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
+        inc(&self.stats.list, 1);
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.key(prefix))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, prefix, "LIST"))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let name = o.key()?.strip_prefix(&self.prefix)?.to_owned();
+                Some(ObjectMeta {
+                    name,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect();
+        let next = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(ListPage { objects, next })
+    }
+
+    async fn delete_many(&self, names: &[String]) -> Result<()> {
+        for batch in names.chunks(1000) {
+            let ids = batch
+                .iter()
+                .map(|n| ObjectIdentifier::builder().key(self.key(n)).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::io(format!("building delete request: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::io(format!("building delete request: {e}")))?;
+            inc(&self.stats.delete, 1);
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.map_err(e, &batch[0], "DeleteObjects"))?;
+            if let Some(err) = out.errors().iter().find(|e| e.code() != Some("NoSuchKey")) {
+                return Err(Error::io(format!(
+                    "S3 could not delete {}: {} {}",
+                    err.key().unwrap_or("?"),
+                    err.code().unwrap_or(""),
+                    err.message().unwrap_or("")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn atomic_create(&self) -> bool {
+        self.atomic_create.load(Ordering::Relaxed)
+    }
+
+    async fn probe_atomic_create(&self) -> Result<bool> {
+        self.probe().await
+    }
+
+    fn request_counts(&self) -> Option<RequestCounts> {
+        Some(self.stats.snapshot())
+    }
+}
