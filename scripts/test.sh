@@ -10,9 +10,13 @@ if ! need cargo; then
   echo "error: cargo (Rust toolchain) is required: https://rustup.rs" >&2
   exit 2
 fi
-# Nothing else to install yet: the repository core's tests use a local-
-# directory backend in temporary directories. Later sources (PostgreSQL,
-# S3-compatible servers) add their installs here.
+# The S3-compatible servers that the integration tests start on loopback
+# (moto and Garage, see tests/common/servers.rs): installed into
+# $USDCOP_DR_TOOLS, and skipped when already there at the pinned versions.
+# On a fresh machine this builds Garage from crates.io (about 15-20 min).
+# Later sources (PostgreSQL) add their installs here.
+export USDCOP_DR_TOOLS=${USDCOP_DR_TOOLS:-/opt/usdcop-dr-tools}
+bash scripts/install-test-deps.sh
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export PROPTEST_CASES=${PROPTEST_CASES:-64}

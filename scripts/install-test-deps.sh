@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Installs the S3-compatible servers the integration tests start on loopback
+# (tests/common/servers.rs), into $USDCOP_DR_TOOLS (default
+# /opt/usdcop-dr-tools):
+#
+#   moto-venv/     a Python virtualenv with moto's S3 server (moto_server)
+#                  and boto3 (the smoke test's client)
+#   bin/garage     Garage, built from crates.io with `cargo install`
+#
+# Idempotent: each tool is (re)installed only when it is missing or not the
+# pinned version. Needs Python 3 (with venv; Debian's python3-venv is
+# installed when it is missing) and cargo. Prints what it did; exits non-zero
+# with a message naming the step that failed.
+set -euo pipefail
+
+MOTO_VERSION=5.2.1
+GARAGE_VERSION=2.5.0
+
+TOOLS=${USDCOP_DR_TOOLS:-/opt/usdcop-dr-tools}
+VENV=$TOOLS/moto-venv
+GARAGE=$TOOLS/bin/garage
+
+say() { printf 'install-test-deps: %s\n' "$*"; }
+die() { printf 'install-test-deps: error: %s\n' "$*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1; }
+
+apt_updated=0
+apt_install() {
+  need apt-get || die "Debian packages needed ($*), but apt-get is not available: install them by hand"
+  if [ "$apt_updated" = 0 ]; then
+    say "apt-get update"
+    apt-get update -qq || die "apt-get update failed"
+    apt_updated=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+mkdir -p "$TOOLS/bin" || die "cannot create $TOOLS (set USDCOP_DR_TOOLS to a writable directory)"
+
+# ---- moto ---------------------------------------------------------------
+
+moto_ok() {
+  [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/moto_server" ] || return 1
+  local v
+  v=$("$VENV/bin/python" -c 'import moto, flask, flask_cors, boto3; print(moto.__version__)' 2>/dev/null) || return 1
+  [ "$v" = "$MOTO_VERSION" ]
+}
+
+if moto_ok; then
+  say "moto $MOTO_VERSION: already installed in $VENV"
+else
+  start=$(date +%s)
+  if ! need python3; then
+    apt_install python3 python3-venv
+  fi
+  say "moto $MOTO_VERSION: creating $VENV with $(command -v python3) ($(python3 --version 2>&1))"
+  rm -rf "$VENV"
+  # Debian's own python3 makes virtualenvs only with python3-venv (ensurepip).
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    apt_install python3-venv
+    python3 -m venv "$VENV" || die "python3 -m venv $VENV failed ($(command -v python3))"
+  fi
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "moto[s3,server]==$MOTO_VERSION" \
+    || die "pip install moto[s3,server]==$MOTO_VERSION failed (is PyPI reachable?)"
+  moto_ok || die "moto $MOTO_VERSION was installed into $VENV but does not import (moto, flask, flask_cors, boto3)"
+  say "moto $MOTO_VERSION: installed in $(( $(date +%s) - start ))s"
+fi
+
+# ---- Garage -------------------------------------------------------------
+
+# `garage --version` prints e.g. "garage cargo:2.5.0 [features: ...]".
+garage_version() { "$GARAGE" --version 2>/dev/null | head -n1; }
+garage_ok() {
+  [ -x "$GARAGE" ] || return 1
+  [ "$(garage_version | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1)" = "$GARAGE_VERSION" ]
+}
+
+if garage_ok; then
+  say "garage $GARAGE_VERSION: already installed at $GARAGE"
+else
+  need cargo || die "cargo is needed to build Garage: https://rustup.rs"
+  if [ -e "$GARAGE" ]; then
+    say "garage: $GARAGE is '$(garage_version)', not $GARAGE_VERSION: reinstalling"
+  fi
+  # Garage links sqlite and lmdb from bundled C sources: it needs a C compiler.
+  if ! need cc; then
+    apt_install gcc libc6-dev
+  fi
+  start=$(date +%s)
+  say "garage $GARAGE_VERSION: cargo install (a release build from crates.io; about 15-20 minutes on 2 cores)"
+  cargo install --locked --force --quiet --root "$TOOLS" garage --version "$GARAGE_VERSION" \
+    || die "cargo install garage --version $GARAGE_VERSION failed (see cargo's output above)"
+  garage_ok || die "garage was installed at $GARAGE but reports '$(garage_version)', not $GARAGE_VERSION"
+  say "garage $GARAGE_VERSION: installed in $(( $(date +%s) - start ))s"
+fi
+
+say "tools ready in $TOOLS"
