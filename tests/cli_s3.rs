@@ -1,0 +1,189 @@
+//! The CLI against S3 repositories on real servers: round trip, dedup,
+//! request counts, and one clear error line for each S3 misconfiguration.
+
+mod common;
+#[path = "common/servers.rs"]
+mod servers;
+
+use common::{random_bytes, run_cmd, Run, PASSWORD};
+use servers::{S3Server, ServerKind};
+
+fn cmd(server: &S3Server, repo: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
+    c.env_remove("USDCOP_DR_PASSWORD_FILE")
+        .env("USDCOP_DR_PASSWORD", PASSWORD);
+    for (k, v) in server.env() {
+        c.env(k, v);
+    }
+    c.arg("--repo").arg(repo).args(args);
+    run_cmd(c, stdin)
+}
+
+fn round_trip(kind: ServerKind) {
+    let server = S3Server::start(kind);
+    server.create_bucket("backups");
+    let repo = "s3://backups/usdcop";
+    cmd(
+        &server,
+        repo,
+        &["init", "--kdf-memory-kib", "1024", "--pack-size", "4194304"],
+        None,
+    )
+    .ok();
+    let again = cmd(&server, repo, &["init"], None);
+    assert_eq!(
+        again.code, 2,
+        "init refuses an existing S3 repository: {}",
+        again.stderr
+    );
+
+    let data = random_bytes(12_000_000, 11);
+    let b = cmd(
+        &server,
+        repo,
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "pg",
+            "--stdin-name",
+            "db.dump",
+        ],
+        Some(&data),
+    )
+    .ok()
+    .json();
+    let requests = &b["requests"];
+    assert!(
+        requests["put"].as_u64().unwrap() >= 3,
+        "packs, index, snapshot, lock: {b}"
+    );
+    // One PUT per pack plus a fixed few (index, snapshot, lock): with 4 MiB
+    // packs that is well under one per MiB of new data.
+    let puts = requests["put"].as_u64().unwrap() + requests["multipart"].as_u64().unwrap();
+    let packs = b["packs_written"].as_u64().unwrap();
+    assert!(
+        puts <= packs + 3,
+        "{puts} upload requests for {packs} packs: {b}"
+    );
+    assert!(
+        (puts as f64) < 12.0 / 1.5,
+        "{puts} upload requests for 12 MB"
+    );
+    let again = cmd(
+        &server,
+        repo,
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "pg",
+            "--stdin-name",
+            "db.dump",
+        ],
+        Some(&data),
+    )
+    .ok()
+    .json();
+    assert_eq!(again["bytes_stored_new"], 0);
+    let out = cmd(
+        &server,
+        repo,
+        &["restore", "--snapshot", "latest", "--stdout"],
+        None,
+    )
+    .ok();
+    assert!(out.stdout == data, "restored bytes differ");
+    let v = cmd(&server, repo, &["--json", "verify", "--read-data"], None)
+        .ok()
+        .json();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+    let stats = cmd(&server, repo, &["--json", "stats"], None).ok().json();
+    assert!(stats["requests"]["list"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn s3_round_trip_on_moto() {
+    round_trip(ServerKind::Moto);
+}
+
+#[test]
+fn s3_round_trip_on_garage() {
+    round_trip(ServerKind::Garage);
+}
+
+#[test]
+fn s3_misconfiguration_gives_one_clear_line_and_exit_1() {
+    let server = S3Server::start(ServerKind::Moto);
+    server.create_bucket("backups");
+    let repo = "s3://backups/r";
+    cmd(&server, repo, &["init", "--kdf-memory-kib", "1024"], None).ok();
+
+    let missing = cmd(&server, "s3://no-such-bucket/r", &["snapshots"], None);
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no-such-bucket"),
+        "{}",
+        missing.stderr
+    );
+
+    let mut bad_creds = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
+    bad_creds.env("USDCOP_DR_PASSWORD", PASSWORD);
+    for (k, v) in server.env() {
+        bad_creds.env(
+            &k,
+            if k == "AWS_SECRET_ACCESS_KEY" {
+                "wrong-secret".to_owned()
+            } else {
+                v
+            },
+        );
+    }
+    bad_creds.args(["--repo", repo, "snapshots"]);
+    let r = run_cmd(bad_creds, None);
+    // moto accepts any credentials; the test only asserts the shape when refused.
+    if r.code != 0 {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            !r.stderr.contains("wrong-secret"),
+            "secret leaked: {}",
+            r.stderr
+        );
+    }
+
+    let mut nowhere = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
+    nowhere
+        .env("USDCOP_DR_PASSWORD", PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("AWS_REGION", "us-east-1")
+        .args([
+            "--repo",
+            "s3://b/r",
+            "--s3-endpoint",
+            "http://127.0.0.1:9",
+            "snapshots",
+        ]);
+    let r = run_cmd(nowhere, None);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("cannot reach the S3 endpoint http://127.0.0.1:9"),
+        "{}",
+        r.stderr
+    );
+    for r in [&missing, &r] {
+        assert!(
+            !r.stderr.contains("panicked") && !r.stderr.contains("backtrace"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.lines().filter(|l| l.contains("error:")).count() == 1,
+            "one error line: {}",
+            r.stderr
+        );
+    }
+}
