@@ -438,7 +438,10 @@ mark_failed() { # mark_failed TOOL STEP [fatal]
 
 for tool in "${TOOLS[@]}"; do
     log "$tool: init"
-    if ! do_init "$tool"; then mark_failed "$tool" init; BROKEN[$tool]=1; fi
+    if ! do_init "$tool"; then
+        mark_failed "$tool" init fatal
+        for step in "${STEPS[@]}"; do NOTE[$tool,$step]="init FAIL"; done
+    fi
 done
 for step in backup1 backup2 backup3; do
     in="$INPUT"
@@ -491,7 +494,9 @@ echo "## usdcop-dr vs restic: ${SIZE_GIB} GiB stream ($SIZE_BYTES bytes)"
 echo
 echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)."
 if has restic; then echo "restic: ${RESTIC_VERSION:-?}, repository version 2, default compression (auto)."; fi
-if has usdcop-dr; then echo "usdcop-dr: $("$USDCOP_BIN" --version 2>/dev/null || echo "$USDCOP_BIN")."; fi
+if has usdcop-dr; then
+    echo "usdcop-dr: $("$USDCOP_BIN" --version 2>/dev/null || echo "$USDCOP_BIN"), source $(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)."
+fi
 echo "Input: seed $BENCH_SEED, sha256 $INPUT_SHA; ~70 % pg_dump/CSV text of 5-minute USD/COP bars, ~30 % random bytes."
 echo "Each step runs the tools in the order ${TOOLS[*]} with the input hot in the page cache after a sync;"
 echo "caches are not dropped. MB/s = 10^6 bytes of stream per wall-clock second (/usr/bin/time %e),"
