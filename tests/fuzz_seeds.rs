@@ -575,6 +575,7 @@ mod gen {
                 sha256: Some(id(1)),
                 chunks: vec![id(2)],
                 target: None,
+                object: None,
             }],
             totals: Totals {
                 files: 1,
@@ -626,6 +627,7 @@ mod gen {
                     sha256: None,
                     chunks: vec![],
                     target: None,
+                    object: None,
                 },
                 Entry {
                     path: "etc/hosts".into(),
@@ -640,6 +642,7 @@ mod gen {
                     sha256: Some(id(3)),
                     chunks: vec![id(4), id(5)],
                     target: None,
+                    object: None,
                 },
                 Entry {
                     path: "srv/www/caf\u{e9} \u{1F600}.html".into(),
@@ -654,6 +657,7 @@ mod gen {
                     sha256: Some(id(6)),
                     chunks: vec![id(6)],
                     target: None,
+                    object: None,
                 },
                 Entry {
                     path: "etc/localtime".into(),
@@ -668,6 +672,7 @@ mod gen {
                     sha256: None,
                     chunks: vec![],
                     target: Some("/usr/share/zoneinfo/Etc/UTC\"\\\n".into()),
+                    object: None,
                 },
             ],
             totals: Totals {

@@ -108,6 +108,21 @@ pub enum BackupCommand {
         #[arg(long)]
         stdin_name: String,
     },
+    /// Objects of S3 buckets (MinIO, Garage, AWS): content, content type,
+    /// user metadata; credentials from the AWS environment/profile
+    Bucket {
+        #[command(flatten)]
+        common: BackupCommon,
+        /// Endpoint of the store holding the buckets (e.g. http://minio:9000); AWS if omitted
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Bucket to back up (repeatable)
+        #[arg(long = "bucket", required = true)]
+        buckets: Vec<String>,
+        /// Only keys starting with this prefix (repeatable; applies to every bucket)
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]

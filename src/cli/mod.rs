@@ -77,6 +77,19 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         },
                     )
                 }
+                BackupCommand::Bucket {
+                    common,
+                    endpoint,
+                    buckets,
+                    prefixes,
+                } => (
+                    common,
+                    BackupInput::Bucket {
+                        endpoint,
+                        selection: usdcop_dr::source::bucket::BucketSelection { buckets, prefixes },
+                        s3: Default::default(),
+                    },
+                ),
             };
             let mut opts = BackupOptions::new(common.source);
             opts.tags = common.tags;

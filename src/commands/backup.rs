@@ -52,6 +52,14 @@ pub enum BackupInput {
         name: String,
         reader: Box<dyn Read + Send>,
     },
+    /// Objects of S3 buckets (credentials from the AWS chain).
+    Bucket {
+        /// Non-AWS endpoint (MinIO, Garage, …), path-style addressing.
+        endpoint: Option<String>,
+        selection: crate::source::bucket::BucketSelection,
+        /// Explicit credentials/region (library callers; the CLI never sets them).
+        s3: crate::backend::s3::S3Options,
+    },
 }
 
 /// The `backup --json` shape (docs/CLI.md).
@@ -76,6 +84,9 @@ pub struct BackupSummary {
     /// Requests made to the store (S3 repositories only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<crate::backend::RequestCounts>,
+    /// Requests made to the source store (bucket sources only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_requests: Option<crate::backend::RequestCounts>,
 }
 
 pub async fn run(
@@ -91,12 +102,15 @@ pub async fn run(
     let kind = match &input {
         BackupInput::Files(_) => SourceKind::Files,
         BackupInput::Stream { .. } => SourceKind::Stdin,
+        BackupInput::Bucket { .. } => SourceKind::Bucket,
     };
     let index = repo.load_index().await?;
     let parent = match kind {
-        SourceKind::Files => repo.snapshots().await?.into_iter().rfind(|(_, s)| {
-            s.source.name == opts.source && s.source.kind == kind && s.host == host
-        }),
+        SourceKind::Files | SourceKind::Bucket => {
+            repo.snapshots().await?.into_iter().rfind(|(_, s)| {
+                s.source.name == opts.source && s.source.kind == kind && s.host == host
+            })
+        }
         _ => None,
     };
     // Whatever happens after this, the lock is released (or, if the
@@ -104,38 +118,67 @@ pub async fn run(
     let lock = LockGuard::acquire(repo.clone(), LockKind::Backup).await?;
     let result = async {
         let time = opts.time.unwrap_or(started);
-        let writer = Writer::start(repo.clone(), index, opts.writer)?;
         let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
-        let stored = tokio::task::spawn_blocking(move || -> Result<_> {
-            let (entries, paths, totals) = match input {
-                BackupInput::Files(roots) => {
-                    let mut src =
-                        FilesSource::new(&writer, parent_snap.as_ref(), progress.as_ref());
-                    src.add_roots(&roots)?;
-                    let paths = roots.iter().map(|p| p.display().to_string()).collect();
-                    (src.entries, paths, src.totals)
-                }
-                BackupInput::Stream { name, reader } => {
-                    let entry = crate::source::stdin::store(
-                        &writer,
-                        &name,
-                        reader,
-                        time,
-                        progress.as_ref(),
-                    )?;
-                    let t = crate::source::files::FilesTotals {
-                        files: 1,
-                        bytes: entry.size,
-                        ..Default::default()
+        let mut source_requests = None;
+        let input = match input {
+            BackupInput::Bucket {
+                endpoint,
+                selection,
+                s3,
+            } => {
+                let (entries, totals, w, requests) = backup_bucket(
+                    &repo,
+                    index.clone(),
+                    opts.writer,
+                    endpoint.as_deref(),
+                    &selection,
+                    &s3,
+                    parent_snap.as_ref(),
+                    progress.clone(),
+                )
+                .await?;
+                source_requests = Some(requests);
+                Ok((entries, selection.urls(), totals, w))
+            }
+            other => Err(other),
+        };
+        let stored = match input {
+            Ok(done) => Ok(done),
+            Err(input) => {
+                let writer = Writer::start(repo.clone(), index, opts.writer)?;
+                tokio::task::spawn_blocking(move || -> Result<_> {
+                    let (entries, paths, totals) = match input {
+                        BackupInput::Files(roots) => {
+                            let mut src =
+                                FilesSource::new(&writer, parent_snap.as_ref(), progress.as_ref());
+                            src.add_roots(&roots)?;
+                            let paths = roots.iter().map(|p| p.display().to_string()).collect();
+                            (src.entries, paths, src.totals)
+                        }
+                        BackupInput::Stream { name, reader } => {
+                            let entry = crate::source::stdin::store(
+                                &writer,
+                                &name,
+                                reader,
+                                time,
+                                progress.as_ref(),
+                            )?;
+                            let t = crate::source::files::FilesTotals {
+                                files: 1,
+                                bytes: entry.size,
+                                ..Default::default()
+                            };
+                            (vec![entry], vec![name], t)
+                        }
+                        BackupInput::Bucket { .. } => unreachable!("handled above"),
                     };
-                    (vec![entry], vec![name], t)
-                }
-            };
-            let w = writer.finish()?;
-            Ok((entries, paths, totals, w))
-        })
-        .await
-        .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
+                    let w = writer.finish()?;
+                    Ok((entries, paths, totals, w))
+                })
+                .await
+                .map_err(|e| Error::io(format!("backup task failed: {e}")))?
+            }
+        };
         let (entries, paths, t, w) = stored?;
         let snapshot = Snapshot {
             version: VERSION,
@@ -184,11 +227,56 @@ pub async fn run(
             symlinks: t.symlinks,
             duration_s: snapshot.duration_s,
             requests: repo.backend().request_counts(),
+            source_requests,
         })
     }
     .await;
     let _ = lock.release().await;
     result
+}
+
+/// The bucket source: async listing and downloads feeding the pipeline.
+#[allow(clippy::too_many_arguments)]
+async fn backup_bucket(
+    repo: &Arc<Repository>,
+    index: Arc<crate::repository::MasterIndex>,
+    writer_opts: WriterOptions,
+    endpoint: Option<&str>,
+    selection: &crate::source::bucket::BucketSelection,
+    s3: &crate::backend::s3::S3Options,
+    parent: Option<&Snapshot>,
+    progress: Arc<dyn Progress>,
+) -> Result<(
+    Vec<crate::format::snapshot::Entry>,
+    crate::source::files::FilesTotals,
+    crate::pipeline::WriterTotals,
+    crate::backend::RequestCounts,
+)> {
+    use crate::source::bucket;
+    if selection.buckets.is_empty() {
+        return Err(Error::usage("no --bucket given"));
+    }
+    let src = bucket::BucketClient::connect(endpoint, s3).await;
+    let writer = Arc::new(Writer::start(repo.clone(), index, writer_opts)?);
+    let result = bucket::backup(
+        &src,
+        selection,
+        writer.clone(),
+        parent,
+        progress,
+        bucket::DEFAULT_CONCURRENCY,
+    )
+    .await;
+    // Joining the pipeline threads blocks: never on a runtime thread.
+    let finished = tokio::task::spawn_blocking(move || match (result, Arc::try_unwrap(writer)) {
+        (Ok(r), Ok(w)) => Ok((r, w.finish()?)),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(_)) => Err(Error::io("backup pipeline still in use")),
+    })
+    .await
+    .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
+    let ((entries, totals), w) = finished?;
+    Ok((entries, totals, w, src.requests()))
 }
 
 /// Source names end up in reports and filters: keep them plain.

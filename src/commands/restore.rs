@@ -88,7 +88,7 @@ pub async fn run(
         RestoreTarget::Stream(mut out) => {
             let files: Vec<&&Entry> = selected
                 .iter()
-                .filter(|e| e.kind == EntryType::File)
+                .filter(|e| matches!(e.kind, EntryType::File | EntryType::Object))
                 .collect();
             if files.len() != 1 {
                 return Err(Error::usage(format!(
@@ -134,7 +134,11 @@ async fn restore_tree(
         std::fs::create_dir_all(&p).map_err(|err| write_err(&p.display().to_string(), err))?;
         summary.dirs += 1;
     }
-    for e in entries.iter().filter(|e| e.kind == EntryType::File) {
+    // Bucket objects restore into a directory as plain files.
+    for e in entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryType::File | EntryType::Object))
+    {
         progress.set_item(&e.path);
         match restore_file(reader, e, target, is_root, progress).await {
             Ok(n) => {

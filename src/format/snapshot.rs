@@ -44,6 +44,25 @@ pub enum EntryType {
     File,
     Dir,
     Symlink,
+    /// An object of an S3 bucket (`object` holds its key and attributes).
+    Object,
+}
+
+/// Where an [`EntryType::Object`] entry came from and what it carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub bucket: String,
+    /// The real key (the entry's `path` is an escaped, file-system-safe form).
+    pub key: String,
+    #[serde(default)]
+    pub etag: String,
+    /// RFC 3339, as the source store listed it.
+    #[serde(default)]
+    pub last_modified: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_metadata: BTreeMap<String, String>,
 }
 
 /// One file, directory or symlink (or the single stream of a stdin source).
@@ -76,6 +95,9 @@ pub struct Entry {
     pub chunks: Vec<Id>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Bucket objects only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectInfo>,
 }
 
 fn is_zero_i64(v: &i64) -> bool {
@@ -150,6 +172,44 @@ impl Snapshot {
     }
 }
 
+/// The entry path of bucket object `key`: `<bucket>/<key>`, made a safe
+/// relative path. `%` is written `%25`; a `/` that would start, end or
+/// double a component is written `%2F` (so `a//b` → `a%2F/b`, `/x` → `%2Fx`,
+/// `d/` → `d%2F`); a `.` or `..` component becomes `%2E` / `%2E%2E`.
+/// Percent-decoding the result gives back `<bucket>/<key>`, and distinct
+/// keys give distinct paths.
+pub fn object_path(bucket: &str, key: &str) -> String {
+    fn esc(s: &str) -> String {
+        s.replace('%', "%25").replace('\0', "%00")
+    }
+    fn push(out: &mut Vec<String>, c: String) {
+        let c = match c.as_str() {
+            "." => "%2E".to_owned(),
+            ".." => "%2E%2E".to_owned(),
+            _ => c,
+        };
+        out.push(c);
+    }
+    let mut parts: Vec<String> = Vec::new();
+    push(&mut parts, esc(bucket));
+    let mut cur = String::new();
+    for (i, seg) in key.split('/').enumerate() {
+        if i > 0 {
+            if !cur.is_empty() && !seg.is_empty() {
+                push(&mut parts, std::mem::take(&mut cur));
+            } else {
+                cur.push_str("%2F");
+            }
+        }
+        cur.push_str(&esc(seg));
+    }
+    if cur.is_empty() {
+        cur.push_str("%2F%2F"); // the empty key (not a valid S3 key)
+    }
+    push(&mut parts, cur);
+    parts.join("/")
+}
+
 /// Refuse paths that could escape a restore target.
 pub fn validate_path(path: &str) -> Result<()> {
     let bad = path.is_empty()
@@ -213,6 +273,7 @@ mod tests {
                 sha256: Some(Id([1; 32])),
                 chunks: vec![Id([2; 32])],
                 target: None,
+                object: None,
             }],
             totals: Totals::default(),
             started: t,
@@ -225,5 +286,56 @@ mod tests {
             assert!(validate_path(bad).is_err(), "{bad:?} accepted");
         }
         validate_path("a/b c/ñ.txt").unwrap();
+    }
+
+    fn percent_decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn object_paths_are_safe_reversible_and_distinct() {
+        let keys = [
+            "a",
+            "a/b",
+            "a//b",
+            "/x",
+            "//",
+            "/",
+            "d/",
+            "a/../b",
+            "..",
+            ".",
+            "./a",
+            "a/./b",
+            "%2E",
+            "a%2F/b",
+            "100%",
+            "sp ace/ñ/文件.txt",
+            "a/.../b",
+            "x//",
+            "a\0b",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for k in keys {
+            let p = object_path("bkt", k);
+            validate_path(&p).unwrap_or_else(|e| panic!("{k:?} -> {p:?}: {e}"));
+            assert_eq!(percent_decode(&p), format!("bkt/{k}"), "{k:?} -> {p:?}");
+            assert!(seen.insert(p.clone()), "{k:?} collides: {p:?}");
+        }
+        assert_eq!(object_path("b", "a//b"), "b/a%2F/b");
+        assert_eq!(object_path("b", "a/../c"), "b/a/%2E%2E/c");
+        assert_eq!(object_path("b", "plain/key.txt"), "b/plain/key.txt");
     }
 }

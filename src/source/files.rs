@@ -183,6 +183,7 @@ fn base_entry(path: String, kind: EntryType, m: &fs::Metadata) -> Entry {
         sha256: None,
         chunks: Vec::new(),
         target: None,
+        object: None,
     }
 }
 

@@ -37,5 +37,6 @@ pub fn store(
         sha256: Some(stored.sha256),
         chunks: stored.chunks,
         target: None,
+        object: None,
     })
 }
