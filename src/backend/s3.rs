@@ -43,6 +43,20 @@ const MAX_ATTEMPTS: u32 = 6;
 /// Multipart uploads older than this under our prefix are abandoned.
 const STALE_UPLOAD: chrono::Duration = chrono::Duration::hours(24);
 
+/// Content type and user metadata for [`S3Backend::put_object_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ObjectAttrs {
+    pub content_type: Option<String>,
+    /// `x-amz-meta-*` headers, without the prefix.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl ObjectAttrs {
+    fn metadata_map(&self) -> Option<std::collections::HashMap<String, String>> {
+        (!self.metadata.is_empty()).then(|| self.metadata.clone().into_iter().collect())
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct S3Options {
     /// Custom endpoint (MinIO, Garage, moto, …); path-style addressing.
@@ -254,7 +268,59 @@ impl S3Backend {
             inc(&self.stats.bytes_up, len);
             return Ok(());
         }
-        self.multipart(name, path, len, mode).await
+        self.multipart(name, path, len, mode, None).await
+    }
+
+    /// Write (overwrite) one object with a content type and user metadata:
+    /// bytes in one PUT, a file in one PUT or, above 16 MiB, as a multipart
+    /// upload re-read from the file (which is removed afterwards).
+    pub async fn put_object_with(
+        &self,
+        name: &str,
+        payload: Payload,
+        attrs: &ObjectAttrs,
+    ) -> Result<()> {
+        let len = payload.len();
+        let (body, spool) = match payload {
+            Payload::Bytes(b) => (ByteStream::from(b), None),
+            Payload::File { path, len } if len > MULTIPART_THRESHOLD => {
+                let r = self
+                    .multipart(name, &path, len, PutMode::Overwrite, Some(attrs))
+                    .await;
+                let _ = std::fs::remove_file(&path);
+                return r;
+            }
+            Payload::File { path, len } => {
+                let body = ByteStream::read_from()
+                    .path(&path)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| {
+                        Error::io(format!("reading spool file {}: {e}", path.display()))
+                    })?;
+                (body, Some(path))
+            }
+        };
+        inc(&self.stats.put, 1);
+        let r = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .content_length(len as i64)
+            .set_content_type(attrs.content_type.clone())
+            .set_metadata(attrs.metadata_map())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, name, "PUT"));
+        if let Some(p) = spool {
+            let _ = std::fs::remove_file(p);
+        }
+        r?;
+        inc(&self.stats.bytes_up, len);
+        Ok(())
     }
 
     async fn multipart(
@@ -263,6 +329,7 @@ impl S3Backend {
         path: &std::path::Path,
         len: u64,
         mode: PutMode,
+        attrs: Option<&ObjectAttrs>,
     ) -> Result<()> {
         let key = self.key(name);
         let mut create = self
@@ -270,6 +337,11 @@ impl S3Backend {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&key);
+        if let Some(a) = attrs {
+            create = create
+                .set_content_type(a.content_type.clone())
+                .set_metadata(a.metadata_map());
+        }
         if let Some(sc) = self.storage_class_for(name) {
             create = create.storage_class(sc);
         }

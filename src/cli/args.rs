@@ -142,7 +142,10 @@ pub struct BackupCommon {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RestoreArgs {
+    #[command(subcommand)]
+    pub mode: Option<RestoreCommand>,
     /// Snapshot id (or unique prefix) or `latest`
     #[arg(long, default_value = "latest")]
     pub snapshot: String,
@@ -158,6 +161,35 @@ pub struct RestoreArgs {
     /// Only restore these paths (as stored in the snapshot; repeatable)
     #[arg(long = "path")]
     pub paths: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RestoreCommand {
+    /// Put a `backup bucket` snapshot's objects back into an S3 bucket
+    /// (content, content type, user metadata; checked after upload)
+    Bucket(RestoreBucketArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreBucketArgs {
+    /// Snapshot id (or unique prefix) or `latest`
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// With `latest`: the latest of this source
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Endpoint of the target store; AWS if omitted
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Bucket to write the objects into (may differ from the original)
+    #[arg(long)]
+    pub bucket: String,
+    /// Only objects whose key starts with this
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Replace existing objects that differ (default: leave them, report conflicts, exit 1)
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use usdcop_dr::backend;
 use usdcop_dr::commands::backup::{self, BackupInput, BackupOptions};
 use usdcop_dr::commands::restore::{self, RestoreOptions, RestoreTarget};
-use usdcop_dr::commands::{repair, snapshots, stats, verify};
+use usdcop_dr::commands::{repair, restore_bucket, snapshots, stats, verify};
 use usdcop_dr::crypto::KdfParams;
 use usdcop_dr::repository::{InitOptions, Repository};
 use usdcop_dr::{Error, Result};
@@ -130,6 +130,59 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 }
                 t + &format!("{} snapshot(s)", rows.len())
             })?;
+        }
+        Command::Restore(args::RestoreArgs {
+            mode: Some(args::RestoreCommand::Bucket(a)),
+            ..
+        }) => {
+            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let (id, snap) = repo.find_snapshot(&a.snapshot, a.source.as_deref()).await?;
+            let s = restore_bucket::run(
+                repo,
+                id,
+                &snap,
+                restore_bucket::BucketRestoreOptions {
+                    endpoint: a.endpoint,
+                    bucket: a.bucket,
+                    prefix: a.prefix,
+                    overwrite: a.overwrite,
+                    s3: Default::default(),
+                },
+                progress,
+            )
+            .await?;
+            emit(cli.json, &s, || {
+                format!(
+                    "restored snapshot {} into bucket {}: {} objects written ({} overwritten), {} already identical, {} in {:.1}s",
+                    id.short(),
+                    s.bucket,
+                    s.objects,
+                    s.overwritten,
+                    s.skipped_identical,
+                    human(s.bytes),
+                    s.duration_s
+                )
+            })?;
+            for c in &s.conflicts {
+                eprintln!("usdcop-dr: conflict: {}: {}", c.key, c.reason);
+            }
+            for f in &s.failed {
+                eprintln!("usdcop-dr: not restored: {}: {}", f.key, f.error);
+            }
+            if !s.failed.is_empty() {
+                return Err(Error::integrity(format!(
+                    "{} object(s) could not be restored intact (listed above)",
+                    s.failed.len()
+                ))
+                .with_hint("run `usdcop-dr verify --read-data` to see the damaged objects"));
+            }
+            if !s.conflicts.is_empty() {
+                return Err(Error::io(format!(
+                    "{} existing object(s) differ from the snapshot and were left alone (listed above)",
+                    s.conflicts.len()
+                ))
+                .with_hint("pass --overwrite to replace them"));
+            }
         }
         Command::Restore(a) => {
             let repo = Arc::new(Repository::open(backend, &password).await?);

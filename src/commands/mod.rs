@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod repair;
 pub mod restore;
+pub mod restore_bucket;
 pub mod snapshots;
 pub mod stats;
 pub mod verify;

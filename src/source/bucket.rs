@@ -111,6 +111,32 @@ impl BucketClient {
         }
     }
 
+    /// Size and SHA-256 of an object's content, streamed (one GET).
+    pub async fn sha256(&self, bucket: &str, key: &str) -> Result<(u64, crate::format::Id)> {
+        inc(&self.stats.get, 1);
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.err(e, bucket, key, "GET"))?;
+        let mut body = out.body;
+        let mut hasher = crate::format::Hasher::new();
+        let mut n = 0u64;
+        while let Some(bytes) = body
+            .try_next()
+            .await
+            .map_err(|e| Error::io(format!("reading s3://{bucket}/{key}: {e}")))?
+        {
+            hasher.update(&bytes);
+            n += bytes.len() as u64;
+        }
+        inc(&self.stats.bytes_down, n);
+        Ok((n, hasher.finish()))
+    }
+
     /// One clear error line for a failed request on the source store.
     pub fn err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
         &self,
