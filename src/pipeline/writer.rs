@@ -209,7 +209,7 @@ impl Writer {
     ) -> Result<StoredStream> {
         let jobs = self.jobs.as_ref().expect("writer not finished");
         let mut chunker = Chunker::new(self.chunker_params);
-        let mut hasher = Hasher::new();
+        let mut hasher = StreamHasher::Inline(Hasher::new());
         let mut size = 0u64;
         let mut pending: VecDeque<Receiver<Result<Id>>> = VecDeque::new();
         let mut chunks = Vec::new();
@@ -218,7 +218,7 @@ impl Writer {
         while !eof {
             let n = read_some(&mut reader, &mut buf)?;
             eof = n == 0;
-            hasher.update(&buf[..n]);
+            hasher.update(&buf[..n], size);
             size += n as u64;
             progress.add_bytes(n as u64);
             chunker.push(&buf[..n]);
@@ -239,7 +239,7 @@ impl Writer {
         }
         Ok(StoredStream {
             size,
-            sha256: hasher.finish(),
+            sha256: hasher.finish()?,
             chunks,
         })
     }
@@ -293,6 +293,56 @@ impl Drop for Writer {
         drop(self.jobs.take());
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// The whole-stream SHA-256. Small streams are hashed on the reader
+/// thread; past [`HASH_THREAD_AFTER`] bytes the hasher moves to a thread of
+/// its own, so that reading and chunking are not serialised behind it
+/// (that serial path bounds an all-duplicate backup to one core).
+const HASH_THREAD_AFTER: u64 = 4 << 20;
+
+enum StreamHasher {
+    Inline(Hasher),
+    Thread(Sender<Vec<u8>>, JoinHandle<Id>),
+}
+
+impl StreamHasher {
+    fn update(&mut self, data: &[u8], seen: u64) {
+        match self {
+            StreamHasher::Inline(h) if seen < HASH_THREAD_AFTER => h.update(data),
+            StreamHasher::Inline(h) => {
+                let mut h = std::mem::take(h);
+                let (tx, rx) = bounded::<Vec<u8>>(8);
+                let handle = std::thread::Builder::new()
+                    .name("stream-hash".into())
+                    .spawn(move || {
+                        for piece in rx {
+                            h.update(&piece);
+                        }
+                        h.finish()
+                    })
+                    .expect("spawn stream hasher");
+                *self = StreamHasher::Thread(tx, handle);
+                self.update(data, seen);
+            }
+            StreamHasher::Thread(tx, _) => {
+                // The thread only stops when the sender is dropped.
+                let _ = tx.send(data.to_vec());
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Id> {
+        match self {
+            StreamHasher::Inline(h) => Ok(h.finish()),
+            StreamHasher::Thread(tx, handle) => {
+                drop(tx);
+                handle
+                    .join()
+                    .map_err(|_| Error::io("stream hasher thread panicked"))
+            }
         }
     }
 }
