@@ -323,6 +323,10 @@ impl S3Backend {
         Ok(())
     }
 
+    /// Multipart upload. Create mode here is a HEAD check, not atomic: only
+    /// content-addressed packs are this large, for which a concurrent
+    /// writer can only have stored the same bytes. (moto and some stores do
+    /// not accept `If-None-Match` on CompleteMultipartUpload.)
     async fn multipart(
         &self,
         name: &str,
@@ -331,6 +335,12 @@ impl S3Backend {
         mode: PutMode,
         attrs: Option<&ObjectAttrs>,
     ) -> Result<()> {
+        if mode == PutMode::Create && self.head(name).await.is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("object {name} already exists"),
+            ));
+        }
         let key = self.key(name);
         let mut create = self
             .client
@@ -417,7 +427,7 @@ impl S3Backend {
             .buffered(PART_CONCURRENCY)
             .try_collect()
             .await?;
-        let mut complete = self
+        let complete = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
