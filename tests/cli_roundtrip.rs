@@ -233,18 +233,24 @@ fn dedup_of_a_large_stream_with_one_percent_changed() {
         "unchanged stream adds no pack"
     );
 
-    // Change ~1 % of the bytes in 10 places, and append 1 %.
-    for i in 0..10 {
-        let at = 1_000_000 + i * 1_900_000;
-        data[at..at + 20_000].copy_from_slice(&random_bytes(20_000, 100 + i as u64));
+    // Change ~1 % of the bytes in 4 places, and append 1 %. (Chunk
+    // boundaries depend on the repository's random chunker seed, so the
+    // stored amount varies a little from run to run: about 4–6 % here.)
+    for i in 0..4 {
+        let at = 1_000_000 + i * 4_700_000;
+        data[at..at + 50_000].copy_from_slice(&random_bytes(50_000, 100 + i as u64));
     }
     data.extend_from_slice(&random_bytes(200_000, 55));
     let changed = repo.backup_stdin("dump", "d", &data);
     let new = changed["bytes_stored_new"].as_u64().unwrap();
     let fraction = new as f64 / stored_first as f64;
+    eprintln!(
+        "dedup: stored {:.2} % after changing 1 % and appending 1 %",
+        fraction * 100.0
+    );
     assert!(
         fraction < 0.10,
-        "1 % change stored {new} bytes = {:.1} % of the first backup",
+        "2 % changed/appended stored {new} bytes = {:.1} % of the first backup",
         fraction * 100.0
     );
     assert_eq!(
