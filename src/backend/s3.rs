@@ -504,6 +504,28 @@ impl S3Backend {
         Ok(aborted)
     }
 
+    /// One counted GetObject (optionally ranged), body collected.
+    async fn fetch(&self, name: &str, range: Option<String>) -> Result<Bytes> {
+        inc(&self.stats.get, 1);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| self.map_err(e, name, "GET"))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::io(format!("reading {}: {e}", self.url(name))))?
+            .into_bytes();
+        inc(&self.stats.bytes_down, data.len() as u64);
+        Ok(data)
+    }
+
     fn storage_class_for(&self, name: &str) -> Option<StorageClass> {
         if name.starts_with(super::super::format::names::DATA) {
             self.data_storage_class.clone()
@@ -598,23 +620,7 @@ impl Backend for S3Backend {
     }
 
     async fn get(&self, name: &str) -> Result<Bytes> {
-        inc(&self.stats.get, 1);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(name))
-            .send()
-            .await
-            .map_err(|e| self.map_err(e, name, "GET"))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::io(format!("reading {}: {e}", self.url(name))))?
-            .into_bytes();
-        inc(&self.stats.bytes_down, data.len() as u64);
-        Ok(data)
+        self.fetch(name, None).await
     }
 
     async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Bytes> {
@@ -622,23 +628,9 @@ impl Backend for S3Backend {
             self.head(name).await?;
             return Ok(Bytes::new());
         }
-        inc(&self.stats.get, 1);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(name))
-            .range(format!("bytes={}-{}", offset, offset + len - 1))
-            .send()
-            .await
-            .map_err(|e| self.map_err(e, name, "GET"))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::io(format!("reading {}: {e}", self.url(name))))?
-            .into_bytes();
-        inc(&self.stats.bytes_down, data.len() as u64);
+        let data = self
+            .fetch(name, Some(format!("bytes={}-{}", offset, offset + len - 1)))
+            .await?;
         if data.len() as u64 != len {
             return Err(Error::integrity(format!(
                 "{} returned {} bytes for a {len}-byte range at {offset}",
