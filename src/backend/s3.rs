@@ -546,43 +546,57 @@ impl S3Backend {
         } else {
             self.url(name)
         };
-        match &e {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                return Error::io(format!(
-                    "cannot reach the S3 endpoint {} ({op} {what})",
-                    self.endpoint
-                ))
-                .with_hint("check --s3-endpoint / AWS_ENDPOINT_URL and the network");
-            }
-            SdkError::ConstructionFailure(_) => {
-                return Error::usage(format!(
-                    "cannot build the S3 request for {what}: {}",
-                    e_display(&e)
-                ))
-                .with_hint("check AWS credentials and region (environment or profile)");
-            }
-            _ => {}
+        sdk_error(e, &self.endpoint, &self.bucket, &what, name, op)
+    }
+}
+
+/// Turn an SDK failure into one clear error line naming the object
+/// (`what`), the store and the likely cause. Shared by the repository
+/// backend and the bucket source.
+pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    endpoint: &str,
+    bucket: &str,
+    what: &str,
+    name: &str,
+    op: &str,
+) -> Error {
+    match &e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            return Error::io(format!(
+                "cannot reach the S3 endpoint {} ({op} {what})",
+                endpoint
+            ))
+            .with_hint("check the endpoint (--s3-endpoint, --endpoint or AWS_ENDPOINT_URL) and the network");
         }
-        let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-        let code = e.code().unwrap_or("").to_owned();
-        let message = e.message().unwrap_or("").to_owned();
-        match (status, code.as_str()) {
-            (_, "NoSuchBucket") => Error::io(format!("bucket {} does not exist at {}", self.bucket, self.endpoint))
-                .with_hint("create the bucket, or check the s3:// URL"),
-            (404, _) | (_, "NoSuchKey") | (_, "NotFound") => Error::not_found(format!("object {name} not found ({what})")),
-            (412, _) | (409, "ConditionalRequestConflict") => {
-                Error::new(ErrorKind::AlreadyExists, format!("object {name} already exists ({what})"))
-            }
-            (403, _) | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") | (_, "AccessDenied") => Error::io(
-                format!("S3 refused {op} on {what}: {} {}", if code.is_empty() { "403 Forbidden" } else { &code }, message)
-                    .trim_end()
-                    .to_owned(),
-            )
-            .with_hint("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy"),
-            (416, _) | (_, "InvalidRange") => Error::integrity(format!("{what} is shorter than the range requested")),
-            _ if code.is_empty() => Error::io(format!("S3 {op} {what} failed (HTTP {status}): {}", e_display(&e))),
-            _ => Error::io(format!("S3 {op} {what} failed: {status} {code} {message}").trim_end().to_owned()),
+        SdkError::ConstructionFailure(_) => {
+            return Error::usage(format!(
+                "cannot build the S3 request for {what}: {}",
+                e_display(&e)
+            ))
+            .with_hint("check AWS credentials and region (environment or profile)");
         }
+        _ => {}
+    }
+    let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+    let code = e.code().unwrap_or("").to_owned();
+    let message = e.message().unwrap_or("").to_owned();
+    match (status, code.as_str()) {
+        (_, "NoSuchBucket") => Error::io(format!("bucket {} does not exist at {}", bucket, endpoint))
+            .with_hint("create the bucket, or check the bucket name / s3:// URL"),
+        (404, _) | (_, "NoSuchKey") | (_, "NotFound") => Error::not_found(format!("object {name} not found ({what})")),
+        (412, _) | (409, "ConditionalRequestConflict") => {
+            Error::new(ErrorKind::AlreadyExists, format!("object {name} already exists ({what})"))
+        }
+        (403, _) | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") | (_, "AccessDenied") => Error::io(
+            format!("S3 refused {op} on {what}: {} {}", if code.is_empty() { "403 Forbidden" } else { &code }, message)
+                .trim_end()
+                .to_owned(),
+        )
+        .with_hint("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy"),
+        (416, _) | (_, "InvalidRange") => Error::integrity(format!("{what} is shorter than the range requested")),
+        _ if code.is_empty() => Error::io(format!("S3 {op} {what} failed (HTTP {status}): {}", e_display(&e))),
+        _ => Error::io(format!("S3 {op} {what} failed: {status} {code} {message}").trim_end().to_owned()),
     }
 }
 

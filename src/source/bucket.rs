@@ -146,41 +146,7 @@ impl BucketClient {
         op: &str,
     ) -> Error {
         let what = format!("s3://{bucket}/{key}");
-        match &e {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                return Error::io(format!(
-                    "cannot reach the S3 endpoint {} ({op} {what})",
-                    self.endpoint
-                ))
-                .with_hint("check --endpoint and the network");
-            }
-            SdkError::ConstructionFailure(_) => {
-                return Error::usage(format!("cannot build the S3 request for {what}: {e}"))
-                    .with_hint("check AWS credentials and region (environment or profile)");
-            }
-            _ => {}
-        }
-        let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-        let code = e.code().unwrap_or("").to_owned();
-        let message = e.message().unwrap_or("").to_owned();
-        match (status, code.as_str()) {
-            (_, "NoSuchBucket") => {
-                Error::io(format!("bucket {bucket} does not exist at {}", self.endpoint))
-                    .with_hint("check --bucket and --endpoint")
-            }
-            (404, _) | (_, "NoSuchKey") | (_, "NotFound") => {
-                Error::not_found(format!("object {what} not found"))
-            }
-            (403, _) | (_, "AccessDenied") | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") => {
-                Error::io(format!("S3 refused {op} on {what}: {code} {message}").trim_end().to_owned())
-                    .with_hint("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy")
-            }
-            _ => Error::io(
-                format!("S3 {op} {what} failed: {status} {code} {message}")
-                    .trim_end()
-                    .to_owned(),
-            ),
-        }
+        crate::backend::s3::sdk_error(e, &self.endpoint, bucket, &what, key, op)
     }
 }
 
