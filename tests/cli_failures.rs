@@ -525,6 +525,17 @@ fn a_killed_backup_leaves_no_snapshot_and_its_uploads_are_reused() {
         second["chunks_new"].as_u64().unwrap(),
     );
     assert!(chunks_new < chunks, "nothing was reused: {second}");
+    // It cleaned up after the dead writer: lock gone, temp files gone.
+    assert_eq!(second["recovery"]["dead_locks"], 1, "{second}");
+    assert_eq!(second["recovery"]["deferred"], false, "{second}");
+    assert!(
+        repo.objects("locks").is_empty(),
+        "the dead lock was not removed"
+    );
+    let tmp: Vec<_> = std::fs::read_dir(repo.path.join("tmp"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "temp files left: {tmp:?}");
     // At least 4 packs of ≥ 1 MiB were indexed before the kill.
     assert!(
         stored_new + (3 << 20) < data.len() as u64,

@@ -281,4 +281,28 @@ impl Backend for LocalBackend {
     fn spool_dir(&self) -> Option<PathBuf> {
         Some(self.tmp_dir())
     }
+
+    /// Temp files in `tmp/` (this repository's own): a killed writer's
+    /// half-written objects and spooled packs.
+    async fn abort_unfinished_writes(&self) -> Result<u64> {
+        let dir = self.tmp_dir();
+        blocking(move || {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(io_err(e, "tmp")),
+            };
+            let mut n = 0;
+            for ent in rd {
+                let ent = ent.map_err(|e| io_err(e, "tmp"))?;
+                match fs::remove_file(ent.path()) {
+                    Ok(()) => n += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(e, "tmp")),
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
 }

@@ -112,6 +112,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn request_counts(&self) -> Option<RequestCounts> {
         None
     }
+
+    /// Abort writes that were started and never finished (S3 multipart
+    /// uploads, local temp files), returning how many. The store cannot
+    /// tell whose they are, so call this only when no other writer is
+    /// running (`repository::recovery` decides). Aborting a live writer's
+    /// upload cannot lose data, it only fails that writer: its pack never
+    /// appears, so neither does an index or snapshot that names it.
+    async fn abort_unfinished_writes(&self) -> Result<u64> {
+        Ok(0)
+    }
 }
 /// Requests by type and bytes moved, for cost reports.
 #[derive(Debug, Default)]

@@ -9,8 +9,9 @@
 //!   so each multipart part is retried on its own. File payloads are
 //!   re-read from disk on retry, never held in memory.
 //! - Large file payloads go up as multipart uploads with bounded
-//!   parallelism; a failed one is aborted, and abandoned ones under the
-//!   prefix are aborted by [`S3Backend::abort_stale_uploads`].
+//!   parallelism; a failed one is aborted, and ones abandoned by killed
+//!   processes are aborted by `Backend::abort_unfinished_writes` when the
+//!   next backup finds their dead lock (`repository::recovery`).
 //! - `PutMode::Create` sends `If-None-Match: *`. Whether the store honours
 //!   it is found out by [`S3Backend::probe_atomic_create`], never assumed.
 //! - Every request is counted by type, with bytes moved ([`RequestStats`]).
@@ -40,8 +41,6 @@ const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_SIZE: u64 = 8 << 20;
 const PART_CONCURRENCY: usize = 4;
 const MAX_ATTEMPTS: u32 = 6;
-/// Multipart uploads older than this under our prefix are abandoned.
-const STALE_UPLOAD: chrono::Duration = chrono::Duration::hours(24);
 
 /// Content type and user metadata for [`S3Backend::put_object_with`].
 #[derive(Debug, Clone, Default)]
@@ -454,56 +453,6 @@ impl S3Backend {
         }
     }
 
-    /// Abort multipart uploads under our prefix started more than a day ago
-    /// (left by killed processes; they cost storage until aborted).
-    pub async fn abort_stale_uploads(&self) -> Result<u64> {
-        let now = chrono::Utc::now();
-        let mut aborted = 0;
-        let mut key_marker: Option<String> = None;
-        let mut id_marker: Option<String> = None;
-        loop {
-            inc(&self.stats.list, 1);
-            let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(&self.prefix)
-                .set_key_marker(key_marker.clone())
-                .set_upload_id_marker(id_marker.clone())
-                .send()
-                .await
-                .map_err(|e| self.map_err(e, "", "ListMultipartUploads"))?;
-            for u in page.uploads() {
-                let started = u
-                    .initiated()
-                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0));
-                let stale = started.is_none_or(|t| now - t > STALE_UPLOAD);
-                if let (true, Some(key), Some(id)) = (stale, u.key(), u.upload_id()) {
-                    inc(&self.stats.multipart, 1);
-                    let _ = self
-                        .client
-                        .abort_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await;
-                    aborted += 1;
-                }
-            }
-            if page.is_truncated() == Some(true) {
-                key_marker = page.next_key_marker().map(str::to_owned);
-                id_marker = page.next_upload_id_marker().map(str::to_owned);
-                if key_marker.is_none() {
-                    break;
-                }
-            } else {
-                break;
-            }
-        }
-        Ok(aborted)
-    }
-
     /// One counted GetObject (optionally ranged), body collected.
     async fn fetch(&self, name: &str, range: Option<String>) -> Result<Bytes> {
         inc(&self.stats.get, 1);
@@ -744,5 +693,50 @@ impl Backend for S3Backend {
 
     fn request_counts(&self) -> Option<RequestCounts> {
         Some(self.stats.snapshot())
+    }
+
+    /// Every multipart upload under our prefix: left by killed processes,
+    /// they cost storage until aborted (see the trait's contract).
+    async fn abort_unfinished_writes(&self) -> Result<u64> {
+        let mut aborted = 0;
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            inc(&self.stats.list, 1);
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.map_err(e, "", "ListMultipartUploads"))?;
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                    inc(&self.stats.multipart, 1);
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| self.map_err(e, key, "AbortMultipartUpload"))?;
+                    aborted += 1;
+                }
+            }
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_owned);
+                id_marker = page.next_upload_id_marker().map(str::to_owned);
+                if key_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(aborted)
     }
 }

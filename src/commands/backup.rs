@@ -87,6 +87,9 @@ pub struct BackupSummary {
     /// Requests made to the source store (bucket sources only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_requests: Option<crate::backend::RequestCounts>,
+    /// Clean-up after dead writers done before this backup, if any was needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<super::recover::RecoveryReport>,
 }
 
 pub async fn run(
@@ -104,7 +107,6 @@ pub async fn run(
         BackupInput::Stream { .. } => SourceKind::Stdin,
         BackupInput::Bucket { .. } => SourceKind::Bucket,
     };
-    let index = repo.load_index().await?;
     let parent = match kind {
         SourceKind::Files | SourceKind::Bucket => {
             repo.snapshots().await?.into_iter().rfind(|(_, s)| {
@@ -117,6 +119,9 @@ pub async fn run(
     // process dies, expires on its own).
     let lock = LockGuard::acquire(repo.clone(), LockKind::Backup).await?;
     let result = async {
+        let recovery = super::recover::after_dead_writers(&repo, &lock.id().await).await?;
+        // Loaded after the recovery, which may have indexed orphaned packs.
+        let index = repo.load_index().await?;
         let time = opts.time.unwrap_or(started);
         let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
         let mut source_requests = None;
@@ -228,6 +233,7 @@ pub async fn run(
             duration_s: snapshot.duration_s,
             requests: repo.backend().request_counts(),
             source_requests,
+            recovery,
         })
     }
     .await;

@@ -2,6 +2,7 @@
 //! The CLI parses flags into these option structs and renders the results.
 
 pub mod backup;
+pub mod recover;
 pub mod repair;
 pub mod restore;
 pub mod restore_bucket;

@@ -42,6 +42,11 @@ impl LockGuard {
         })
     }
 
+    /// The lock object's current id (it changes at every refresh).
+    pub async fn id(&self) -> Id {
+        *self.current.lock().await
+    }
+
     /// Remove the lock. Dropping the guard without calling this leaves the
     /// lock to expire on its own, which is safe.
     pub async fn release(self) -> Result<()> {
@@ -97,6 +102,33 @@ async fn write_lock(repo: &Repository, kind: LockKind, started: DateTime<Utc>) -
 
 /// Locks that have not expired at `now`.
 pub async fn live_locks(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<(Id, Lock)>> {
+    Ok(all_locks(repo)
+        .await?
+        .into_iter()
+        .filter(|(_, l)| l.expires > now)
+        .collect())
+}
+
+/// Whether a lock's holder is certainly gone: the lock expired, or it was
+/// taken on this host by a process that no longer exists. A lock from
+/// another host is only ever judged by its expiry; a reused pid makes a
+/// dead holder look alive, which errs on the safe side.
+pub fn holder_is_gone(lock: &Lock, now: DateTime<Utc>) -> bool {
+    lock.expires <= now || (lock.host == super::hostname() && !process_exists(lock.pid))
+}
+
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Every lock object, expired or not, skipping ones deleted or damaged
+/// while we read them.
+pub async fn all_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
     let mut out = Vec::new();
     for obj in crate::backend::list_all(repo.backend(), names::LOCKS).await? {
         let Some(id) = names::id_of(&obj.name) else {
@@ -106,10 +138,10 @@ pub async fn live_locks(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<(Id
         let Ok(plain) = repo.load_sealed(&obj.name, Domain::Lock).await else {
             continue;
         };
-        let lock: Lock = crate::format::meta::decode_json("lock", &plain)?;
-        if lock.expires > now {
-            out.push((id, lock));
-        }
+        let Ok(lock) = crate::format::meta::decode_json::<Lock>("lock", &plain) else {
+            continue;
+        };
+        out.push((id, lock));
     }
     Ok(out)
 }

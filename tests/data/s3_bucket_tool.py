@@ -90,5 +90,9 @@ def main():
         print(json.dumps({"compared": len(keys), "problems": problems[:20], "bytes": sum(v[1] for v in da.values())}))
     elif cmd == "keys":
         print(json.dumps(sorted(list_all(c, sys.argv[3]))))
+    elif cmd == "uploads":
+        # Pending (unfinished) multipart uploads in a bucket.
+        r = c.list_multipart_uploads(Bucket=sys.argv[3])
+        print(json.dumps([u["Key"] for u in r.get("Uploads", [])]))
 
 main()
