@@ -7,6 +7,13 @@
 #                  and boto3 (the smoke test's client)
 #   bin/garage     Garage, built from crates.io with `cargo install`
 #
+# and the PostgreSQL 15 server and client tools that tests/common/postgres.rs
+# runs (initdb, pg_ctl, postgres, psql, pg_dump, pg_restore): Debian's
+# postgresql-15 and postgresql-client-15, when missing. Each test starts its
+# own server with initdb in a temporary directory, so the package's own
+# cluster service is not started. When run as root, a `postgres` system user
+# is made if missing (initdb refuses to run as root).
+#
 # Idempotent: each tool is (re)installed only when it is missing or not the
 # pinned version. Needs Python 3 (with venv; Debian's python3-venv is
 # installed when it is missing) and cargo. Prints what it did; exits non-zero
@@ -98,4 +105,69 @@ else
   say "garage $GARAGE_VERSION: installed in $(( $(date +%s) - start ))s"
 fi
 
-say "tools ready in $TOOLS"
+# ---- PostgreSQL ----------------------------------------------------------
+
+PG_MAJOR=15
+PG_TOOLS="initdb pg_ctl postgres psql pg_dump pg_restore"
+
+# The bin dir with every tool the harness runs, as tests/common/postgres.rs
+# looks for it: $USDCOP_DR_PG_BIN, Debian's versioned dir, `pg_config --bindir`.
+pg_bindir() {
+  local d t ok
+  for d in "${USDCOP_DR_PG_BIN:-}" "/usr/lib/postgresql/$PG_MAJOR/bin" \
+      "$(pg_config --bindir 2>/dev/null || true)"; do
+    [ -n "$d" ] || continue
+    ok=1
+    for t in $PG_TOOLS; do
+      [ -x "$d/$t" ] || { ok=0; break; }
+    done
+    if [ "$ok" = 1 ]; then
+      printf '%s\n' "$d"
+      return 0
+    fi
+  done
+  return 1
+}
+
+if [ -n "${USDCOP_DR_PG_BIN:-}" ] && [ "$(pg_bindir)" != "$USDCOP_DR_PG_BIN" ]; then
+  die "USDCOP_DR_PG_BIN=$USDCOP_DR_PG_BIN lacks one of: $PG_TOOLS"
+fi
+if pg_bin=$(pg_bindir); then
+  say "postgresql: server tools found in $pg_bin"
+else
+  start=$(date +%s)
+  # Debian starts a "main" cluster when the server package is installed
+  # (where a service manager runs); the tests never use it. policy-rc.d
+  # keeps invoke-rc.d from starting it, and is restored afterwards.
+  # An existing policy-rc.d is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  policy_added=0
+  if [ ! -e "$policy" ] && [ -w /usr/sbin ]; then
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    policy_added=1
+  fi
+  apt_install "postgresql-$PG_MAJOR" "postgresql-client-$PG_MAJOR"
+  if [ "$policy_added" = 1 ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+  pg_bin=$(pg_bindir) \
+    || die "postgresql-$PG_MAJOR was installed, but no directory has all of: $PG_TOOLS"
+  say "postgresql: installed postgresql-$PG_MAJOR in $(( $(date +%s) - start ))s ($pg_bin)"
+fi
+
+if [ "$(id -u)" = 0 ]; then
+  if id -u postgres >/dev/null 2>&1; then
+    :
+  else
+    say "postgresql: creating the postgres system user (initdb refuses root)"
+    useradd --system --user-group --home-dir /var/lib/postgresql --no-create-home \
+      --shell /bin/bash postgres \
+      || id -u postgres >/dev/null 2>&1 \
+      || die "cannot create the postgres system user (useradd failed)"
+  fi
+  need runuser || die "runuser (util-linux) is needed to run initdb as postgres"
+fi
+
+say "tools ready in $TOOLS; PostgreSQL in $pg_bin"

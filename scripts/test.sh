@@ -14,7 +14,9 @@ fi
 # (moto and Garage, see tests/common/servers.rs): installed into
 # $USDCOP_DR_TOOLS, and skipped when already there at the pinned versions.
 # On a fresh machine this builds Garage from crates.io (about 15-20 min).
-# Later sources (PostgreSQL) add their installs here.
+# Also the PostgreSQL 15 server and client tools (Debian's postgresql-15 and
+# postgresql-client-15, installed when missing; see tests/common/postgres.rs),
+# and, when root, a `postgres` system user to run initdb as.
 export USDCOP_DR_TOOLS=${USDCOP_DR_TOOLS:-/opt/usdcop-dr-tools}
 bash scripts/install-test-deps.sh
 
