@@ -1,5 +1,6 @@
-//! `backup bucket` / `restore bucket` against a real S3 server (moto):
-//! 2,000 objects of varied keys, sizes, content types and user metadata,
+//! `backup bucket` / `restore bucket` against real S3 servers (moto with
+//! 1,000 objects, Garage with 2,000) of varied keys, sizes, content types
+//! and user metadata,
 //! backed up into an S3 repository on the same server, restored into
 //! another bucket and compared object by object; an incremental run
 //! downloads exactly the changed objects.
@@ -119,6 +120,7 @@ fn bucket_round_trip(kind: ServerKind, objects: usize) {
     // Restore (into a directory) works for bucket snapshots too: every
     // key, including `..`, `//` and a leading `/`, lands under the target.
     let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
     let r = cmd(
         &server,
         repo,
@@ -131,10 +133,21 @@ fn bucket_round_trip(kind: ServerKind, objects: usize) {
     )
     .ok()
     .json();
+    eprintln!("{kind}: restore to a directory {:?}", t.elapsed());
     assert_eq!(json_u64(&r, &["files"]), objects as u64);
-    let dotdot = dir.path().join("source-bucket/weird/%2E%2E/dotdot");
-    assert!(dotdot.is_file(), "{} missing", dotdot.display());
-    assert!(dir.path().join("source-bucket/%2Fleading").is_file());
+    // Some stores normalise such keys away (Garage stores "/leading" as
+    // "leading" and drops "weird/../dotdot"): check the ones the source has.
+    let keys = tool(&server, &["keys", "source-bucket"]);
+    let has = |k: &str| keys.as_array().unwrap().iter().any(|v| v == k);
+    for (key, file) in [
+        ("weird/../dotdot", "source-bucket/weird/%2E%2E/dotdot"),
+        ("/leading", "source-bucket/%2Fleading"),
+    ] {
+        if has(key) || kind == ServerKind::Moto {
+            let p = dir.path().join(file);
+            assert!(p.is_file(), "{} missing (key {key:?})", p.display());
+        }
+    }
 
     // Restore into another bucket; every object compared with the source.
     let restore = |args: &[&str]| {
@@ -240,4 +253,15 @@ fn bucket_backup_and_restore_on_moto() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     bucket_round_trip(ServerKind::Moto, n);
+}
+
+#[test]
+fn bucket_backup_and_restore_on_garage() {
+    // Garage is a real distributed store (and ignores If-None-Match); it
+    // answers much faster than moto, so it gets the full-size bucket.
+    let n = std::env::var("USDCOP_DR_BUCKET_TEST_OBJECTS_GARAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    bucket_round_trip(ServerKind::Garage, n);
 }

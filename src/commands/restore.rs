@@ -105,7 +105,7 @@ pub async fn run(
             summary.bytes = written;
         }
         RestoreTarget::Dir(target) => {
-            restore_tree(&reader, &selected, &target, progress.as_ref(), &mut summary).await?;
+            restore_tree(&reader, &selected, &target, progress, &mut summary).await?;
         }
     }
     summary.duration_s = clock.elapsed().as_secs_f64();
@@ -120,11 +120,18 @@ fn included(path: &str, include: &[String]) -> bool {
         })
 }
 
+/// Files up to this size are restored [`SMALL_FILES_AT_ONCE`] at a time
+/// (a bucket snapshot holds thousands of them, and each costs a request's
+/// latency plus an fsync); larger ones one after the other, each with its
+/// own parallel chunk reads, which keeps memory bounded.
+const SMALL_FILE: u64 = 1 << 20;
+const SMALL_FILES_AT_ONCE: usize = 16;
+
 async fn restore_tree(
     reader: &ChunkReader,
     entries: &[&Entry],
     target: &Path,
-    progress: &dyn Progress,
+    progress: Arc<dyn Progress>,
     summary: &mut RestoreSummary,
 ) -> Result<()> {
     std::fs::create_dir_all(target).map_err(|e| write_err(&target.display().to_string(), e))?;
@@ -135,26 +142,32 @@ async fn restore_tree(
         summary.dirs += 1;
     }
     // Bucket objects restore into a directory as plain files.
-    for e in entries
+    let (small, large): (Vec<&Entry>, Vec<&Entry>) = entries
         .iter()
+        .copied()
         .filter(|e| matches!(e.kind, EntryType::File | EntryType::Object))
-    {
-        progress.set_item(&e.path);
-        match restore_file(reader, e, target, is_root, progress).await {
-            Ok(n) => {
-                summary.files += 1;
-                summary.bytes += n;
-            }
-            Err(err) if err.kind() == ErrorKind::Integrity || err.kind() == ErrorKind::NotFound => {
-                progress.warn(&format!("{}: {err}", e.path));
-                summary.failed.push(FailedEntry {
-                    path: e.path.clone(),
-                    error: err.to_string(),
-                });
-            }
-            Err(err) => return Err(err.context(&e.path)),
-        }
+        .partition(|e| e.size <= SMALL_FILE);
+    let mut done = futures::stream::iter(small)
+        .map(|e| {
+            let (reader, e, target) = (reader.clone(), e.clone(), target.to_path_buf());
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                progress.set_item(&e.path);
+                let r = restore_file(&reader, &e, &target, is_root, progress.as_ref()).await;
+                (e.path, r)
+            })
+        })
+        .buffer_unordered(SMALL_FILES_AT_ONCE);
+    while let Some(joined) = done.next().await {
+        let (path, r) = joined.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
+        record(&path, r, progress.as_ref(), summary)?;
     }
+    for e in large {
+        progress.set_item(&e.path);
+        let r = restore_file(reader, e, target, is_root, progress.as_ref()).await;
+        record(&e.path, r, progress.as_ref(), summary)?;
+    }
+    summary.failed.sort_by(|a, b| a.path.cmp(&b.path));
     for e in entries.iter().filter(|e| e.kind == EntryType::Symlink) {
         let p = target.join(&e.path);
         if let Some(parent) = p.parent() {
@@ -179,6 +192,32 @@ async fn restore_tree(
         set_metadata(&p, e, is_root).map_err(|err| write_err(&p.display().to_string(), err))?;
     }
     Ok(())
+}
+
+/// Count a restored file, or list it as failed (damaged or missing data:
+/// the other files are still restored); any other error stops the restore.
+fn record(
+    path: &str,
+    r: Result<u64>,
+    progress: &dyn Progress,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    match r {
+        Ok(n) => {
+            summary.files += 1;
+            summary.bytes += n;
+            Ok(())
+        }
+        Err(err) if err.kind() == ErrorKind::Integrity || err.kind() == ErrorKind::NotFound => {
+            progress.warn(&format!("{path}: {err}"));
+            summary.failed.push(FailedEntry {
+                path: path.to_owned(),
+                error: err.to_string(),
+            });
+            Ok(())
+        }
+        Err(err) => Err(err.context(path)),
+    }
 }
 
 async fn restore_file(

@@ -16,6 +16,7 @@ pub fn default_depth() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) + 2
 }
 
+#[derive(Clone)]
 pub struct ChunkReader {
     repo: Arc<Repository>,
     index: Arc<MasterIndex>,
