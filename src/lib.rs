@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod pipeline;
+pub mod postgres;
 pub mod progress;
 pub mod repository;
 pub mod source;

@@ -11,8 +11,9 @@ use serde::Serialize;
 use usdcop_dr::backend;
 use usdcop_dr::commands::backup::{self, BackupInput, BackupOptions};
 use usdcop_dr::commands::restore::{self, RestoreOptions, RestoreTarget};
-use usdcop_dr::commands::{repair, restore_bucket, snapshots, stats, verify};
+use usdcop_dr::commands::{repair, restore_bucket, restore_postgres, snapshots, stats, verify};
 use usdcop_dr::crypto::KdfParams;
+use usdcop_dr::postgres::Dsn;
 use usdcop_dr::repository::{InitOptions, Repository};
 use usdcop_dr::{Error, Result};
 use zeroize::Zeroizing;
@@ -90,6 +91,16 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         s3: Default::default(),
                     },
                 ),
+                BackupCommand::Postgres { common, pg } => (
+                    common,
+                    BackupInput::Postgres {
+                        dsn: dsn_from_flag(&pg.dsn, "--dsn", "USDCOP_DR_PG_DSN")?,
+                        options: usdcop_dr::source::postgres::PgBackupOptions {
+                            pg_dump: pg.pg_dump,
+                            checksum_max_rows: pg.checksum_max_rows,
+                        },
+                    },
+                ),
             };
             let mut opts = BackupOptions::new(common.source);
             opts.tags = common.tags;
@@ -97,8 +108,21 @@ pub async fn run(cli: Cli) -> Result<i32> {
             opts.time = common.time.as_deref().map(parse_time).transpose()?;
             let s = backup::run(repo, opts, input, progress).await?;
             emit(cli.json, &s, || {
+                let what = match &s.postgres {
+                    Some(pg) => format!(
+                        "database {} ({} tables, {} rows{}), ",
+                        pg.database,
+                        pg.tables,
+                        pg.rows,
+                        pg.timescaledb
+                            .as_deref()
+                            .map(|v| format!(", TimescaleDB {v}"))
+                            .unwrap_or_default()
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "snapshot {} saved: {} in, {} new stored ({} of {} chunks new, {} unchanged files) in {:.1}s",
+                    "snapshot {} saved: {what}{} in, {} new stored ({} of {} chunks new, {} unchanged files) in {:.1}s",
                     s.snapshot_id.short(),
                     human(s.bytes_in),
                     human(s.bytes_stored_new),
@@ -182,6 +206,55 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     s.conflicts.len()
                 ))
                 .with_hint("pass --overwrite to replace them"));
+            }
+        }
+        Command::Restore(args::RestoreArgs {
+            mode: Some(args::RestoreCommand::Postgres(a)),
+            ..
+        }) => {
+            let target = dsn_from_flag(&a.target_dsn, "--target-dsn", "USDCOP_DR_PG_TARGET_DSN")?;
+            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let (id, snap) = repo.find_snapshot(&a.snapshot, a.source.as_deref()).await?;
+            let s = restore_postgres::run(
+                repo,
+                id,
+                &snap,
+                restore_postgres::PgRestoreOptions {
+                    target,
+                    create: a.create,
+                    clean: a.clean,
+                    jobs: a.jobs,
+                    staging_dir: a.staging_dir,
+                    no_owner: a.no_owner,
+                    pg_restore: a.pg_restore,
+                },
+                progress,
+            )
+            .await?;
+            emit(cli.json, &s, || {
+                format!(
+                    "restored snapshot {} into database {}: {} tables, {} rows ({} checksummed tables), {} in {:.1}s{}",
+                    id.short(),
+                    s.database,
+                    s.tables,
+                    s.rows,
+                    s.tables_checksummed,
+                    human(s.bytes),
+                    s.duration_s,
+                    if s.differences.is_empty() { ", every table matches the snapshot" } else { "" }
+                )
+            })?;
+            if !s.differences.is_empty() {
+                for d in &s.differences {
+                    eprintln!("usdcop-dr: differs: {}: {}", d.table, d.problem);
+                }
+                return Err(Error::integrity(format!(
+                    "{} of {} tables restored into {:?} differ from snapshot {} (listed above)",
+                    s.differences.len(),
+                    s.tables,
+                    s.database,
+                    id.short()
+                )));
             }
         }
         Command::Restore(a) => {
@@ -356,6 +429,21 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
                 "--time {s:?} is not RFC 3339 (e.g. 2026-11-29T02:00:00Z): {e}"
             ))
         })
+}
+
+/// A DSN from a flag that clap may also have filled from `env_var`: a
+/// password is accepted only from the environment, never from argv.
+fn dsn_from_flag(value: &str, flag: &str, env_var: &str) -> Result<Dsn> {
+    let from_env = std::env::var(env_var).ok().as_deref() == Some(value);
+    if !from_env && Dsn::had_inline_password(value) {
+        return Err(Error::usage(format!(
+            "{flag} carries a password: every user of this machine can read the command line"
+        ))
+        .with_hint(format!(
+            "put the DSN in {env_var} instead, or the password in PGPASSWORD or ~/.pgpass"
+        )));
+    }
+    Dsn::parse(value)
 }
 
 fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {

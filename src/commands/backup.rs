@@ -60,6 +60,24 @@ pub enum BackupInput {
         /// Explicit credentials/region (library callers; the CLI never sets them).
         s3: crate::backend::s3::S3Options,
     },
+    /// A PostgreSQL database, through `pg_dump` (source/postgres.rs).
+    Postgres {
+        dsn: crate::postgres::Dsn,
+        options: crate::source::postgres::PgBackupOptions,
+    },
+}
+
+/// What a PostgreSQL backup saw (the full picture is in the snapshot's
+/// metadata, key `postgres`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PgSummary {
+    pub database: String,
+    pub server_version: String,
+    pub database_size: u64,
+    pub tables: u64,
+    pub rows: u64,
+    pub tables_checksummed: u64,
+    pub timescaledb: Option<String>,
 }
 
 /// The `backup --json` shape (docs/CLI.md).
@@ -87,6 +105,9 @@ pub struct BackupSummary {
     /// Requests made to the source store (bucket sources only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_requests: Option<crate::backend::RequestCounts>,
+    /// PostgreSQL sources only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgSummary>,
     /// Clean-up after dead writers done before this backup, if any was needed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<super::recover::RecoveryReport>,
@@ -106,6 +127,16 @@ pub async fn run(
         BackupInput::Files(_) => SourceKind::Files,
         BackupInput::Stream { .. } => SourceKind::Stdin,
         BackupInput::Bucket { .. } => SourceKind::Bucket,
+        BackupInput::Postgres { .. } => SourceKind::Postgres,
+    };
+    // A database that cannot be reached (wrong DSN, password, missing
+    // pg_dump) fails here, before anything is written to the repository.
+    let (input, pg_session) = match input {
+        BackupInput::Postgres { dsn, options } => (
+            None,
+            Some(crate::source::postgres::Session::open(&dsn, &options).await?),
+        ),
+        other => (Some(other), None),
     };
     let parent = match kind {
         SourceKind::Files | SourceKind::Bucket => {
@@ -125,27 +156,61 @@ pub async fn run(
         let time = opts.time.unwrap_or(started);
         let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
         let mut source_requests = None;
-        let input = match input {
-            BackupInput::Bucket {
-                endpoint,
-                selection,
-                s3,
-            } => {
-                let (entries, totals, w, requests) = backup_bucket(
-                    &repo,
-                    index.clone(),
-                    opts.writer,
-                    endpoint.as_deref(),
-                    &selection,
-                    &s3,
-                    parent_snap.as_ref(),
-                    progress.clone(),
-                )
-                .await?;
-                source_requests = Some(requests);
-                Ok((entries, selection.urls(), totals, w))
+        let mut metadata = opts.metadata;
+        let mut pg_summary = None;
+        let input = match (input, pg_session) {
+            (_, Some(session)) => {
+                let database = session.database().to_owned();
+                let (entry, w, picture) = session
+                    .backup(&repo, index.clone(), opts.writer, time, progress.clone())
+                    .await?;
+                pg_summary = Some(PgSummary {
+                    database: picture.database.clone(),
+                    server_version: picture.server_version.clone(),
+                    database_size: picture.database_size,
+                    tables: picture.tables.len() as u64,
+                    rows: picture.total_rows,
+                    tables_checksummed: picture
+                        .tables
+                        .iter()
+                        .filter(|t| t.checksum.is_some())
+                        .count() as u64,
+                    timescaledb: picture.timescaledb().map(|e| e.version.clone()),
+                });
+                metadata.insert(
+                    crate::postgres::picture::METADATA_KEY.to_owned(),
+                    serde_json::to_value(&picture).expect("picture serializes"),
+                );
+                let totals = crate::source::files::FilesTotals {
+                    files: 1,
+                    bytes: entry.size,
+                    ..Default::default()
+                };
+                Ok((vec![entry], vec![format!("postgres:{database}")], totals, w))
             }
-            other => Err(other),
+            (None, None) => unreachable!("input or session"),
+            (Some(input), None) => match input {
+                BackupInput::Bucket {
+                    endpoint,
+                    selection,
+                    s3,
+                } => {
+                    let (entries, totals, w, requests) = backup_bucket(
+                        &repo,
+                        index.clone(),
+                        opts.writer,
+                        endpoint.as_deref(),
+                        &selection,
+                        &s3,
+                        parent_snap.as_ref(),
+                        progress.clone(),
+                    )
+                    .await?;
+                    source_requests = Some(requests);
+                    Ok((entries, selection.urls(), totals, w))
+                }
+                other => Err(other),
+            },
         };
         let stored = match input {
             Ok(done) => Ok(done),
@@ -175,7 +240,9 @@ pub async fn run(
                             };
                             (vec![entry], vec![name], t)
                         }
-                        BackupInput::Bucket { .. } => unreachable!("handled above"),
+                        BackupInput::Bucket { .. } | BackupInput::Postgres { .. } => {
+                            unreachable!("handled above")
+                        }
                     };
                     let w = writer.finish()?;
                     Ok((entries, paths, totals, w))
@@ -211,7 +278,7 @@ pub async fn run(
             started,
             duration_s: clock.elapsed().as_secs_f64(),
             program_version: env!("CARGO_PKG_VERSION").into(),
-            metadata: opts.metadata,
+            metadata,
         };
         let snapshot_id = repo.save_snapshot(&snapshot).await?;
         Ok(BackupSummary {
@@ -233,6 +300,7 @@ pub async fn run(
             duration_s: snapshot.duration_s,
             requests: repo.backend().request_counts(),
             source_requests,
+            postgres: pg_summary,
             recovery,
         })
     }

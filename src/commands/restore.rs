@@ -260,7 +260,7 @@ async fn restore_file(
 }
 
 /// Stream one entry's chunks into `out`, checking the whole-content hash.
-async fn copy_entry(
+pub(crate) async fn copy_entry(
     reader: &ChunkReader,
     e: &Entry,
     out: &mut (dyn Write + Send),

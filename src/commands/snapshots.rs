@@ -24,6 +24,9 @@ pub struct SnapshotRow {
     pub bytes: u64,
     pub bytes_stored_new: u64,
     pub duration_s: f64,
+    /// What the source recorded (PostgreSQL: the database's picture).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl SnapshotRow {
@@ -42,6 +45,7 @@ impl SnapshotRow {
             bytes: s.totals.bytes,
             bytes_stored_new: s.totals.bytes_stored_new,
             duration_s: s.duration_s,
+            metadata: s.metadata.clone(),
         }
     }
 }

@@ -4,4 +4,5 @@
 
 pub mod bucket;
 pub mod files;
+pub mod postgres;
 pub mod stdin;

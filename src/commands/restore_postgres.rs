@@ -1,0 +1,471 @@
+//! `restore postgres`: a `backup postgres` snapshot back into a database,
+//! then proof that it is complete.
+//!
+//! Order: everything that can be checked without changing anything is
+//! checked first (snapshot kind, pg_restore version, TimescaleDB
+//! availability, target emptiness); only then is the database created
+//! (`--create`) and restored. With `--jobs 1` the dump streams from the
+//! repository into pg_restore's stdin; with more jobs it is staged on local
+//! disk (pg_restore needs a seekable file to work in parallel) and removed
+//! afterwards. Finally every table of the snapshot's picture is counted
+//! (and checksummed where the picture has a checksum) in the target: any
+//! difference is an integrity failure.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::snapshot::{Entry, EntryType, Snapshot};
+use crate::format::Id;
+use crate::pipeline::ChunkReader;
+use crate::postgres::picture::{self, DbPicture, Difference, TablePicture};
+use crate::postgres::{inspect, tools, Dsn};
+use crate::progress::Progress;
+use crate::repository::Repository;
+
+pub struct PgRestoreOptions {
+    pub target: Dsn,
+    pub create: bool,
+    pub clean: bool,
+    pub jobs: u32,
+    pub staging_dir: Option<PathBuf>,
+    pub no_owner: bool,
+    pub pg_restore: Option<PathBuf>,
+}
+
+/// What will be done, decided from the snapshot's picture and the options
+/// alone (pure, so every branch is unit-tested, TimescaleDB's included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePlan {
+    pub jobs: u32,
+    /// TimescaleDB version to create and wrap the restore in.
+    pub timescaledb: Option<String>,
+    pub pg_restore_args: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn plan(picture: &DbPicture, opts: &PgRestoreOptions) -> Result<RestorePlan> {
+    let mut warnings = vec![];
+    let mut jobs = opts.jobs.max(1);
+    let timescaledb = picture.timescaledb().map(|e| e.version.clone());
+    if let Some(v) = &timescaledb {
+        if opts.clean {
+            return Err(Error::usage(format!(
+                "the snapshot holds TimescaleDB {v}: --clean would drop the extension that \
+                 timescaledb_pre_restore() needs"
+            ))
+            .with_hint("restore into a new database with --create (or an empty one)"));
+        }
+        if jobs > 1 {
+            warnings.push(format!(
+                "--jobs {jobs} ignored: TimescaleDB's documentation forbids parallel pg_restore, \
+                 restoring with one job"
+            ));
+            jobs = 1;
+        }
+    }
+    let mut args = vec!["--no-password".to_owned(), "--exit-on-error".to_owned()];
+    if opts.clean {
+        args.extend(["--clean".to_owned(), "--if-exists".to_owned()]);
+    }
+    if opts.no_owner {
+        args.extend(["--no-owner".to_owned(), "--no-privileges".to_owned()]);
+    }
+    if jobs > 1 {
+        args.push(format!("--jobs={jobs}"));
+    }
+    Ok(RestorePlan {
+        jobs,
+        timescaledb,
+        pg_restore_args: args,
+        warnings,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PgRestoreSummary {
+    pub snapshot_id: Id,
+    pub database: String,
+    pub created: bool,
+    pub bytes: u64,
+    pub jobs: u32,
+    pub staged: bool,
+    pub timescaledb: Option<String>,
+    pub tables: u64,
+    pub rows: u64,
+    pub tables_checksummed: u64,
+    /// Empty when every table matches the snapshot.
+    pub differences: Vec<Difference>,
+    pub warnings: Vec<String>,
+    pub duration_s: f64,
+}
+
+pub fn picture_of(snap: &Snapshot, id: &Id) -> Result<DbPicture> {
+    let v = snap.metadata.get(picture::METADATA_KEY).ok_or_else(|| {
+        Error::usage(format!(
+            "snapshot {} ({} source {:?}) is not a PostgreSQL backup",
+            id.short(),
+            snap.source.kind.as_str(),
+            snap.source.name
+        ))
+    })?;
+    serde_json::from_value(v.clone()).map_err(|e| {
+        Error::integrity(format!(
+            "snapshot {}: unreadable PostgreSQL metadata: {e}",
+            id.short()
+        ))
+    })
+}
+
+pub async fn run(
+    repo: Arc<Repository>,
+    snapshot_id: Id,
+    snap: &Snapshot,
+    opts: PgRestoreOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<PgRestoreSummary> {
+    let clock = Instant::now();
+    let picture = picture_of(snap, &snapshot_id)?;
+    let entry = snap
+        .entries
+        .iter()
+        .find(|e| e.kind == EntryType::File)
+        .ok_or_else(|| {
+            Error::integrity(format!("snapshot {} holds no dump", snapshot_id.short()))
+        })?;
+    let plan = plan(&picture, &opts)?;
+    for w in &plan.warnings {
+        progress.warn(w);
+    }
+    let dump_major = tools::parse_major(&picture.pg_dump_version).unwrap_or(0);
+    let pg_restore = tools::find("pg_restore", dump_major, opts.pg_restore.as_deref())?;
+    let target = &opts.target;
+
+    // Checks first: nothing is changed until they all pass.
+    let created = if opts.create {
+        create_database(target, &picture.encoding).await?
+    } else {
+        false
+    };
+    let client = inspect::connect(target).await?;
+    let existing = inspect::user_relations(&client).await?;
+    if existing > 0 && !opts.clean {
+        return Err(Error::usage(format!(
+            "target database {:?} is not empty ({existing} tables, views or sequences); nothing was changed",
+            target.dbname
+        ))
+        .with_hint("pass --clean to replace the snapshot's objects, or restore into a new database with --create"));
+    }
+    if let Some(v) = &plan.timescaledb {
+        prepare_timescaledb(&client, v).await?;
+    }
+
+    let mut cmd = Command::new(&pg_restore.path);
+    cmd.args(&plan.pg_restore_args)
+        .arg(format!("--host={}", target.host))
+        .arg(format!("--port={}", target.port))
+        .arg(format!("--username={}", target.user))
+        .arg(format!("--dbname={}", target.redacted()))
+        .env_remove("PGPASSWORD");
+    for (k, v) in target.child_env() {
+        cmd.env(k, v);
+    }
+    let index = repo.load_index().await?;
+    let reader = ChunkReader::new(repo.clone(), index);
+    progress.set_total(entry.size);
+    progress.set_item(&entry.path);
+    let staged = plan.jobs > 1;
+    let bytes = if staged {
+        restore_staged(
+            &reader,
+            entry,
+            cmd,
+            opts.staging_dir.as_deref(),
+            progress.as_ref(),
+        )
+        .await?
+    } else {
+        restore_streamed(&reader, entry, cmd, progress.as_ref()).await?
+    };
+    if plan.timescaledb.is_some() {
+        client
+            .batch_execute("SELECT timescaledb_post_restore()")
+            .await
+            .map_err(|e| inspect::db_err("timescaledb_post_restore()", e))?;
+    }
+    drop(client);
+
+    let actual = take_pictures(target, &picture.tables).await?;
+    let differences = picture::compare(&picture.tables, &actual);
+    Ok(PgRestoreSummary {
+        snapshot_id,
+        database: target.dbname.clone(),
+        created,
+        bytes,
+        jobs: plan.jobs,
+        staged,
+        timescaledb: plan.timescaledb,
+        tables: picture.tables.len() as u64,
+        rows: actual.iter().map(|t| t.rows).sum(),
+        tables_checksummed: picture
+            .tables
+            .iter()
+            .filter(|t| t.checksum.is_some())
+            .count() as u64,
+        differences,
+        warnings: plan.warnings,
+        duration_s: clock.elapsed().as_secs_f64(),
+    })
+}
+
+/// Stream the dump from the repository into `pg_restore`'s stdin.
+async fn restore_streamed(
+    reader: &ChunkReader,
+    entry: &Entry,
+    cmd: Command,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let (child, mut stdin) = tools::FedChild::spawn("pg_restore", cmd)?;
+    let fed = super::restore::copy_entry(reader, entry, &mut stdin, progress).await;
+    drop(stdin);
+    let finished = child.finish();
+    match (fed, finished) {
+        (Ok(n), Ok(())) => Ok(n),
+        // pg_restore stopped reading because it failed: its message is the story.
+        (Err(e), Err(pg)) if e.kind() != ErrorKind::Integrity => Err(pg),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(pg)) => Err(pg),
+    }
+}
+
+/// Removes the staged dump however the restore ends.
+struct Staged(PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Stage the dump on local disk, then run a parallel `pg_restore` on it.
+async fn restore_staged(
+    reader: &ChunkReader,
+    entry: &Entry,
+    mut cmd: Command,
+    dir: Option<&std::path::Path>,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = dir.map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!(
+        "usdcop-dr-restore-{}.dump",
+        hex::encode(crate::crypto::random_bytes::<8>())
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| {
+            Error::io(format!("cannot stage the dump in {}: {e}", dir.display()))
+                .with_hint("pick a directory with room for the dump with --staging-dir")
+        })?;
+    let staged = Staged(path);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let n = super::restore::copy_entry(reader, entry, &mut out, progress)
+        .await
+        .map_err(|e| e.context(format!("staging the dump in {}", dir.display())))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io(format!("staging the dump: {}", e.error())))?;
+    drop(file);
+    cmd.arg(&staged.0);
+    let finished = tokio::task::spawn_blocking(move || {
+        let (child, stdin) = tools::FedChild::spawn("pg_restore", cmd)?;
+        drop(stdin);
+        child.finish()
+    })
+    .await
+    .map_err(|e| Error::io(format!("pg_restore task failed: {e}")))?;
+    drop(staged);
+    finished.map(|_| n)
+}
+
+/// `CREATE DATABASE` from template0 with the dump's encoding; `false` if
+/// it already existed (the emptiness check that follows decides).
+async fn create_database(target: &Dsn, encoding: &str) -> Result<bool> {
+    let mut last = None;
+    for maintenance in ["postgres", "template1"] {
+        let admin = match inspect::connect(&target.with_dbname(maintenance)?).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let exists = admin
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&target.dbname],
+            )
+            .await
+            .map_err(|e| inspect::db_err("looking for the target database", e))?
+            .is_some();
+        if exists {
+            return Ok(false);
+        }
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING '{}'",
+                inspect::quote_ident(&target.dbname),
+                encoding.replace('\'', "")
+            ))
+            .await
+            .map_err(|e| inspect::db_err(&format!("creating database {:?}", target.dbname), e))?;
+        return Ok(true);
+    }
+    Err(last.expect("tried at least once"))
+}
+
+/// Create TimescaleDB at the snapshot's version and enter restore mode.
+async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> Result<()> {
+    let available = client
+        .query(
+            "SELECT version FROM pg_available_extension_versions WHERE name = 'timescaledb'",
+            &[],
+        )
+        .await
+        .map_err(|e| inspect::db_err("looking for TimescaleDB", e))?;
+    let versions: Vec<String> = available.iter().map(|r| r.get(0)).collect();
+    if !versions.iter().any(|v| v == version) {
+        return Err(Error::usage(format!(
+            "the snapshot holds TimescaleDB {version}, which the target server does not have \
+             (available: {}); nothing was restored",
+            if versions.is_empty() {
+                "none".to_owned()
+            } else {
+                versions.join(", ")
+            }
+        ))
+        .with_hint(format!(
+            "install TimescaleDB {version} on the target server"
+        )));
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION IF NOT EXISTS timescaledb VERSION '{}'; SELECT timescaledb_pre_restore();",
+            version.replace('\'', "")
+        ))
+        .await
+        .map_err(|e| inspect::db_err("preparing TimescaleDB for the restore", e))
+}
+
+/// The target's pictures of the snapshot's tables (checksums where the
+/// snapshot has one); a table that does not exist is simply absent.
+async fn take_pictures(target: &Dsn, expected: &[TablePicture]) -> Result<Vec<TablePicture>> {
+    let client = inspect::connect(target).await?;
+    inspect::begin(&client, false).await?;
+    let mut out = vec![];
+    for t in expected {
+        let name = format!(
+            "{}.{}",
+            inspect::quote_ident(&t.schema),
+            inspect::quote_ident(&t.name)
+        );
+        let exists = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .map_err(|e| inspect::db_err("looking up restored tables", e))?
+            .get::<_, bool>(0);
+        if exists {
+            out.push(
+                inspect::table_picture(&client, &t.schema, &t.name, t.checksum.is_some()).await?,
+            );
+        }
+    }
+    let _ = client.batch_execute("COMMIT").await;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::picture::Extension;
+
+    fn picture(ext: &[(&str, &str)]) -> DbPicture {
+        DbPicture {
+            database: "usdcop_trading".into(),
+            dsn: "host=db dbname=usdcop_trading".into(),
+            server_version: "15.18".into(),
+            server_version_num: 150018,
+            pg_dump_version: "pg_dump (PostgreSQL) 15.18".into(),
+            dump_format: picture::DUMP_FORMAT.into(),
+            exported_snapshot: "00000003-00000002-1".into(),
+            encoding: "UTF8".into(),
+            database_size: 1,
+            extensions: ext
+                .iter()
+                .map(|(n, v)| Extension {
+                    name: (*n).into(),
+                    version: (*v).into(),
+                    schema: "public".into(),
+                })
+                .collect(),
+            tables: vec![],
+            total_rows: 0,
+            checksum_max_rows: 1,
+        }
+    }
+
+    fn opts(jobs: u32, clean: bool) -> PgRestoreOptions {
+        PgRestoreOptions {
+            target: Dsn::parse_with("host=h dbname=t user=u", &|_| None).unwrap(),
+            create: false,
+            clean,
+            jobs,
+            staging_dir: None,
+            no_owner: true,
+            pg_restore: None,
+        }
+    }
+
+    #[test]
+    fn plain_postgres_restores_in_parallel_when_asked() {
+        let p = plan(&picture(&[("plpgsql", "1.0")]), &opts(4, true)).unwrap();
+        assert_eq!(p.jobs, 4);
+        assert!(p.timescaledb.is_none() && p.warnings.is_empty());
+        for a in [
+            "--clean",
+            "--if-exists",
+            "--jobs=4",
+            "--no-owner",
+            "--exit-on-error",
+        ] {
+            assert!(p.pg_restore_args.iter().any(|x| x == a), "{a}: {p:?}");
+        }
+        let p = plan(&picture(&[]), &opts(1, false)).unwrap();
+        assert_eq!(p.jobs, 1);
+        assert!(!p
+            .pg_restore_args
+            .iter()
+            .any(|x| x.starts_with("--jobs") || x == "--clean"));
+    }
+
+    #[test]
+    fn timescaledb_restores_serially_with_its_version_and_says_so() {
+        let p = plan(&picture(&[("timescaledb", "2.14.2")]), &opts(4, false)).unwrap();
+        assert_eq!(p.jobs, 1);
+        assert_eq!(p.timescaledb.as_deref(), Some("2.14.2"));
+        assert_eq!(p.warnings.len(), 1);
+        assert!(p.warnings[0].contains("--jobs 4 ignored"), "{p:?}");
+        assert!(!p.pg_restore_args.iter().any(|x| x.starts_with("--jobs")));
+        let p = plan(&picture(&[("timescaledb", "2.14.2")]), &opts(1, false)).unwrap();
+        assert!(p.warnings.is_empty());
+        let e = plan(&picture(&[("timescaledb", "2.14.2")]), &opts(1, true)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage);
+    }
+}

@@ -1,0 +1,236 @@
+//! Looking at a live database with tokio-postgres: connect, export a
+//! snapshot for pg_dump, and take its picture (server facts, extensions,
+//! per-table exact row counts and content checksums) inside that snapshot.
+//! The same queries judge a restored database.
+
+use tokio_postgres::{Client, NoTls};
+
+use super::dsn::Dsn;
+use super::picture::{Extension, TablePicture};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Settings under which row text (and so the checksum) is canonical: the
+/// source and the restored database must render values identically.
+const CANONICAL_SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; \
+     SET LOCAL extra_float_digits = 3; \
+     SET LOCAL DateStyle = 'ISO, YMD'; \
+     SET LOCAL IntervalStyle = 'postgres'; \
+     SET LOCAL bytea_output = 'hex'";
+
+/// User tables: ordinary and partitioned tables outside the system and
+/// TimescaleDB-internal schemas, not owned by an extension. A hypertable's
+/// rows are counted through the hypertable (its chunks live in
+/// `_timescaledb_internal`).
+const TABLES_SQL: &str = r"
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema',
+                        'timescaledb_information', 'timescaledb_experimental')
+  AND n.nspname NOT LIKE 'pg\_%'
+  AND n.nspname NOT LIKE '\_timescaledb%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype = 'e')
+ORDER BY 1, 2";
+
+/// Relations of any kind a restore could collide with (tables, views,
+/// sequences, …) in user schemas, not owned by an extension.
+const USER_RELATIONS_SQL: &str = r"
+SELECT count(*)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema',
+                        'timescaledb_information', 'timescaledb_experimental')
+  AND n.nspname NOT LIKE 'pg\_%'
+  AND n.nspname NOT LIKE '\_timescaledb%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype = 'e')";
+
+/// Connect, turning libpq-style failures into one clear line. The
+/// password is never part of any message (the DSN shown is redacted).
+pub async fn connect(dsn: &Dsn) -> Result<Client> {
+    let (client, conn) = dsn.config().connect(NoTls).await.map_err(|e| {
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| error_chain(&e));
+        Error::new(
+            ErrorKind::Source,
+            format!(
+                "cannot connect to PostgreSQL at {}:{} (database {:?}, user {:?}): {detail}",
+                dsn.host, dsn.port, dsn.dbname, dsn.user
+            ),
+        )
+        .with_hint(
+            "check the DSN; the password comes from the DSN in USDCOP_DR_PG_DSN, \
+             PGPASSWORD or the passfile (~/.pgpass / PGPASSFILE)",
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("PostgreSQL connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s += &format!(": {m}");
+        }
+        cur = c.source();
+    }
+    s
+}
+
+pub fn db_err(what: &str, e: tokio_postgres::Error) -> Error {
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| error_chain(&e));
+    Error::new(ErrorKind::Source, format!("PostgreSQL: {what}: {detail}"))
+}
+
+/// Open a read-only REPEATABLE READ transaction with canonical output
+/// settings; with `export`, also export its snapshot for `pg_dump
+/// --snapshot` and return the snapshot's name.
+pub async fn begin(client: &Client, export: bool) -> Result<Option<String>> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {CANONICAL_SETTINGS}"
+        ))
+        .await
+        .map_err(|e| db_err("starting a snapshot transaction", e))?;
+    if !export {
+        return Ok(None);
+    }
+    let row = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| db_err("pg_export_snapshot()", e))?;
+    Ok(Some(row.get(0)))
+}
+
+/// Server facts: (version string, version number, encoding, database name,
+/// database size in bytes).
+pub async fn server_facts(client: &Client) -> Result<(String, u32, String, String, u64)> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), \
+                    current_setting('server_version_num')::int4, \
+                    pg_encoding_to_char(encoding), current_database(), \
+                    pg_database_size(current_database())::int8 \
+             FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| db_err("reading server facts", e))?;
+    let num: i32 = row.get(1);
+    let size: i64 = row.get(4);
+    Ok((
+        row.get(0),
+        num as u32,
+        row.get(2),
+        row.get(3),
+        size.max(0) as u64,
+    ))
+}
+
+pub async fn extensions(client: &Client) -> Result<Vec<Extension>> {
+    let rows = client
+        .query(
+            "SELECT e.extname, e.extversion, n.nspname FROM pg_extension e \
+             JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| db_err("listing extensions", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Extension {
+            name: r.get(0),
+            version: r.get(1),
+            schema: r.get(2),
+        })
+        .collect())
+}
+
+pub async fn tables(client: &Client) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(TABLES_SQL, &[])
+        .await
+        .map_err(|e| db_err("listing tables", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// How many relations a restore could collide with.
+pub async fn user_relations(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one(USER_RELATIONS_SQL, &[])
+        .await
+        .map_err(|e| db_err("looking for existing tables", e))?;
+    let n: i64 = row.get(0);
+    Ok(n.max(0) as u64)
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Exact row count and, with `checksum`, the order-independent content
+/// checksum: the sum over rows of the first 60 bits of md5(row text), as
+/// a decimal string. Row text is rendered under [`CANONICAL_SETTINGS`].
+/// One streaming aggregate: no row set is held in memory on either side.
+pub async fn table_picture(
+    client: &Client,
+    schema: &str,
+    name: &str,
+    checksum: bool,
+) -> Result<TablePicture> {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let sql = if checksum {
+        format!(
+            "SELECT count(*)::int8, coalesce(sum(('x' || substr(md5(ROW(usdcop_dr_row.*)::text), 1, 15))\
+             ::bit(60)::int8::numeric), 0)::text FROM {table} AS usdcop_dr_row"
+        )
+    } else {
+        format!("SELECT count(*)::int8, NULL::text FROM {table}")
+    };
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| db_err(&format!("reading {schema}.{name}"), e))?;
+    let rows: i64 = row.get(0);
+    Ok(TablePicture {
+        schema: schema.to_owned(),
+        name: name.to_owned(),
+        rows: rows.max(0) as u64,
+        checksum: row.get(1),
+    })
+}
+
+/// Pictures of `tables`: exact counts for all, checksums for tables of at
+/// most `checksum_max_rows` rows (counted first, so a big table is
+/// scanned once).
+pub async fn table_pictures(
+    client: &Client,
+    tables: &[(String, String)],
+    checksum_max_rows: u64,
+) -> Result<Vec<TablePicture>> {
+    let mut out = Vec::with_capacity(tables.len());
+    for (schema, name) in tables {
+        let counted = table_picture(client, schema, name, false).await?;
+        if counted.rows <= checksum_max_rows {
+            out.push(table_picture(client, schema, name, true).await?);
+        } else {
+            out.push(counted);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,140 @@
+//! What a database looked like when it was dumped, stored in the
+//! snapshot's metadata (key `postgres`), and the comparison a restore is
+//! judged by. Pure data: gathered by [`super::inspect`].
+
+use serde::{Deserialize, Serialize};
+
+/// The metadata key of a PostgreSQL snapshot.
+pub const METADATA_KEY: &str = "postgres";
+
+/// How the dump inside the snapshot was made (docs/POSTGRES.md says why).
+pub const DUMP_FORMAT: &str = "pg_dump custom format, uncompressed (-Fc -Z0)";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Extension {
+    pub name: String,
+    pub version: String,
+    pub schema: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TablePicture {
+    pub schema: String,
+    pub name: String,
+    /// Exact `count(*)` in the dump's snapshot.
+    pub rows: u64,
+    /// Order-independent content checksum (see `inspect::CHECKSUM_SQL`),
+    /// for tables of at most `checksum_max_rows` rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+impl TablePicture {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DbPicture {
+    pub database: String,
+    /// Connection string with the password removed.
+    pub dsn: String,
+    pub server_version: String,
+    pub server_version_num: u32,
+    pub pg_dump_version: String,
+    pub dump_format: String,
+    /// The exported snapshot pg_dump and these counts shared.
+    pub exported_snapshot: String,
+    pub encoding: String,
+    pub database_size: u64,
+    pub extensions: Vec<Extension>,
+    pub tables: Vec<TablePicture>,
+    pub total_rows: u64,
+    pub checksum_max_rows: u64,
+}
+
+impl DbPicture {
+    pub fn extension(&self, name: &str) -> Option<&Extension> {
+        self.extensions.iter().find(|e| e.name == name)
+    }
+
+    pub fn timescaledb(&self) -> Option<&Extension> {
+        self.extension("timescaledb")
+    }
+}
+
+/// One way a restored database differs from its snapshot's picture.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Difference {
+    pub table: String,
+    pub problem: String,
+}
+
+/// Compare a restored database's tables with the snapshot's picture:
+/// every table present with the same row count, and the same checksum
+/// where one was recorded. Tables that exist only in the target are not
+/// differences (a `--clean` restore may leave unrelated tables).
+pub fn compare(expected: &[TablePicture], actual: &[TablePicture]) -> Vec<Difference> {
+    let mut out = vec![];
+    for e in expected {
+        let name = e.qualified();
+        match actual
+            .iter()
+            .find(|a| a.schema == e.schema && a.name == e.name)
+        {
+            None => out.push(Difference {
+                table: name,
+                problem: "missing after restore".into(),
+            }),
+            Some(a) if a.rows != e.rows => out.push(Difference {
+                table: name,
+                problem: format!("{} rows restored, {} in the snapshot", a.rows, e.rows),
+            }),
+            Some(a) => {
+                if let (Some(want), Some(got)) = (&e.checksum, &a.checksum) {
+                    if want != got {
+                        out.push(Difference {
+                            table: name,
+                            problem: format!(
+                                "content checksum {got} differs from the snapshot's {want}"
+                            ),
+                        });
+                    }
+                } else if e.checksum.is_some() {
+                    out.push(Difference {
+                        table: name,
+                        problem: "content checksum could not be computed after restore".into(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, rows: u64, sum: Option<&str>) -> TablePicture {
+        TablePicture {
+            schema: "public".into(),
+            name: name.into(),
+            rows,
+            checksum: sum.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn compare_names_each_difference() {
+        let want = vec![t("a", 10, Some("x")), t("b", 5, None), t("c", 1, Some("y"))];
+        assert!(compare(&want, &want).is_empty());
+        let got = vec![t("a", 10, Some("z")), t("b", 4, None), t("extra", 1, None)];
+        let d = compare(&want, &got);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].table == "public.a" && d[0].problem.contains("checksum"));
+        assert!(d[1].table == "public.b" && d[1].problem.contains("4 rows"));
+        assert!(d[2].table == "public.c" && d[2].problem.contains("missing"));
+    }
+}

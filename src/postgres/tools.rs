@@ -1,0 +1,326 @@
+//! The PostgreSQL client programs (`pg_dump`, `pg_restore`): finding a
+//! version that fits the server, running them with the password in the
+//! environment (never argv), and reading their output as a stream whose
+//! end reports the program's failure with its own error message.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, ErrorKind, Result};
+
+#[derive(Debug, Clone)]
+pub struct PgTool {
+    pub path: PathBuf,
+    /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`
+    pub version: String,
+    pub major: u32,
+}
+
+/// Parse the major version out of `pg_dump --version` output.
+pub fn parse_major(version: &str) -> Option<u32> {
+    let v = version.split(')').nth(1).unwrap_or(version).trim();
+    v.split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+fn probe(path: &Path) -> Option<PgTool> {
+    let out = Command::new(path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Some(PgTool {
+        path: path.to_owned(),
+        major: parse_major(&version)?,
+        version,
+    })
+}
+
+/// Find `tool` of at least major version `min_major`: `explicit` if given,
+/// else `$USDCOP_DR_PG_BIN/tool`, Debian's `/usr/lib/postgresql/N/bin`
+/// (the exact major first, then newer ones), then `$PATH`.
+pub fn find(tool: &str, min_major: u32, explicit: Option<&Path>) -> Result<PgTool> {
+    let mut candidates: Vec<PathBuf> = vec![];
+    if let Some(p) = explicit {
+        candidates.push(p.to_owned());
+    } else {
+        if let Ok(dir) = std::env::var("USDCOP_DR_PG_BIN") {
+            candidates.push(Path::new(&dir).join(tool));
+        }
+        candidates.push(PathBuf::from(format!(
+            "/usr/lib/postgresql/{min_major}/bin/{tool}"
+        )));
+        let mut newer: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let major: u32 = e.file_name().to_str()?.parse().ok()?;
+                (major > min_major).then(|| (major, e.path().join("bin").join(tool)))
+            })
+            .collect();
+        newer.sort();
+        candidates.extend(newer.into_iter().map(|(_, p)| p));
+        candidates.push(PathBuf::from(tool));
+    }
+    let mut seen = vec![];
+    for c in &candidates {
+        if c.components().count() > 1 && !c.exists() {
+            continue;
+        }
+        if let Some(t) = probe(c) {
+            if t.major >= min_major {
+                return Ok(t);
+            }
+            seen.push(t.version);
+        }
+    }
+    let msg = if seen.is_empty() {
+        format!("{tool} not found")
+    } else {
+        format!(
+            "{tool} {min_major} or newer is needed, found only: {}",
+            seen.join(", ")
+        )
+    };
+    Err(Error::new(ErrorKind::Usage, msg).with_hint(format!(
+        "install the PostgreSQL {min_major} client programs (Debian: postgresql-client-{min_major}), \
+         or point USDCOP_DR_PG_BIN at their directory"
+    )))
+}
+
+/// The last lines a child wrote to stderr (bounded), for error messages.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+}
+
+const TAIL_LINES: usize = 20;
+
+fn collect_stderr(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Tail>>, JoinHandle<()>) {
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let t = tail.clone();
+    let handle = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            tracing::debug!("child: {line}");
+            let mut g = t.lock().unwrap();
+            if g.lines.len() == TAIL_LINES {
+                g.lines.pop_front();
+            }
+            g.lines.push_back(line);
+        }
+    });
+    (tail, handle)
+}
+
+fn describe_failure(what: &str, status: ExitStatus, tail: &Tail) -> String {
+    let how = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".into(),
+    };
+    let said: Vec<&str> = tail.lines.iter().map(String::as_str).collect();
+    if said.is_empty() {
+        format!("{what} {how}")
+    } else {
+        format!("{what} {how}: {}", said.join(" | "))
+    }
+}
+
+/// A running client program whose stdout is read as a stream. Reading past
+/// the end waits for the program: a non-zero exit (or a signal) turns the
+/// end of the stream into an error carrying the program's own message, so
+/// a failed dump can never pass for a complete one.
+pub struct ChildStream {
+    what: String,
+    child: Child,
+    stdout: ChildStdout,
+    tail: Arc<Mutex<Tail>>,
+    stderr_thread: Option<JoinHandle<()>>,
+    done: Option<std::result::Result<(), String>>,
+}
+
+impl ChildStream {
+    /// Spawn `cmd` (stdin null, stdout piped, stderr collected).
+    pub fn spawn(what: &str, mut cmd: Command) -> Result<ChildStream> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::new(
+                ErrorKind::Source,
+                format!(
+                    "cannot start {what} ({}): {e}",
+                    cmd.get_program().to_string_lossy()
+                ),
+            )
+        })?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"));
+        Ok(ChildStream {
+            what: what.to_owned(),
+            child,
+            stdout,
+            tail,
+            stderr_thread: Some(handle),
+            done: None,
+        })
+    }
+
+    fn finish(&mut self) -> std::result::Result<(), String> {
+        if let Some(d) = &self.done {
+            return d.clone();
+        }
+        let status = self.child.wait();
+        if let Some(h) = self.stderr_thread.take() {
+            let _ = h.join();
+        }
+        let r = match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(describe_failure(&self.what, s, &self.tail.lock().unwrap())),
+            Err(e) => Err(format!("waiting for {}: {e}", self.what)),
+        };
+        self.done = Some(r.clone());
+        r
+    }
+}
+
+impl Read for ChildStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(done) = &self.done {
+            return done.clone().map(|_| 0).map_err(std::io::Error::other);
+        }
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.finish().map_err(std::io::Error::other)?;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for ChildStream {
+    fn drop(&mut self) {
+        if self.done.is_none() {
+            // Abandoned (the backup failed elsewhere): do not leave it running.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A running client program fed through its stdin (`pg_restore`), or
+/// with no input at all.
+pub struct FedChild {
+    what: String,
+    child: Child,
+    tail: Arc<Mutex<Tail>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+impl FedChild {
+    /// Spawn `cmd` with stdin piped (returned) and stderr collected.
+    pub fn spawn(what: &str, mut cmd: Command) -> Result<(FedChild, ChildStdin)> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::new(
+                ErrorKind::Source,
+                format!(
+                    "cannot start {what} ({}): {e}",
+                    cmd.get_program().to_string_lossy()
+                ),
+            )
+        })?;
+        let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"));
+        let stdin = child.stdin.take().expect("piped");
+        Ok((
+            FedChild {
+                what: what.to_owned(),
+                child,
+                tail,
+                stderr_thread: Some(handle),
+            },
+            stdin,
+        ))
+    }
+
+    /// Wait for the program (its stdin must be closed by now); its failure
+    /// comes back with its own message.
+    pub fn finish(mut self) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::io(format!("waiting for {}: {e}", self.what)))?;
+        if let Some(h) = self.stderr_thread.take() {
+            let _ = h.join();
+        }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Source,
+                describe_failure(&self.what, status, &self.tail.lock().unwrap()),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majors_parse_from_version_lines() {
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_major("pg_restore (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 17devel"), Some(17));
+        assert_eq!(parse_major("nonsense"), None);
+    }
+
+    #[test]
+    fn a_failing_child_turns_the_end_of_its_stream_into_its_error() {
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            "printf abc; echo 'pg_dump: error: connection lost' >&2; exit 1",
+        ]);
+        let mut s = ChildStream::spawn("pg_dump", c).unwrap();
+        let mut out = Vec::new();
+        let err = s.read_to_end(&mut out).unwrap_err().to_string();
+        assert_eq!(out, b"abc");
+        assert!(err.contains("pg_dump exited with code 1"), "{err}");
+        assert!(err.contains("connection lost"), "{err}");
+
+        let mut c = Command::new("sh");
+        c.args(["-c", "printf ok"]);
+        let mut s = ChildStream::spawn("pg_dump", c).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"ok");
+
+        let mut c = Command::new("sh");
+        c.args(["-c", "kill -9 $$"]);
+        let mut s = ChildStream::spawn("pg_dump", c).unwrap();
+        let err = s.read_to_end(&mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("killed by signal 9"), "{err}");
+    }
+}

@@ -1,0 +1,185 @@
+//! A PostgreSQL database: `pg_dump` streamed straight into the pipeline,
+//! and the database's picture taken in the very snapshot pg_dump reads.
+//!
+//! 1. [`Session::open`] (before anything is written to the repository):
+//!    connect with tokio-postgres, open a REPEATABLE READ transaction,
+//!    `pg_export_snapshot()`, read the server facts, find a `pg_dump` at
+//!    least as new as the server. A wrong DSN or password fails here.
+//! 2. [`Session::backup`]: start `pg_dump --snapshot=… -Fc -Z0` (password in
+//!    its environment, never argv) and store its stdout as one entry, while
+//!    the same transaction counts (and checksums) every table. pg_dump's
+//!    failure (non-zero exit, signal, lost connection) ends the stream with
+//!    its own message, so the backup fails and no snapshot is written.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::format::snapshot::Entry;
+use crate::pipeline::{Writer, WriterOptions, WriterTotals};
+use crate::postgres::picture::{DbPicture, DUMP_FORMAT};
+use crate::postgres::tools::{self, ChildStream, PgTool};
+use crate::postgres::{inspect, Dsn};
+use crate::progress::Progress;
+use crate::repository::{MasterIndex, Repository};
+
+#[derive(Debug, Clone)]
+pub struct PgBackupOptions {
+    /// `pg_dump` to use instead of searching for one.
+    pub pg_dump: Option<PathBuf>,
+    /// Tables with at most this many rows also get a content checksum.
+    pub checksum_max_rows: u64,
+}
+
+impl Default for PgBackupOptions {
+    fn default() -> Self {
+        PgBackupOptions {
+            pg_dump: None,
+            checksum_max_rows: 1_000_000,
+        }
+    }
+}
+
+/// A connected database with an exported snapshot, ready to dump.
+pub struct Session {
+    dsn: Dsn,
+    client: Client,
+    exported_snapshot: String,
+    pg_dump: PgTool,
+    picture: DbPicture,
+    checksum_max_rows: u64,
+}
+
+impl Session {
+    pub async fn open(dsn: &Dsn, opts: &PgBackupOptions) -> Result<Session> {
+        let client = inspect::connect(dsn).await?;
+        let exported_snapshot = inspect::begin(&client, true)
+            .await?
+            .expect("export requested");
+        let (server_version, num, encoding, database, size) =
+            inspect::server_facts(&client).await?;
+        let major = if num >= 100_000 {
+            num / 10_000
+        } else {
+            num / 100
+        };
+        let pg_dump = tools::find("pg_dump", major, opts.pg_dump.as_deref())?;
+        let picture = DbPicture {
+            database,
+            dsn: dsn.redacted().to_owned(),
+            server_version,
+            server_version_num: num,
+            pg_dump_version: pg_dump.version.clone(),
+            dump_format: DUMP_FORMAT.into(),
+            exported_snapshot: exported_snapshot.clone(),
+            encoding,
+            database_size: size,
+            extensions: vec![],
+            tables: vec![],
+            total_rows: 0,
+            checksum_max_rows: opts.checksum_max_rows,
+        };
+        Ok(Session {
+            dsn: dsn.clone(),
+            client,
+            exported_snapshot,
+            pg_dump,
+            picture,
+            checksum_max_rows: opts.checksum_max_rows,
+        })
+    }
+
+    pub fn database(&self) -> &str {
+        &self.picture.database
+    }
+
+    fn dump_command(&self) -> Command {
+        let mut c = Command::new(&self.pg_dump.path);
+        c.arg("--format=custom")
+            .arg("--compress=0")
+            .arg("--no-password")
+            .arg(format!("--snapshot={}", self.exported_snapshot))
+            // Connection: the DSN without its password (its own settings
+            // win), our resolved defaults for whatever it leaves out.
+            .arg(format!("--host={}", self.dsn.host))
+            .arg(format!("--port={}", self.dsn.port))
+            .arg(format!("--username={}", self.dsn.user))
+            .arg(format!("--dbname={}", self.dsn.redacted()));
+        c.env_remove("PGPASSWORD");
+        for (k, v) in self.dsn.child_env() {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Dump into `writer`'s repository; returns the entry, the pipeline's
+    /// totals and the database's picture.
+    pub async fn backup(
+        self,
+        repo: &Arc<Repository>,
+        index: Arc<MasterIndex>,
+        writer_opts: WriterOptions,
+        time: DateTime<Utc>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(Entry, WriterTotals, DbPicture)> {
+        let stream = ChildStream::spawn("pg_dump", self.dump_command())?;
+        let writer = Writer::start(repo.clone(), index, writer_opts)?;
+        let name = format!("{}.dump", sanitize(&self.picture.database));
+        let store = tokio::task::spawn_blocking(move || -> Result<_> {
+            let entry =
+                crate::source::stdin::store(&writer, &name, stream, time, progress.as_ref())?;
+            let w = writer.finish()?;
+            Ok((entry, w))
+        });
+        let client = &self.client;
+        let max = self.checksum_max_rows;
+        let look = async move {
+            let extensions = inspect::extensions(client).await?;
+            let tables = inspect::tables(client).await?;
+            let pictures = inspect::table_pictures(client, &tables, max).await?;
+            Ok::<_, Error>((extensions, pictures))
+        };
+        let store = async move {
+            store
+                .await
+                .map_err(|e| Error::io(format!("backup task failed: {e}")))?
+        };
+        // The first failure ends both: a failed pg_dump must not wait for
+        // counts (which may be stuck behind the same lock), and failed
+        // counts make the dump useless. The store task finishes on its own
+        // once pg_dump is gone (dropping the session closes the connection
+        // and with it the exported snapshot).
+        let ((entry, w), (extensions, tables)) = futures::future::try_join(store, look).await?;
+        // Keeping the transaction open until pg_dump finished kept the
+        // exported snapshot valid for it.
+        let _ = self.client.batch_execute("COMMIT").await;
+        let mut picture = self.picture;
+        picture.total_rows = tables.iter().map(|t| t.rows).sum();
+        picture.extensions = extensions;
+        picture.tables = tables;
+        Ok((entry, w, picture))
+    }
+}
+
+/// A database name as a file name in the snapshot.
+fn sanitize(db: &str) -> String {
+    let s: String = db
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("db{s}")
+    } else {
+        s
+    }
+}

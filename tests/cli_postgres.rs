@@ -1,0 +1,382 @@
+//! `backup postgres` / `restore postgres` against a real PostgreSQL 15
+//! server started by the harness (tests/common/postgres.rs): a USDCOP-like
+//! database is dumped, restored into new databases (streamed and with
+//! parallel jobs) and compared row by row; a 1 % change stores a small
+//! fraction; failures (wrong password, killed pg_dump, dropped connection,
+//! non-empty target) leave no snapshot and change nothing.
+
+mod common;
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{run_cmd, Run, TestRepo};
+use postgres::*;
+
+const SOURCE_DB: &str = "usdcop_trading";
+
+fn with_pg(mut c: Command, pg: &PgServer) -> Command {
+    for (k, v) in pg.env() {
+        c.env(k, v);
+    }
+    c.env_remove("USDCOP_DR_PG_DSN")
+        .env_remove("USDCOP_DR_PG_TARGET_DSN")
+        .env("PGPASSFILE", "/nonexistent");
+    c
+}
+
+fn dr(repo: &TestRepo, pg: &PgServer, args: &[&str]) -> Run {
+    let mut c = with_pg(repo.cmd(), pg);
+    c.args(args);
+    run_cmd(c, None)
+}
+
+fn backup(repo: &TestRepo, pg: &PgServer, source: &str) -> serde_json::Value {
+    dr(
+        repo,
+        pg,
+        &[
+            "--json",
+            "backup",
+            "postgres",
+            "--source",
+            source,
+            "--dsn",
+            &pg.dsn(SOURCE_DB),
+        ],
+    )
+    .ok()
+    .json()
+}
+
+fn restore(repo: &TestRepo, pg: &PgServer, target: &str, extra: &[&str]) -> Run {
+    let dsn = pg.dsn(target);
+    let mut args = vec![
+        "--json",
+        "restore",
+        "postgres",
+        "--source",
+        "pg",
+        "--target-dsn",
+        &dsn,
+    ];
+    args.extend_from_slice(extra);
+    dr(repo, pg, &args)
+}
+
+fn rows(pg: &PgServer, db: &str) -> u64 {
+    USDCOP_TABLES
+        .iter()
+        .map(|t| {
+            pg.psql(db, &format!("SELECT count(*) FROM {t}"))
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
+    let t0 = Instant::now();
+    let pg = PgServer::start();
+    pg.create_db(SOURCE_DB);
+    load_usdcop_like(&pg, SOURCE_DB, 60_000);
+    let source_rows = rows(&pg, SOURCE_DB);
+    eprintln!("loaded {source_rows} rows in {:?}", t0.elapsed());
+    let repo = TestRepo::with_init_args(&[]);
+
+    let first = backup(&repo, &pg, "pg");
+    eprintln!("first backup: {first}");
+    assert_eq!(first["kind"], "postgres");
+    assert_eq!(first["postgres"]["tables"], USDCOP_TABLES.len() as u64);
+    assert_eq!(first["postgres"]["rows"], source_rows);
+    assert_eq!(
+        first["postgres"]["tables_checksummed"],
+        USDCOP_TABLES.len() as u64
+    );
+    let dump_size = first["bytes_in"].as_u64().unwrap();
+
+    // Streamed restore into a new database: identical rows, verified.
+    let r = restore(&repo, &pg, "restored", &["--create"]).ok().json();
+    eprintln!("restore: {r}");
+    assert_eq!(r["created"], true);
+    assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["rows"], source_rows);
+    assert_same_data(&pg, SOURCE_DB, &pg, "restored");
+
+    // Parallel restore (staged on disk, then removed).
+    let staging = tempfile::tempdir().unwrap();
+    let r = restore(
+        &repo,
+        &pg,
+        "restored_parallel",
+        &[
+            "--create",
+            "--jobs",
+            "3",
+            "--staging-dir",
+            staging.path().to_str().unwrap(),
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        (r["jobs"].as_u64(), r["staged"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
+    assert_same_data(&pg, SOURCE_DB, &pg, "restored_parallel");
+    let left: Vec<_> = std::fs::read_dir(staging.path()).unwrap().collect();
+    assert!(left.is_empty(), "staged dump left behind: {left:?}");
+
+    // A non-empty target without --clean: refused, nothing changed.
+    pg.psql(
+        "restored",
+        "UPDATE pipeline_status SET status = 'edited' WHERE id = 1",
+    );
+    let before = database_fingerprints(&pg, "restored");
+    let refused = restore(&repo, &pg, "restored", &[]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("not empty"), "{}", refused.stderr);
+    assert_eq!(database_fingerprints(&pg, "restored"), before);
+    // With --clean it is replaced by the snapshot's content.
+    let r = restore(&repo, &pg, "restored", &["--clean"]).ok().json();
+    assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
+    assert_same_data(&pg, SOURCE_DB, &pg, "restored");
+
+    // About 1 % of the rows change: the most recent bars are corrected
+    // and a day of new bars arrives (how the trading database changes).
+    let bars: u64 = pg
+        .psql(SOURCE_DB, "SELECT count(*) FROM usdcop_m5_ohlcv")
+        .parse()
+        .unwrap();
+    pg.psql(
+        SOURCE_DB,
+        &format!(
+            "UPDATE usdcop_m5_ohlcv SET close = close + 0.0001 WHERE time > \
+             (SELECT max(time) FROM usdcop_m5_ohlcv) - interval '5 minutes' * {};
+             INSERT INTO usdcop_m5_ohlcv (time, symbol, open, high, low, close, volume)
+             SELECT max_t + g * interval '5 minutes', 'USDCOP', 4000, 4001, 3999, 4000.5, g
+             FROM (SELECT max(time) AS max_t FROM usdcop_m5_ohlcv) m, generate_series(1, 288) g;",
+            bars / 200
+        ),
+    );
+    let second = backup(&repo, &pg, "pg");
+    let stored = second["bytes_stored_new"].as_u64().unwrap();
+    let fraction = stored as f64 / second["bytes_in"].as_f64().unwrap();
+    eprintln!(
+        "second backup after ~1 % clustered changes: {stored} of {} bytes stored ({:.1} %); first dump {dump_size}",
+        second["bytes_in"],
+        fraction * 100.0
+    );
+    assert!(fraction < 0.15, "{second}");
+    let r = restore(&repo, &pg, "restored_second", &["--create"])
+        .ok()
+        .json();
+    assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
+    assert_same_data(&pg, SOURCE_DB, &pg, "restored_second");
+    eprintln!("total {:?}", t0.elapsed());
+}
+
+/// The pg_dump child of a running usdcop-dr process.
+fn pg_dump_child(parent: u32) -> Option<i32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &parent.to_string(), "pg_dump"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Start a backup that will block inside pg_dump (a lock on one table is
+/// held by another session); returns the running backup.
+fn blocked_backup(
+    repo: &TestRepo,
+    pg: &PgServer,
+) -> (std::process::Child, std::process::Child, i32) {
+    let mut locker = pg.command("psql");
+    locker
+        .args(["-X", "-q", "-d", &pg.dsn(SOURCE_DB), "-c"])
+        .arg("BEGIN; LOCK TABLE pipeline_status IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);")
+        .stdout(Stdio::null());
+    let mut locker = locker.spawn().unwrap();
+    // Wait until the lock is held.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pg
+        .psql(
+            SOURCE_DB,
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'pipeline_status'::regclass",
+        )
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lock was never taken ({:?}): {}",
+            locker.try_wait(),
+            pg.psql(SOURCE_DB, "SELECT pid, state, wait_event, left(query, 60), application_name FROM pg_stat_activity")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = with_pg(repo.cmd(), pg);
+    c.args([
+        "backup",
+        "postgres",
+        "--source",
+        "pg",
+        "--dsn",
+        &pg.dsn(SOURCE_DB),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dump = loop {
+        if let Some(pid) = pg_dump_child(child.id()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "pg_dump never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (child, locker, dump)
+}
+
+/// End the lock holder and every other session (a killed client's backend
+/// would otherwise sleep on, holding its lock).
+fn release(pg: &PgServer, mut locker: std::process::Child) {
+    let _ = locker.kill();
+    let _ = locker.wait();
+    pg.psql(
+        SOURCE_DB,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    );
+}
+
+fn finish(child: std::process::Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn failures_leave_no_snapshot_and_never_show_the_password() {
+    let pg = PgServer::start();
+    pg.create_db(SOURCE_DB);
+    load_usdcop_like(&pg, SOURCE_DB, 2_000);
+    let repo = TestRepo::new();
+
+    // Wrong password: one clear line, exit 1, nothing written.
+    let secret = "Wr0ng-Passw0rd-0f-The-Day";
+    let mut c = repo.cmd();
+    c.env("PGPASSWORD", secret)
+        .env("PGPASSFILE", "/nonexistent")
+        .args([
+            "backup",
+            "postgres",
+            "--source",
+            "pg",
+            "--dsn",
+            &pg.dsn(SOURCE_DB),
+        ]);
+    let r = run_cmd(c, None);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("password authentication failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains(secret) && !r.stdout_str().contains(secret));
+    assert!(r
+        .stderr
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with("usdcop-dr: error: cannot connect"));
+    for dir in ["snapshots", "locks", "data", "index"] {
+        assert!(
+            repo.objects(dir).is_empty(),
+            "{dir} written after a failed connection"
+        );
+    }
+
+    // A password on the command line is refused without being echoed.
+    let url = format!(
+        "postgresql://postgres:{secret}@127.0.0.1:{}/{SOURCE_DB}",
+        pg.port()
+    );
+    let r = dr(
+        &repo,
+        &pg,
+        &["backup", "postgres", "--source", "pg", "--dsn", &url],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("carries a password"), "{}", r.stderr);
+    assert!(!r.stderr.contains(secret));
+    // The same DSN from the environment is fine, and the password is not
+    // in the output or in the snapshot's recorded DSN.
+    let mut c = repo.cmd();
+    c.env("USDCOP_DR_PG_DSN", url.replace(secret, pg.password()))
+        .env("PGPASSFILE", "/nonexistent")
+        .args(["--json", "backup", "postgres", "--source", "pg-env"]);
+    let r = run_cmd(c, None).ok();
+    assert!(!r.stdout_str().contains(pg.password()) && !r.stderr.contains(pg.password()));
+    let meta = repo
+        .run(&["--json", "snapshots", "--source", "pg-env"])
+        .ok()
+        .json();
+    let recorded = &meta[0]["metadata"]["postgres"];
+    assert_eq!(
+        recorded["dsn"],
+        format!("postgresql://postgres@127.0.0.1:{}/{SOURCE_DB}", pg.port()),
+        "{meta}"
+    );
+    assert!(!meta.to_string().contains(pg.password()));
+
+    // pg_dump killed mid-dump: its failure is the error, no snapshot.
+    let (child, locker, dump) = blocked_backup(&repo, &pg);
+    unsafe { libc_kill(dump, 9) };
+    let (code, stderr) = finish(child);
+    release(&pg, locker);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("pg_dump was killed by signal 9"),
+        "{stderr}"
+    );
+    let snaps = repo
+        .run(&["--json", "snapshots", "--source", "pg"])
+        .ok()
+        .json();
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
+
+    // The connection dropped mid-dump (pg_dump's backend terminated).
+    let (child, locker, _) = blocked_backup(&repo, &pg);
+    pg.psql(
+        SOURCE_DB,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+    );
+    let (code, stderr) = finish(child);
+    release(&pg, locker);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("pg_dump exited with code 1"), "{stderr}");
+    let snaps = repo
+        .run(&["--json", "snapshots", "--source", "pg"])
+        .ok()
+        .json();
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
+    repo.run(&["verify"]).ok();
+}
+
+unsafe fn libc_kill(pid: i32, sig: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    kill(pid, sig);
+}
