@@ -372,6 +372,57 @@ fn failures_leave_no_snapshot_and_never_show_the_password() {
         .json();
     assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
     repo.run(&["verify"]).ok();
+
+    // A restore that silently changed data (here a pg_restore wrapper
+    // that edits one value after the real pg_restore) is caught by the
+    // checksum: exit 3, the table named.
+    dr(
+        &repo,
+        &pg,
+        &[
+            "backup",
+            "postgres",
+            "--source",
+            "pg",
+            "--dsn",
+            &pg.dsn(SOURCE_DB),
+        ],
+    )
+    .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("pg_restore");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = --version ] && exec \"{real}\" --version\n\
+             \"{real}\" \"$@\" || exit $?\n\
+             for a in \"$@\"; do case \"$a\" in --dbname=*) db=\"${{a#--dbname=}}\";; esac; done\n\
+             exec \"{psql}\" -X -q -d \"$db\" -c \"UPDATE features SET value = value + 1 \
+             WHERE ctid = (SELECT min(ctid) FROM features WHERE value > 0 AND value < 1e300)\"\n",
+            real = pg.bin("pg_restore").display(),
+            psql = pg.bin("psql").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let r = restore(
+        &repo,
+        &pg,
+        "tampered",
+        &["--create", "--pg-restore", wrapper.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout_str(), r.stderr);
+    assert!(
+        r.stderr
+            .contains("differs: public.features: content checksum"),
+        "{}",
+        r.stderr
+    );
 }
 
 unsafe fn libc_kill(pid: i32, sig: i32) {

@@ -85,7 +85,12 @@ pub fn find(tool: &str, min_major: u32, explicit: Option<&Path>) -> Result<PgToo
             seen.push(t.version);
         }
     }
-    let msg = if seen.is_empty() {
+    let msg = if let (Some(p), true) = (explicit, seen.is_empty()) {
+        format!(
+            "{} is not a working {tool} (`--version` failed)",
+            p.display()
+        )
+    } else if seen.is_empty() {
         format!("{tool} not found")
     } else {
         format!(
