@@ -147,7 +147,7 @@ pub async fn run(
 
     // Checks first: nothing is changed until they all pass.
     let created = if opts.create {
-        create_database(target, &picture.encoding).await?
+        create_database(target, &picture.encoding, plan.timescaledb.as_deref()).await?
     } else {
         false
     };
@@ -179,18 +179,18 @@ pub async fn run(
     progress.set_total(entry.size);
     progress.set_item(&entry.path);
     let staged = plan.jobs > 1;
-    let bytes = if staged {
-        restore_staged(
-            &reader,
-            entry,
-            cmd,
-            opts.staging_dir.as_deref(),
-            progress.as_ref(),
-        )
-        .await?
+    let restored = if staged {
+        let dir = opts.staging_dir.as_deref();
+        restore_staged(&reader, entry, cmd, dir, progress.as_ref()).await
     } else {
-        restore_streamed(&reader, entry, cmd, progress.as_ref()).await?
+        restore_streamed(&reader, entry, cmd, progress.as_ref()).await
     };
+    let bytes = restored.map_err(|e| {
+        e.with_hint(format!(
+            "database {:?} may now hold a partial restore: drop it, or restore again with --clean",
+            target.dbname
+        ))
+    })?;
     if plan.timescaledb.is_some() {
         client
             .batch_execute("SELECT timescaledb_post_restore()")
@@ -296,8 +296,10 @@ async fn restore_staged(
 }
 
 /// `CREATE DATABASE` from template0 with the dump's encoding; `false` if
-/// it already existed (the emptiness check that follows decides).
-async fn create_database(target: &Dsn, encoding: &str) -> Result<bool> {
+/// it already existed (the emptiness check that follows decides). A
+/// TimescaleDB snapshot is first checked against the server's extensions,
+/// so a server without it is not left with a new empty database.
+async fn create_database(target: &Dsn, encoding: &str, timescaledb: Option<&str>) -> Result<bool> {
     let mut last = None;
     for maintenance in ["postgres", "template1"] {
         let admin = match inspect::connect(&target.with_dbname(maintenance)?).await {
@@ -315,6 +317,9 @@ async fn create_database(target: &Dsn, encoding: &str) -> Result<bool> {
             .await
             .map_err(|e| inspect::db_err("looking for the target database", e))?
             .is_some();
+        if let Some(v) = timescaledb {
+            check_timescaledb(&admin, v).await?;
+        }
         if exists {
             return Ok(false);
         }
@@ -331,8 +336,8 @@ async fn create_database(target: &Dsn, encoding: &str) -> Result<bool> {
     Err(last.expect("tried at least once"))
 }
 
-/// Create TimescaleDB at the snapshot's version and enter restore mode.
-async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> Result<()> {
+/// Whether the server offers TimescaleDB at exactly `version`.
+async fn check_timescaledb(client: &tokio_postgres::Client, version: &str) -> Result<()> {
     let available = client
         .query(
             "SELECT version FROM pg_available_extension_versions WHERE name = 'timescaledb'",
@@ -355,6 +360,12 @@ async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> 
             "install TimescaleDB {version} on the target server"
         )));
     }
+    Ok(())
+}
+
+/// Create TimescaleDB at the snapshot's version and enter restore mode.
+async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> Result<()> {
+    check_timescaledb(client, version).await?;
     client
         .batch_execute(&format!(
             "CREATE EXTENSION IF NOT EXISTS timescaledb VERSION '{}'; SELECT timescaledb_pre_restore();",

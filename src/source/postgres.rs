@@ -62,11 +62,9 @@ impl Session {
             .expect("export requested");
         let (server_version, num, encoding, database, size) =
             inspect::server_facts(&client).await?;
-        let major = if num >= 100_000 {
-            num / 10_000
-        } else {
-            num / 100
-        };
+        // 150018 → 15. Before 10 a major was two numbers (90624 → 9): the
+        // check is coarser there, for servers long out of support.
+        let major = num / 10_000;
         let pg_dump = tools::find("pg_dump", major, opts.pg_dump.as_deref())?;
         let picture = DbPicture {
             database,
