@@ -187,6 +187,11 @@ impl ChildStream {
         })
     }
 
+    /// The child's pid (valid until the stream has been read to its end).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn finish(&mut self) -> std::result::Result<(), String> {
         if let Some(d) = &self.done {
             return d.clone();

@@ -125,6 +125,7 @@ impl Session {
         progress: Arc<dyn Progress>,
     ) -> Result<(Entry, WriterTotals, DbPicture)> {
         let stream = ChildStream::spawn("pg_dump", self.dump_command())?;
+        let pg_dump_pid = stream.pid();
         let writer = Writer::start(repo.clone(), index, writer_opts)?;
         let name = format!("{}.dump", sanitize(&self.picture.database));
         let store = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -146,12 +147,32 @@ impl Session {
                 .await
                 .map_err(|e| Error::io(format!("backup task failed: {e}")))?
         };
-        // The first failure ends both: a failed pg_dump must not wait for
-        // counts (which may be stuck behind the same lock), and failed
-        // counts make the dump useless. The store task finishes on its own
-        // once pg_dump is gone (dropping the session closes the connection
-        // and with it the exported snapshot).
-        let ((entry, w), (extensions, tables)) = futures::future::try_join(store, look).await?;
+        // The first failure ends both. A failed pg_dump must not wait for
+        // the counts (they may be stuck behind the lock that stopped it):
+        // the session is dropped on return, closing the connection. Failed
+        // counts make the dump useless: pg_dump is stopped, and the store
+        // awaited so that nothing keeps writing after we return.
+        let mut store = std::pin::pin!(store);
+        let mut look = std::pin::pin!(look);
+        let ((entry, w), (extensions, tables)) = tokio::select! {
+            // A finished store is seen first, so pg_dump is only signalled
+            // while it is still ours.
+            biased;
+            stored = &mut store => {
+                let stored = stored?;
+                (stored, look.await?)
+            }
+            looked = &mut look => match looked {
+                Ok(looked) => (store.await?, looked),
+                Err(e) => {
+                    // SAFETY: signalling our own child, still unreaped
+                    // (the stream holding it waits for it).
+                    unsafe { libc::kill(pg_dump_pid as libc::pid_t, libc::SIGTERM) };
+                    let _ = store.await;
+                    return Err(e);
+                }
+            },
+        };
         // Keeping the transaction open until pg_dump finished kept the
         // exported snapshot valid for it.
         let _ = self.client.batch_execute("COMMIT").await;
