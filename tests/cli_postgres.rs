@@ -180,18 +180,27 @@ fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
     eprintln!("total {:?}", t0.elapsed());
 }
 
-/// The pg_dump child of a running usdcop-dr process.
+/// The pg_dump child of a running usdcop-dr process (from /proc, so no
+/// pgrep is needed).
 fn pg_dump_child(parent: u32) -> Option<i32> {
-    let out = Command::new("pgrep")
-        .args(["-P", &parent.to_string(), "pg_dump"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    for ent in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(ent.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if comm == "pg_dump" && ppid == Some(parent.to_string().as_str()) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 /// Start a backup that will block inside pg_dump (a lock on one table is
