@@ -302,7 +302,7 @@ impl S3Backend {
             }
         };
         inc(&self.stats.put, 1);
-        let r = self
+        let put = self
             .client
             .put_object()
             .bucket(&self.bucket)
@@ -310,10 +310,21 @@ impl S3Backend {
             .content_length(len as i64)
             .set_content_type(attrs.content_type.clone())
             .set_metadata(attrs.metadata_map())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.map_err(e, name, "PUT"));
+            .body(body);
+        let r = if attrs.content_type.is_none() {
+            // The SDK adds `Content-Type: application/octet-stream` when none
+            // is set; an object that had none must come back without one
+            // (the store then applies its own default, as for the original).
+            put.customize()
+                .mutate_request(|req| {
+                    req.headers_mut().remove("content-type");
+                })
+                .send()
+                .await
+        } else {
+            put.send().await
+        }
+        .map_err(|e| self.map_err(e, name, "PUT"));
         if let Some(p) = spool {
             let _ = std::fs::remove_file(p);
         }
