@@ -196,6 +196,18 @@ fn quote_kv(v: &str) -> String {
 /// Split a DSN into (DSN without password, password). Works on the text, so
 /// every other setting survives unchanged.
 pub fn split_password(dsn: &str) -> Result<(String, Option<String>)> {
+    let (rest, mut taken) = split_params(dsn, &["password"])?;
+    Ok((rest, taken.remove("password")))
+}
+
+/// Remove the settings named in `keys` from a DSN's text (a URL's
+/// userinfo password counts as `password`); returns the rest and what was
+/// removed (last value wins, values decoded).
+pub fn split_params(
+    dsn: &str,
+    keys: &[&str],
+) -> Result<(String, std::collections::BTreeMap<String, String>)> {
+    let mut taken = std::collections::BTreeMap::new();
     let dsn = dsn.trim();
     if let Some(rest) = dsn
         .strip_prefix("postgresql://")
@@ -205,47 +217,44 @@ pub fn split_password(dsn: &str) -> Result<(String, Option<String>)> {
         let (scheme, rest) = rest;
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
-        let mut password = None;
         let authority = match authority.rfind('@') {
-            Some(at) => {
+            Some(at) if keys.contains(&"password") => {
                 let (userinfo, hostpart) = authority.split_at(at);
                 match userinfo.split_once(':') {
                     Some((user, pw)) => {
-                        password = Some(percent_decode(pw)?);
+                        taken.insert("password".to_owned(), percent_decode(pw)?);
                         format!("{user}{hostpart}")
                     }
                     None => authority.to_owned(),
                 }
             }
-            None => authority.to_owned(),
+            _ => authority.to_owned(),
         };
-        // `?password=` in the query string.
+        // `?key=value` settings in the query string.
         let (path, query) = match tail.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (tail, None),
         };
         let mut out = format!("{scheme}{authority}{path}");
         if let Some(q) = query {
-            let kept: Vec<&str> = q
-                .split('&')
-                .filter(|kv| match kv.split_once('=') {
-                    Some(("password", v)) => {
-                        password = percent_decode(v).ok();
-                        false
+            let mut kept: Vec<&str> = vec![];
+            for kv in q.split('&').filter(|kv| !kv.is_empty()) {
+                match kv.split_once('=') {
+                    Some((k, v)) if keys.contains(&k) => {
+                        taken.insert(k.to_owned(), percent_decode(v)?);
                     }
-                    _ => !kv.is_empty(),
-                })
-                .collect();
+                    _ => kept.push(kv),
+                }
+            }
             if !kept.is_empty() {
                 out.push('?');
                 out.push_str(&kept.join("&"));
             }
         }
-        return Ok((out, password));
+        return Ok((out, taken));
     }
     // key=value pairs; values may be single-quoted with backslash escapes.
     let mut out: Vec<String> = vec![];
-    let mut password = None;
     let mut chars = dsn.chars().peekable();
     loop {
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
@@ -317,13 +326,13 @@ pub fn split_password(dsn: &str) -> Result<(String, Option<String>)> {
                 value.push(c);
             }
         }
-        if key == "password" {
-            password = Some(value);
+        if keys.contains(&key.as_str()) {
+            taken.insert(key, value);
         } else {
             out.push(format!("{key}={raw}"));
         }
     }
-    Ok((out.join(" "), password))
+    Ok((out.join(" "), taken))
 }
 
 fn percent_decode(s: &str) -> Result<String> {
