@@ -1,0 +1,660 @@
+#!/usr/bin/env bash
+# Benchmark: PostgreSQL backups and restores, usdcop-dr vs restic 0.14, in the same run.
+#
+# Usage: scripts/bench-postgres.sh [BARS]     (default 900000 five-minute bars)
+#
+# A throwaway PostgreSQL 15 server (initdb in a temporary directory, loopback only, fsync
+# off) is loaded with a USDCOP-like database (the SQL of load_usdcop_like in
+# tests/common/postgres.rs): BARS bars in usdcop_m5_ohlcv, 2 x BARS rows in features,
+# 1,000 pipeline runs, 8 models with incompressible bytea artifacts. Then, with each
+# command under /usr/bin/time (wall, CPU, peak RSS):
+#
+#   dump      pg_dump -Fc -Z0 > /dev/null                       (what the dump itself costs)
+#   backup1   usdcop-dr backup postgres | pg_dump -Fc -Z0 | restic backup --stdin
+#   backup2   the same, database unchanged; then usdcop-dr once more with
+#             --checksum-max-rows 0 (counts only), to separate the checksum pass's cost
+#   backup3   the same, after UPDATE of the latest 0.5 % of the bars + INSERT of 288 bars
+#   restore   pg_restore from a file (baseline) | usdcop-dr restore postgres --create
+#             (its verification pass included) | restic dump latest | pg_restore
+#             | usdcop-dr restore postgres --jobs 2
+#
+# Environment:
+#   BENCH_DIR            parent of the work directory (default /tmp/usdcop-bench-pg)
+#   BENCH_RESTIC_GZ=0    skip the extra restic repository fed pg_dump's default (compressed)
+#                        -Fc, which shows what compression inside the dump costs dedup
+#   BENCH_JOBS2=0        skip `usdcop-dr restore postgres --jobs 2`
+#   BENCH_SKIP_BUILD=1   do not run `cargo build --release` first
+#   BENCH_KEEP=1         keep the work directory (repositories, logs); the server is stopped
+#   BENCH_WAIT_IDLE=N    before each timed command wait up to N seconds (default 0) for the
+#                        1-minute load average to fall below BENCH_IDLE_LOAD (default 1.0)
+#   USDCOP_DR_BIN        usdcop-dr binary (default <repo>/target/release/usdcop-dr)
+#   RESTIC_BIN           restic binary (default: restic on PATH)
+#   USDCOP_DR_PG_BIN     PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin, else
+#                        `pg_config --bindir`)
+#
+# This is a benchmark, not a test: it prints a Markdown report to stdout (progress goes to
+# stderr) and exits non-zero if any step failed or a restored database differs from the
+# source. See docs/BENCHMARKS.md.
+set -euo pipefail
+
+log() { printf '[bench-pg] %s\n' "$*" >&2; }
+die() { printf '[bench-pg] error: %s\n' "$*" >&2; exit 2; }
+
+# 900,000 keeps usdcop_m5_ohlcv (BARS, then BARS + 288 rows) under usdcop-dr's default
+# --checksum-max-rows (1,000,000) in every backup, so each takes the same picture.
+BARS="${1:-900000}"
+[[ "$BARS" =~ ^[1-9][0-9]*$ ]] || die "BARS must be a positive integer, got '$BARS'"
+((BARS >= 1000)) || die "BARS too small (minimum 1000)"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_DIR="${BENCH_DIR:-/tmp/usdcop-bench-pg}"
+USDCOP_BIN="${USDCOP_DR_BIN:-$REPO_ROOT/target/release/usdcop-dr}"
+RESTIC_BIN="${RESTIC_BIN:-restic}"
+SOURCE_NAME="pg-usdcop"
+DB="usdcop_trading"
+STDIN_NAME="$DB.dump"
+PASSPHRASE="bench-passphrase-not-secret"
+RESTIC_GZ="${BENCH_RESTIC_GZ:-1}"
+JOBS2="${BENCH_JOBS2:-1}"
+
+# ---------------------------------------------------------------- prerequisites
+need_pkg() { # need_pkg COMMAND-PATH DEBIAN-PACKAGE
+    if [[ "$1" == /* ]]; then [[ -x "$1" ]] && return 0; else command -v "$1" >/dev/null && return 0; fi
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "$1 missing: installing Debian package $2"
+        { apt-get install -y -q "$2" || { apt-get update -q && apt-get install -y -q "$2"; }; } >&2 \
+            || die "could not install $2"
+    else
+        die "$1 missing: install the Debian package '$2' (apt-get install -y $2)"
+    fi
+}
+need_pkg /usr/bin/time time
+need_pkg python3 python3
+if [[ "$RESTIC_BIN" == restic ]]; then need_pkg restic restic; fi
+
+PG_BIN="${USDCOP_DR_PG_BIN:-}"
+if [[ -z "$PG_BIN" ]]; then
+    if [[ -x /usr/lib/postgresql/15/bin/initdb ]]; then
+        PG_BIN=/usr/lib/postgresql/15/bin
+    elif command -v pg_config >/dev/null && [[ -x "$(pg_config --bindir)/initdb" ]]; then
+        PG_BIN="$(pg_config --bindir)"
+    else
+        need_pkg /usr/lib/postgresql/15/bin/initdb postgresql-15
+        PG_BIN=/usr/lib/postgresql/15/bin
+    fi
+fi
+for t in initdb pg_ctl postgres psql pg_dump pg_restore; do
+    [[ -x "$PG_BIN/$t" ]] || die "$PG_BIN/$t missing (set USDCOP_DR_PG_BIN to the PostgreSQL 15 binaries)"
+done
+PG_VERSION="$("$PG_BIN/postgres" --version)"
+
+# initdb refuses root: as root, the server runs as the `postgres` system user.
+AS_SERVER=()
+if [[ $EUID -eq 0 ]]; then
+    if ! id -u postgres >/dev/null 2>&1; then
+        log "creating the postgres system user"
+        useradd --system --user-group --home-dir /var/lib/postgresql --no-create-home \
+            --shell /bin/bash postgres || die "useradd postgres failed"
+    fi
+    AS_SERVER=(runuser -u postgres --)
+fi
+
+if [[ -z "${USDCOP_DR_BIN:-}" && "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    log "building usdcop-dr (cargo build --release)"
+    (cd "$REPO_ROOT" && cargo build --release >&2) || die "cargo build --release failed"
+fi
+[[ -x "$USDCOP_BIN" ]] || die "usdcop-dr binary not found at $USDCOP_BIN"
+RESTIC_VERSION="$("$RESTIC_BIN" version)"
+[[ "$RESTIC_VERSION" == "restic 0.14."* ]] || log "warning: expected restic 0.14.x, found: $RESTIC_VERSION"
+
+# Rough disk need: database + dump ~ 1.5 KB per bar, times (source, 3-4 restored copies,
+# dump file, staged dump, repositories).
+mkdir -p "$BENCH_DIR"
+AVAIL_BYTES=$(($(df -Pk "$BENCH_DIR" | awk 'NR == 2 { print $4 }') * 1024))
+NEED_BYTES=$((BARS * 8000 + (1 << 30)))
+((AVAIL_BYTES >= NEED_BYTES)) || die "$BENCH_DIR has $((AVAIL_BYTES >> 20)) MiB free; $BARS bars need about $((NEED_BYTES >> 20)) MiB"
+
+WORK="$(mktemp -d "$BENCH_DIR/run.XXXXXX")"
+chmod 0711 "$WORK" # the server user must reach its directory below
+PGDIR="$WORK/pg"
+PGDATA_DIR="$PGDIR/data"
+cleanup() {
+    if [[ -f "$PGDATA_DIR/postmaster.pid" ]]; then
+        log "stopping the PostgreSQL server"
+        "${AS_SERVER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 30 stop >/dev/null 2>&1 || {
+            local pid
+            pid="$(head -n 1 "$PGDATA_DIR/postmaster.pid" 2>/dev/null || true)"
+            if [[ "$pid" =~ ^[0-9]+$ ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+        }
+    fi
+    if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
+        rm -rf "$PGDIR"
+        log "work directory kept (server data removed): $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log "work directory: $WORK"
+
+# Keep the caller's environment from redirecting any tool elsewhere.
+unset USDCOP_DR_REPO USDCOP_DR_PASSWORD_FILE USDCOP_DR_PG_DSN USDCOP_DR_PG_TARGET_DSN \
+    RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND \
+    RESTIC_COMPRESSION RESTIC_PACK_SIZE \
+    PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
+    PGOPTIONS PGSSLMODE PGREQUIRESSL PGGSSENCMODE PGTARGETSESSIONATTRS PGCLIENTENCODING \
+    PGAPPNAME PGDATESTYLE PGDATA PGSYSCONFDIR
+export USDCOP_DR_PASSWORD="$PASSPHRASE" RESTIC_PASSWORD="$PASSPHRASE"
+export RESTIC_CACHE_DIR="$WORK/restic-cache"
+export USDCOP_DR_PG_BIN="$PG_BIN"
+export PGTZ=UTC PGCONNECT_TIMEOUT=10 PGPASSFILE="$WORK/no-pgpass"
+
+# ---------------------------------------------------------------- the server
+PG_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+mkdir -p "$PGDIR"
+(umask 077 && printf '%s\n' "$PG_PASSWORD" >"$PGDIR/pwfile")
+if ((${#AS_SERVER[@]})); then chown -R postgres:postgres "$PGDIR"; fi
+log "initdb ($PG_VERSION)"
+"${AS_SERVER[@]}" "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=scram-sha-256 \
+    --pwfile="$PGDIR/pwfile" -E UTF8 --locale=C --no-sync --no-instructions >"$WORK/initdb.log" 2>&1 \
+    || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+rm -f "$PGDIR/pwfile"
+# The password reaches clients only through the environment, never argv.
+export PGPASSWORD="$PG_PASSWORD"
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+started=0
+for attempt in 1 2 3 4 5; do
+    PORT="$(free_port)"
+    # autovacuum off: the benchmark vacuums itself, so no background work lands in a timing.
+    if "${AS_SERVER[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGDIR/postgres.log" -w -t 60 \
+        -o "-p $PORT -k '$PGDIR' -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+            -c synchronous_commit=off -c shared_buffers=128MB -c maintenance_work_mem=256MB \
+            -c max_wal_size=4GB -c autovacuum=off -c TimeZone=UTC -c log_timezone=UTC" \
+        start >"$WORK/pg_ctl.log" 2>&1; then
+        started=1
+        break
+    fi
+    log "server did not start on port $PORT (attempt $attempt)"
+    tail -n 5 "$PGDIR/postgres.log" >&2 || true
+done
+((started)) || die "PostgreSQL did not start"
+PM_PID="$(head -n 1 "$PGDATA_DIR/postmaster.pid")"
+log "PostgreSQL listening on 127.0.0.1:$PORT (postmaster pid $PM_PID)"
+
+dsn() { echo "postgresql://postgres@127.0.0.1:$PORT/$1"; }
+psql_db() { # psql_db DB [psql args...]: SQL on stdin or via -c
+    local db=$1
+    shift
+    "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -d "$(dsn "$db")" "$@"
+}
+
+psql_db postgres -c "CREATE DATABASE $DB" || die "CREATE DATABASE $DB failed"
+log "loading $BARS bars ($((3 * BARS + 1008)) rows)"
+load_start=$SECONDS
+# The SQL of load_usdcop_like (tests/common/postgres.rs), unchanged but for the bar count.
+psql_db "$DB" -f - >&2 <<SQLEOF || die "loading the database failed"
+BEGIN;
+CREATE TABLE usdcop_m5_ohlcv (
+    time   timestamptz NOT NULL,
+    symbol text NOT NULL,
+    open   numeric(12,4) NOT NULL,
+    high   numeric(12,4) NOT NULL,
+    low    numeric(12,4) NOT NULL,
+    close  numeric(12,4) NOT NULL,
+    volume bigint,
+    PRIMARY KEY (time, symbol)
+);
+-- Prices in 1/10000 COP: a random walk of ±1 COP steps from 4000 COP.
+INSERT INTO usdcop_m5_ohlcv
+SELECT ts, 'USD/COP',
+       o / 10000.0,
+       (greatest(o, c) + (h >> 40) % 20000) / 10000.0,
+       (least(o, c) - (h >> 45) % 20000) / 10000.0,
+       c / 10000.0,
+       CASE WHEN i % 47 = 0 THEN NULL ELSE 1000 + (h >> 8) % 2000000 END
+FROM (
+    SELECT i, h, ts, c - d AS o, c
+    FROM (
+        SELECT i, h, d, ts,
+               40000000 + sum(d) OVER (ORDER BY i) AS c
+        FROM (
+            SELECT i, h, h % 20001 - 10000 AS d,
+                   timestamptz '2019-01-02 13:00:00+00' + (i - 1) * interval '5 minutes' AS ts
+            FROM (
+                SELECT i, ('x' || substr(md5('bar:' || i), 1, 15))::bit(60)::bigint AS h
+                FROM generate_series(1, $BARS) AS i
+            ) AS hashed
+        ) AS steps
+    ) AS walk
+) AS walk_bars;
+
+CREATE TABLE pipeline_status (
+    id          serial PRIMARY KEY,
+    pipeline    text NOT NULL,
+    status      text NOT NULL,
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz,
+    details     jsonb
+);
+INSERT INTO pipeline_status (pipeline, status, started_at, finished_at, details)
+SELECT (ARRAY['l0_ingest', 'l1_features', 'l2_dataset', 'l3_train', 'l4_backtest', 'l5_serve'])[1 + i % 6],
+       CASE WHEN i % 97 = 0 THEN 'running' WHEN i % 29 = 0 THEN 'failed' ELSE 'success' END,
+       timestamptz '2024-01-01 00:00:00+00' + i * interval '17 minutes',
+       CASE WHEN i % 97 = 0 THEN NULL
+            ELSE timestamptz '2024-01-01 00:00:00+00' + i * interval '17 minutes' + (i % 600) * interval '1.5 seconds' END,
+       CASE WHEN i % 13 = 0 THEN NULL ELSE jsonb_build_object(
+           'run', i,
+           'rows', (i * 7919) % 100000,
+           'ok', i % 29 <> 0,
+           'ratio', round(i / 7.0, 6),
+           'tags', jsonb_build_array('usdcop', 'm5', i % 3),
+           'error', CASE WHEN i % 29 = 0 THEN E'timeout: upstream "TwelveData" \\\\ retry ' || i END,
+           'source', 'señal ✓') END
+FROM generate_series(1, 1000) AS i;
+
+CREATE TABLE model_registry (
+    id         serial PRIMARY KEY,
+    name       text NOT NULL,
+    version    int NOT NULL,
+    trained_at timestamptz NOT NULL,
+    metrics    jsonb NOT NULL,
+    artifact   bytea,
+    UNIQUE (name, version)
+);
+-- Artifacts: a chain of MD5 digests, cut to size (incompressible).
+INSERT INTO model_registry (name, version, trained_at, metrics, artifact)
+SELECT (ARRAY['ppo_usdcop', 'lstm_usdcop', 'xgb_direction'])[1 + (k - 1) % 3],
+       1 + (k - 1) / 3,
+       timestamptz '2024-03-01 00:00:00+00' + k * interval '3 days 7 hours',
+       jsonb_build_object('sharpe', round(k * 0.137, 3), 'max_drawdown', -0.05 * k,
+                          'win_rate', 0.5 + k / 100.0, 'features', k * 12),
+       CASE WHEN size < 0 THEN NULL
+            ELSE coalesce(substring((
+                SELECT string_agg(decode(md5('artifact:' || k || ':' || j), 'hex'), ''::bytea ORDER BY j)
+                FROM generate_series(1, (size + 15) / 16) AS j) FROM 1 FOR size), ''::bytea) END
+FROM (
+    SELECT size::int AS size, k::int AS k
+    FROM unnest(ARRAY[102400,262144,1048573,524288,131071,786432,0,-1]::bigint[]) WITH ORDINALITY AS u(size, k)
+) AS s
+ORDER BY k;
+
+CREATE TABLE features (
+    time  timestamptz NOT NULL,
+    name  text NOT NULL,
+    value double precision,
+    note  text
+);
+INSERT INTO features
+SELECT timestamptz '2019-01-02 13:00:00+00' + (i - 1) * interval '5 minutes',
+       (ARRAY['ret_5m', 'rsi_14', 'atr_14', 'macd_hist'])[f],
+       CASE WHEN n % 211 = 0 THEN NULL
+            WHEN n % 10007 = 1 THEN 'NaN'
+            WHEN n % 10007 = 2 THEN 'Infinity'
+            WHEN n % 10007 = 3 THEN '-Infinity'
+            WHEN n % 10007 = 4 THEN '-0'
+            ELSE (h % 2000001 - 1000000) / 1000003.0::float8 END,
+       CASE WHEN n % 5003 = 0 THEN repeat(md5('note:' || n), 1000 + n % 1000)
+            WHEN n % 499 = 0 THEN repeat(E'divergencia señal – ₱ ✓\\ttab "quoted" \\\\ back\\\\slash\\n', 20 + n % 200)
+            WHEN n % 7 = 0 THEN 'short note ' || n
+            ELSE NULL END
+FROM (
+    SELECT i, f, n, ('x' || substr(md5('feature:' || n), 1, 15))::bit(60)::bigint AS h
+    FROM (
+        SELECT i, f, (i - 1) * 2 + f AS n
+        FROM generate_series(1, $BARS) AS i, generate_series(1, 2) AS f
+    ) AS grid
+) AS feature_rows;
+CREATE INDEX features_time_name ON features (time, name);
+COMMIT;
+VACUUM (FREEZE, ANALYZE);
+SQLEOF
+DB_SIZE="$(psql_db "$DB" -c "SELECT pg_database_size(current_database())")"
+log "loaded in $((SECONDS - load_start)) s; database size $((DB_SIZE >> 20)) MiB"
+
+# ---------------------------------------------------------------- measurement helpers
+declare -A SECS RSS CPU SCPU LOAD NOTE BYTES REPO_BYTES NEW_BYTES
+FAILED=0
+CLK_TCK="$(getconf CLK_TCK)"
+
+# CPU ticks of the server: the postmaster and every backend it has reaped.
+server_ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$PM_PID/stat"; }
+sleep 1 # the loading session's backend has exited
+BG_PROCS="$(pgrep -c -P "$PM_PID" || true)"
+wait_backends() { # until the backends of the last command have exited and been reaped
+    local _
+    for _ in $(seq 1 100); do
+        (($(pgrep -c -P "$PM_PID" || true) <= BG_PROCS)) && return 0
+        sleep 0.1
+    done
+}
+
+wait_idle() {
+    local limit=$((SECONDS + ${BENCH_WAIT_IDLE:-0})) load
+    while ((SECONDS < limit)); do
+        load="$(cut -d' ' -f1 /proc/loadavg)"
+        awk -v l="$load" -v t="${BENCH_IDLE_LOAD:-1.0}" 'BEGIN { exit !(l < t) }' && return 0
+        sleep 5
+    done
+}
+
+# run_timed KEY OUT CMD...: runs CMD under /usr/bin/time, stdout to OUT; sets SECS, RSS, CPU
+# (user+sys of CMD and its children: pg_dump/pg_restore included) and SCPU (server CPU).
+run_timed() {
+    local key=$1 out=$2 rc=0 e m u s t0 t1
+    shift 2
+    local tf="$WORK/time.$key" errf="$WORK/stderr.$key"
+    sync
+    wait_idle
+    wait_backends
+    LOAD[$key]="$(cut -d' ' -f1 /proc/loadavg)"
+    t0="$(server_ticks)"
+    /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" </dev/null >"$out" 2>"$errf" || rc=$?
+    wait_backends
+    t1="$(server_ticks)"
+    read -r e m u s < <(tail -n 1 "$tf")
+    SECS[$key]=$e
+    RSS[$key]=$m
+    CPU[$key]="$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')"
+    SCPU[$key]="$(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / h }')"
+    if ((rc != 0)); then
+        log "FAILED ($key, exit $rc): $*"
+        sed 's/^/    /' "$errf" | tail -n 20 >&2
+        NOTE[$key]=FAIL
+        FAILED=1
+    else
+        log "$key: ${SECS[$key]} s, CPU ${CPU[$key]} s (+ server ${SCPU[$key]} s), peak RSS $((RSS[$key] / 1024)) MiB"
+    fi
+    return "$rc"
+}
+
+json_field() { # json_field FILE FIELD: FIELD of the last JSON object (line) in FILE that has it
+    python3 - "$1" "$2" <<'PYEOF'
+import json, sys
+text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+try:
+    objs = [json.loads(text)]
+except ValueError:
+    objs = []
+    for line in text.splitlines():
+        try:
+            objs.append(json.loads(line))
+        except ValueError:
+            pass
+val = None
+for obj in objs:
+    if isinstance(obj, dict):
+        cur = obj
+        for part in sys.argv[2].split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is not None:
+            val = cur
+if val is None:
+    sys.exit(1)
+print(val)
+PYEOF
+}
+repo_bytes() { du -sb "$1" | cut -f1; }
+
+REPO_DR="$WORK/repo-usdcop-dr"
+REPO_RESTIC="$WORK/repo-restic"
+REPO_RESTIC_GZ="$WORK/repo-restic-gz"
+TOOLS=(usdcop-dr restic)
+if [[ "$RESTIC_GZ" == 1 ]]; then TOOLS+=(restic-gz); fi
+repo_of() { case $1 in usdcop-dr) echo "$REPO_DR" ;; restic) echo "$REPO_RESTIC" ;; restic-gz) echo "$REPO_RESTIC_GZ" ;; esac; }
+
+"$USDCOP_BIN" --repo "$REPO_DR" init >"$WORK/init.usdcop-dr.log" 2>&1 \
+    || { cat "$WORK/init.usdcop-dr.log" >&2; die "usdcop-dr init failed"; }
+for r in "$REPO_RESTIC" "$REPO_RESTIC_GZ"; do
+    [[ "$r" == "$REPO_RESTIC_GZ" && "$RESTIC_GZ" != 1 ]] && continue
+    "$RESTIC_BIN" -r "$r" init --repository-version 2 >"$WORK/init.restic.log" 2>&1 \
+        || { cat "$WORK/init.restic.log" >&2; die "restic init failed"; }
+done
+
+# Commands, with the DSN (no password) in argv and the password in PGPASSWORD only.
+# shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
+{
+PIPE_RESTIC='set -o pipefail; "$1" -Fc -Z0 -d "$2" | "$3" -r "$4" backup --json --stdin --stdin-filename "$5"'
+PIPE_RESTIC_GZ='set -o pipefail; "$1" -Fc -d "$2" | "$3" -r "$4" backup --json --stdin --stdin-filename "$5"'
+PIPE_RESTORE='set -o pipefail; "$1" -r "$2" dump latest "$3" | "$4" --exit-on-error -d "$5"'
+}
+
+do_backup() { # do_backup TOOL STEP
+    local tool=$1 step=$2 key="$1,$2" repo before out
+    repo="$(repo_of "$tool")"
+    out="$WORK/out.$tool.$step.json"
+    before="$(repo_bytes "$repo")"
+    log "$tool: $step"
+    case $tool in
+        usdcop-dr)
+            run_timed "$key" "$out" "$USDCOP_BIN" --repo "$repo" --json backup postgres \
+                --source "$SOURCE_NAME" --dsn "$(dsn "$DB")" || return 0
+            BYTES[$key]="$(json_field "$out" bytes_in || echo '?')"
+            NEW_BYTES[$key]="$(json_field "$out" bytes_stored_new || echo '?')"
+            NOTE[$key,checksummed]="$(json_field "$out" postgres.tables_checksummed || echo '?')"
+            NOTE[$key,rows]="$(json_field "$out" postgres.rows || echo '?')"
+            ;;
+        restic | restic-gz)
+            local pipe=$PIPE_RESTIC
+            [[ $tool == restic-gz ]] && pipe=$PIPE_RESTIC_GZ
+            run_timed "$key" "$out" bash -c "$pipe" bench "$PG_BIN/pg_dump" "$(dsn "$DB")" \
+                "$RESTIC_BIN" "$repo" "$STDIN_NAME" || return 0
+            BYTES[$key]="$(json_field "$out" total_bytes_processed || echo '?')"
+            NEW_BYTES[$key]="$(json_field "$out" data_added || echo '?')"
+            ;;
+    esac
+    REPO_BYTES[$key]="$(repo_bytes "$repo")"
+    REPO_BYTES[$key,growth]=$((REPO_BYTES[$key] - before))
+}
+
+do_dump_baseline() { # do_dump_baseline STEP
+    log "baseline: pg_dump -Fc -Z0 > /dev/null ($1)"
+    run_timed "dump,$1" /dev/null "$PG_BIN/pg_dump" -Fc -Z0 -d "$(dsn "$DB")" || true
+}
+
+# ---------------------------------------------------------------- the run
+# usdcop-dr's picture as plain SQL (src/postgres/inspect.rs): count(*) and the md5 checksum
+# for tables of at most 1,000,000 rows, count(*) only for bigger ones. (usdcop-dr counts a
+# small table first, then checksums it: one scan more than this.)
+PICTURE_SQL="$(psql_db "$DB" <<'SQLEOF'
+SELECT string_agg(format(
+    CASE WHEN n <= 1000000
+         THEN 'SELECT count(*), sum((''x'' || substr(md5(ROW(r.*)::text), 1, 15))::bit(60)::int8::numeric) FROM %I.%I AS r;'
+         ELSE 'SELECT count(*) FROM %I.%I;' END, schemaname, relname), ' ')
+FROM (SELECT schemaname, relname, n_live_tup AS n FROM pg_stat_user_tables) t;
+SQLEOF
+)"
+log "the picture's queries by hand on the source database"
+run_timed "picture,source" /dev/null "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 \
+    -d "$(dsn "$DB")" -c "$PICTURE_SQL" || true
+
+for step in backup1 backup2 backup3; do
+    if [[ $step == backup3 ]]; then
+        log "changing ~1 % of the bars: UPDATE of the latest $((BARS / 200)), INSERT of 288"
+        psql_db "$DB" >&2 <<SQLEOF || die "changing the database failed"
+UPDATE usdcop_m5_ohlcv SET close = close + 0.0001
+ WHERE time > (SELECT max(time) FROM usdcop_m5_ohlcv) - interval '5 minutes' * $((BARS / 200));
+INSERT INTO usdcop_m5_ohlcv (time, symbol, open, high, low, close, volume)
+SELECT max_t + g * interval '5 minutes', 'USD/COP', 4000, 4001, 3999, 4000.5, g
+  FROM (SELECT max(time) AS max_t FROM usdcop_m5_ohlcv) m, generate_series(1, 288) g;
+VACUUM ANALYZE usdcop_m5_ohlcv;
+SQLEOF
+    fi
+    do_dump_baseline "$step"
+    for tool in "${TOOLS[@]}"; do do_backup "$tool" "$step"; done
+    if [[ $step == backup2 ]]; then
+        log "usdcop-dr: backup2 --checksum-max-rows 0 (counts only)"
+        run_timed "usdcop-dr,backup2-counts" "$WORK/out.usdcop-dr.backup2-counts.json" "$USDCOP_BIN" \
+            --repo "$REPO_DR" --json backup postgres --source "$SOURCE_NAME" --dsn "$(dsn "$DB")" \
+            --checksum-max-rows 0 || true
+    fi
+done
+DUMP_BYTES="${BYTES[restic,backup3]:-${BYTES[usdcop-dr,backup3]:-0}}"
+DUMP1_BYTES="${BYTES[restic,backup1]:-${BYTES[usdcop-dr,backup1]:-0}}"
+SOURCE_ROWS="$(psql_db "$DB" -c "SELECT (SELECT count(*) FROM usdcop_m5_ohlcv) + (SELECT count(*) FROM features)
+    + (SELECT count(*) FROM pipeline_status) + (SELECT count(*) FROM model_registry)")"
+
+# Restores, all of the latest snapshot (the changed database), each into a new database.
+# Baseline: pg_restore of the same dump from a local file (written untimed).
+log "writing the dump to a file for the pg_restore baseline"
+"$PG_BIN/pg_dump" -Fc -Z0 -d "$(dsn "$DB")" -f "$WORK/$STDIN_NAME" || die "pg_dump to a file failed"
+createdb_() { psql_db postgres -c "CREATE DATABASE $1 TEMPLATE template0 ENCODING 'UTF8'"; }
+createdb_ restored_base
+log "baseline: pg_restore from a file"
+run_timed "restore,base" /dev/null "$PG_BIN/pg_restore" --exit-on-error -d "$(dsn restored_base)" \
+    "$WORK/$STDIN_NAME" || true
+rm -f "$WORK/$STDIN_NAME"
+
+log "usdcop-dr: restore postgres --create (streamed, with verification)"
+out="$WORK/out.usdcop-dr.restore.json"
+if run_timed "usdcop-dr,restore" "$out" "$USDCOP_BIN" --repo "$REPO_DR" --json restore postgres \
+    --source "$SOURCE_NAME" --target-dsn "$(dsn restored_dr)" --create; then
+    NOTE[usdcop-dr,restore,checksummed]="$(json_field "$out" tables_checksummed || echo '?')"
+    NOTE[usdcop-dr,restore,diff]="$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["differences"]))' "$out" || echo '?')"
+fi
+
+createdb_ restored_restic
+log "restic: dump latest | pg_restore"
+run_timed "restic,restore" /dev/null bash -c "$PIPE_RESTORE" bench "$RESTIC_BIN" "$REPO_RESTIC" \
+    "$STDIN_NAME" "$PG_BIN/pg_restore" "$(dsn restored_restic)" || true
+
+if [[ "$JOBS2" == 1 ]]; then
+    mkdir -p "$WORK/staging"
+    log "usdcop-dr: restore postgres --create --jobs 2 (staged, with verification)"
+    run_timed "usdcop-dr,restore-j2" "$WORK/out.usdcop-dr.restore-j2.json" "$USDCOP_BIN" --repo "$REPO_DR" \
+        --json restore postgres --source "$SOURCE_NAME" --target-dsn "$(dsn restored_dr_j2)" --create \
+        --jobs 2 --staging-dir "$WORK/staging" || true
+fi
+
+# What usdcop-dr's verification pass costs: its count/checksum queries, run by hand with
+# psql on the restic-restored database.
+log "the picture's queries by hand on the restic-restored database"
+run_timed "picture,restored" /dev/null "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 \
+    -d "$(dsn restored_restic)" -c "$PICTURE_SQL" || true
+
+# Every restored database must hold what the source holds (row counts and content checksums
+# of every table; the restore timings are already taken).
+fingerprint() {
+    psql_db "$1" <<'SQLEOF'
+SELECT string_agg(fp, ' ' ORDER BY fp) FROM (
+  SELECT 'usdcop_m5_ohlcv:' || count(*) || ':' || coalesce(sum(('x' || substr(md5(r::text), 1, 15))::bit(60)::int8::numeric), 0) AS fp FROM usdcop_m5_ohlcv r
+  UNION ALL SELECT 'features:' || count(*) || ':' || coalesce(sum(('x' || substr(md5(r::text), 1, 15))::bit(60)::int8::numeric), 0) FROM features r
+  UNION ALL SELECT 'pipeline_status:' || count(*) || ':' || coalesce(sum(('x' || substr(md5(r::text), 1, 15))::bit(60)::int8::numeric), 0) FROM pipeline_status r
+  UNION ALL SELECT 'model_registry:' || count(*) || ':' || coalesce(sum(('x' || substr(md5(r::text), 1, 15))::bit(60)::int8::numeric), 0) FROM model_registry r
+) t;
+SQLEOF
+}
+log "checking the restored databases against the source (untimed)"
+SRC_FP="$(fingerprint "$DB")"
+declare -A RESTORED_OK
+for pair in base:restored_base usdcop-dr:restored_dr restic:restored_restic usdcop-dr-j2:restored_dr_j2; do
+    who=${pair%%:*} db=${pair#*:}
+    [[ $who == usdcop-dr-j2 && "$JOBS2" != 1 ]] && continue
+    if [[ "$(fingerprint "$db" 2>/dev/null || echo none)" == "$SRC_FP" ]]; then
+        RESTORED_OK[$who]=yes
+    else
+        RESTORED_OK[$who]=NO
+        log "FAILED: $db differs from $DB"
+        FAILED=1
+    fi
+done
+
+# ---------------------------------------------------------------- report
+mib() { [[ "$1" =~ ^-?[0-9]+$ ]] && awk -v k="$1" -v d="$2" 'BEGIN { printf "%.1f", k / d }' || echo "n/a"; }
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", b / 1e6 / s }'; }
+cell() { # cell KEY BYTES: "s, MB/s, RSS"
+    local k=$1
+    if [[ -n "${NOTE[$k]:-}" ]]; then echo "${NOTE[$k]}"; return; fi
+    if [[ -z "${SECS[$k]:-}" ]]; then echo "n/a"; return; fi
+    printf '%s s, %s MB/s, %s MiB' "${SECS[$k]}" "$(mbps "$2" "${SECS[$k]}")" "$(mib "${RSS[$k]}" 1024)"
+}
+ratio() { # ratio KEY-A KEY-B: SECS[A] / SECS[B]
+    awk -v a="${SECS[$1]:-x}" -v b="${SECS[$2]:-x}" -v na="${NOTE[$1]:-}" -v nb="${NOTE[$2]:-}" \
+        'BEGIN { if (na == "" && nb == "" && a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+cpu_cell() { [[ -n "${CPU[$1]:-}" ]] && echo "${CPU[$1]} + ${SCPU[$1]}" || echo "n/a"; }
+
+cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+echo "## PostgreSQL: usdcop-dr vs restic, $BARS bars"
+echo
+echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)."
+echo "Server: $PG_VERSION (fsync off, autovacuum off, shared_buffers 128MB), on the same machine, loopback."
+echo "restic: $RESTIC_VERSION, repository version 2, compression auto."
+echo "usdcop-dr: $("$USDCOP_BIN" --version 2>/dev/null || echo "$USDCOP_BIN"), binary of $(date -u -r "$USDCOP_BIN" '+%Y-%m-%d %H:%M UTC'), source now $(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)."
+echo "Database: $SOURCE_ROWS rows after the change (usdcop_m5_ohlcv $BARS + 288 bars, features $((2 * BARS)), pipeline_status 1000, model_registry 8),"
+echo "pg_database_size $(mib "$DB_SIZE" 1048576) MiB before the change; pg_dump -Fc -Z0 dump $(mib "$DUMP1_BYTES" 1048576) MiB ($DUMP1_BYTES bytes),"
+echo "$(mib "$DUMP_BYTES" 1048576) MiB after the change$(if [[ "$RESTIC_GZ" == 1 ]]; then echo "; default compressed -Fc dump $(mib "${BYTES[restic-gz,backup1]:-x}" 1048576) MiB"; fi)."
+# shellcheck disable=SC2054 # the keys contain commas
+LOAD_KEYS=(picture,source dump,backup1 usdcop-dr,backup1 restic,backup1 restic-gz,backup1 dump,backup2
+    usdcop-dr,backup2 restic,backup2 restic-gz,backup2 usdcop-dr,backup2-counts dump,backup3 usdcop-dr,backup3
+    restic,backup3 restic-gz,backup3 restore,base usdcop-dr,restore restic,restore usdcop-dr,restore-j2
+    picture,restored)
+echo "Load average (1 min) before each timed command (tool,step load):$(for k in "${LOAD_KEYS[@]}"; do
+    if [[ -n "${LOAD[$k]:-}" ]]; then printf ' %s %s' "$k" "${LOAD[$k]}"; fi; done)."
+echo "(the machine has $(nproc) CPUs; above that, other work competed for the CPUs and the wall-clock figures are noisy)."
+echo
+echo "MB/s = 10^6 bytes of the -Z0 dump (the database's logical size) per wall-clock second; peak RSS = max resident set"
+echo "of the command and its children (pg_dump / pg_restore included); ratio = restic seconds / usdcop-dr seconds (>1: usdcop-dr faster)."
+echo
+echo "| step | pg_dump / pg_restore alone | usdcop-dr | restic (pg_dump -Fc -Z0 \\| restic) | ratio |"
+echo "|---|---|---|---|---:|"
+row() { # row TITLE BASE-KEY DR-KEY RESTIC-KEY BYTES
+    printf '| %s | %s | %s | %s | %s |\n' "$1" "$( [[ -n $2 ]] && cell "$2" "$5" || echo "—")" \
+        "$(cell "$3" "$5")" "$(cell "$4" "$5")" "$(ratio "$4" "$3")"
+}
+row "1. first backup" dump,backup1 usdcop-dr,backup1 restic,backup1 "$DUMP1_BYTES"
+row "2. second backup, unchanged database" dump,backup2 usdcop-dr,backup2 restic,backup2 "$DUMP1_BYTES"
+row "2b. second backup, usdcop-dr --checksum-max-rows 0 (counts only)" "" usdcop-dr,backup2-counts restic,backup2 "$DUMP1_BYTES"
+row "3. backup after ~1 % of the bars changed" dump,backup3 usdcop-dr,backup3 restic,backup3 "$DUMP_BYTES"
+row "4. restore into a new database (usdcop-dr: with verification)" restore,base usdcop-dr,restore restic,restore "$DUMP_BYTES"
+if [[ "$JOBS2" == 1 ]]; then
+    row "4b. restore, usdcop-dr --jobs 2 (staged) vs restic streamed" "" usdcop-dr,restore-j2 restic,restore "$DUMP_BYTES"
+fi
+echo
+echo "| CPU seconds, client (tool + pg_dump/pg_restore, user+sys) + server | pg_dump / pg_restore alone | usdcop-dr | restic |"
+echo "|---|---:|---:|---:|"
+printf '| 1. first backup | %s | %s | %s |\n' "$(cpu_cell dump,backup1)" "$(cpu_cell usdcop-dr,backup1)" "$(cpu_cell restic,backup1)"
+printf '| 2. second backup | %s | %s | %s |\n' "$(cpu_cell dump,backup2)" "$(cpu_cell usdcop-dr,backup2)" "$(cpu_cell restic,backup2)"
+printf '| 2b. second backup, --checksum-max-rows 0 | | %s | |\n' "$(cpu_cell usdcop-dr,backup2-counts)"
+printf '| 3. backup after the change | %s | %s | %s |\n' "$(cpu_cell dump,backup3)" "$(cpu_cell usdcop-dr,backup3)" "$(cpu_cell restic,backup3)"
+printf '| 4. restore | %s | %s | %s |\n' "$(cpu_cell restore,base)" "$(cpu_cell usdcop-dr,restore)" "$(cpu_cell restic,restore)"
+if [[ "$JOBS2" == 1 ]]; then printf '| 4b. restore --jobs 2 | | %s | |\n' "$(cpu_cell usdcop-dr,restore-j2)"; fi
+printf '| the picture'"'"'s queries by hand (psql), source / restic-restored database | %s / %s | | |\n' \
+    "$(cpu_cell picture,source)" "$(cpu_cell picture,restored)"
+echo
+echo "| repository | usdcop-dr | restic (-Z0 dump) |$(if [[ "$RESTIC_GZ" == 1 ]]; then echo " restic (compressed -Fc dump) |"; fi)"
+echo "|---|---:|---:|$(if [[ "$RESTIC_GZ" == 1 ]]; then echo "---:|"; fi)"
+repo_row() { # repo_row TITLE KEY-SUFFIX [new]
+    local t line="| $1 |"
+    for t in "${TOOLS[@]}"; do
+        if [[ "${3:-}" == new ]]; then line+=" $(mib "${NEW_BYTES[$t,$2]:-x}" 1048576) |"
+        else line+=" $(mib "${REPO_BYTES[$t,$2]:-x}" 1048576) |"; fi
+    done
+    echo "$line"
+}
+repo_row "size after the first backup, MiB (du -sb)" "backup1"
+repo_row "growth from the second backup (unchanged), MiB" "backup2,growth"
+repo_row "growth from the third backup (~1 % changed), MiB" "backup3,growth"
+repo_row "new data reported by the tool, third backup, MiB" "backup3" new
+if [[ "$RESTIC_GZ" == 1 ]]; then
+    echo
+    echo "restic fed pg_dump's default compressed -Fc (\`pg_dump -Fc | restic backup --stdin\`), wall seconds:"
+    echo "first backup ${SECS[restic-gz,backup1]:-n/a}, second ${SECS[restic-gz,backup2]:-n/a}, third ${SECS[restic-gz,backup3]:-n/a}"
+    echo "(ratio to usdcop-dr $(ratio restic-gz,backup1 usdcop-dr,backup1), $(ratio restic-gz,backup2 usdcop-dr,backup2), $(ratio restic-gz,backup3 usdcop-dr,backup3))."
+fi
+echo
+echo "usdcop-dr's picture: ${NOTE[usdcop-dr,backup3,rows]:-?} rows counted in the third backup, ${NOTE[usdcop-dr,backup3,checksummed]:-?} of 4 tables"
+echo "checksummed (tables above --checksum-max-rows, default 1,000,000 rows, are counted only); first backup: ${NOTE[usdcop-dr,backup1,checksummed]:-?} checksummed."
+echo "Its restore verified ${NOTE[usdcop-dr,restore,checksummed]:-?} checksummed tables, ${NOTE[usdcop-dr,restore,diff]:-?} differences."
+echo "The picture's count/checksum queries run by hand with psql took ${SECS[picture,source]:-n/a} s on the source database"
+echo "and ${SECS[picture,restored]:-n/a} s on the restic-restored one."
+echo "Restored databases identical to the source (count and md5 checksum of every table, checked afterwards):"
+echo "pg_restore baseline ${RESTORED_OK[base]:-?}, usdcop-dr ${RESTORED_OK[usdcop-dr]:-?}, restic ${RESTORED_OK[restic]:-?}$(if [[ "$JOBS2" == 1 ]]; then echo ", usdcop-dr --jobs 2 ${RESTORED_OK[usdcop-dr-j2]:-?}"; fi)."
+
+if ((FAILED)); then
+    log "one or more steps FAILED (see above)"
+    exit 1
+fi
+log "all steps succeeded; every restored database matches the source"
