@@ -440,3 +440,136 @@ unsafe fn libc_kill(pid: i32, sig: i32) {
     }
     kill(pid, sig);
 }
+
+/// Our own connection honours libpq's sslmode (pg_dump does its own TLS):
+/// a server that accepts only TLS, with a certificate for "pg.internal"
+/// issued by a test CA, reached as 127.0.0.1.
+#[test]
+fn tls_modes_follow_libpq() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use std::os::unix::fs::MetadataExt;
+
+    let pg = PgServer::start();
+    pg.create_db(SOURCE_DB);
+    load_usdcop_like(&pg, SOURCE_DB, 200);
+
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca_cert, ca_key) = ca("usdcop-dr test CA");
+    let (other_ca, _) = ca("some other CA");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["pg.internal".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+
+    // Server side: certificate, key, TLS-only pg_hba, reload.
+    let data = pg.data_dir().to_path_buf();
+    let owner = std::fs::metadata(&data).unwrap();
+    let put = |name: &str, text: &str, mode: u32| {
+        let p = data.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        p
+    };
+    let crt = put("server.crt", &leaf.pem(), 0o644);
+    let key = put("server.key", &leaf_key.serialize_pem(), 0o600);
+    put(
+        "pg_hba.conf",
+        "local all all trust\n\
+         hostssl all all 127.0.0.1/32 scram-sha-256\n\
+         hostnossl all all 127.0.0.1/32 reject\n",
+        0o600,
+    );
+    pg.psql(
+        SOURCE_DB,
+        &format!(
+            "ALTER SYSTEM SET ssl = on; ALTER SYSTEM SET ssl_cert_file = '{}'; \
+             ALTER SYSTEM SET ssl_key_file = '{}'; SELECT pg_reload_conf();",
+            crt.display(),
+            key.display()
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pg
+        .try_psql(
+            SOURCE_DB,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+        .ok()
+        .as_deref()
+        != Some("t")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "TLS never came up:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let home = tempfile::tempdir().unwrap();
+    let ca_file = home.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let other_file = home.path().join("other-ca.pem");
+    std::fs::write(&other_file, other_ca.pem()).unwrap();
+    let repo = TestRepo::new();
+    let try_backup = |source: &str, query: &str| {
+        let dsn = format!("{}?{query}", pg.dsn(SOURCE_DB));
+        let mut c = with_pg(repo.cmd(), &pg);
+        c.env("HOME", home.path())
+            .env_remove("PGSSLMODE")
+            .env_remove("PGSSLROOTCERT")
+            .args([
+                "--json", "backup", "postgres", "--source", source, "--dsn", &dsn,
+            ]);
+        run_cmd(c, None)
+    };
+
+    let r = try_backup("plain", "sslmode=disable");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no encryption"), "{}", r.stderr);
+
+    let r = try_backup("require", "sslmode=require");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["postgres"]["tables"], USDCOP_TABLES.len() as u64);
+
+    let r = try_backup(
+        "verify-ca",
+        &format!("sslmode=verify-ca&sslrootcert={}", ca_file.display()),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // The certificate names pg.internal, not 127.0.0.1.
+    let r = try_backup(
+        "verify-full",
+        &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("certificate"), "{}", r.stderr);
+    eprintln!("verify-full, wrong name: {}", r.stderr);
+
+    let r = try_backup(
+        "wrong-ca",
+        &format!("sslmode=verify-ca&sslrootcert={}", other_file.display()),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("certificate"), "{}", r.stderr);
+    eprintln!("verify-ca, wrong CA: {}", r.stderr);
+
+    let snaps = repo.run(&["--json", "snapshots"]).ok().json();
+    let sources: Vec<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["require", "verify-ca"]);
+}

@@ -20,6 +20,10 @@ use crate::error::{Error, Result};
 pub struct Dsn {
     /// The DSN as given, minus its password (safe for argv and logs).
     without_password: String,
+    /// What tokio-postgres is given: also without the TLS settings, which
+    /// are ours to interpret ([`super::tls`]).
+    config_text: String,
+    pub ssl: super::tls::SslSettings,
     password: Option<Zeroizing<String>>,
     pub host: String,
     pub port: u16,
@@ -55,7 +59,9 @@ impl Dsn {
             dsn
         };
         let (without_password, password) = split_password(dsn)?;
-        let config = tokio_postgres::Config::from_str(&without_password).map_err(|e| {
+        let (config_text, ssl_params) = split_params(&without_password, super::tls::SSL_KEYS)?;
+        let ssl = super::tls::SslSettings::from_params(&ssl_params, env)?;
+        let config = tokio_postgres::Config::from_str(&config_text).map_err(|e| {
             Error::usage(format!("invalid PostgreSQL DSN {without_password:?}: {e}"))
         })?;
         let host = match config.get_hosts().first() {
@@ -92,6 +98,8 @@ impl Dsn {
             .unwrap_or_else(|| user.clone());
         let mut dsn = Dsn {
             without_password,
+            config_text,
+            ssl,
             password: password.map(Zeroizing::new),
             host,
             port,
@@ -135,8 +143,9 @@ impl Dsn {
             quote_kv(&self.user),
             quote_kv(dbname)
         );
-        // Keep any other settings of the original (sslmode, …).
-        if let Ok(c) = tokio_postgres::Config::from_str(&self.without_password) {
+        // Keep the original's other settings that matter here (the TLS
+        // settings travel in `ssl`).
+        if let Ok(c) = tokio_postgres::Config::from_str(&self.config_text) {
             if let Some(app) = c.get_application_name() {
                 d.without_password += &format!(" application_name={}", quote_kv(app));
             }
@@ -145,13 +154,15 @@ impl Dsn {
             }
         }
         d.dbname = dbname.to_owned();
+        d.config_text = d.without_password.clone();
         Ok(d)
     }
 
     /// A tokio-postgres configuration, password included.
     pub fn config(&self) -> tokio_postgres::Config {
         let mut c =
-            tokio_postgres::Config::from_str(&self.without_password).expect("parsed in Dsn::parse");
+            tokio_postgres::Config::from_str(&self.config_text).expect("parsed in Dsn::parse");
+        c.ssl_mode(self.ssl.transport());
         if c.get_hosts().is_empty() {
             if self.host.starts_with('/') {
                 c.host_path(&self.host);

@@ -51,11 +51,19 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
 /// Connect, turning libpq-style failures into one clear line. The
 /// password is never part of any message (the DSN shown is redacted).
 pub async fn connect(dsn: &Dsn) -> Result<Client> {
-    let (client, conn) = dsn.config().connect(NoTls).await.map_err(|e| {
+    let config = dsn.config();
+    let failed = |e: tokio_postgres::Error| {
         let detail = e
             .as_db_error()
             .map(|d| d.message().to_owned())
             .unwrap_or_else(|| error_chain(&e));
+        let hint = if detail.contains("TLS") || detail.contains("certificate") {
+            "check sslmode and sslrootcert (the CA that issued the server's certificate; \
+             verify-full also needs the certificate to name the host in the DSN)"
+        } else {
+            "check the DSN; the password comes from the DSN in USDCOP_DR_PG_DSN, \
+             PGPASSWORD or the passfile (~/.pgpass / PGPASSFILE)"
+        };
         Error::new(
             ErrorKind::Source,
             format!(
@@ -63,17 +71,29 @@ pub async fn connect(dsn: &Dsn) -> Result<Client> {
                 dsn.host, dsn.port, dsn.dbname, dsn.user
             ),
         )
-        .with_hint(
-            "check the DSN; the password comes from the DSN in USDCOP_DR_PG_DSN, \
-             PGPASSWORD or the passfile (~/.pgpass / PGPASSFILE)",
-        )
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("PostgreSQL connection ended: {e}");
+        .with_hint(hint)
+    };
+    match super::tls::client_config(&dsn.ssl)? {
+        None => {
+            let (client, conn) = config.connect(NoTls).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("PostgreSQL connection ended: {e}");
+                }
+            });
+            Ok(client)
         }
-    });
-    Ok(client)
+        Some(tls) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+            let (client, conn) = config.connect(tls).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("PostgreSQL connection ended: {e}");
+                }
+            });
+            Ok(client)
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -216,8 +236,11 @@ pub async fn table_picture(
 }
 
 /// Pictures of `tables`: exact counts for all, checksums for tables of at
-/// most `checksum_max_rows` rows (counted first, so a big table is
-/// scanned once).
+/// most `checksum_max_rows` rows. Each table is read once where the
+/// planner's row estimate is clearly on one side of the limit (the
+/// checksum query also counts); only near the limit, or without an
+/// estimate (never analysed, or a parent such as a hypertable whose rows
+/// live elsewhere), is it counted first and then checksummed if small.
 pub async fn table_pictures(
     client: &Client,
     tables: &[(String, String)],
@@ -225,12 +248,36 @@ pub async fn table_pictures(
 ) -> Result<Vec<TablePicture>> {
     let mut out = Vec::with_capacity(tables.len());
     for (schema, name) in tables {
-        let counted = table_picture(client, schema, name, false).await?;
-        if counted.rows <= checksum_max_rows {
-            out.push(table_picture(client, schema, name, true).await?);
-        } else {
-            out.push(counted);
-        }
+        let estimate = row_estimate(client, schema, name).await?;
+        let max = checksum_max_rows as f64;
+        let picture = match estimate {
+            Some(e) if e <= max / 2.0 => table_picture(client, schema, name, true).await?,
+            Some(e) if e >= max * 2.0 => table_picture(client, schema, name, false).await?,
+            _ => {
+                let counted = table_picture(client, schema, name, false).await?;
+                if counted.rows <= checksum_max_rows {
+                    table_picture(client, schema, name, true).await?
+                } else {
+                    counted
+                }
+            }
+        };
+        out.push(picture);
     }
     Ok(out)
+}
+
+/// The planner's row estimate (`pg_class.reltuples`), when it has a
+/// positive one.
+async fn row_estimate(client: &Client, schema: &str, name: &str) -> Result<Option<f64>> {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let row = client
+        .query_one(
+            "SELECT reltuples::float8 FROM pg_class WHERE oid = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .map_err(|e| db_err(&format!("reading the row estimate of {schema}.{name}"), e))?;
+    let e: f64 = row.get(0);
+    Ok((e > 0.0).then_some(e))
 }

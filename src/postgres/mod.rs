@@ -4,11 +4,13 @@
 //! - `dsn`: connection strings with the password split off (pure);
 //! - `picture`: what a database looked like, and how a restore is judged (pure);
 //! - `inspect`: tokio-postgres queries (snapshot export, counts, checksums);
+//! - `tls`: libpq's `sslmode` for our own connection (rustls);
 //! - `tools`: finding and running `pg_dump` / `pg_restore`.
 
 pub mod dsn;
 pub mod inspect;
 pub mod picture;
+pub mod tls;
 pub mod tools;
 
 pub use dsn::Dsn;
