@@ -180,8 +180,8 @@ fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
     eprintln!("total {:?}", t0.elapsed());
 }
 
-/// The pg_dump child of a running usdcop-dr process (from /proc, so no
-/// pgrep is needed).
+/// The dumping pg_dump child of a running usdcop-dr process (from /proc,
+/// so no pgrep is needed).
 fn pg_dump_child(parent: u32) -> Option<i32> {
     for ent in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>() else {
@@ -196,7 +196,10 @@ fn pg_dump_child(parent: u32) -> Option<i32> {
         };
         let comm = &stat[open + 1..close];
         let ppid = stat[close + 1..].split_whitespace().nth(1);
-        if comm == "pg_dump" && ppid == Some(parent.to_string().as_str()) {
+        // The dump itself, not the `pg_dump --version` probe before it.
+        let dumping = std::fs::read(ent.path().join("cmdline"))
+            .is_ok_and(|c| c.windows(10).any(|w| w == b"--snapshot"));
+        if comm == "pg_dump" && ppid == Some(parent.to_string().as_str()) && dumping {
             return Some(pid);
         }
     }
@@ -367,10 +370,16 @@ fn failures_leave_no_snapshot_and_never_show_the_password() {
 
     // The connection dropped mid-dump (pg_dump's backend terminated).
     let (child, locker, _) = blocked_backup(&repo, &pg);
-    pg.psql(
+    // pg_dump may not have connected yet: until its backend is ended.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pg.psql(
         SOURCE_DB,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
-    );
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+    ) == "0"
+    {
+        assert!(Instant::now() < deadline, "pg_dump never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (code, stderr) = finish(child);
     release(&pg, locker);
     assert_eq!(code, 1, "{stderr}");

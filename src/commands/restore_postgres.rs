@@ -199,7 +199,7 @@ pub async fn run(
     }
     drop(client);
 
-    let actual = take_pictures(target, &picture.tables).await?;
+    let actual = take_pictures(target, &picture.tables, picture.checksum_algorithm).await?;
     let differences = picture::compare(&picture.tables, &actual);
     Ok(PgRestoreSummary {
         snapshot_id,
@@ -377,7 +377,11 @@ async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> 
 
 /// The target's pictures of the snapshot's tables (checksums where the
 /// snapshot has one); a table that does not exist is simply absent.
-async fn take_pictures(target: &Dsn, expected: &[TablePicture]) -> Result<Vec<TablePicture>> {
+async fn take_pictures(
+    target: &Dsn,
+    expected: &[TablePicture],
+    algo: picture::ChecksumAlgorithm,
+) -> Result<Vec<TablePicture>> {
     let client = inspect::connect(target).await?;
     inspect::begin(&client, false).await?;
     let mut out = vec![];
@@ -394,7 +398,13 @@ async fn take_pictures(target: &Dsn, expected: &[TablePicture]) -> Result<Vec<Ta
             .get::<_, bool>(0);
         if exists {
             out.push(
-                inspect::table_picture(&client, &t.schema, &t.name, t.checksum.is_some()).await?,
+                inspect::table_picture(
+                    &client,
+                    &t.schema,
+                    &t.name,
+                    t.checksum.as_ref().map(|_| algo),
+                )
+                .await?,
             );
         }
     }
@@ -429,6 +439,7 @@ mod tests {
             tables: vec![],
             total_rows: 0,
             checksum_max_rows: 1,
+            checksum_algorithm: picture::ChecksumAlgorithm::CURRENT,
         }
     }
 

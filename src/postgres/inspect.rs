@@ -6,7 +6,7 @@
 use tokio_postgres::{Client, NoTls};
 
 use super::dsn::Dsn;
-use super::picture::{Extension, TablePicture};
+use super::picture::{ChecksumAlgorithm, Extension, TablePicture};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Settings under which row text (and so the checksum) is canonical: the
@@ -204,23 +204,27 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 /// Exact row count and, with `checksum`, the order-independent content
-/// checksum: the sum over rows of the first 60 bits of md5(row text), as
-/// a decimal string. Row text is rendered under [`CANONICAL_SETTINGS`].
-/// One streaming aggregate: no row set is held in memory on either side.
+/// checksum (see [`ChecksumAlgorithm`]) as a decimal string. Row text is
+/// rendered under [`CANONICAL_SETTINGS`]. One streaming aggregate: no row
+/// set is held in memory on either side.
 pub async fn table_picture(
     client: &Client,
     schema: &str,
     name: &str,
-    checksum: bool,
+    checksum: Option<ChecksumAlgorithm>,
 ) -> Result<TablePicture> {
     let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
-    let sql = if checksum {
-        format!(
-            "SELECT count(*)::int8, coalesce(sum(('x' || substr(md5(ROW(usdcop_dr_row.*)::text), 1, 15))\
+    let row_text = "ROW(usdcop_dr_row.*)::text";
+    let sql = match checksum {
+        Some(ChecksumAlgorithm::Md5Sum60) => format!(
+            "SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({row_text}), 1, 15))\
              ::bit(60)::int8::numeric), 0)::text FROM {table} AS usdcop_dr_row"
-        )
-    } else {
-        format!("SELECT count(*)::int8, NULL::text FROM {table}")
+        ),
+        Some(ChecksumAlgorithm::HashtextextendedSum) => format!(
+            "SELECT count(*)::int8, coalesce(sum(hashtextextended({row_text}, 0)::numeric), 0)::text \
+             FROM {table} AS usdcop_dr_row"
+        ),
+        None => format!("SELECT count(*)::int8, NULL::text FROM {table}"),
     };
     let row = client
         .query_one(&sql, &[])
@@ -245,18 +249,19 @@ pub async fn table_pictures(
     client: &Client,
     tables: &[(String, String)],
     checksum_max_rows: u64,
+    algo: ChecksumAlgorithm,
 ) -> Result<Vec<TablePicture>> {
     let mut out = Vec::with_capacity(tables.len());
     for (schema, name) in tables {
         let estimate = row_estimate(client, schema, name).await?;
         let max = checksum_max_rows as f64;
         let picture = match estimate {
-            Some(e) if e <= max / 2.0 => table_picture(client, schema, name, true).await?,
-            Some(e) if e >= max * 2.0 => table_picture(client, schema, name, false).await?,
+            Some(e) if e <= max / 2.0 => table_picture(client, schema, name, Some(algo)).await?,
+            Some(e) if e >= max * 2.0 => table_picture(client, schema, name, None).await?,
             _ => {
-                let counted = table_picture(client, schema, name, false).await?;
+                let counted = table_picture(client, schema, name, None).await?;
                 if counted.rows <= checksum_max_rows {
-                    table_picture(client, schema, name, true).await?
+                    table_picture(client, schema, name, Some(algo)).await?
                 } else {
                     counted
                 }

@@ -10,6 +10,28 @@ pub const METADATA_KEY: &str = "postgres";
 /// How the dump inside the snapshot was made (docs/POSTGRES.md says why).
 pub const DUMP_FORMAT: &str = "pg_dump custom format, uncompressed (-Fc -Z0)";
 
+/// How a table's content checksum is computed (`inspect::table_picture`):
+/// an order-independent sum over rows of a hash of the row's text.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChecksumAlgorithm {
+    /// Sum of the first 60 bits of `md5(row text)`.
+    Md5Sum60,
+    /// Sum of `hashtextextended(row text, 0)` (64 bits; about 3× cheaper
+    /// for the server than md5). Its value depends on the server's byte
+    /// order, so it compares databases on machines of the same endianness.
+    HashtextextendedSum,
+}
+
+impl ChecksumAlgorithm {
+    /// What new backups record.
+    pub const CURRENT: ChecksumAlgorithm = ChecksumAlgorithm::HashtextextendedSum;
+
+    fn first() -> ChecksumAlgorithm {
+        ChecksumAlgorithm::Md5Sum60
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Extension {
     pub name: String,
@@ -52,6 +74,9 @@ pub struct DbPicture {
     pub tables: Vec<TablePicture>,
     pub total_rows: u64,
     pub checksum_max_rows: u64,
+    /// Pictures written before this field existed used md5.
+    #[serde(default = "ChecksumAlgorithm::first")]
+    pub checksum_algorithm: ChecksumAlgorithm,
 }
 
 impl DbPicture {

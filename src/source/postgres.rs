@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Entry;
 use crate::pipeline::{Writer, WriterOptions, WriterTotals};
-use crate::postgres::picture::{DbPicture, DUMP_FORMAT};
+use crate::postgres::picture::{ChecksumAlgorithm, DbPicture, DUMP_FORMAT};
 use crate::postgres::tools::{self, ChildStream, PgTool};
 use crate::postgres::{inspect, Dsn};
 use crate::progress::Progress;
@@ -80,6 +80,7 @@ impl Session {
             tables: vec![],
             total_rows: 0,
             checksum_max_rows: opts.checksum_max_rows,
+            checksum_algorithm: ChecksumAlgorithm::CURRENT,
         };
         Ok(Session {
             dsn: dsn.clone(),
@@ -139,7 +140,8 @@ impl Session {
         let look = async move {
             let extensions = inspect::extensions(client).await?;
             let tables = inspect::tables(client).await?;
-            let pictures = inspect::table_pictures(client, &tables, max).await?;
+            let pictures =
+                inspect::table_pictures(client, &tables, max, ChecksumAlgorithm::CURRENT).await?;
             Ok::<_, Error>((extensions, pictures))
         };
         let store = async move {
