@@ -455,13 +455,14 @@ do_dump_baseline() { # do_dump_baseline STEP
 }
 
 # ---------------------------------------------------------------- the run
-# usdcop-dr's picture as plain SQL (src/postgres/inspect.rs): count(*) and the md5 checksum
-# for tables of at most 1,000,000 rows, count(*) only for bigger ones. (usdcop-dr counts a
-# small table first, then checksums it: one scan more than this.)
+# usdcop-dr's picture as plain SQL (src/postgres/inspect.rs): count(*) and the
+# hashtextextended checksum for tables of at most 1,000,000 rows, count(*) only for bigger
+# ones. (usdcop-dr reads a table twice, count then checksum, only when the planner's
+# estimate is within a factor of 2 of the limit.)
 PICTURE_SQL="$(psql_db "$DB" <<'SQLEOF'
 SELECT string_agg(format(
     CASE WHEN n <= 1000000
-         THEN 'SELECT count(*), sum((''x'' || substr(md5(ROW(r.*)::text), 1, 15))::bit(60)::int8::numeric) FROM %I.%I AS r;'
+         THEN 'SELECT count(*), sum(hashtextextended(ROW(r.*)::text, 0)::numeric) FROM %I.%I AS r;'
          ELSE 'SELECT count(*) FROM %I.%I;' END, schemaname, relname), ' ')
 FROM (SELECT schemaname, relname, n_live_tup AS n FROM pg_stat_user_tables) t;
 SQLEOF
