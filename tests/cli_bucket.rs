@@ -9,13 +9,10 @@ mod common;
 #[path = "common/servers.rs"]
 mod servers;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use common::{run_cmd, Run, PASSWORD};
 use servers::{S3Server, ServerKind};
-
-const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/s3_bucket_tool.py");
 
 fn cmd(server: &S3Server, repo: &str, args: &[&str]) -> Run {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
@@ -28,19 +25,8 @@ fn cmd(server: &S3Server, repo: &str, args: &[&str]) -> Run {
     run_cmd(c, None)
 }
 
-/// Run the Python fixture tool; returns its JSON answer.
 fn tool(server: &S3Server, args: &[&str]) -> serde_json::Value {
-    let mut c = std::process::Command::new(servers::venv_python());
-    for (k, v) in server.env() {
-        c.env(k, v);
-    }
-    c.arg(PathBuf::from(TOOL))
-        .arg(args[0])
-        .arg(&server.endpoint)
-        .args(&args[1..]);
-    let r = run_cmd(c, None);
-    assert_eq!(r.code, 0, "fixture tool {args:?} failed: {}", r.stderr);
-    r.json()
+    server.bucket_tool(args)
 }
 
 fn json_u64(v: &serde_json::Value, path: &[&str]) -> u64 {

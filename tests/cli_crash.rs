@@ -8,7 +8,6 @@ mod common;
 mod servers;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +16,6 @@ use std::time::{Duration, Instant};
 use common::{random_bytes, run_cmd, Run, PASSWORD};
 use servers::{S3Server, ServerKind};
 
-const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/s3_bucket_tool.py");
 const REPO: &str = "s3://repo-bucket/crash";
 const BLOCK: usize = 1 << 20;
 
@@ -39,17 +37,7 @@ fn cmd(server: &S3Server, args: &[&str], stdin: Option<&[u8]>) -> Run {
 }
 
 fn tool(server: &S3Server, args: &[&str]) -> serde_json::Value {
-    let mut c = Command::new(servers::venv_python());
-    for (k, v) in server.env() {
-        c.env(k, v);
-    }
-    c.arg(PathBuf::from(TOOL))
-        .arg(args[0])
-        .arg(&server.endpoint)
-        .args(&args[1..]);
-    let r = run_cmd(c, None);
-    assert_eq!(r.code, 0, "fixture tool {args:?} failed: {}", r.stderr);
-    r.json()
+    server.bucket_tool(args)
 }
 
 /// Block `i` of the endless deterministic input stream.

@@ -17,36 +17,39 @@ const CANONICAL_SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; \
      SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL bytea_output = 'hex'";
 
-/// User tables: ordinary and partitioned tables outside the system and
-/// TimescaleDB-internal schemas, not owned by an extension. A hypertable's
-/// rows are counted through the hypertable (its chunks live in
-/// `_timescaledb_internal`).
-const TABLES_SQL: &str = r"
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
+/// Relations in user schemas (not the system's, not TimescaleDB's
+/// internal ones) that no extension owns; `c` is pg_class, `n` its schema.
+macro_rules! user_relations {
+    ($select:literal, $kinds:literal) => {
+        concat!(
+            "SELECT ",
+            $select,
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ",
+            $kinds,
+            r"
   AND n.nspname NOT IN ('pg_catalog', 'information_schema',
                         'timescaledb_information', 'timescaledb_experimental')
   AND n.nspname NOT LIKE 'pg\_%'
   AND n.nspname NOT LIKE '\_timescaledb%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                    AND d.deptype = 'e')
-ORDER BY 1, 2";
+                    AND d.deptype = 'e')"
+        )
+    };
+}
+
+/// User tables: ordinary and partitioned tables. A hypertable's rows are
+/// counted through the hypertable (its chunks live in
+/// `_timescaledb_internal`).
+const TABLES_SQL: &str = concat!(
+    user_relations!("n.nspname, c.relname", "('r', 'p')"),
+    " ORDER BY 1, 2"
+);
 
 /// Relations of any kind a restore could collide with (tables, views,
-/// sequences, …) in user schemas, not owned by an extension.
-const USER_RELATIONS_SQL: &str = r"
-SELECT count(*)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema',
-                        'timescaledb_information', 'timescaledb_experimental')
-  AND n.nspname NOT LIKE 'pg\_%'
-  AND n.nspname NOT LIKE '\_timescaledb%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                    AND d.deptype = 'e')";
+/// materialized views, sequences, foreign tables).
+const USER_RELATIONS_SQL: &str = user_relations!("count(*)", "('r', 'p', 'v', 'm', 'S', 'f')");
 
 /// Connect, turning libpq-style failures into one clear line. The
 /// password is never part of any message (the DSN shown is redacted).

@@ -130,6 +130,27 @@ fn collect_stderr(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Tail>>, Join
     (tail, handle)
 }
 
+/// Start `cmd` with the given stdin/stdout and its stderr collected.
+fn spawn(
+    what: &str,
+    mut cmd: Command,
+    stdin: Stdio,
+    stdout: Stdio,
+) -> Result<(Child, Arc<Mutex<Tail>>, JoinHandle<()>)> {
+    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::new(
+            ErrorKind::Source,
+            format!(
+                "cannot start {what} ({}): {e}",
+                cmd.get_program().to_string_lossy()
+            ),
+        )
+    })?;
+    let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"));
+    Ok((child, tail, handle))
+}
+
 fn describe_failure(what: &str, status: ExitStatus, tail: &Tail) -> String {
     let how = match (
         status.code(),
@@ -162,21 +183,9 @@ pub struct ChildStream {
 
 impl ChildStream {
     /// Spawn `cmd` (stdin null, stdout piped, stderr collected).
-    pub fn spawn(what: &str, mut cmd: Command) -> Result<ChildStream> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
-            Error::new(
-                ErrorKind::Source,
-                format!(
-                    "cannot start {what} ({}): {e}",
-                    cmd.get_program().to_string_lossy()
-                ),
-            )
-        })?;
+    pub fn spawn(what: &str, cmd: Command) -> Result<ChildStream> {
+        let (mut child, tail, handle) = spawn(what, cmd, Stdio::null(), Stdio::piped())?;
         let stdout = child.stdout.take().expect("piped");
-        let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"));
         Ok(ChildStream {
             what: what.to_owned(),
             child,
@@ -244,20 +253,8 @@ pub struct FedChild {
 
 impl FedChild {
     /// Spawn `cmd` with stdin piped (returned) and stderr collected.
-    pub fn spawn(what: &str, mut cmd: Command) -> Result<(FedChild, ChildStdin)> {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
-            Error::new(
-                ErrorKind::Source,
-                format!(
-                    "cannot start {what} ({}): {e}",
-                    cmd.get_program().to_string_lossy()
-                ),
-            )
-        })?;
-        let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"));
+    pub fn spawn(what: &str, cmd: Command) -> Result<(FedChild, ChildStdin)> {
+        let (mut child, tail, handle) = spawn(what, cmd, Stdio::piped(), Stdio::null())?;
         let stdin = child.stdin.take().expect("piped");
         Ok((
             FedChild {

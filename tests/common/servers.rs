@@ -316,6 +316,27 @@ root_domain = ".s3.garage.localhost"
     /// The environment for a child process that talks to this server
     /// through an AWS SDK: credentials, region and endpoint. (Clients must
     /// use path-style addressing.)
+    /// Run `tests/data/s3_bucket_tool.py COMMAND ENDPOINT ARGS…` against
+    /// this server (boto3, the moto venv's Python); returns its JSON answer.
+    pub fn bucket_tool(&self, args: &[&str]) -> serde_json::Value {
+        let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/s3_bucket_tool.py");
+        let out = Command::new(venv_python())
+            .envs(self.env())
+            .arg(tool)
+            .arg(args[0])
+            .arg(&self.endpoint)
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the bucket fixture tool");
+        assert!(
+            out.status.success(),
+            "fixture tool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("the fixture tool answers JSON")
+    }
+
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
