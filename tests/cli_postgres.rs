@@ -83,6 +83,8 @@ fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
     let pg = PgServer::start();
     pg.create_db(SOURCE_DB);
     load_usdcop_like(&pg, SOURCE_DB, 60_000);
+    // An extension (contrib), which the restore checks the target has.
+    pg.psql(SOURCE_DB, "CREATE EXTENSION hstore");
     let source_rows = rows(&pg, SOURCE_DB);
     eprintln!("loaded {source_rows} rows in {:?}", t0.elapsed());
     let repo = TestRepo::with_init_args(&[]);
@@ -96,6 +98,15 @@ fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
         first["postgres"]["tables_checksummed"],
         USDCOP_TABLES.len() as u64
     );
+    let snaps = dr(&repo, &pg, &["--json", "snapshots"]).ok().json();
+    let picture = &snaps[0]["metadata"]["postgres"];
+    let extensions: Vec<&str> = picture["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(extensions.contains(&"hstore"), "{picture}");
     let dump_size = first["bytes_in"].as_u64().unwrap();
 
     // Streamed restore into a new database: identical rows, verified.
@@ -106,11 +117,12 @@ fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
     assert_eq!(r["rows"], source_rows);
     assert_same_data(&pg, SOURCE_DB, &pg, "restored");
 
-    // Parallel restore (staged on disk, then removed).
+    // Parallel restore (staged on disk, then removed) onto another server.
+    let other = PgServer::start();
     let staging = tempfile::tempdir().unwrap();
     let r = restore(
         &repo,
-        &pg,
+        &other,
         "restored_parallel",
         &[
             "--create",
@@ -127,7 +139,7 @@ fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
         (Some(3), Some(true))
     );
     assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
-    assert_same_data(&pg, SOURCE_DB, &pg, "restored_parallel");
+    assert_same_data(&pg, SOURCE_DB, &other, "restored_parallel");
     let left: Vec<_> = std::fs::read_dir(staging.path()).unwrap().collect();
     assert!(left.is_empty(), "staged dump left behind: {left:?}");
 

@@ -147,7 +147,7 @@ pub async fn run(
 
     // Checks first: nothing is changed until they all pass.
     let created = if opts.create {
-        create_database(target, &picture.encoding, plan.timescaledb.as_deref()).await?
+        create_database(target, &picture, plan.timescaledb.as_deref()).await?
     } else {
         false
     };
@@ -160,6 +160,7 @@ pub async fn run(
         ))
         .with_hint("pass --clean to replace the snapshot's objects, or restore into a new database with --create"));
     }
+    check_extensions(&client, &picture.extensions, plan.timescaledb.as_deref()).await?;
     if let Some(v) = &plan.timescaledb {
         prepare_timescaledb(&client, v).await?;
     }
@@ -296,10 +297,15 @@ async fn restore_staged(
 }
 
 /// `CREATE DATABASE` from template0 with the dump's encoding; `false` if
-/// it already existed (the emptiness check that follows decides). A
-/// TimescaleDB snapshot is first checked against the server's extensions,
-/// so a server without it is not left with a new empty database.
-async fn create_database(target: &Dsn, encoding: &str, timescaledb: Option<&str>) -> Result<bool> {
+/// it already existed (the emptiness check that follows decides). The
+/// snapshot's extensions are checked against the server's first, so a
+/// server without them is not left with a new empty database.
+async fn create_database(
+    target: &Dsn,
+    picture: &DbPicture,
+    timescaledb: Option<&str>,
+) -> Result<bool> {
+    let encoding = picture.encoding.as_str();
     let mut last = None;
     for maintenance in ["postgres", "template1"] {
         let admin = match inspect::connect(&target.with_dbname(maintenance)?).await {
@@ -317,9 +323,7 @@ async fn create_database(target: &Dsn, encoding: &str, timescaledb: Option<&str>
             .await
             .map_err(|e| inspect::db_err("looking for the target database", e))?
             .is_some();
-        if let Some(v) = timescaledb {
-            check_timescaledb(&admin, v).await?;
-        }
+        check_extensions(&admin, &picture.extensions, timescaledb).await?;
         if exists {
             return Ok(false);
         }
@@ -336,36 +340,56 @@ async fn create_database(target: &Dsn, encoding: &str, timescaledb: Option<&str>
     Err(last.expect("tried at least once"))
 }
 
-/// Whether the server offers TimescaleDB at exactly `version`.
-async fn check_timescaledb(client: &tokio_postgres::Client, version: &str) -> Result<()> {
-    let available = client
+/// Whether the server offers every extension the snapshot's database had
+/// (pg_restore would stop half-way at the first missing one), and
+/// TimescaleDB at exactly the recorded version.
+async fn check_extensions(
+    client: &tokio_postgres::Client,
+    extensions: &[picture::Extension],
+    timescaledb: Option<&str>,
+) -> Result<()> {
+    let rows = client
         .query(
-            "SELECT version FROM pg_available_extension_versions WHERE name = 'timescaledb'",
+            "SELECT name, version FROM pg_available_extension_versions",
             &[],
         )
         .await
-        .map_err(|e| inspect::db_err("looking for TimescaleDB", e))?;
-    let versions: Vec<String> = available.iter().map(|r| r.get(0)).collect();
-    if !versions.iter().any(|v| v == version) {
+        .map_err(|e| inspect::db_err("listing the target server's extensions", e))?;
+    let available: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let missing: Vec<String> = extensions
+        .iter()
+        .filter(|e| !available.iter().any(|(n, _)| *n == e.name))
+        .map(|e| format!("{} {}", e.name, e.version))
+        .collect();
+    if !missing.is_empty() {
         return Err(Error::usage(format!(
-            "the snapshot holds TimescaleDB {version}, which the target server does not have \
-             (available: {}); nothing was restored",
-            if versions.is_empty() {
-                "none".to_owned()
-            } else {
-                versions.join(", ")
-            }
+            "the target server lacks extension(s) the snapshot's database uses: {}; nothing was restored",
+            missing.join(", ")
         ))
-        .with_hint(format!(
-            "install TimescaleDB {version} on the target server"
-        )));
+        .with_hint("install them on the target server (Debian: postgresql-15-<name> or contrib)"));
+    }
+    if let Some(version) = timescaledb {
+        let versions: Vec<&str> = available
+            .iter()
+            .filter(|(n, _)| n == "timescaledb")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if !versions.contains(&version) {
+            return Err(Error::usage(format!(
+                "the snapshot holds TimescaleDB {version}, which the target server does not have \
+                 (available: {}); nothing was restored",
+                versions.join(", ")
+            ))
+            .with_hint(format!(
+                "install TimescaleDB {version} on the target server"
+            )));
+        }
     }
     Ok(())
 }
 
 /// Create TimescaleDB at the snapshot's version and enter restore mode.
 async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> Result<()> {
-    check_timescaledb(client, version).await?;
     client
         .batch_execute(&format!(
             "CREATE EXTENSION IF NOT EXISTS timescaledb VERSION '{}'; SELECT timescaledb_pre_restore();",
