@@ -187,10 +187,19 @@ pub async fn run(
         restore_streamed(&reader, entry, cmd, progress.as_ref()).await
     };
     let bytes = restored.map_err(|e| {
-        e.with_hint(format!(
+        let partial = format!(
             "database {:?} may now hold a partial restore: drop it, or restore again with --clean",
             target.dbname
-        ))
+        );
+        let missing_role = e.message().contains("role") && e.message().contains("does not exist");
+        if missing_role && !opts.no_owner {
+            e.with_hint(format!(
+                "the target server lacks a role that owns objects in the dump: create the roles \
+                 first, or restore with --no-owner; {partial}"
+            ))
+        } else {
+            e.with_hint(partial)
+        }
     })?;
     if plan.timescaledb.is_some() {
         client
