@@ -613,7 +613,11 @@ fn a_fresh_server_without_the_owning_role_needs_no_owner() {
     let fresh = PgServer::start();
     let r = restore(&repo, &fresh, "recovered", &["--create"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("role \"trader\" does not exist"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("role \"trader\" does not exist"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("restore with --no-owner"), "{}", r.stderr);
 
     let r = restore(&repo, &fresh, "recovered", &["--clean", "--no-owner"])
