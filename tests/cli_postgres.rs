@@ -625,4 +625,67 @@ fn a_fresh_server_without_the_owning_role_needs_no_owner() {
         .json();
     assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
     assert_same_data(&pg, SOURCE_DB, &fresh, "recovered");
+    // Without roles in the snapshot, --globals is refused.
+    let r = restore(&repo, &fresh, "other", &["--create", "--globals"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("without --globals"), "{}", r.stderr);
+
+    // With --globals the snapshot carries the roles (not their password
+    // hashes): a fresh server gets them, and the owners are kept.
+    pg.psql(
+        SOURCE_DB,
+        "ALTER ROLE trader LOGIN PASSWORD 'trader-secret-pw'",
+    );
+    let b = dr(
+        &repo,
+        &pg,
+        &[
+            "--json",
+            "backup",
+            "postgres",
+            "--source",
+            "pg",
+            "--globals",
+            "--dsn",
+            &pg.dsn(SOURCE_DB),
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(b["files"], 2, "{b}");
+    let globals = repo
+        .run(&[
+            "restore",
+            "--snapshot",
+            "latest",
+            "--path",
+            "globals.sql",
+            "--stdout",
+        ])
+        .ok();
+    let globals = String::from_utf8_lossy(&globals.stdout).into_owned();
+    assert!(globals.contains("CREATE ROLE trader"), "{globals}");
+    assert!(
+        !globals.contains("SCRAM-SHA-256"),
+        "password hashes stored: {globals}"
+    );
+    let fresh2 = PgServer::start();
+    let r = restore(&repo, &fresh2, "recovered", &["--create", "--globals"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = r.json();
+    assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
+    let warned = r["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .unwrap()
+            .contains("role \"postgres\" already exists")
+    });
+    assert!(warned, "{r}");
+    assert_eq!(
+        fresh2.psql(
+            "recovered",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'usdcop_m5_ohlcv'"
+        ),
+        "trader"
+    );
+    assert_same_data(&pg, SOURCE_DB, &fresh2, "recovered");
 }

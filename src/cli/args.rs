@@ -146,6 +146,10 @@ pub struct PgBackupArgs {
     /// Tables of at most this many rows also get a content checksum
     #[arg(long, default_value_t = 1_000_000)]
     pub checksum_max_rows: u64,
+    /// Also store the cluster's roles and tablespaces (pg_dumpall
+    /// --globals-only, without password hashes), for restores onto a fresh server
+    #[arg(long)]
+    pub globals: bool,
 }
 
 #[derive(Args, Debug)]
@@ -228,6 +232,10 @@ pub struct RestorePostgresArgs {
     /// pg_restore to run (default: one at least as new as the dump's pg_dump)
     #[arg(long, value_name = "PATH")]
     pub pg_restore: Option<PathBuf>,
+    /// First create the roles and tablespaces the snapshot holds (taken
+    /// with `backup postgres --globals`); existing ones give warnings
+    #[arg(long)]
+    pub globals: bool,
 }
 
 #[derive(Args, Debug)]

@@ -98,6 +98,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         options: usdcop_dr::source::postgres::PgBackupOptions {
                             pg_dump: pg.pg_dump,
                             checksum_max_rows: pg.checksum_max_rows,
+                            globals: pg.globals,
                         },
                     },
                 ),
@@ -227,6 +228,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     staging_dir: a.staging_dir,
                     no_owner: a.no_owner,
                     pg_restore: a.pg_restore,
+                    globals: a.globals,
                 },
                 progress,
             )

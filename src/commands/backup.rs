@@ -161,7 +161,7 @@ pub async fn run(
         let input = match (input, pg_session) {
             (_, Some(session)) => {
                 let database = session.database().to_owned();
-                let (entry, w, picture) = session
+                let (entries, w, picture) = session
                     .backup(&repo, index.clone(), opts.writer, time, progress.clone())
                     .await?;
                 pg_summary = Some(PgSummary {
@@ -182,11 +182,11 @@ pub async fn run(
                     serde_json::to_value(&picture).expect("picture serializes"),
                 );
                 let totals = crate::source::files::FilesTotals {
-                    files: 1,
-                    bytes: entry.size,
+                    files: entries.len() as u64,
+                    bytes: entries.iter().map(|e| e.size).sum(),
                     ..Default::default()
                 };
-                Ok((vec![entry], vec![format!("postgres:{database}")], totals, w))
+                Ok((entries, vec![format!("postgres:{database}")], totals, w))
             }
             (None, None) => unreachable!("input or session"),
             (Some(input), None) => match input {

@@ -26,6 +26,7 @@ use crate::postgres::picture::{self, DbPicture, Difference, TablePicture};
 use crate::postgres::{inspect, tools, Dsn};
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::source::postgres::GLOBALS_ENTRY;
 
 pub struct PgRestoreOptions {
     pub target: Dsn,
@@ -35,6 +36,10 @@ pub struct PgRestoreOptions {
     pub staging_dir: Option<PathBuf>,
     pub no_owner: bool,
     pub pg_restore: Option<PathBuf>,
+    /// Apply the snapshot's roles and tablespaces (`backup postgres
+    /// --globals`) before the restore; errors such as "role already
+    /// exists" become warnings.
+    pub globals: bool,
 }
 
 /// What will be done, decided from the snapshot's picture and the options
@@ -133,11 +138,26 @@ pub async fn run(
     let entry = snap
         .entries
         .iter()
-        .find(|e| e.kind == EntryType::File)
+        .find(|e| e.kind == EntryType::File && e.path != GLOBALS_ENTRY)
         .ok_or_else(|| {
             Error::integrity(format!("snapshot {} holds no dump", snapshot_id.short()))
         })?;
-    let plan = plan(&picture, &opts)?;
+    let globals = match opts.globals {
+        false => None,
+        true => Some(
+            snap.entries
+                .iter()
+                .find(|e| e.kind == EntryType::File && e.path == GLOBALS_ENTRY)
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "snapshot {} holds no roles: it was taken without --globals",
+                        snapshot_id.short()
+                    ))
+                    .with_hint("restore with --no-owner instead")
+                })?,
+        ),
+    };
+    let mut plan = plan(&picture, &opts)?;
     for w in &plan.warnings {
         progress.warn(w);
     }
@@ -161,6 +181,14 @@ pub async fn run(
         .with_hint("pass --clean to replace the snapshot's objects, or restore into a new database with --create"));
     }
     check_extensions(&client, &picture.extensions, plan.timescaledb.as_deref()).await?;
+    let index = repo.load_index().await?;
+    let reader = ChunkReader::new(repo.clone(), index);
+    if let Some(g) = globals {
+        for w in apply_globals(&reader, g, target, progress.as_ref()).await? {
+            progress.warn(&w);
+            plan.warnings.push(w);
+        }
+    }
     if let Some(v) = &plan.timescaledb {
         prepare_timescaledb(&client, v).await?;
     }
@@ -175,8 +203,6 @@ pub async fn run(
     for (k, v) in target.child_env() {
         cmd.env(k, v);
     }
-    let index = repo.load_index().await?;
-    let reader = ChunkReader::new(repo.clone(), index);
     progress.set_total(entry.size);
     progress.set_item(&entry.path);
     let staged = plan.jobs > 1;
@@ -250,6 +276,38 @@ async fn restore_streamed(
         (Err(e), _) => Err(e),
         (Ok(_), Err(pg)) => Err(pg),
     }
+}
+
+/// Run the snapshot's `globals.sql` through psql in the target database
+/// (roles are cluster-wide). psql goes on past errors; each error line
+/// (typically "role ... already exists") is returned as a warning.
+async fn apply_globals(
+    reader: &ChunkReader,
+    entry: &Entry,
+    target: &Dsn,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let psql = tools::find("psql", 0, None)?;
+    let mut cmd = Command::new(&psql.path);
+    cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0"])
+        .arg(format!("--host={}", target.host))
+        .arg(format!("--port={}", target.port))
+        .arg(format!("--username={}", target.user))
+        .arg(format!("--dbname={}", target.redacted()))
+        .env_remove("PGPASSWORD");
+    for (k, v) in target.child_env() {
+        cmd.env(k, v);
+    }
+    let (child, mut stdin) = tools::FedChild::spawn("psql (roles)", cmd)?;
+    let fed = super::restore::copy_entry(reader, entry, &mut stdin, progress).await;
+    drop(stdin);
+    let said = child.finish_with_stderr()?;
+    fed?;
+    Ok(said
+        .into_iter()
+        .filter(|l| l.contains("ERROR:"))
+        .map(|l| format!("roles: {}", l.trim()))
+        .collect())
 }
 
 /// Removes the staged dump however the restore ends.
@@ -473,6 +531,7 @@ mod tests {
             total_rows: 0,
             checksum_max_rows: 1,
             checksum_algorithm: picture::ChecksumAlgorithm::CURRENT,
+            globals: false,
         }
     }
 
@@ -485,6 +544,7 @@ mod tests {
             staging_dir: None,
             no_owner: true,
             pg_restore: None,
+            globals: false,
         }
     }
 

@@ -74,6 +74,9 @@ pub struct DbPicture {
     pub tables: Vec<TablePicture>,
     pub total_rows: u64,
     pub checksum_max_rows: u64,
+    /// Whether the snapshot also holds `globals.sql` (roles, tablespaces).
+    #[serde(default)]
+    pub globals: bool,
     /// Pictures written before this field existed used md5.
     #[serde(default = "ChecksumAlgorithm::first")]
     pub checksum_algorithm: ChecksumAlgorithm,

@@ -267,6 +267,15 @@ impl FedChild {
         ))
     }
 
+    /// [`FedChild::finish`], returning what the program last wrote to
+    /// stderr (up to 20 lines) when it succeeded.
+    pub fn finish_with_stderr(self) -> Result<Vec<String>> {
+        let tail = self.tail.clone();
+        self.finish()?;
+        let lines = tail.lock().unwrap().lines.iter().cloned().collect();
+        Ok(lines)
+    }
+
     /// Wait for the program (its stdin must be closed by now); its failure
     /// comes back with its own message.
     pub fn finish(mut self) -> Result<()> {

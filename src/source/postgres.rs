@@ -33,6 +33,9 @@ pub struct PgBackupOptions {
     pub pg_dump: Option<PathBuf>,
     /// Tables with at most this many rows also get a content checksum.
     pub checksum_max_rows: u64,
+    /// Also store the cluster's roles and tablespaces (`pg_dumpall
+    /// --globals-only --no-role-passwords`) as `globals.sql`.
+    pub globals: bool,
 }
 
 impl Default for PgBackupOptions {
@@ -40,6 +43,7 @@ impl Default for PgBackupOptions {
         PgBackupOptions {
             pg_dump: None,
             checksum_max_rows: 1_000_000,
+            globals: false,
         }
     }
 }
@@ -52,7 +56,11 @@ pub struct Session {
     pg_dump: PgTool,
     picture: DbPicture,
     checksum_max_rows: u64,
+    pg_dumpall: Option<PgTool>,
 }
+
+/// The entry holding the roles and tablespaces, with `--globals`.
+pub const GLOBALS_ENTRY: &str = "globals.sql";
 
 impl Session {
     pub async fn open(dsn: &Dsn, opts: &PgBackupOptions) -> Result<Session> {
@@ -66,6 +74,10 @@ impl Session {
         // check is coarser there, for servers long out of support.
         let major = num / 10_000;
         let pg_dump = tools::find("pg_dump", major, opts.pg_dump.as_deref())?;
+        let pg_dumpall = match opts.globals {
+            true => Some(tools::find("pg_dumpall", major, None)?),
+            false => None,
+        };
         let picture = DbPicture {
             database,
             dsn: dsn.redacted().to_owned(),
@@ -81,6 +93,7 @@ impl Session {
             total_rows: 0,
             checksum_max_rows: opts.checksum_max_rows,
             checksum_algorithm: ChecksumAlgorithm::CURRENT,
+            globals: false,
         };
         Ok(Session {
             dsn: dsn.clone(),
@@ -89,6 +102,7 @@ impl Session {
             pg_dump,
             picture,
             checksum_max_rows: opts.checksum_max_rows,
+            pg_dumpall,
         })
     }
 
@@ -115,8 +129,27 @@ impl Session {
         c
     }
 
-    /// Dump into `writer`'s repository; returns the entry, the pipeline's
-    /// totals and the database's picture.
+    /// `pg_dumpall --globals-only`: roles (without their password hashes,
+    /// which stay out of backups) and tablespaces.
+    fn globals_command(&self, tool: &PgTool) -> Command {
+        let mut c = Command::new(&tool.path);
+        c.arg("--globals-only")
+            .arg("--no-role-passwords")
+            .arg("--no-password")
+            .arg(format!("--host={}", self.dsn.host))
+            .arg(format!("--port={}", self.dsn.port))
+            .arg(format!("--username={}", self.dsn.user))
+            .arg(format!("--dbname={}", self.dsn.redacted()))
+            .env_remove("PGPASSWORD");
+        for (k, v) in self.dsn.child_env() {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Dump into `writer`'s repository; returns the entries (the dump, and
+    /// with `--globals` the roles), the pipeline's totals and the
+    /// database's picture.
     pub async fn backup(
         self,
         repo: &Arc<Repository>,
@@ -124,16 +157,32 @@ impl Session {
         writer_opts: WriterOptions,
         time: DateTime<Utc>,
         progress: Arc<dyn Progress>,
-    ) -> Result<(Entry, WriterTotals, DbPicture)> {
+    ) -> Result<(Vec<Entry>, WriterTotals, DbPicture)> {
+        let globals = self.pg_dumpall.as_ref().map(|t| self.globals_command(t));
         let stream = ChildStream::spawn("pg_dump", self.dump_command())?;
         let pg_dump_pid = stream.pid();
         let writer = Writer::start(repo.clone(), index, writer_opts)?;
         let name = format!("{}.dump", sanitize(&self.picture.database));
         let store = tokio::task::spawn_blocking(move || -> Result<_> {
-            let entry =
-                crate::source::stdin::store(&writer, &name, stream, time, progress.as_ref())?;
+            let mut entries = vec![crate::source::stdin::store(
+                &writer,
+                &name,
+                stream,
+                time,
+                progress.as_ref(),
+            )?];
+            if let Some(cmd) = globals {
+                let stream = ChildStream::spawn("pg_dumpall", cmd)?;
+                entries.push(crate::source::stdin::store(
+                    &writer,
+                    GLOBALS_ENTRY,
+                    stream,
+                    time,
+                    progress.as_ref(),
+                )?);
+            }
             let w = writer.finish()?;
-            Ok((entry, w))
+            Ok((entries, w))
         });
         let client = &self.client;
         let max = self.checksum_max_rows;
@@ -156,7 +205,7 @@ impl Session {
         // awaited so that nothing keeps writing after we return.
         let mut store = std::pin::pin!(store);
         let mut look = std::pin::pin!(look);
-        let ((entry, w), (extensions, tables)) = tokio::select! {
+        let ((entries, w), (extensions, tables)) = tokio::select! {
             // A finished store is seen first, so pg_dump is only signalled
             // while it is still ours.
             biased;
@@ -182,7 +231,8 @@ impl Session {
         picture.total_rows = tables.iter().map(|t| t.rows).sum();
         picture.extensions = extensions;
         picture.tables = tables;
-        Ok((entry, w, picture))
+        picture.globals = self.pg_dumpall.is_some();
+        Ok((entries, w, picture))
     }
 }
 
