@@ -16,11 +16,12 @@ use crate::error::{Error, Result};
 use crate::format::meta::LockKind;
 use crate::format::snapshot::{Snapshot, Source, SourceKind, Totals, VERSION};
 use crate::format::Id;
+use crate::pipeline::WriterTotals;
 use crate::pipeline::{Writer, WriterOptions};
 use crate::progress::Progress;
 use crate::repository::lock::LockGuard;
 use crate::repository::{hostname, Repository};
-use crate::source::files::FilesSource;
+use crate::source::files::{FilesSource, FilesTotals};
 
 pub struct BackupOptions {
     pub source: String,
@@ -131,12 +132,11 @@ pub async fn run(
     };
     // A database that cannot be reached (wrong DSN, password, missing
     // pg_dump) fails here, before anything is written to the repository.
-    let (input, pg_session) = match input {
-        BackupInput::Postgres { dsn, options } => (
-            None,
-            Some(crate::source::postgres::Session::open(&dsn, &options).await?),
-        ),
-        other => (Some(other), None),
+    let input = match input {
+        BackupInput::Postgres { dsn, options } => {
+            Prepared::Postgres(crate::source::postgres::Session::open(&dsn, &options).await?)
+        }
+        other => Prepared::Input(other),
     };
     let parent = match kind {
         SourceKind::Files | SourceKind::Bucket => {
@@ -155,66 +155,28 @@ pub async fn run(
         let index = repo.load_index().await?;
         let time = opts.time.unwrap_or(started);
         let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
-        let mut source_requests = None;
-        let mut metadata = opts.metadata;
-        let mut pg_summary = None;
-        let input = match (input, pg_session) {
-            (_, Some(session)) => {
-                let database = session.database().to_owned();
-                let (entries, w, picture) = session
-                    .backup(&repo, index.clone(), opts.writer, time, progress.clone())
-                    .await?;
-                pg_summary = Some(PgSummary {
-                    database: picture.database.clone(),
-                    server_version: picture.server_version.clone(),
-                    database_size: picture.database_size,
-                    tables: picture.tables.len() as u64,
-                    rows: picture.total_rows,
-                    tables_checksummed: picture
-                        .tables
-                        .iter()
-                        .filter(|t| t.checksum.is_some())
-                        .count() as u64,
-                    timescaledb: picture.timescaledb().map(|e| e.version.clone()),
-                });
-                metadata.insert(
-                    crate::postgres::picture::METADATA_KEY.to_owned(),
-                    serde_json::to_value(&picture).expect("picture serializes"),
-                );
-                let totals = crate::source::files::FilesTotals {
-                    files: entries.len() as u64,
-                    bytes: entries.iter().map(|e| e.size).sum(),
-                    ..Default::default()
-                };
-                Ok((entries, vec![format!("postgres:{database}")], totals, w))
-            }
-            (None, None) => unreachable!("input or session"),
-            (Some(input), None) => match input {
-                BackupInput::Bucket {
-                    endpoint,
-                    selection,
-                    s3,
-                } => {
-                    let (entries, totals, w, requests) = backup_bucket(
-                        &repo,
-                        index.clone(),
-                        opts.writer,
-                        endpoint.as_deref(),
-                        &selection,
-                        &s3,
-                        parent_snap.as_ref(),
-                        progress.clone(),
-                    )
-                    .await?;
-                    source_requests = Some(requests);
-                    Ok((entries, selection.urls(), totals, w))
-                }
-                other => Err(other),
-            },
-        };
         let stored = match input {
-            Ok(done) => Ok(done),
-            Err(input) => {
+            Prepared::Postgres(session) => {
+                backup_postgres(session, &repo, index, opts.writer, time, progress.clone()).await?
+            }
+            Prepared::Input(BackupInput::Bucket {
+                endpoint,
+                selection,
+                s3,
+            }) => {
+                backup_bucket(
+                    &repo,
+                    index,
+                    opts.writer,
+                    endpoint.as_deref(),
+                    &selection,
+                    &s3,
+                    parent_snap.as_ref(),
+                    progress.clone(),
+                )
+                .await?
+            }
+            Prepared::Input(input) => {
                 let writer = Writer::start(repo.clone(), index, opts.writer)?;
                 tokio::task::spawn_blocking(move || -> Result<_> {
                     let (entries, paths, totals) = match input {
@@ -233,7 +195,7 @@ pub async fn run(
                                 time,
                                 progress.as_ref(),
                             )?;
-                            let t = crate::source::files::FilesTotals {
+                            let t = FilesTotals {
                                 files: 1,
                                 bytes: entry.size,
                                 ..Default::default()
@@ -245,13 +207,25 @@ pub async fn run(
                         }
                     };
                     let w = writer.finish()?;
-                    Ok((entries, paths, totals, w))
+                    Ok(Stored::new(entries, paths, totals, w))
                 })
                 .await
-                .map_err(|e| Error::io(format!("backup task failed: {e}")))?
+                .map_err(|e| Error::io(format!("backup task failed: {e}")))??
             }
         };
-        let (entries, paths, t, w) = stored?;
+        let Stored {
+            entries,
+            paths,
+            totals: t,
+            writer: w,
+            source_requests,
+            postgres,
+        } = stored;
+        let mut metadata = opts.metadata;
+        let pg_summary = postgres.map(|(summary, picture)| {
+            metadata.insert(crate::postgres::picture::METADATA_KEY.to_owned(), picture);
+            summary
+        });
         let snapshot = Snapshot {
             version: VERSION,
             time,
@@ -309,6 +283,84 @@ pub async fn run(
     result
 }
 
+/// A source made ready before the lock is taken (a database connection is
+/// opened first, so a wrong DSN costs the repository nothing). One value,
+/// short-lived: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Postgres(crate::source::postgres::Session),
+    Input(BackupInput),
+}
+
+/// What a source stored: the snapshot's entries and recorded paths, the
+/// totals, and what some sources report besides.
+struct Stored {
+    entries: Vec<crate::format::snapshot::Entry>,
+    paths: Vec<String>,
+    totals: FilesTotals,
+    writer: WriterTotals,
+    source_requests: Option<crate::backend::RequestCounts>,
+    /// The summary and the picture (snapshot metadata) of a database.
+    postgres: Option<(PgSummary, serde_json::Value)>,
+}
+
+impl Stored {
+    fn new(
+        entries: Vec<crate::format::snapshot::Entry>,
+        paths: Vec<String>,
+        totals: FilesTotals,
+        writer: WriterTotals,
+    ) -> Stored {
+        Stored {
+            entries,
+            paths,
+            totals,
+            writer,
+            source_requests: None,
+            postgres: None,
+        }
+    }
+}
+
+/// The PostgreSQL source: pg_dump into the pipeline, the picture beside it.
+async fn backup_postgres(
+    session: crate::source::postgres::Session,
+    repo: &Arc<Repository>,
+    index: Arc<crate::repository::MasterIndex>,
+    writer_opts: WriterOptions,
+    time: DateTime<Utc>,
+    progress: Arc<dyn Progress>,
+) -> Result<Stored> {
+    let paths = vec![format!("postgres:{}", session.database())];
+    let (entries, w, picture) = session
+        .backup(repo, index, writer_opts, time, progress)
+        .await?;
+    let summary = PgSummary {
+        database: picture.database.clone(),
+        server_version: picture.server_version.clone(),
+        database_size: picture.database_size,
+        tables: picture.tables.len() as u64,
+        rows: picture.total_rows,
+        tables_checksummed: picture
+            .tables
+            .iter()
+            .filter(|t| t.checksum.is_some())
+            .count() as u64,
+        timescaledb: picture.timescaledb().map(|e| e.version.clone()),
+    };
+    let totals = FilesTotals {
+        files: entries.len() as u64,
+        bytes: entries.iter().map(|e| e.size).sum(),
+        ..Default::default()
+    };
+    let mut stored = Stored::new(entries, paths, totals, w);
+    stored.postgres = Some((
+        summary,
+        serde_json::to_value(&picture).expect("picture serializes"),
+    ));
+    Ok(stored)
+}
+
 /// The bucket source: async listing and downloads feeding the pipeline.
 #[allow(clippy::too_many_arguments)]
 async fn backup_bucket(
@@ -320,12 +372,7 @@ async fn backup_bucket(
     s3: &crate::backend::s3::S3Options,
     parent: Option<&Snapshot>,
     progress: Arc<dyn Progress>,
-) -> Result<(
-    Vec<crate::format::snapshot::Entry>,
-    crate::source::files::FilesTotals,
-    crate::pipeline::WriterTotals,
-    crate::backend::RequestCounts,
-)> {
+) -> Result<Stored> {
     use crate::source::bucket;
     if selection.buckets.is_empty() {
         return Err(Error::usage("no --bucket given"));
@@ -350,7 +397,9 @@ async fn backup_bucket(
     .await
     .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
     let ((entries, totals), w) = finished?;
-    Ok((entries, totals, w, src.requests()))
+    let mut stored = Stored::new(entries, selection.urls(), totals, w);
+    stored.source_requests = Some(src.requests());
+    Ok(stored)
 }
 
 /// Source names end up in reports and filters: keep them plain.
