@@ -73,7 +73,7 @@ pub fn plan(picture: &DbPicture, opts: &PgRestoreOptions) -> Result<RestorePlan>
             jobs = 1;
         }
     }
-    let mut args = vec!["--no-password".to_owned(), "--exit-on-error".to_owned()];
+    let mut args = vec!["--exit-on-error".to_owned()];
     if opts.clean {
         args.extend(["--clean".to_owned(), "--if-exists".to_owned()]);
     }
@@ -193,16 +193,8 @@ pub async fn run(
         prepare_timescaledb(&client, v).await?;
     }
 
-    let mut cmd = Command::new(&pg_restore.path);
-    cmd.args(&plan.pg_restore_args)
-        .arg(format!("--host={}", target.host))
-        .arg(format!("--port={}", target.port))
-        .arg(format!("--username={}", target.user))
-        .arg(format!("--dbname={}", target.redacted()))
-        .env_remove("PGPASSWORD");
-    for (k, v) in target.child_env() {
-        cmd.env(k, v);
-    }
+    let args: Vec<&str> = plan.pg_restore_args.iter().map(String::as_str).collect();
+    let cmd = pg_restore.command(target, &args);
     progress.set_total(entry.size);
     progress.set_item(&entry.path);
     let staged = plan.jobs > 1;
@@ -288,16 +280,7 @@ async fn apply_globals(
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let psql = tools::find("psql", 0, None)?;
-    let mut cmd = Command::new(&psql.path);
-    cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0"])
-        .arg(format!("--host={}", target.host))
-        .arg(format!("--port={}", target.port))
-        .arg(format!("--username={}", target.user))
-        .arg(format!("--dbname={}", target.redacted()))
-        .env_remove("PGPASSWORD");
-    for (k, v) in target.child_env() {
-        cmd.env(k, v);
-    }
+    let cmd = psql.command(target, &["-X", "-q", "-v", "ON_ERROR_STOP=0"]);
     let (child, mut stdin) = tools::FedChild::spawn("psql (roles)", cmd)?;
     let fed = super::restore::copy_entry(reader, entry, &mut stdin, progress).await;
     drop(stdin);

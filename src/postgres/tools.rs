@@ -104,6 +104,27 @@ pub fn find(tool: &str, min_major: u32, explicit: Option<&Path>) -> Result<PgToo
     )))
 }
 
+impl PgTool {
+    /// A command running this tool against `dsn`: the DSN without its
+    /// password as `--dbname` (its own settings win), our resolved
+    /// defaults for what it leaves out, never a prompt, and the password
+    /// only in the child's environment. `args` come first.
+    pub fn command(&self, dsn: &super::Dsn, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.path);
+        c.args(args)
+            .arg("--no-password")
+            .arg(format!("--host={}", dsn.host))
+            .arg(format!("--port={}", dsn.port))
+            .arg(format!("--username={}", dsn.user))
+            .arg(format!("--dbname={}", dsn.redacted()))
+            .env_remove("PGPASSWORD");
+        for (k, v) in dsn.child_env() {
+            c.env(k, v);
+        }
+        c
+    }
+}
+
 /// The last lines a child wrote to stderr (bounded), for error messages.
 #[derive(Default)]
 struct Tail {

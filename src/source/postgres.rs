@@ -111,40 +111,17 @@ impl Session {
     }
 
     fn dump_command(&self) -> Command {
-        let mut c = Command::new(&self.pg_dump.path);
-        c.arg("--format=custom")
-            .arg("--compress=0")
-            .arg("--no-password")
-            .arg(format!("--snapshot={}", self.exported_snapshot))
-            // Connection: the DSN without its password (its own settings
-            // win), our resolved defaults for whatever it leaves out.
-            .arg(format!("--host={}", self.dsn.host))
-            .arg(format!("--port={}", self.dsn.port))
-            .arg(format!("--username={}", self.dsn.user))
-            .arg(format!("--dbname={}", self.dsn.redacted()));
-        c.env_remove("PGPASSWORD");
-        for (k, v) in self.dsn.child_env() {
-            c.env(k, v);
-        }
-        c
+        let snapshot = format!("--snapshot={}", self.exported_snapshot);
+        self.pg_dump.command(
+            &self.dsn,
+            &["--format=custom", "--compress=0", snapshot.as_str()],
+        )
     }
 
     /// `pg_dumpall --globals-only`: roles (without their password hashes,
     /// which stay out of backups) and tablespaces.
     fn globals_command(&self, tool: &PgTool) -> Command {
-        let mut c = Command::new(&tool.path);
-        c.arg("--globals-only")
-            .arg("--no-role-passwords")
-            .arg("--no-password")
-            .arg(format!("--host={}", self.dsn.host))
-            .arg(format!("--port={}", self.dsn.port))
-            .arg(format!("--username={}", self.dsn.user))
-            .arg(format!("--dbname={}", self.dsn.redacted()))
-            .env_remove("PGPASSWORD");
-        for (k, v) in self.dsn.child_env() {
-            c.env(k, v);
-        }
-        c
+        tool.command(&self.dsn, &["--globals-only", "--no-role-passwords"])
     }
 
     /// Dump into `writer`'s repository; returns the entries (the dump, and
