@@ -13,20 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, run_cmd, Run, PASSWORD};
+use common::{command, random_bytes, run_cmd, Run};
 use servers::{S3Server, ServerKind};
 
 const REPO: &str = "s3://repo-bucket/crash";
 const BLOCK: usize = 1 << 20;
 
 fn bin(server: &S3Server) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
-    c.env_remove("USDCOP_DR_PASSWORD_FILE")
-        .env("USDCOP_DR_PASSWORD", PASSWORD);
-    for (k, v) in server.env() {
-        c.env(k, v);
-    }
-    c.arg("--repo").arg(REPO);
+    let mut c = command(std::path::Path::new(REPO));
+    c.envs(server.env());
     c
 }
 

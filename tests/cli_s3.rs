@@ -5,17 +5,12 @@ mod common;
 #[path = "common/servers.rs"]
 mod servers;
 
-use common::{random_bytes, run_cmd, Run, PASSWORD};
+use common::{command, random_bytes, run_cmd, Run, PASSWORD};
 use servers::{S3Server, ServerKind};
 
 fn cmd(server: &S3Server, repo: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
-    c.env_remove("USDCOP_DR_PASSWORD_FILE")
-        .env("USDCOP_DR_PASSWORD", PASSWORD);
-    for (k, v) in server.env() {
-        c.env(k, v);
-    }
-    c.arg("--repo").arg(repo).args(args);
+    let mut c = command(std::path::Path::new(repo));
+    c.envs(server.env()).args(args);
     run_cmd(c, stdin)
 }
 
