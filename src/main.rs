@@ -32,14 +32,40 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Crates whose logs stay off without -v: the AWS SDK's credential chain
+/// logs each failed instance-metadata attempt as a WARN with multi-KiB
+/// debug structs, and every failure that matters reaches the user as our
+/// own error line anyway. (Targets match by prefix.)
+const QUIET_UNLESS_VERBOSE: &[&str] = &[
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sdk",
+    "aws_sigv4",
+    "aws_smithy",
+    "hyper",
+    "h2",
+    "rustls",
+];
+
+/// The log filter: USDCOP_DR_LOG if set, else by -v.
+fn log_filter(verbose: u8) -> String {
+    match verbose {
+        0 => {
+            let mut f = "warn".to_owned();
+            for c in QUIET_UNLESS_VERBOSE {
+                f.push_str(&format!(",{c}=off"));
+            }
+            f
+        }
+        1 => "info".to_owned(),
+        _ => "debug".to_owned(),
+    }
+}
+
 fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("USDCOP_DR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(verbose)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -109,9 +109,11 @@ fn s3_round_trip_on_garage() {
     round_trip(ServerKind::Garage);
 }
 
+/// On Garage, which checks signatures (moto accepts any key, so a
+/// refused-key assertion there would never run).
 #[test]
 fn s3_misconfiguration_gives_one_clear_line_and_exit_1() {
-    let server = S3Server::start(ServerKind::Moto);
+    let server = S3Server::start(ServerKind::Garage);
     server.create_bucket("backups");
     let repo = "s3://backups/r";
     cmd(&server, repo, &["init", "--kdf-memory-kib", "1024"], None).ok();
@@ -124,28 +126,37 @@ fn s3_misconfiguration_gives_one_clear_line_and_exit_1() {
         missing.stderr
     );
 
-    let mut bad_creds = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
-    bad_creds.env("USDCOP_DR_PASSWORD", PASSWORD);
-    for (k, v) in server.env() {
-        bad_creds.env(
-            &k,
-            if k == "AWS_SECRET_ACCESS_KEY" {
-                "wrong-secret".to_owned()
-            } else {
-                v
-            },
+    // A wrong secret for a known key, then a key the store does not know.
+    let unknown_key = "GK0123456789abcdef01234567";
+    let mut refused = Vec::new();
+    for (key_id, secret) in [
+        (server.access_key.as_str(), "wrong-secret"),
+        (unknown_key, "wrong-secret"),
+    ] {
+        let mut bad_creds = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
+        bad_creds.env("USDCOP_DR_PASSWORD", PASSWORD);
+        for (k, v) in server.env() {
+            let v = match k.as_str() {
+                "AWS_SECRET_ACCESS_KEY" => secret.to_owned(),
+                "AWS_ACCESS_KEY_ID" => key_id.to_owned(),
+                _ => v,
+            };
+            bad_creds.env(&k, v);
+        }
+        bad_creds.args(["--repo", repo, "snapshots"]);
+        let r = run_cmd(bad_creds, None);
+        assert_eq!(r.code, 1, "Garage must refuse {key_id}: {}", r.stderr);
+        let want = format!(
+            "the repository store {} refused access key {key_id} (environment AWS_ACCESS_KEY_ID)",
+            server.endpoint
         );
-    }
-    bad_creds.args(["--repo", repo, "snapshots"]);
-    let r = run_cmd(bad_creds, None);
-    // moto accepts any credentials; the test only asserts the shape when refused.
-    if r.code != 0 {
-        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains(&want), "want {want:?} in: {}", r.stderr);
         assert!(
-            !r.stderr.contains("wrong-secret"),
+            !r.stderr.contains("wrong-secret") && !r.stderr.contains(&server.secret_key),
             "secret leaked: {}",
             r.stderr
         );
+        refused.push(r);
     }
 
     let mut nowhere = std::process::Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
@@ -169,7 +180,7 @@ fn s3_misconfiguration_gives_one_clear_line_and_exit_1() {
         "{}",
         r.stderr
     );
-    for r in [&missing, &r] {
+    for r in [&missing, &r, &refused[0], &refused[1]] {
         assert!(
             !r.stderr.contains("panicked") && !r.stderr.contains("backtrace"),
             "{}",

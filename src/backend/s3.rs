@@ -1,9 +1,11 @@
 //! S3 backend (AWS S3 or any S3-compatible store) on aws-sdk-s3.
 //!
 //! - Objects live under `s3://bucket/prefix/`; the prefix is invisible to callers.
-//! - Credentials and region come from the standard AWS chain (environment,
-//!   profile), never from flags. `--s3-endpoint` / `AWS_ENDPOINT_URL` selects
-//!   a non-AWS endpoint and turns on path-style addressing.
+//! - Each store (repository, bucket source, restore target) has its own
+//!   client from its own [`S3Options`]: a named AWS profile (credentials,
+//!   `endpoint_url`, `region`) or the standard AWS chain; never secrets
+//!   from flags. A custom endpoint turns on path-style addressing. Errors
+//!   name the store and the access key id ([`StoreInfo`]).
 //! - Retries: the SDK's standard retry strategy (exponential back-off with
 //!   jitter on throttling, 5xx, timeouts and connection errors), per request,
 //!   so each multipart part is retried on its own. File payloads are
@@ -56,16 +58,265 @@ impl ObjectAttrs {
     }
 }
 
+/// One S3 store's configuration: where it is and whose keys sign for it.
+/// The repository store and each bucket source (or restore target) get
+/// their own, so on-prem MinIO buckets can go into an offsite repository
+/// with other keys in one run. The fields map 1:1 to the config keys
+/// `endpoint`, `region` and `profile` of `[repository]` and `[[source]]`.
+///
+/// Resolution ([`connect`]):
+/// - `profile` named: credentials, `endpoint_url` and `region` come from
+///   that profile of `~/.aws/config` / `~/.aws/credentials` (or
+///   `AWS_CONFIG_FILE` / `AWS_SHARED_CREDENTIALS_FILE`) and win over the
+///   ambient `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `AWS_REGION`, … (else
+///   two stores could not differ). `endpoint` / `region` given here win
+///   over the profile's.
+/// - no profile: the standard AWS chain, exactly as the AWS CLI does
+///   (environment, then `AWS_PROFILE` or the default profile, then
+///   web identity, container and instance roles).
+/// - `credentials`: explicit keys for programs embedding the library
+///   (tests); the CLI never sets them and never takes a secret as a flag.
 #[derive(Debug, Clone, Default)]
 pub struct S3Options {
     /// Custom endpoint (MinIO, Garage, moto, …); path-style addressing.
     pub endpoint: Option<String>,
-    /// Storage class for data packs, e.g. `STANDARD_IA`.
+    /// Storage class for data packs, e.g. `STANDARD_IA` (repository only).
     pub data_storage_class: Option<String>,
-    /// Explicit credentials and region for programs embedding the library
-    /// (tests, the bucket source); the CLI always uses the AWS chain.
+    /// Explicit key pair (access key id, secret), for embedding programs.
     pub credentials: Option<(String, String)>,
     pub region: Option<String>,
+    /// Named AWS profile for this store.
+    pub profile: Option<String>,
+}
+
+/// Which store a client talks to: named in every error about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreRole {
+    /// The repository (`--repo s3://…`).
+    Repository,
+    /// The store `backup bucket` reads.
+    Source,
+    /// The store `restore bucket` writes into.
+    Target,
+}
+
+impl StoreRole {
+    pub fn noun(self) -> &'static str {
+        match self {
+            StoreRole::Repository => "repository store",
+            StoreRole::Source => "source store",
+            StoreRole::Target => "target store",
+        }
+    }
+
+    /// The CLI flags that configure this store, for hints.
+    fn flags(self) -> (&'static str, &'static str) {
+        match self {
+            StoreRole::Repository => ("--s3-profile", "--s3-endpoint"),
+            StoreRole::Source | StoreRole::Target => ("--profile", "--endpoint"),
+        }
+    }
+}
+
+/// A connected store as errors describe it. Holds the access key id (not
+/// a secret: it is sent in clear in every request), never the secret key.
+#[derive(Debug, Clone)]
+pub struct StoreInfo {
+    pub role: StoreRole,
+    /// Endpoint URL; `None` is AWS S3.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub profile: Option<String>,
+    /// "profile minio", "the environment", "explicit credentials", …
+    pub credentials_from: String,
+    pub access_key_id: String,
+}
+
+impl StoreInfo {
+    /// `http://minio:9000` or `AWS S3`.
+    pub fn endpoint_label(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| "AWS S3".into())
+    }
+}
+
+impl std::fmt::Display for StoreInfo {
+    /// "the source store http://127.0.0.1:9000"
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the {} {}", self.role.noun(), self.endpoint_label())
+    }
+}
+
+/// The AWS config files as the SDK finds them, for messages.
+fn aws_files() -> String {
+    let config = std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| "~/.aws/config".into());
+    let creds = std::env::var("AWS_SHARED_CREDENTIALS_FILE")
+        .unwrap_or_else(|_| "~/.aws/credentials".into());
+    format!("{config} or {creds}")
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// An S3 client for one store, with the credentials resolved up front so
+/// that a store without any fails now, with a message naming it, instead
+/// of as an unreachable endpoint on the first request (the SDK reports a
+/// credential failure as a dispatch failure). The SDK resolves them again
+/// for its own cache: one extra cheap lookup per client.
+pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, StoreInfo)> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut from_profile: Option<(Option<String>, Option<String>)> = None;
+    if let Some(name) = &opts.profile {
+        let profiles = aws_config::profile::load(
+            &Default::default(),
+            &Default::default(),
+            &Default::default(),
+            Some(name.clone().into()),
+        )
+        .await
+        .map_err(|e| {
+            Error::usage(format!(
+                "cannot read the AWS config files for profile {name} of the {}: {}",
+                role.noun(),
+                e_display(&e)
+            ))
+        })?;
+        let profile = profiles.get_profile(name).ok_or_else(|| {
+            Error::usage(format!(
+                "AWS profile {name:?} (for the {}) is not defined in {}",
+                role.noun(),
+                aws_files()
+            ))
+            .with_hint("add [profile NAME] to the config file or [NAME] to the credentials file (AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE choose other files)")
+        })?;
+        let endpoint = profile.get("endpoint_url").map(str::to_owned);
+        let region = profile.get("region").map(str::to_owned);
+        // Only the profile's credentials: the default chain would take
+        // ambient AWS_ACCESS_KEY_ID first. Role assumption (STS) needs a
+        // region, the store's.
+        let sts_region = opts.region.clone().or_else(|| region.clone());
+        let provider_config = aws_config::provider_config::ProviderConfig::without_region()
+            .with_region(sts_region.map(Region::new));
+        loader = loader.profile_name(name).credentials_provider(
+            aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .configure(&provider_config)
+                .profile_name(name)
+                .build(),
+        );
+        from_profile = Some((endpoint, region));
+    }
+    if let Some((ak, sk)) = &opts.credentials {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            ak,
+            sk,
+            None,
+            None,
+            "usdcop-dr",
+        ));
+    }
+    let shared = loader.load().await;
+    let (endpoint, region) = match from_profile {
+        Some((endpoint, region)) => (
+            opts.endpoint.clone().or(endpoint),
+            opts.region.clone().or(region),
+        ),
+        None => (
+            opts.endpoint
+                .clone()
+                .or_else(|| non_empty_env("AWS_ENDPOINT_URL_S3"))
+                .or_else(|| shared.endpoint_url().map(str::to_owned)),
+            opts.region
+                .clone()
+                .or_else(|| shared.region().map(|r| r.to_string())),
+        ),
+    };
+    // S3 itself needs some region to sign with; custom stores mostly
+    // accept this one.
+    let region = region.unwrap_or_else(|| "us-east-1".into());
+    let mut b = aws_sdk_s3::config::Builder::from(&shared)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(MAX_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(200))
+                .with_max_backoff(Duration::from_secs(20)),
+        )
+        // Plain signed payloads: several S3-compatible stores (Garage among
+        // them) reject the SDK's default aws-chunked trailing checksums.
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(60))
+                .operation_attempt_timeout(Duration::from_secs(300))
+                .build(),
+        )
+        .region(Region::new(region.clone()));
+    // Set here, after the shared config; with a profile also cleared, so
+    // that the ambient AWS_ENDPOINT_URL(_S3) does not apply.
+    if endpoint.is_some() || opts.profile.is_some() {
+        b.set_endpoint_url(endpoint.clone());
+    }
+    if endpoint.is_some() {
+        b = b.force_path_style(true);
+    }
+    let conf = b.build();
+    let credentials_from = match (&opts.credentials, &opts.profile) {
+        (Some(_), _) => "explicit credentials".to_owned(),
+        (None, Some(p)) => format!("profile {p}"),
+        (None, None) => match non_empty_env("AWS_ACCESS_KEY_ID") {
+            Some(_) => "environment AWS_ACCESS_KEY_ID".to_owned(),
+            None => match non_empty_env("AWS_PROFILE") {
+                Some(p) => format!("profile {p} from AWS_PROFILE"),
+                None => "the AWS default chain".to_owned(),
+            },
+        },
+    };
+    let mut info = StoreInfo {
+        role,
+        endpoint,
+        region,
+        profile: opts.profile.clone(),
+        credentials_from,
+        access_key_id: String::new(),
+    };
+    // The provider the client uses: the shared config's (ours when a
+    // profile or explicit keys are given, else the default chain).
+    let provider = shared
+        .credentials_provider()
+        .ok_or_else(|| Error::usage(format!("no AWS credentials provider for {info}")))?;
+    use aws_sdk_s3::config::ProvideCredentials;
+    match provider.provide_credentials().await {
+        Ok(c) => info.access_key_id = c.access_key_id().to_owned(),
+        Err(e) => return Err(no_credentials(&info, &e)),
+    }
+    Ok((Client::from_conf(conf), info))
+}
+
+/// "no AWS credentials found for the repository store (…)", with where
+/// they were looked for and how to provide them.
+fn no_credentials(info: &StoreInfo, e: &dyn std::error::Error) -> Error {
+    let (profile_flag, _) = info.role.flags();
+    let looked = match &info.profile {
+        Some(p) => format!("profile {p} in {}", aws_files()),
+        None => format!(
+            "environment AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile {} in {}, web identity, container and instance roles",
+            non_empty_env("AWS_PROFILE").unwrap_or_else(|| "default".into()),
+            aws_files()
+        ),
+    };
+    Error::usage(format!(
+        "no AWS credentials found for {info} ({looked}): {}",
+        e_display(e)
+    ))
+    .with_hint(match &info.profile {
+        Some(p) => format!(
+            "give profile {p} aws_access_key_id and aws_secret_access_key (or a role / credential_process), or name another profile with {profile_flag}"
+        ),
+        None => format!(
+            "name a profile that holds the keys with {profile_flag} (~/.aws/credentials), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        ),
+    })
 }
 
 fn inc(a: &AtomicU64, n: u64) {
@@ -79,6 +330,8 @@ pub struct S3Backend {
     /// Empty or ending in `/`.
     prefix: String,
     endpoint: String,
+    /// Which store this is, for errors.
+    store: Arc<StoreInfo>,
     data_storage_class: Option<StorageClass>,
     stats: Arc<RequestStats>,
     atomic_create: Arc<AtomicBool>,
@@ -104,69 +357,23 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
     Ok((bucket.to_owned(), prefix))
 }
 
-/// An S3 client from the standard AWS configuration chain.
-pub async fn client(endpoint: Option<&str>) -> Client {
-    client_with(endpoint, &S3Options::default()).await
-}
-
-/// An S3 client; explicit credentials/region in `opts` win over the chain.
-pub async fn client_with(endpoint: Option<&str>, opts: &S3Options) -> Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let mut b = aws_sdk_s3::config::Builder::from(&shared)
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(MAX_ATTEMPTS)
-                .with_initial_backoff(Duration::from_millis(200))
-                .with_max_backoff(Duration::from_secs(20)),
-        )
-        // Plain signed payloads: several S3-compatible stores (Garage among
-        // them) reject the SDK's default aws-chunked trailing checksums.
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .read_timeout(Duration::from_secs(60))
-                .operation_attempt_timeout(Duration::from_secs(300))
-                .build(),
-        );
-    if let Some(ep) = endpoint {
-        b = b.endpoint_url(ep).force_path_style(true);
-    }
-    if let Some((ak, sk)) = &opts.credentials {
-        b = b.credentials_provider(aws_sdk_s3::config::Credentials::new(
-            ak,
-            sk,
-            None,
-            None,
-            "usdcop-dr",
-        ));
-    }
-    if let Some(r) = &opts.region {
-        b = b.region(Region::new(r.clone()));
-    } else if shared.region().is_none() {
-        b = b.region(Region::new("us-east-1"));
-    }
-    Client::from_conf(b.build())
-}
-
 impl S3Backend {
+    /// The repository store at `url` (`s3://bucket/prefix`).
     pub async fn open(url: &str, opts: &S3Options) -> Result<S3Backend> {
+        Self::open_as(url, opts, StoreRole::Repository).await
+    }
+
+    /// A bucket of the store `opts` configures, named in errors as `role`.
+    pub async fn open_as(url: &str, opts: &S3Options, role: StoreRole) -> Result<S3Backend> {
         let (bucket, prefix) = parse_url(url)?;
-        let endpoint = opts
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-        let client = client_with(endpoint.as_deref(), opts).await;
+        let (client, store) = connect(opts, role).await?;
         let data_storage_class = opts.data_storage_class.as_deref().map(StorageClass::from);
         Ok(S3Backend {
             client,
             bucket,
             prefix,
-            endpoint: endpoint.unwrap_or_else(|| "AWS S3".into()),
+            endpoint: store.endpoint_label(),
+            store: Arc::new(store),
             data_storage_class,
             stats: Arc::new(RequestStats::default()),
             atomic_create: Arc::new(AtomicBool::new(true)),
@@ -506,32 +713,53 @@ impl S3Backend {
         } else {
             self.url(name)
         };
-        sdk_error(e, &self.endpoint, &self.bucket, &what, name, op)
+        sdk_error(e, &self.store, &self.bucket, &what, name, op)
+    }
+
+    /// Which store this is (role, endpoint, profile, access key id).
+    pub fn store(&self) -> &StoreInfo {
+        &self.store
     }
 }
 
 /// Turn an SDK failure into one clear error line naming the object
-/// (`what`), the store and the likely cause. Shared by the repository
-/// backend and the bucket source.
+/// (`what`), the store (role, endpoint, credentials) and the likely cause.
+/// Shared by the repository backend and the bucket source.
 pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-    endpoint: &str,
+    store: &StoreInfo,
     bucket: &str,
     what: &str,
     name: &str,
     op: &str,
 ) -> Error {
+    let (profile_flag, endpoint_flag) = store.role.flags();
     match &e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            let detail = e_display(&e);
+            // Credentials that stop resolving mid-run (expired SSO, role
+            // refresh failing) surface as dispatch failures too.
+            if detail.to_ascii_lowercase().contains("credential") {
+                return Error::io(format!(
+                    "could not get AWS credentials for {store} ({}) for {op} {what}: {detail}",
+                    store.credentials_from
+                ))
+                .with_hint(format!(
+                    "check the store's credentials ({profile_flag} or the AWS environment)"
+                ));
+            }
             return Error::io(format!(
-                "cannot reach the S3 endpoint {} ({op} {what})",
-                endpoint
+                "cannot reach the S3 endpoint {} of the {} ({op} {what})",
+                store.endpoint_label(),
+                store.role.noun()
             ))
-            .with_hint("check the endpoint (--s3-endpoint, --endpoint or AWS_ENDPOINT_URL) and the network");
+            .with_hint(format!(
+                "check the endpoint ({endpoint_flag}, the profile's endpoint_url or AWS_ENDPOINT_URL) and the network"
+            ));
         }
         SdkError::ConstructionFailure(_) => {
             return Error::usage(format!(
-                "cannot build the S3 request for {what}: {}",
+                "cannot build the S3 request for {what} on {store}: {}",
                 e_display(&e)
             ))
             .with_hint("check AWS credentials and region (environment or profile)");
@@ -541,22 +769,68 @@ pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
     let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
     let code = e.code().unwrap_or("").to_owned();
     let message = e.message().unwrap_or("").to_owned();
+    let keys_hint = || {
+        match &store.profile {
+        Some(p) => format!(
+            "check the key pair of profile {p} in {}; each store has its own (repository: --s3-profile, bucket store: --profile)",
+            aws_files()
+        ),
+        None => format!(
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or name this store's profile with {profile_flag}"
+        ),
+    }
+    };
     match (status, code.as_str()) {
-        (_, "NoSuchBucket") => Error::io(format!("bucket {} does not exist at {}", bucket, endpoint))
+        (_, "NoSuchBucket") => Error::io(format!("bucket {bucket} does not exist at {store}"))
             .with_hint("create the bucket, or check the bucket name / s3:// URL"),
-        (404, _) | (_, "NoSuchKey") | (_, "NotFound") => Error::not_found(format!("object {name} not found ({what})")),
-        (412, _) | (409, "ConditionalRequestConflict") => {
-            Error::new(ErrorKind::AlreadyExists, format!("object {name} already exists ({what})"))
+        (404, _) | (_, "NoSuchKey") | (_, "NotFound") => {
+            Error::not_found(format!("object {name} not found ({what})"))
         }
-        (403, _) | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") | (_, "AccessDenied") => Error::io(
-            format!("S3 refused {op} on {what}: {} {}", if code.is_empty() { "403 Forbidden" } else { &code }, message)
+        (412, _) | (409, "ConditionalRequestConflict") => Error::new(
+            ErrorKind::AlreadyExists,
+            format!("object {name} already exists ({what})"),
+        ),
+        // The key itself is refused: unknown key id or wrong secret.
+        (_, "InvalidAccessKeyId")
+        | (_, "SignatureDoesNotMatch")
+        | (_, "InvalidSignature")
+        | (_, "AuthorizationHeaderMalformed") => Error::io(format!(
+            "{store} refused access key {} ({}): {} ({op} {what})",
+            store.access_key_id,
+            store.credentials_from,
+            format!("{code} {message}").trim()
+        ))
+        .with_hint(keys_hint()),
+        (403, _) | (_, "AccessDenied") => Error::io(
+            format!(
+                "{store} denied {op} on {what} to access key {} ({}): {} {message}",
+                store.access_key_id,
+                store.credentials_from,
+                if code.is_empty() {
+                    "403 Forbidden"
+                } else {
+                    &code
+                }
+            )
+            .trim_end()
+            .to_owned(),
+        )
+        .with_hint(format!(
+            "{}; or the bucket policy does not allow this key",
+            keys_hint()
+        )),
+        (416, _) | (_, "InvalidRange") => {
+            Error::integrity(format!("{what} is shorter than the range requested"))
+        }
+        _ if code.is_empty() => Error::io(format!(
+            "S3 {op} {what} failed (HTTP {status}) on {store}: {}",
+            e_display(&e)
+        )),
+        _ => Error::io(
+            format!("S3 {op} {what} failed on {store}: {status} {code} {message}")
                 .trim_end()
                 .to_owned(),
-        )
-        .with_hint("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket policy"),
-        (416, _) | (_, "InvalidRange") => Error::integrity(format!("{what} is shorter than the range requested")),
-        _ if code.is_empty() => Error::io(format!("S3 {op} {what} failed (HTTP {status}): {}", e_display(&e))),
-        _ => Error::io(format!("S3 {op} {what} failed: {status} {code} {message}").trim_end().to_owned()),
+        ),
     }
 }
 

@@ -25,9 +25,22 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub repo: Option<String>,
-    /// S3 endpoint for s3:// repositories (MinIO, Garage, …); path-style addressing
-    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    /// S3 endpoint for s3:// repositories (MinIO, Garage, …); path-style
+    /// addressing. Default: the profile's endpoint_url, else AWS_ENDPOINT_URL
+    #[arg(long, global = true, value_name = "URL")]
     pub s3_endpoint: Option<String>,
+    /// AWS profile (~/.aws/config, ~/.aws/credentials) for the s3://
+    /// repository: its keys, endpoint_url and region win over AWS_* variables
+    #[arg(long, env = "USDCOP_DR_S3_PROFILE", global = true, value_name = "NAME")]
+    pub s3_profile: Option<String>,
+    /// Region of the s3:// repository's store (default: the profile's, else the AWS chain's)
+    #[arg(
+        long,
+        env = "USDCOP_DR_S3_REGION",
+        global = true,
+        value_name = "REGION"
+    )]
+    pub s3_region: Option<String>,
     /// Storage class for data packs in S3 (e.g. STANDARD_IA)
     #[arg(long, env = "USDCOP_DR_S3_DATA_STORAGE_CLASS", global = true)]
     pub s3_data_storage_class: Option<String>,
@@ -109,13 +122,13 @@ pub enum BackupCommand {
         stdin_name: String,
     },
     /// Objects of S3 buckets (MinIO, Garage, AWS): content, content type,
-    /// user metadata; credentials from the AWS environment/profile
+    /// user metadata; the buckets' store is configured apart from the
+    /// repository's (--profile / --endpoint / --region)
     Bucket {
         #[command(flatten)]
         common: BackupCommon,
-        /// Endpoint of the store holding the buckets (e.g. http://minio:9000); AWS if omitted
-        #[arg(long)]
-        endpoint: Option<String>,
+        #[command(flatten)]
+        store: BucketStoreArgs,
         /// Bucket to back up (repeatable)
         #[arg(long = "bucket", required = true)]
         buckets: Vec<String>,
@@ -131,6 +144,24 @@ pub enum BackupCommand {
         #[command(flatten)]
         pg: PgBackupArgs,
     },
+}
+
+/// The store holding the buckets of `backup bucket` / `restore bucket`,
+/// apart from the repository's (--s3-profile, --s3-endpoint). Keys come
+/// from the profile or the AWS environment, never from flags.
+#[derive(Args, Debug)]
+pub struct BucketStoreArgs {
+    /// AWS profile (~/.aws/config, ~/.aws/credentials) for the buckets'
+    /// store: its keys, endpoint_url and region win over AWS_* variables
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Endpoint of the buckets' store (e.g. http://minio:9000); default:
+    /// the profile's endpoint_url, else AWS_ENDPOINT_URL, else AWS
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Region of the buckets' store (default: the profile's, else the AWS chain's)
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -246,9 +277,8 @@ pub struct RestoreBucketArgs {
     /// With `latest`: the latest of this source
     #[arg(long)]
     pub source: Option<String>,
-    /// Endpoint of the target store; AWS if omitted
-    #[arg(long)]
-    pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub store: BucketStoreArgs,
     /// Bucket to write the objects into (may differ from the original)
     #[arg(long)]
     pub bucket: String,

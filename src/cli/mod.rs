@@ -28,8 +28,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
     })?;
     let s3 = backend::s3::S3Options {
         endpoint: cli.s3_endpoint.clone(),
+        region: cli.s3_region.clone(),
+        profile: cli.s3_profile.clone(),
         data_storage_class: cli.s3_data_storage_class.clone(),
-        ..Default::default()
+        credentials: None,
     };
     let backend = backend::open(&repo_arg, &s3).await?;
     let password = read_password()?;
@@ -80,15 +82,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 }
                 BackupCommand::Bucket {
                     common,
-                    endpoint,
+                    store,
                     buckets,
                     prefixes,
                 } => (
                     common,
                     BackupInput::Bucket {
-                        endpoint,
                         selection: usdcop_dr::source::bucket::BucketSelection { buckets, prefixes },
-                        s3: Default::default(),
+                        s3: store.options(),
                     },
                 ),
                 BackupCommand::Postgres { common, pg } => (
@@ -167,11 +168,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 id,
                 &snap,
                 restore_bucket::BucketRestoreOptions {
-                    endpoint: a.endpoint,
                     bucket: a.bucket,
                     prefix: a.prefix,
                     overwrite: a.overwrite,
-                    s3: Default::default(),
+                    s3: a.store.options(),
                 },
                 progress,
             )
@@ -365,6 +365,18 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+impl args::BucketStoreArgs {
+    /// The bucket store's options: no explicit keys (the CLI takes none).
+    fn options(&self) -> backend::s3::S3Options {
+        backend::s3::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 fn render_verify(r: &verify::VerifyReport) -> String {

@@ -53,12 +53,11 @@ pub enum BackupInput {
         name: String,
         reader: Box<dyn Read + Send>,
     },
-    /// Objects of S3 buckets (credentials from the AWS chain).
+    /// Objects of S3 buckets.
     Bucket {
-        /// Non-AWS endpoint (MinIO, Garage, …), path-style addressing.
-        endpoint: Option<String>,
         selection: crate::source::bucket::BucketSelection,
-        /// Explicit credentials/region (library callers; the CLI never sets them).
+        /// The source store: endpoint, region, profile (or the AWS chain),
+        /// apart from the repository's.
         s3: crate::backend::s3::S3Options,
     },
     /// A PostgreSQL database, through `pg_dump` (source/postgres.rs).
@@ -159,16 +158,11 @@ pub async fn run(
             Prepared::Postgres(session) => {
                 backup_postgres(session, &repo, index, opts.writer, time, progress.clone()).await?
             }
-            Prepared::Input(BackupInput::Bucket {
-                endpoint,
-                selection,
-                s3,
-            }) => {
+            Prepared::Input(BackupInput::Bucket { selection, s3 }) => {
                 backup_bucket(
                     &repo,
                     index,
                     opts.writer,
-                    endpoint.as_deref(),
                     &selection,
                     &s3,
                     parent_snap.as_ref(),
@@ -367,7 +361,6 @@ async fn backup_bucket(
     repo: &Arc<Repository>,
     index: Arc<crate::repository::MasterIndex>,
     writer_opts: WriterOptions,
-    endpoint: Option<&str>,
     selection: &crate::source::bucket::BucketSelection,
     s3: &crate::backend::s3::S3Options,
     parent: Option<&Snapshot>,
@@ -377,7 +370,7 @@ async fn backup_bucket(
     if selection.buckets.is_empty() {
         return Err(Error::usage("no --bucket given"));
     }
-    let src = bucket::BucketClient::connect(endpoint, s3).await;
+    let src = bucket::BucketClient::connect(s3, crate::backend::s3::StoreRole::Source).await?;
     let writer = Arc::new(Writer::start(repo.clone(), index, writer_opts)?);
     let result = bucket::backup(
         &src,

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::backend::s3::{ObjectAttrs, S3Backend, S3Options};
+use crate::backend::s3::{ObjectAttrs, S3Backend, S3Options, StoreRole};
 use crate::backend::{Payload, RequestCounts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
@@ -36,12 +36,12 @@ pub const SPOOL_THRESHOLD: u64 = 16 << 20;
 const CONCURRENCY: usize = 8;
 
 pub struct BucketRestoreOptions {
-    pub endpoint: Option<String>,
     pub bucket: String,
     /// Only keys starting with this.
     pub prefix: String,
     pub overwrite: bool,
-    /// Explicit credentials/region (library callers); the CLI uses the AWS chain.
+    /// The target store: endpoint, region, profile (or the AWS chain),
+    /// apart from the repository's.
     pub s3: S3Options,
 }
 
@@ -111,15 +111,13 @@ pub async fn run(
     }
     let index = repo.load_index().await?;
     let reader = ChunkReader::new(repo.clone(), index);
-    let target = S3Backend::open(
+    let target = S3Backend::open_as(
         &format!("s3://{}", opts.bucket),
-        &S3Options {
-            endpoint: opts.endpoint.clone(),
-            ..opts.s3.clone()
-        },
+        &opts.s3,
+        StoreRole::Target,
     )
     .await?;
-    let client = BucketClient::connect(opts.endpoint.as_deref(), &opts.s3).await;
+    let client = BucketClient::connect(&opts.s3, StoreRole::Target).await?;
     let existing: HashMap<String, Listed> = client
         .list(&opts.bucket, &opts.prefix)
         .await?

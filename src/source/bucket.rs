@@ -12,8 +12,9 @@
 //!   memory. Content type and user metadata come from the GetObject reply.
 //! - The ETag is recorded and compared, never trusted as an MD5: the
 //!   content's checksum is the pipeline's SHA-256.
-//! - Credentials and region come from the standard AWS chain; the source
-//!   has its own client and its own request counters.
+//! - The source store has its own client ([`S3Options`]: profile,
+//!   endpoint, region, or the standard AWS chain) and its own request
+//!   counters, apart from the repository's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::s3::{client_with, S3Options};
+use crate::backend::s3::{connect, S3Options, StoreInfo, StoreRole};
 use crate::backend::{RequestCounts, RequestStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{object_path, Entry, EntryType, ObjectInfo, Snapshot};
@@ -50,7 +51,8 @@ pub struct Listed {
 #[derive(Clone)]
 pub struct BucketClient {
     pub client: Client,
-    endpoint: String,
+    /// Which store this is, for errors.
+    store: Arc<StoreInfo>,
     stats: Arc<RequestStats>,
 }
 
@@ -59,14 +61,20 @@ fn inc(a: &AtomicU64, n: u64) {
 }
 
 impl BucketClient {
-    /// A client from the AWS chain; `endpoint` selects a non-AWS store
-    /// (path-style addressing).
-    pub async fn connect(endpoint: Option<&str>, opts: &S3Options) -> BucketClient {
-        BucketClient {
-            client: client_with(endpoint, opts).await,
-            endpoint: endpoint.unwrap_or("AWS S3").to_owned(),
+    /// A client for the store `opts` configures (see [`S3Options`]),
+    /// named in errors as `role`. Fails if no credentials can be found.
+    pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<BucketClient> {
+        let (client, store) = connect(opts, role).await?;
+        Ok(BucketClient {
+            client,
+            store: Arc::new(store),
             stats: Arc::new(RequestStats::default()),
-        }
+        })
+    }
+
+    /// Which store this is (role, endpoint, profile, access key id).
+    pub fn store(&self) -> &StoreInfo {
+        &self.store
     }
 
     pub fn stats(&self) -> &RequestStats {
@@ -146,7 +154,7 @@ impl BucketClient {
         op: &str,
     ) -> Error {
         let what = format!("s3://{bucket}/{key}");
-        crate::backend::s3::sdk_error(e, &self.endpoint, bucket, &what, key, op)
+        crate::backend::s3::sdk_error(e, &self.store, bucket, &what, key, op)
     }
 }
 
