@@ -306,7 +306,7 @@ fn no_credentials(info: &StoreInfo, e: &dyn std::error::Error) -> Error {
         ),
     };
     Error::usage(format!(
-        "no AWS credentials found for {info} ({looked}): {}",
+        "no AWS credentials found for {info} (looked in: {looked}); last answer: {}",
         e_display(e)
     ))
     .with_hint(match &info.profile {
@@ -791,10 +791,7 @@ pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
             format!("object {name} already exists ({what})"),
         ),
         // The key itself is refused: unknown key id or wrong secret.
-        (_, "InvalidAccessKeyId")
-        | (_, "SignatureDoesNotMatch")
-        | (_, "InvalidSignature")
-        | (_, "AuthorizationHeaderMalformed") => Error::io(format!(
+        _ if key_refused(status, &code, &message) => Error::io(format!(
             "{store} refused access key {} ({}): {} ({op} {what})",
             store.access_key_id,
             store.credentials_from,
@@ -832,6 +829,27 @@ pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
                 .to_owned(),
         ),
     }
+}
+
+/// Whether a store refused the key pair itself (unknown key id, wrong
+/// secret) rather than denying one request to a valid key. AWS and MinIO
+/// say so by code; Garage answers `AccessDenied` with "No such key: GK…"
+/// or "Invalid signature" in the message.
+fn key_refused(status: u16, code: &str, message: &str) -> bool {
+    const CODES: &[&str] = &[
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidSignature",
+        "AuthorizationHeaderMalformed",
+        "InvalidToken",
+        "ExpiredToken",
+    ];
+    let m = message.to_ascii_lowercase();
+    CODES.contains(&code)
+        || ((status == 403 || code == "AccessDenied")
+            && ["no such key", "signature", "access key"]
+                .iter()
+                .any(|p| m.contains(p)))
 }
 
 fn e_display(e: &dyn std::error::Error) -> String {
@@ -1023,5 +1041,38 @@ impl Backend for S3Backend {
             }
         }
         Ok(aborted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_refused;
+
+    #[test]
+    fn refused_keys_are_told_from_denied_requests() {
+        assert!(key_refused(403, "InvalidAccessKeyId", ""));
+        assert!(key_refused(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature …"
+        ));
+        // Garage's answers for an unknown key and a wrong secret.
+        assert!(key_refused(
+            403,
+            "AccessDenied",
+            "Forbidden: No such key: GK0123"
+        ));
+        assert!(key_refused(
+            403,
+            "AccessDenied",
+            "Forbidden: Invalid signature"
+        ));
+        // A valid key the bucket policy does not allow.
+        assert!(!key_refused(403, "AccessDenied", "Access Denied"));
+        assert!(!key_refused(
+            404,
+            "NoSuchKey",
+            "The specified key does not exist."
+        ));
     }
 }
