@@ -25,10 +25,11 @@
 //!     request is read but never forwarded.
 //!   - `reset`: read the request, forward nothing, reset the connection
 //!     (TCP RST) before any answer.
-//!   - `cut_body`: a GET answered 2xx with a body: forward the head with its
-//!     full Content-Length, then only part of the body (0–90 %), then close
-//!     the connection. Other requests drawn for this fault pass unharmed
-//!     (and are not counted).
+//!   - `cut_body`: a GET answered 2xx with a body (an object, or a listing
+//!     unless `cut_listings` is false): forward the head with its full
+//!     Content-Length, then only part of the body (0–90 %), then close the
+//!     connection. Other requests drawn for this fault pass unharmed (and
+//!     are not counted).
 //! - [`FaultProxy::counts`] tells how many faults were really injected.
 //! - Stopped on drop (connections still open end on their own when the
 //!   client or the server closes them).
@@ -51,6 +52,10 @@ pub struct FaultRates {
     pub slow_down: f64,
     pub reset: f64,
     pub cut_body: f64,
+    /// Whether bodies of listings (GETs of a bucket, not of an object:
+    /// ListObjectsV2, ListMultipartUploads) may be cut too, or only object
+    /// bodies.
+    pub cut_listings: bool,
 }
 
 impl FaultRates {
@@ -59,6 +64,7 @@ impl FaultRates {
         slow_down: 0.0,
         reset: 0.0,
         cut_body: 0.0,
+        cut_listings: true,
     };
 
     /// The rates of issue 8: 5 % `503 SlowDown`, 3 % resets before the
@@ -68,13 +74,17 @@ impl FaultRates {
             slow_down: 0.05,
             reset: 0.03,
             cut_body: 0.03,
+            cut_listings: true,
         }
     }
 
-    /// Every GET body with at least one byte is cut short.
+    /// Every object body (GetObject) with at least one byte is cut
+    /// short; listings pass (the SDK retries a listing cut short as a
+    /// whole, so cutting every one would only stop the run earlier).
     pub fn cut_every_body() -> FaultRates {
         FaultRates {
             cut_body: 1.0,
+            cut_listings: false,
             ..FaultRates::NONE
         }
     }
@@ -156,6 +166,7 @@ impl Shared {
             slow_down,
             reset,
             cut_body,
+            ..
         } = self.rates;
         if r < slow_down {
             Fault::SlowDown
@@ -411,6 +422,16 @@ fn relay_body(body: &Body, r: &mut impl BufRead, w: &mut impl Write) -> io::Resu
     }
 }
 
+/// A GET of a bucket (`/bucket?list-type=2…`), not of an object
+/// (`/bucket/key?x-id=GetObject`): path-style addressing.
+fn is_listing(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or("");
+    !path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .contains('/')
+}
+
 /// Close with a TCP RST instead of a FIN (SO_LINGER with a zero timeout),
 /// as a crashed or overloaded middlebox does.
 fn reset(stream: TcpStream) {
@@ -520,9 +541,10 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
         };
         let body = response_body(&req, &resp);
         let status: u16 = resp.second.parse().unwrap_or(0);
-        if let (Fault::Cut(fraction), true, Body::Length(len)) =
-            (fault, is_get && (200..300).contains(&status), &body)
-        {
+        let cuttable = is_get
+            && (200..300).contains(&status)
+            && (s.rates.cut_listings || !is_listing(&req.second));
+        if let (Fault::Cut(fraction), true, Body::Length(len)) = (fault, cuttable, &body) {
             let keep = (*len as f64 * fraction) as u64;
             copy_exact(&mut from_up, &mut to_client, keep)?;
             to_client.flush()?;
