@@ -122,7 +122,7 @@ fn repository_survives_faults(kind: ServerKind) {
     )
     .ok();
 
-    let stream = random_bytes(48 << 20, 81);
+    let stream = random_bytes(64 << 20, 81);
     let b = run(
         &[
             "--json",
