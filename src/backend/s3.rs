@@ -27,6 +27,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
@@ -671,26 +672,24 @@ impl S3Backend {
         }
     }
 
-    /// One counted GetObject (optionally ranged), body collected.
-    async fn fetch(&self, name: &str, range: Option<String>) -> Result<Bytes> {
-        inc(&self.stats.get, 1);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(name))
-            .set_range(range)
-            .send()
-            .await
-            .map_err(|e| self.map_err(e, name, "GET"))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::io(format!("reading {}: {e}", self.url(name))))?
-            .into_bytes();
-        inc(&self.stats.bytes_down, data.len() as u64);
-        Ok(data)
+    /// One counted GetObject (optionally ranged: offset, length), body
+    /// collected. A body cut short is resumed ([`ResumableGet`]).
+    async fn fetch(&self, name: &str, range: Option<(u64, u64)>) -> Result<Bytes> {
+        let (_, mut body) = ResumableGet::open(
+            &self.client,
+            &self.endpoint,
+            &self.bucket,
+            &self.key(name),
+            name,
+            range,
+            self.stats.clone(),
+        )
+        .await?;
+        let mut data = bytes::BytesMut::with_capacity(body.expected().unwrap_or(0) as usize);
+        while let Some(piece) = body.next().await? {
+            data.extend_from_slice(&piece);
+        }
+        Ok(data.freeze())
     }
 
     fn storage_class_for(&self, name: &str) -> Option<StorageClass> {
@@ -719,6 +718,213 @@ impl S3Backend {
     /// Which store this is (role, endpoint, profile, access key id).
     pub fn store(&self) -> &StoreInfo {
         &self.store
+    }
+}
+
+/// How many times one object read may have its body cut short before it
+/// gives up. The SDK retries a request whose answer never came (resets,
+/// `503 SlowDown`, timeouts); it cannot retry a body that breaks halfway,
+/// because the body is streamed after `send` has returned. Such a cut is
+/// resumed by [`ResumableGet`] instead, from the byte already received.
+pub const MAX_BODY_CUTS: u32 = 5;
+/// Pause before the first resumption; doubles with each further cut.
+const RESUME_BACKOFF: Duration = Duration::from_millis(200);
+/// A body that delivers nothing for this long counts as cut: a connection
+/// that silently stalls must not hang a nightly run forever.
+const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A GetObject whose body survives connections dropped mid-body, handed on
+/// piece by piece as it arrives (streaming, bounded memory).
+///
+/// - The first answer's Content-Length is what the body must deliver: a
+///   body that errors, stalls, or simply ends early is a cut, never a
+///   silent short read.
+/// - After a cut it waits (back-off), then asks for the rest with
+///   `Range: bytes=N-M` and `If-Match: <ETag of the first answer>`: an
+///   object replaced meanwhile fails the read (412) instead of two
+///   versions being joined, and the answer must start at byte N.
+/// - At most [`MAX_BODY_CUTS`] cuts per read, then one clear error.
+///
+/// Used for every read of the repository ([`S3Backend`]'s `get` and
+/// `get_range`) and of bucket sources (`source::bucket`).
+pub struct ResumableGet {
+    client: Client,
+    endpoint: String,
+    bucket: String,
+    key: String,
+    /// What "not found" errors name (repository-relative for the backend).
+    name: String,
+    /// First byte of the object this read covers.
+    start: u64,
+    /// Bytes the first answer promised (its Content-Length).
+    expected: Option<u64>,
+    received: u64,
+    etag: Option<String>,
+    body: ByteStream,
+    cuts: u32,
+    stats: Arc<RequestStats>,
+}
+
+impl ResumableGet {
+    /// Send the first GetObject (`range`: offset and length, length > 0),
+    /// counted in `stats`. The output comes back without its body (content
+    /// type, metadata, ETag, …); read the body with [`ResumableGet::next`].
+    pub async fn open(
+        client: &Client,
+        endpoint: &str,
+        bucket: &str,
+        key: &str,
+        name: &str,
+        range: Option<(u64, u64)>,
+        stats: Arc<RequestStats>,
+    ) -> Result<(GetObjectOutput, ResumableGet)> {
+        debug_assert!(range.is_none_or(|(_, len)| len > 0));
+        inc(&stats.get, 1);
+        let mut out = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_range(range.map(|(off, len)| format!("bytes={off}-{}", off + len - 1)))
+            .send()
+            .await
+            .map_err(|e| {
+                let what = format!("s3://{bucket}/{key}");
+                sdk_error(e, endpoint, bucket, &what, name, "GET")
+            })?;
+        let body = std::mem::take(&mut out.body);
+        let reader = ResumableGet {
+            client: client.clone(),
+            endpoint: endpoint.to_owned(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            name: name.to_owned(),
+            start: range.map_or(0, |(off, _)| off),
+            expected: out.content_length().and_then(|n| u64::try_from(n).ok()),
+            received: 0,
+            etag: out.e_tag().map(str::to_owned),
+            body,
+            cuts: 0,
+            stats,
+        };
+        Ok((out, reader))
+    }
+
+    /// Bytes the body should deliver, if the store said.
+    pub fn expected(&self) -> Option<u64> {
+        self.expected
+    }
+
+    fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    /// The next piece of the body, `None` at its (complete) end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            let cause = match tokio::time::timeout(BODY_STALL_TIMEOUT, self.body.try_next()).await {
+                Ok(Ok(Some(piece))) => {
+                    self.received += piece.len() as u64;
+                    inc(&self.stats.bytes_down, piece.len() as u64);
+                    if let Some(n) = self.expected.filter(|&n| self.received > n) {
+                        return Err(Error::integrity(format!(
+                            "{}: the body is longer than its Content-Length ({n} bytes)",
+                            self.url()
+                        )));
+                    }
+                    return Ok(Some(piece));
+                }
+                Ok(Ok(None)) => match self.expected {
+                    // hyper normally reports this itself; never trust it
+                    // to: a short body must not pass as the whole object.
+                    Some(n) if self.received < n => "the body ended early".to_owned(),
+                    _ => return Ok(None),
+                },
+                Ok(Err(e)) => e_display(&e),
+                Err(_) => format!("no data for {} s", BODY_STALL_TIMEOUT.as_secs()),
+            };
+            self.resume(cause).await?;
+        }
+    }
+
+    /// After a cut: back off, then ask for the rest of the same version.
+    async fn resume(&mut self, cause: String) -> Result<()> {
+        if self.expected.is_some_and(|n| self.received >= n) {
+            // Broke after the last byte: nothing is missing.
+            self.body = ByteStream::default();
+            return Ok(());
+        }
+        self.cuts += 1;
+        let of = self
+            .expected
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        if self.cuts >= MAX_BODY_CUTS {
+            return Err(Error::io(format!(
+                "{}: body cut short {} times after {} of {of} bytes; giving up (last: {cause})",
+                self.url(),
+                self.cuts,
+                self.received,
+            ))
+            .with_hint(
+                "the network or the store keeps dropping connections mid-transfer; \
+                 run again later, or check proxies and load balancers on the way to the store",
+            ));
+        }
+        tracing::debug!(
+            "{}: body cut short after {} of {of} bytes ({cause}); resuming ({} of {MAX_BODY_CUTS})",
+            self.url(),
+            self.received,
+            self.cuts
+        );
+        tokio::time::sleep(RESUME_BACKOFF * 2u32.pow(self.cuts - 1)).await;
+        let from = self.start + self.received;
+        let range = match self.expected {
+            Some(n) => format!("bytes={from}-{}", self.start + n - 1),
+            None => format!("bytes={from}-"),
+        };
+        inc(&self.stats.get, 1);
+        let mut out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(&range)
+            .set_if_match(self.etag.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                    return Error::io(format!(
+                        "{}: the object changed while it was being read (its ETag is no \
+                         longer {}); the two versions are not joined",
+                        self.url(),
+                        self.etag.as_deref().unwrap_or("?")
+                    ))
+                    .with_hint("run again: the new version will be read whole");
+                }
+                let what = self.url();
+                sdk_error(e, &self.endpoint, &self.bucket, &what, &self.name, "GET").context(
+                    format!("resuming a body cut short after {} bytes", self.received),
+                )
+            })?;
+        // The answer must be the bytes asked for, not the whole object
+        // again (a store ignoring Range) or another slice.
+        let remaining = self.expected.map(|n| n - self.received);
+        let starts_at_from = out
+            .content_range()
+            .and_then(|r| r.trim().strip_prefix("bytes "))
+            .is_some_and(|r| r.starts_with(&format!("{from}-")));
+        let length = out.content_length().and_then(|n| u64::try_from(n).ok());
+        if !starts_at_from || (remaining.is_some() && length != remaining) {
+            return Err(Error::io(format!(
+                "{}: asked for {range} to resume a body cut short, the store answered \
+                 Content-Range {:?} with {} bytes",
+                self.url(),
+                out.content_range().unwrap_or("(none)"),
+                length.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            )));
+        }
+        self.body = std::mem::take(&mut out.body);
+        Ok(())
     }
 }
 
@@ -894,9 +1100,7 @@ impl Backend for S3Backend {
             self.head(name).await?;
             return Ok(Bytes::new());
         }
-        let data = self
-            .fetch(name, Some(format!("bytes={}-{}", offset, offset + len - 1)))
-            .await?;
+        let data = self.fetch(name, Some((offset, len))).await?;
         if data.len() as u64 != len {
             return Err(Error::integrity(format!(
                 "{} returned {} bytes for a {len}-byte range at {offset}",

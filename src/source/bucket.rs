@@ -9,7 +9,9 @@
 //!   an unchanged bucket costs only the listing.
 //! - Other objects are streamed (GetObject body → blocking reader →
 //!   [`Writer::store_stream`]), several at a time, never held whole in
-//!   memory. Content type and user metadata come from the GetObject reply.
+//!   memory. A body cut short is resumed with a ranged GET of the same
+//!   version ([`ResumableGet`]), a few times at most. Content type and
+//!   user metadata come from the GetObject reply.
 //! - The ETag is recorded and compared, never trusted as an MD5: the
 //!   content's checksum is the pipeline's SHA-256.
 //! - The source store has its own client ([`S3Options`]: profile,
@@ -18,19 +20,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::s3::{connect, S3Options, StoreInfo, StoreRole};
+use crate::backend::s3::{connect, ResumableGet, S3Options, StoreInfo, StoreRole};
 use crate::backend::{RequestCounts, RequestStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{object_path, Entry, EntryType, ObjectInfo, Snapshot};
 use crate::pipeline::Writer;
 use crate::progress::Progress;
 use crate::source::files::FilesTotals;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 
 /// Objects downloaded and stored at the same time.
 pub const DEFAULT_CONCURRENCY: usize = 6;
@@ -119,30 +122,31 @@ impl BucketClient {
         }
     }
 
-    /// Size and SHA-256 of an object's content, streamed (one GET).
+    /// Size and SHA-256 of an object's content, streamed (one GET, and
+    /// a ranged one per body cut short: [`ResumableGet`]).
     pub async fn sha256(&self, bucket: &str, key: &str) -> Result<(u64, crate::format::Id)> {
-        inc(&self.stats.get, 1);
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.err(e, bucket, key, "GET"))?;
-        let mut body = out.body;
+        let (_, mut body) = self.get(bucket, key).await?;
         let mut hasher = crate::format::Hasher::new();
         let mut n = 0u64;
-        while let Some(bytes) = body
-            .try_next()
-            .await
-            .map_err(|e| Error::io(format!("reading s3://{bucket}/{key}: {e}")))?
-        {
+        while let Some(bytes) = body.next().await? {
             hasher.update(&bytes);
             n += bytes.len() as u64;
         }
-        inc(&self.stats.bytes_down, n);
         Ok((n, hasher.finish()))
+    }
+
+    /// A counted GetObject whose body survives being cut short.
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<(GetObjectOutput, ResumableGet)> {
+        ResumableGet::open(
+            &self.client,
+            &self.endpoint,
+            bucket,
+            key,
+            key,
+            None,
+            self.stats.clone(),
+        )
+        .await
     }
 
     /// One clear error line for a failed request on the source store.
@@ -309,27 +313,16 @@ async fn fetch(
     progress: Arc<dyn Progress>,
 ) -> Result<Option<Entry>> {
     progress.set_item(&format!("{}/{}", o.bucket, o.key));
-    inc(&src.stats.get, 1);
-    let out = match src
-        .client
-        .get_object()
-        .bucket(&o.bucket)
-        .key(&o.key)
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) => {
-            let err = src.err(e, &o.bucket, &o.key, "GET");
-            if err.kind() == ErrorKind::NotFound {
-                progress.warn(&format!(
-                    "s3://{}/{} vanished during the backup",
-                    o.bucket, o.key
-                ));
-                return Ok(None);
-            }
-            return Err(err);
+    let (out, body) = match src.get(&o.bucket, &o.key).await {
+        Ok(got) => got,
+        Err(err) if err.kind() == ErrorKind::NotFound => {
+            progress.warn(&format!(
+                "s3://{}/{} vanished during the backup",
+                o.bucket, o.key
+            ));
+            return Ok(None);
         }
+        Err(err) => return Err(err),
     };
     let content_type = out.content_type().map(str::to_owned);
     let user_metadata: BTreeMap<String, String> = out
@@ -343,13 +336,33 @@ async fn fetch(
             e.object.as_mut().unwrap().etag = etag.to_owned();
         }
     }
-    let reader = tokio_util::io::SyncIoBridge::new(out.body.into_async_read());
+    // The body reaches the (blocking) pipeline as a reader. A read that
+    // fails for good (a body cut short too often, the object replaced
+    // mid-read) reaches the pipeline as an io::Error, which keeps only
+    // text; the original error, with its kind and hint, is kept here and
+    // reported instead.
+    let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+    let slot = failure.clone();
+    let pieces = futures::stream::try_unfold(body, |mut body| async move {
+        Ok::<_, Error>(body.next().await?.map(|piece| (piece, body)))
+    })
+    .map_err(move |err| {
+        let text = err.to_string();
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+        std::io::Error::other(text)
+    });
+    let reader =
+        tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(Box::pin(pieces)));
     let p = progress.clone();
     let stored = tokio::task::spawn_blocking(move || writer.store_stream(reader, p.as_ref()))
         .await
         .map_err(|err| Error::io(format!("backup task failed: {err}")))?
-        .map_err(|err| err.context(format!("s3://{}/{}", o.bucket, o.key)))?;
-    inc(&src.stats.bytes_down, stored.size);
+        .map_err(
+            |err| match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(read) => read,
+                None => err.context(format!("s3://{}/{}", o.bucket, o.key)),
+            },
+        )?;
     e.size = stored.size;
     e.sha256 = Some(stored.sha256);
     e.chunks = stored.chunks;

@@ -1,0 +1,452 @@
+//! Every S3 request through a fault-injecting proxy (tests/common/faultproxy.rs):
+//! `503 SlowDown` answers, connections reset before the answer, GET bodies
+//! cut short. Writes survive through the SDK's retries; reads survive
+//! because every S3 read resumes a body cut short with a ranged GET of the
+//! same version (`ResumableGet`), and gives up with one clear error when
+//! the cuts do not stop.
+
+mod common;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
+#[path = "common/servers.rs"]
+mod servers;
+
+use std::path::Path;
+use std::time::Instant;
+
+use common::{command, random_bytes, run_cmd, Run};
+use faultproxy::{FaultCounts, FaultProxy, FaultRates};
+use servers::{S3Server, ServerKind};
+
+/// The CLI with the server's credentials, talking to `endpoint` (the
+/// proxy) for the repository.
+fn cli(server: &S3Server, endpoint: &str, repo: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut c = command(Path::new(repo));
+    c.envs(server.env())
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .args(args);
+    run_cmd(c, stdin)
+}
+
+fn delta(after: FaultCounts, before: FaultCounts) -> FaultCounts {
+    FaultCounts {
+        requests: after.requests - before.requests,
+        gets: after.gets - before.gets,
+        forwarded: after.forwarded - before.forwarded,
+        slow_down: after.slow_down - before.slow_down,
+        reset: after.reset - before.reset,
+        cut_body: after.cut_body - before.cut_body,
+    }
+}
+
+fn snapshot_count(server: &S3Server, repo: &str) -> usize {
+    cli(
+        server,
+        &server.endpoint,
+        repo,
+        &["--json", "snapshots"],
+        None,
+    )
+    .ok()
+    .json()
+    .as_array()
+    .expect("snapshots --json is an array")
+    .len()
+}
+
+/// PUT an object straight to the server (not through the proxy).
+fn put_object(server: &S3Server, bucket: &str, key: &str, data: &[u8]) {
+    let r = server
+        .request("PUT", &format!("/{bucket}/{key}"), &[], data)
+        .expect("PUT to the server");
+    assert_eq!(
+        r.0,
+        200,
+        "PUT {bucket}/{key}: {}",
+        String::from_utf8_lossy(&r.2)
+    );
+}
+
+fn get_object(server: &S3Server, bucket: &str, key: &str) -> Vec<u8> {
+    let r = server
+        .request("GET", &format!("/{bucket}/{key}"), &[], b"")
+        .expect("GET from the server");
+    assert_eq!(
+        r.0,
+        200,
+        "GET {bucket}/{key}: {}",
+        String::from_utf8_lossy(&r.2)
+    );
+    r.2
+}
+
+fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).unwrap(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// init, a stream backup with multipart packs, two files backups (the
+/// second reads its parent snapshot), a stream restore and a files restore
+/// compared byte for byte, and `verify --read-data`: every request through
+/// the proxy at the issue's fault rates.
+fn repository_survives_faults(kind: ServerKind) {
+    let t0 = Instant::now();
+    let server = S3Server::start(kind);
+    server.create_bucket("backups");
+    let proxy = FaultProxy::start(&server.endpoint, FaultRates::issue(), 8);
+    let ep = proxy.endpoint.clone();
+    let repo = "s3://backups/faults";
+    let run = |args: &[&str], stdin: Option<&[u8]>| cli(&server, &ep, repo, args, stdin);
+
+    // 20 MiB packs go up as multipart uploads (above 16 MiB); small chunks
+    // make many ranged reads on restore.
+    run(
+        &[
+            "init",
+            "--kdf-memory-kib",
+            "1024",
+            "--chunk-avg-size",
+            "262144",
+            "--pack-size",
+            "20971520",
+        ],
+        None,
+    )
+    .ok();
+
+    let stream = random_bytes(64 << 20, 81);
+    let b = run(
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "pg",
+            "--stdin-name",
+            "db.dump",
+        ],
+        Some(&stream),
+    )
+    .ok()
+    .json();
+    assert!(
+        b["requests"]["multipart"].as_u64().unwrap() > 0,
+        "packs went up as multipart uploads: {b}"
+    );
+
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..6u64 {
+        let data = random_bytes(1_500_000 + i as usize * 300_000, 100 + i);
+        std::fs::write(src.path().join(format!("f{i}.bin")), data).unwrap();
+    }
+    let s = src.path().to_str().unwrap();
+    run(&["--json", "backup", "files", "--source", "cfg", s], None).ok();
+    std::fs::write(src.path().join("f0.bin"), random_bytes(1_000_000, 999)).unwrap();
+    let before_reads = proxy.counts();
+    let second = run(&["--json", "backup", "files", "--source", "cfg", s], None)
+        .ok()
+        .json();
+    assert!(
+        second["files_unchanged"].as_u64().unwrap() >= 5,
+        "the second files backup used its parent snapshot: {second}"
+    );
+
+    let restored = run(
+        &[
+            "restore",
+            "--snapshot",
+            "latest",
+            "--source",
+            "pg",
+            "--stdout",
+        ],
+        None,
+    )
+    .ok()
+    .stdout;
+    assert!(
+        restored == stream,
+        "restored stream differs ({} bytes)",
+        restored.len()
+    );
+
+    let target = tempfile::tempdir().unwrap();
+    let t = target.path().to_str().unwrap();
+    run(
+        &[
+            "restore",
+            "--snapshot",
+            "latest",
+            "--source",
+            "cfg",
+            "--target",
+            t,
+        ],
+        None,
+    )
+    .ok();
+    // Files are restored under their stored (absolute) path.
+    let restored_dir = target.path().join(s.trim_start_matches('/'));
+    assert!(
+        read_tree(&restored_dir) == read_tree(src.path()),
+        "restored files differ from the source (restored under {restored_dir:?})"
+    );
+
+    let v = run(&["--json", "verify", "--read-data"], None).ok().json();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+
+    let all = proxy.counts();
+    let reads = delta(all, before_reads);
+    eprintln!(
+        "{kind}: {all:?} in {:?}; during the reading half {reads:?}",
+        t0.elapsed()
+    );
+    assert!(all.slow_down > 0, "no 503 SlowDown injected: {all:?}");
+    assert!(all.reset > 0, "no connection reset injected: {all:?}");
+    assert!(
+        reads.cut_body > 0,
+        "no GET body cut short while reading back: {reads:?}"
+    );
+}
+
+#[test]
+fn repository_survives_faults_on_moto() {
+    repository_survives_faults(ServerKind::Moto);
+}
+
+/// Garage checks every signature: the proxy forwards the bytes the client
+/// signed (Host is the proxy's address), so they still verify.
+#[test]
+fn repository_survives_faults_on_garage() {
+    repository_survives_faults(ServerKind::Garage);
+}
+
+/// A bucket backup whose source bucket is behind its own faulty proxy
+/// (objects of a few MiB, one body in five cut short), restored into
+/// another bucket through the same proxy and compared byte for byte.
+#[test]
+fn bucket_source_survives_cut_bodies() {
+    let server = S3Server::start(ServerKind::Moto);
+    for b in ["raw", "backups", "restored"] {
+        server.create_bucket(b);
+    }
+    let objects: Vec<(String, Vec<u8>)> = (0..16u64)
+        .map(|i| {
+            let size = (1 << 20) + (i as usize * 211_111) % (3 << 20);
+            (format!("USDCOP/{i}.csv"), random_bytes(size, 500 + i))
+        })
+        .collect();
+    for (k, d) in &objects {
+        put_object(&server, "raw", k, d);
+    }
+    let repo_proxy = FaultProxy::start(&server.endpoint, FaultRates::issue(), 3);
+    let src_proxy = FaultProxy::start(
+        &server.endpoint,
+        FaultRates {
+            cut_body: 0.2,
+            ..FaultRates::issue()
+        },
+        4,
+    );
+    let repo = "s3://backups/b";
+    let run = |args: &[&str]| cli(&server, &repo_proxy.endpoint, repo, args, None);
+    run(&[
+        "init",
+        "--kdf-memory-kib",
+        "1024",
+        "--chunk-avg-size",
+        "262144",
+        "--pack-size",
+        "4194304",
+    ])
+    .ok();
+    let b = run(&[
+        "--json",
+        "backup",
+        "bucket",
+        "--source",
+        "minio",
+        "--endpoint",
+        &src_proxy.endpoint,
+        "--bucket",
+        "raw",
+    ])
+    .ok()
+    .json();
+    assert_eq!(b["files"].as_u64(), Some(objects.len() as u64), "{b}");
+    let after_backup = src_proxy.counts();
+    assert!(
+        after_backup.cut_body > 0,
+        "no source body cut short during the backup: {after_backup:?}"
+    );
+
+    run(&[
+        "--json",
+        "restore",
+        "bucket",
+        "--endpoint",
+        &src_proxy.endpoint,
+        "--bucket",
+        "restored",
+    ])
+    .ok();
+    for (k, d) in &objects {
+        assert!(
+            get_object(&server, "restored", k) == *d,
+            "restored/{k} differs"
+        );
+    }
+    let src = src_proxy.counts();
+    let repo_counts = repo_proxy.counts();
+    eprintln!("source {src:?}; repository {repo_counts:?}");
+    assert!(
+        src.slow_down + repo_counts.slow_down > 0,
+        "no SlowDown injected"
+    );
+    assert!(src.reset + repo_counts.reset > 0, "no reset injected");
+}
+
+/// When every body is cut, a read gives up with one clear error after a
+/// bounded number of resumptions, and no snapshot is written: for the
+/// repository (its config) and for a bucket source.
+#[test]
+fn every_body_cut_gives_up_clearly_and_writes_no_snapshot() {
+    let server = S3Server::start(ServerKind::Moto);
+    for b in ["raw", "backups"] {
+        server.create_bucket(b);
+    }
+    put_object(&server, "raw", "USDCOP/12.csv", &random_bytes(3 << 20, 12));
+    let repo = "s3://backups/cut";
+    // Set up without faults.
+    cli(
+        &server,
+        &server.endpoint,
+        repo,
+        &["init", "--kdf-memory-kib", "1024"],
+        None,
+    )
+    .ok();
+    let cutter = FaultProxy::start(&server.endpoint, FaultRates::cut_every_body(), 1);
+
+    // The repository behind the cutter: reading its config gives up.
+    let t = Instant::now();
+    let r = cli(
+        &server,
+        &cutter.endpoint,
+        repo,
+        &["backup", "stdin", "--source", "s", "--stdin-name", "x"],
+        Some(b"some data"),
+    );
+    assert_eq!(r.code, 1, "{} {:?}", r.stderr, cutter.counts());
+    // The first object read is the key file.
+    assert!(
+        r.stderr.contains("s3://backups/cut/keys/")
+            && r.stderr.contains(": body cut short 5 times after")
+            && r.stderr.contains("bytes; giving up"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        t.elapsed().as_secs() < 30,
+        "gave up only after {:?}",
+        t.elapsed()
+    );
+    let c = cutter.counts();
+    assert_eq!(c.cut_body, 5, "five cuts, then no more tries: {c:?}");
+
+    // A bucket source behind the cutter: the object read gives up.
+    let r = cli(
+        &server,
+        &server.endpoint,
+        repo,
+        &[
+            "backup",
+            "bucket",
+            "--source",
+            "minio",
+            "--endpoint",
+            &cutter.endpoint,
+            "--bucket",
+            "raw",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("s3://raw/USDCOP/12.csv: body cut short 5 times after")
+            && r.stderr.contains("of 3145728 bytes; giving up"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        snapshot_count(&server, repo),
+        0,
+        "a failed backup wrote a snapshot"
+    );
+}
+
+/// A body cut short, then the object replaced before the resumption: the
+/// ranged GET carries If-Match, so the two versions are never joined.
+#[test]
+fn object_replaced_during_a_cut_is_not_spliced() {
+    let server = std::sync::Arc::new(S3Server::start(ServerKind::Moto));
+    for b in ["raw", "backups"] {
+        server.create_bucket(b);
+    }
+    let first = random_bytes(2 << 20, 1);
+    put_object(&server, "raw", "k.bin", &first);
+    let repo = "s3://backups/r";
+    cli(
+        &server,
+        &server.endpoint,
+        repo,
+        &["init", "--kdf-memory-kib", "1024"],
+        None,
+    )
+    .ok();
+    let s = server.clone();
+    let proxy = FaultProxy::start_with(
+        &server.endpoint,
+        FaultRates::cut_every_body(),
+        2,
+        Some(Box::new(move |path: &str| {
+            if path.split('?').next() == Some("/raw/k.bin") {
+                put_object(&s, "raw", "k.bin", &random_bytes(2 << 20, 2));
+            }
+        })),
+    );
+    let r = cli(
+        &server,
+        &server.endpoint,
+        repo,
+        &[
+            "backup",
+            "bucket",
+            "--source",
+            "minio",
+            "--endpoint",
+            &proxy.endpoint,
+            "--bucket",
+            "raw",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("s3://raw/k.bin: the object changed while it was being read"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(proxy.counts().cut_body, 1, "{:?}", proxy.counts());
+    assert_eq!(snapshot_count(&server, repo), 0);
+}
