@@ -677,7 +677,7 @@ impl S3Backend {
     async fn fetch(&self, name: &str, range: Option<(u64, u64)>) -> Result<Bytes> {
         let (_, mut body) = ResumableGet::open(
             &self.client,
-            &self.endpoint,
+            &self.store,
             &self.bucket,
             &self.key(name),
             name,
@@ -749,7 +749,7 @@ const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `get_range`) and of bucket sources (`source::bucket`).
 pub struct ResumableGet {
     client: Client,
-    endpoint: String,
+    store: Arc<StoreInfo>,
     bucket: String,
     key: String,
     /// What "not found" errors name (repository-relative for the backend).
@@ -771,7 +771,7 @@ impl ResumableGet {
     /// type, metadata, ETag, …); read the body with [`ResumableGet::next`].
     pub async fn open(
         client: &Client,
-        endpoint: &str,
+        store: &Arc<StoreInfo>,
         bucket: &str,
         key: &str,
         name: &str,
@@ -789,12 +789,12 @@ impl ResumableGet {
             .await
             .map_err(|e| {
                 let what = format!("s3://{bucket}/{key}");
-                sdk_error(e, endpoint, bucket, &what, name, "GET")
+                sdk_error(e, store, bucket, &what, name, "GET")
             })?;
         let body = std::mem::take(&mut out.body);
         let reader = ResumableGet {
             client: client.clone(),
-            endpoint: endpoint.to_owned(),
+            store: store.clone(),
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             name: name.to_owned(),
@@ -882,30 +882,30 @@ impl ResumableGet {
             None => format!("bytes={from}-"),
         };
         inc(&self.stats.get, 1);
-        let mut out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .range(&range)
-            .set_if_match(self.etag.clone())
-            .send()
-            .await
-            .map_err(|e| {
-                if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
-                    return Error::io(format!(
-                        "{}: the object changed while it was being read (its ETag is no \
+        let mut out =
+            self.client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .range(&range)
+                .set_if_match(self.etag.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                        return Error::io(format!(
+                            "{}: the object changed while it was being read (its ETag is no \
                          longer {}); the two versions are not joined",
-                        self.url(),
-                        self.etag.as_deref().unwrap_or("?")
-                    ))
-                    .with_hint("run again: the new version will be read whole");
-                }
-                let what = self.url();
-                sdk_error(e, &self.endpoint, &self.bucket, &what, &self.name, "GET").context(
-                    format!("resuming a body cut short after {} bytes", self.received),
-                )
-            })?;
+                            self.url(),
+                            self.etag.as_deref().unwrap_or("?")
+                        ))
+                        .with_hint("run again: the new version will be read whole");
+                    }
+                    let what = self.url();
+                    sdk_error(e, &self.store, &self.bucket, &what, &self.name, "GET").context(
+                        format!("resuming a body cut short after {} bytes", self.received),
+                    )
+                })?;
         // The answer must be the bytes asked for, not the whole object
         // again (a store ignoring Range) or another slice.
         let remaining = self.expected.map(|n| n - self.received);

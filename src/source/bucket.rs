@@ -139,7 +139,7 @@ impl BucketClient {
     pub async fn get(&self, bucket: &str, key: &str) -> Result<(GetObjectOutput, ResumableGet)> {
         ResumableGet::open(
             &self.client,
-            &self.endpoint,
+            &self.store,
             bucket,
             key,
             key,
