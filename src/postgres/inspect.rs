@@ -486,3 +486,47 @@ async fn row_estimate(client: &Client, schema: &str, name: &str) -> Result<Optio
     let e: f64 = row.get(0);
     Ok((e > 0.0).then_some(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind as K;
+    use ConnectFailure as F;
+
+    #[test]
+    fn each_failure_is_told_apart_and_only_passwords_hint_at_passwords() {
+        let cases = [
+            (Some("28P01"), "password authentication failed for user \"u\"", None, F::Password),
+            (Some("3D000"), "database \"nosuch\" does not exist", None, F::NoDatabase),
+            (Some("28000"), "Peer authentication failed for user \"u\"", None, F::Peer),
+            (Some("28000"), "role \"root\" does not exist", None, F::NoRole),
+            (
+                Some("28000"),
+                "no pg_hba.conf entry for host \"10.0.0.5\", user \"u\", database \"d\", no encryption",
+                None,
+                F::NoHbaEntry,
+            ),
+            (None, "error connecting to server: Connection refused (os error 111)", Some(K::ConnectionRefused), F::Refused),
+            (None, "error connecting to server: No such file or directory (os error 2)", Some(K::NotFound), F::NoSocket),
+            (None, "invalid configuration: password missing", None, F::NoPassword),
+            (None, "error performing TLS handshake: invalid peer certificate", None, F::Tls),
+            (None, "timeout waiting for server", None, F::Timeout),
+            (None, "something else", None, F::Other),
+        ];
+        let dsn = Dsn::parse_with("host=db port=5433 user=u dbname=d", &|_| None).unwrap();
+        for (code, message, io, want) in cases {
+            let why = classify(code, message, io);
+            assert_eq!(why, want, "{message}");
+            let hint = connect_hint(&dsn, why);
+            let about_passwords = hint.contains("PGPASSWORD");
+            assert_eq!(
+                about_passwords,
+                matches!(why, F::Password | F::NoPassword),
+                "{why:?}: {hint}"
+            );
+        }
+        let socket = Dsn::parse_with("host=/run/pg port=5433 dbname=d", &|_| None).unwrap();
+        assert!(connect_hint(&socket, F::NoSocket).contains("/run/pg/.s.PGSQL.5433"));
+        assert!(connect_hint(&socket, F::Refused).contains("no server accepts"));
+    }
+}
