@@ -845,6 +845,29 @@ mod tests {
     }
 
     #[test]
+    fn the_passfile_matches_the_default_socket_as_localhost() {
+        let dir = tempfile::tempdir().unwrap();
+        let passfile = dir.path().join("pgpass");
+        std::fs::write(
+            &passfile,
+            "localhost:5432:d:u:local-pw\n/elsewhere:5432:d:u:dir-pw\n",
+        )
+        .unwrap();
+        let env = |host: &'static str| {
+            let passfile = passfile.display().to_string();
+            move |k: &str| match k {
+                "PGPASSFILE" => Some(passfile.clone()),
+                "PGHOST" if !host.is_empty() => Some(host.to_string()),
+                _ => None,
+            }
+        };
+        let d = Dsn::parse_with("dbname=d user=u", &env("")).unwrap();
+        assert_eq!(d.password(), Some("local-pw"));
+        let d = Dsn::parse_with("dbname=d user=u", &env("/elsewhere")).unwrap();
+        assert_eq!(d.password(), Some("dir-pw"));
+    }
+
+    #[test]
     fn children_inherit_only_the_allow_list() {
         let d = Dsn::parse_with("postgresql://u:pw@h/db", &no_env).unwrap();
         let inherited = [

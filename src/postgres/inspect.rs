@@ -222,8 +222,11 @@ pub fn connect_hint(dsn: &Dsn, why: ConnectFailure) -> String {
              without either, the user's name is used); `psql -l` lists them"
         ),
         F::Refused if dsn.is_socket() => format!(
-            "{} exists but no server accepts on it: is PostgreSQL running?",
-            dsn.socket_file()
+            "no server accepts on {}: is PostgreSQL running, with {} in \
+             unix_socket_directories and port {}?",
+            dsn.socket_file(),
+            dsn.host,
+            dsn.port
         ),
         F::Refused => format!(
             "nothing accepts connections at {}: check host and port in the DSN (or PGHOST / \
