@@ -172,6 +172,8 @@ fn client_programs_get_only_what_they_need() {
             .args(args);
         run_cmd(c, None).ok()
     };
+    // pg_dump named by --pg-dump, the others found in USDCOP_DR_PG_BIN.
+    let pg_dump = tools.path().join("pg_dump");
     run(&[
         "--json",
         "backup",
@@ -179,6 +181,8 @@ fn client_programs_get_only_what_they_need() {
         "--source",
         "pg",
         "--globals",
+        "--pg-dump",
+        pg_dump.to_str().unwrap(),
     ]);
     let r = run(&[
         "--json",
