@@ -171,7 +171,19 @@ pub async fn run(
     } else {
         false
     };
-    let client = inspect::connect(target).await?;
+    let client = inspect::connect(target).await.map_err(|e| {
+        // The usual first restore onto a fresh server.
+        let missing = format!("database \"{}\" does not exist", target.dbname);
+        if !opts.create && e.message().contains(&missing) {
+            e.with_hint(format!(
+                "pass --create to create database {:?} from the snapshot (or create it empty \
+                 first)",
+                target.dbname
+            ))
+        } else {
+            e
+        }
+    })?;
     let existing = inspect::user_relations(&client).await?;
     if existing > 0 && !opts.clean {
         return Err(Error::usage(format!(

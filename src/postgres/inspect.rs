@@ -51,52 +51,252 @@ const TABLES_SQL: &str = concat!(
 /// materialized views, sequences, foreign tables).
 const USER_RELATIONS_SQL: &str = user_relations!("count(*)", "('r', 'p', 'v', 'm', 'S', 'f')");
 
-/// Connect, turning libpq-style failures into one clear line. The
-/// password is never part of any message (the DSN shown is redacted).
+/// Connect, turning libpq-style failures into one clear line with a hint
+/// for that failure ([`connect_error`]). The password is never part of
+/// any message (the DSN shown is redacted). A Unix socket (directory or
+/// abstract name) is reached in plain text whatever `sslmode` says, as
+/// libpq does; TCP follows `sslmode` ([`super::tls`]).
 pub async fn connect(dsn: &Dsn) -> Result<Client> {
     let config = dsn.config();
-    let failed = |e: tokio_postgres::Error| {
-        let detail = e
-            .as_db_error()
-            .map(|d| d.message().to_owned())
-            .unwrap_or_else(|| error_chain(&e));
-        let hint = if detail.contains("TLS") || detail.contains("certificate") {
-            "check sslmode and sslrootcert (the CA that issued the server's certificate; \
-             verify-full also needs the certificate to name the host in the DSN)"
-        } else {
-            "check the DSN; the password comes from the DSN in USDCOP_DR_PG_DSN, \
-             PGPASSWORD or the passfile (~/.pgpass / PGPASSFILE)"
-        };
-        Error::new(
-            ErrorKind::Source,
-            format!(
-                "cannot connect to PostgreSQL at {}:{} (database {:?}, user {:?}): {detail}",
-                dsn.host, dsn.port, dsn.dbname, dsn.user
-            ),
-        )
-        .with_hint(hint)
-    };
+    let failed = |e: tokio_postgres::Error| connect_error(dsn, &e);
+    if let Some(name) = dsn.host.strip_prefix('@') {
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(std::time::Duration::from_secs(15));
+        let stream = abstract_socket(name, dsn.port).map_err(|e| io_connect_error(dsn, &e))?;
+        let (client, conn) = tokio::time::timeout(timeout, config.connect_raw(stream, NoTls))
+            .await
+            .map_err(|_| {
+                io_connect_error(dsn, &std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })?
+            .map_err(failed)?;
+        drive(conn);
+        return Ok(client);
+    }
+    if dsn.is_socket() {
+        let (client, conn) = config.connect(NoTls).await.map_err(failed)?;
+        drive(conn);
+        return Ok(client);
+    }
     match super::tls::client_config(&dsn.ssl)? {
         None => {
             let (client, conn) = config.connect(NoTls).await.map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("PostgreSQL connection ended: {e}");
-                }
-            });
+            drive(conn);
             Ok(client)
         }
         Some(tls) => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
             let (client, conn) = config.connect(tls).await.map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("PostgreSQL connection ended: {e}");
-                }
-            });
+            drive(conn);
             Ok(client)
         }
     }
+}
+
+/// Run a connection's I/O until it ends.
+fn drive<F, E>(conn: F)
+where
+    F: std::future::Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("PostgreSQL connection ended: {e}");
+        }
+    });
+}
+
+/// libpq's abstract Unix socket: `@name` is `\0name/.s.PGSQL.<port>`.
+#[cfg(target_os = "linux")]
+fn abstract_socket(name: &str, port: u16) -> std::io::Result<tokio::net::UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(format!("{name}/.s.PGSQL.{port}"))?;
+    // A local connect does not wait for the server: done before it returns.
+    let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    s.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(s)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn abstract_socket(_: &str, _: u16) -> std::io::Result<tokio::net::UnixStream> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "abstract Unix sockets (@name) exist only on Linux",
+    ))
+}
+
+/// Why a connection failed, as far as a person must act differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The server refused the password (SQLSTATE 28P01).
+    Password,
+    /// The server asked for a password and none was found.
+    NoPassword,
+    /// Peer authentication: OS user and role differ.
+    Peer,
+    /// pg_hba.conf has no line for this connection.
+    NoHbaEntry,
+    /// The role does not exist (said only where no password is asked).
+    NoRole,
+    /// The database does not exist (3D000).
+    NoDatabase,
+    /// Nothing listens there.
+    Refused,
+    /// No socket file in that directory.
+    NoSocket,
+    Tls,
+    Timeout,
+    Other,
+}
+
+/// Classify a failed connection from the server's SQLSTATE and message,
+/// or the system error beneath (pure, so each branch is unit-tested).
+pub fn classify(
+    code: Option<&str>,
+    message: &str,
+    io: Option<std::io::ErrorKind>,
+) -> ConnectFailure {
+    use std::io::ErrorKind as K;
+    use ConnectFailure as F;
+    match code {
+        Some("28P01") => return F::Password,
+        Some("3D000") => return F::NoDatabase,
+        Some("28000") if message.contains("Peer authentication failed") => return F::Peer,
+        Some("28000") if message.contains("no pg_hba.conf entry") => return F::NoHbaEntry,
+        Some("28000") if message.contains("role") && message.contains("does not exist") => {
+            return F::NoRole
+        }
+        _ => {}
+    }
+    match io {
+        Some(K::ConnectionRefused) => return F::Refused,
+        Some(K::NotFound) => return F::NoSocket,
+        Some(K::TimedOut) => return F::Timeout,
+        _ => {}
+    }
+    if message.contains("password missing") {
+        F::NoPassword
+    } else if message.contains("TLS") || message.contains("certificate") {
+        F::Tls
+    } else if message.contains("timeout") || message.contains("timed out") {
+        F::Timeout
+    } else {
+        F::Other
+    }
+}
+
+/// The hint for a failure: only a password problem hints at passwords.
+pub fn connect_hint(dsn: &Dsn, why: ConnectFailure) -> String {
+    use ConnectFailure as F;
+    let (user, db) = (&dsn.user, &dsn.dbname);
+    match why {
+        F::Password => format!(
+            "the server refused the password for role {user:?}: check the password in the DSN's \
+             environment variable (USDCOP_DR_PG_DSN / USDCOP_DR_PG_TARGET_DSN), PGPASSWORD or \
+             the passfile (~/.pgpass, PGPASSFILE)"
+        ),
+        F::NoPassword => format!(
+            "the server asks role {user:?} for a password and none was found: set PGPASSWORD, \
+             add a ~/.pgpass line (or PGPASSFILE), or put the DSN with its password in \
+             USDCOP_DR_PG_DSN; locally, run as the OS user {user:?} over the Unix socket (peer \
+             authentication) instead"
+        ),
+        F::Peer => format!(
+            "peer authentication lets an OS user log in only as the role of the same name: run \
+             usdcop-dr as the OS user {user:?} (a cron job of that user, or `runuser -u {user} \
+             --`), set user= to your own OS user name, or connect over TCP (host=127.0.0.1) with \
+             a password"
+        ),
+        F::NoHbaEntry => "the server's pg_hba.conf allows no connection of this kind (host, \
+             role, database, encryption): add a line for it and reload the server, or connect \
+             the way it allows (e.g. over the Unix socket, or with sslmode=require)"
+            .into(),
+        F::NoRole => format!(
+            "the server has no role {user:?}: set user= in the DSN (or PGUSER); without either, \
+             the OS user's name is used, as libpq does"
+        ),
+        F::NoDatabase => format!(
+            "the server has no database {db:?}: check dbname= in the DSN (or PGDATABASE; \
+             without either, the user's name is used); `psql -l` lists them"
+        ),
+        F::Refused if dsn.is_socket() => format!(
+            "no server accepts on {}: is PostgreSQL running, with {} in \
+             unix_socket_directories and port {}?",
+            dsn.socket_file(),
+            dsn.host,
+            dsn.port
+        ),
+        F::Refused => format!(
+            "nothing accepts connections at {}: check host and port in the DSN (or PGHOST / \
+             PGPORT), that PostgreSQL runs there and listens on that address (listen_addresses)",
+            dsn.endpoint()
+        ),
+        F::NoSocket => format!(
+            "no socket {}: is PostgreSQL running, with {} in unix_socket_directories and port \
+             {}? Set host= (the socket directory) and port= in the DSN, or PGHOST / PGPORT",
+            dsn.socket_file(),
+            dsn.host,
+            dsn.port
+        ),
+        F::Tls => "check sslmode and sslrootcert (the CA that issued the server's certificate; \
+             verify-full also needs the certificate to name the host in the DSN)"
+            .into(),
+        F::Timeout => format!(
+            "no answer from {} within the connect timeout: check host, port and firewalls \
+             (connect_timeout= in the DSN sets the wait)",
+            dsn.endpoint()
+        ),
+        F::Other => "check the DSN: host, port, user and dbname (and PGHOST, PGPORT, PGUSER, \
+             PGDATABASE when it leaves them out)"
+            .into(),
+    }
+}
+
+/// A failed connection as one line: where, as whom, the server's (or the
+/// system's) own words, and the hint for that failure.
+pub fn connect_error(dsn: &Dsn, e: &tokio_postgres::Error) -> Error {
+    let db = e.as_db_error();
+    let detail = db
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| error_chain(e));
+    let io = io_kind(e);
+    let why = classify(db.map(|d| d.code().code()), &detail, io);
+    failure(dsn, why, &detail)
+}
+
+fn io_connect_error(dsn: &Dsn, e: &std::io::Error) -> Error {
+    failure(
+        dsn,
+        classify(None, &e.to_string(), Some(e.kind())),
+        &e.to_string(),
+    )
+}
+
+fn failure(dsn: &Dsn, why: ConnectFailure, detail: &str) -> Error {
+    Error::new(
+        ErrorKind::Source,
+        format!(
+            "cannot connect to PostgreSQL at {} (database {:?}, user {:?}): {detail}",
+            dsn.endpoint(),
+            dsn.dbname,
+            dsn.user
+        ),
+    )
+    .with_hint(connect_hint(dsn, why))
+}
+
+/// The system error kind beneath a tokio-postgres error, if any.
+fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = c.source();
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -288,4 +488,48 @@ async fn row_estimate(client: &Client, schema: &str, name: &str) -> Result<Optio
         .map_err(|e| db_err(&format!("reading the row estimate of {schema}.{name}"), e))?;
     let e: f64 = row.get(0);
     Ok((e > 0.0).then_some(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind as K;
+    use ConnectFailure as F;
+
+    #[test]
+    fn each_failure_is_told_apart_and_only_passwords_hint_at_passwords() {
+        let cases = [
+            (Some("28P01"), "password authentication failed for user \"u\"", None, F::Password),
+            (Some("3D000"), "database \"nosuch\" does not exist", None, F::NoDatabase),
+            (Some("28000"), "Peer authentication failed for user \"u\"", None, F::Peer),
+            (Some("28000"), "role \"root\" does not exist", None, F::NoRole),
+            (
+                Some("28000"),
+                "no pg_hba.conf entry for host \"10.0.0.5\", user \"u\", database \"d\", no encryption",
+                None,
+                F::NoHbaEntry,
+            ),
+            (None, "error connecting to server: Connection refused (os error 111)", Some(K::ConnectionRefused), F::Refused),
+            (None, "error connecting to server: No such file or directory (os error 2)", Some(K::NotFound), F::NoSocket),
+            (None, "invalid configuration: password missing", None, F::NoPassword),
+            (None, "error performing TLS handshake: invalid peer certificate", None, F::Tls),
+            (None, "timeout waiting for server", None, F::Timeout),
+            (None, "something else", None, F::Other),
+        ];
+        let dsn = Dsn::parse_with("host=db port=5433 user=u dbname=d", &|_| None).unwrap();
+        for (code, message, io, want) in cases {
+            let why = classify(code, message, io);
+            assert_eq!(why, want, "{message}");
+            let hint = connect_hint(&dsn, why);
+            let about_passwords = hint.contains("PGPASSWORD");
+            assert_eq!(
+                about_passwords,
+                matches!(why, F::Password | F::NoPassword),
+                "{why:?}: {hint}"
+            );
+        }
+        let socket = Dsn::parse_with("host=/run/pg port=5433 dbname=d", &|_| None).unwrap();
+        assert!(connect_hint(&socket, F::NoSocket).contains("/run/pg/.s.PGSQL.5433"));
+        assert!(connect_hint(&socket, F::Refused).contains("no server accepts"));
+    }
 }

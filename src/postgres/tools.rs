@@ -30,11 +30,14 @@ pub fn parse_major(version: &str) -> Option<u32> {
 }
 
 fn probe(path: &Path) -> Option<PgTool> {
-    let out = Command::new(path)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
+    // Nothing of ours for a program that is only asked its version (it
+    // may be any script named by --pg-dump): PATH to run, nothing else.
+    let mut c = Command::new(path);
+    c.env_clear();
+    if let Some(p) = std::env::var_os("PATH") {
+        c.env("PATH", p);
+    }
+    let out = c.arg("--version").stdin(Stdio::null()).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -106,9 +109,11 @@ pub fn find(tool: &str, min_major: u32, explicit: Option<&Path>) -> Result<PgToo
 
 impl PgTool {
     /// A command running this tool against `dsn`: the DSN without its
-    /// password as `--dbname` (its own settings win), our resolved
-    /// defaults for what it leaves out, never a prompt, and the password
-    /// only in the child's environment. `args` come first.
+    /// secrets as `--dbname` (its own settings win), our resolved
+    /// defaults for what it leaves out (a socket directory as `--host`,
+    /// as libpq takes it), never a prompt, and an environment built from
+    /// an allow-list ([`super::Dsn::child_env`]): the password there only,
+    /// none of our own secrets. `args` come first.
     pub fn command(&self, dsn: &super::Dsn, args: &[&str]) -> Command {
         let mut c = Command::new(&self.path);
         c.args(args)
@@ -117,10 +122,8 @@ impl PgTool {
             .arg(format!("--port={}", dsn.port))
             .arg(format!("--username={}", dsn.user))
             .arg(format!("--dbname={}", dsn.redacted()))
-            .env_remove("PGPASSWORD");
-        for (k, v) in dsn.child_env() {
-            c.env(k, v);
-        }
+            .env_clear()
+            .envs(dsn.child_env(std::env::vars_os()));
         c
     }
 }

@@ -74,6 +74,21 @@ const PG_ENV: &[&str] = &[
     "PGSYSCONFDIR",
 ];
 
+/// What [`PgServer::start_with`] sets up beyond [`PgServer::start`]'s
+/// defaults (TCP + SCRAM, one socket in the server's own directory).
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// `local all all peer` in pg_hba.conf, as Debian installs it: over a
+    /// Unix socket an OS user logs in, without a password, as the role of
+    /// its own name (run the client as the `postgres` system user, see
+    /// [`PgServer::os_user_ids`]). TCP keeps SCRAM with the password.
+    pub peer: bool,
+    /// More Unix socket directories besides the server's own (e.g.
+    /// `/var/run/postgresql`, libpq's default), or `@name` for a Linux
+    /// abstract socket. The socket file is `.s.PGSQL.<port>` in each.
+    pub socket_dirs: Vec<String>,
+}
+
 /// A running server, owned by the test that started it.
 pub struct PgServer {
     port: u16,
@@ -245,6 +260,11 @@ impl PgServer {
     /// accepts connections. Panics, with initdb's output or the server log,
     /// if it cannot.
     pub fn start() -> PgServer {
+        Self::start_with(&PgOptions::default())
+    }
+
+    /// [`start`](Self::start), with [`PgOptions`].
+    pub fn start_with(opts: &PgOptions) -> PgServer {
         let bin_dir = bin_dir();
         let os_user = if is_root() { Some(os_user()) } else { None };
         let dir = tempfile::Builder::new()
@@ -282,15 +302,27 @@ impl PgServer {
             panic!("initdb failed: {}", show(&out));
         }
 
+        if opts.peer {
+            let hba = pg.data.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .expect("cannot write pg_hba.conf");
+            pg.give_to_server_user(&hba);
+        }
+        let mut socket_dirs = vec![pg.dir.path().display().to_string()];
+        socket_dirs.extend(opts.socket_dirs.iter().cloned());
+
         for attempt in 1..=START_ATTEMPTS {
             pg.port = free_port();
             let log_start = std::fs::metadata(&pg.log).map(|m| m.len()).unwrap_or(0);
             let options = format!(
-                "-p {port} -k '{dir}' -c listen_addresses=127.0.0.1 -c fsync=off \
+                "-p {port} -k '{dirs}' -c listen_addresses=127.0.0.1 -c fsync=off \
                  -c full_page_writes=off -c synchronous_commit=off -c shared_buffers=32MB \
                  -c max_connections=40 -c TimeZone=UTC -c log_timezone=UTC",
                 port = pg.port,
-                dir = pg.dir.path().display(),
+                dirs = socket_dirs.join(","),
             );
             let out = pg
                 .server_cmd("pg_ctl")
@@ -375,6 +407,13 @@ impl PgServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The uid and gid of the system user the server runs as, when the
+    /// tests run as root (`None` otherwise): a client run as them passes
+    /// peer authentication as the superuser `postgres`.
+    pub fn os_user_ids(&self) -> Option<(u32, u32)> {
+        self.os_user.map(|u| (u.uid, u.gid))
     }
 
     /// The superuser's password (give it through `PGPASSWORD`).
