@@ -111,7 +111,7 @@ fn per_bucket(r: &serde_json::Value, source: &str) -> serde_json::Value {
 #[test]
 fn restore_bucket_selects_by_source_bucket() {
     let s = Setup::new();
-    for b in ["raw", "std", "t", "x", "y"] {
+    for b in ["raw", "std", "tgt", "xxx", "yyy"] {
         s.server.create_bucket(b);
     }
     // The same keys in both buckets, same sizes, different content.
@@ -129,34 +129,34 @@ fn restore_bucket_selects_by_source_bucket() {
 
     // Ambiguous: two buckets, one target. Refused with exit 2, the
     // snapshot's buckets listed, nothing written.
-    let r = s.restore(&["--bucket", "t"]);
+    let r = s.restore(&["--bucket", "tgt"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("2 buckets (raw, std)"), "{}", r.stderr);
     assert!(
-        r.stderr.contains("--from-bucket raw --bucket t"),
+        r.stderr.contains("--from-bucket raw --bucket tgt"),
         "{}",
         r.stderr
     );
     assert_eq!(r.json()["error"]["exit_code"], 2, "{}", r.stdout_str());
     assert!(
-        s.keys("t").is_empty(),
+        s.keys("tgt").is_empty(),
         "an ambiguous request wrote {:?}",
-        s.keys("t")
+        s.keys("tgt")
     );
 
     // A bucket the snapshot does not hold; two sources into one target.
     for (args, says) in [
         (
-            vec!["--map", "raw=x", "--map", "nope=y"],
+            vec!["--map", "raw=xxx", "--map", "nope=yyy"],
             "holds no bucket \"nope\"; its buckets: raw, std",
         ),
         (
-            vec!["--from-bucket", "nope", "--bucket", "t"],
+            vec!["--from-bucket", "nope", "--bucket", "tgt"],
             "holds no bucket \"nope\"",
         ),
         (
-            vec!["--map", "raw=t", "--map", "std=t"],
-            "both map to \"t\"",
+            vec!["--map", "raw=tgt", "--map", "std=tgt"],
+            "both map to \"tgt\"",
         ),
         (vec!["--map", "raw"], "not SOURCE=TARGET"),
     ] {
@@ -164,20 +164,20 @@ fn restore_bucket_selects_by_source_bucket() {
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
     }
-    for b in ["t", "x", "y"] {
+    for b in ["tgt", "xxx", "yyy"] {
         assert!(s.keys(b).is_empty(), "a refused request wrote into {b}");
     }
 
     // One source bucket into a target.
     let r = s
-        .restore(&["--from-bucket", "std", "--bucket", "t"])
+        .restore(&["--from-bucket", "std", "--bucket", "tgt"])
         .ok()
         .json();
     assert_eq!(r["objects"], 3, "{r}");
-    assert_eq!(per_bucket(&r, "std")["bucket"], "t");
+    assert_eq!(per_bucket(&r, "std")["bucket"], "tgt");
     assert_eq!(r["buckets"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(
-        s.keys("t"),
+        s.keys("tgt"),
         vec![
             "USDCOP/2026-11-30.csv",
             "USDCOP/2026-12-01.csv",
@@ -185,12 +185,12 @@ fn restore_bucket_selects_by_source_bucket() {
         ]
     );
     for k in shared {
-        assert_eq!(s.get("t", k), content("std", k), "t/{k}");
+        assert_eq!(s.get("tgt", k), content("std", k), "tgt/{k}");
     }
 
     // Each into its own target, reported per bucket.
-    let r = s.restore(&["--map", "raw=x", "--map", "std=y"]).ok().json();
-    for (src, dst) in [("raw", "x"), ("std", "y")] {
+    let r = s.restore(&["--map", "raw=xxx", "--map", "std=yyy"]).ok().json();
+    for (src, dst) in [("raw", "xxx"), ("std", "yyy")] {
         let b = per_bucket(&r, src);
         assert_eq!(b["bucket"], dst, "{r}");
         assert_eq!(b["objects"], 3, "{r}");
@@ -299,7 +299,7 @@ fn spool_then_signal(s: &Setup, tmp: &Path, target: &str, signal: i32) -> (i32, 
 #[test]
 fn restore_bucket_spool_is_private_and_removed_on_success_and_signals() {
     let s = Setup::new();
-    for b in ["raw", "t1", "t2", "t3"] {
+    for b in ["raw", "tgt-1", "tgt-2", "tgt-3"] {
         s.server.create_bucket(b);
     }
     // Above the 16 MiB spool threshold, and above the multipart one.
@@ -309,8 +309,8 @@ fn restore_bucket_spool_is_private_and_removed_on_success_and_signals() {
     s.backup(&["raw"]);
 
     for (signal, code, name, target) in [
-        (libc::SIGTERM, 143, "SIGTERM", "t1"),
-        (libc::SIGINT, 130, "SIGINT", "t2"),
+        (libc::SIGTERM, 143, "SIGTERM", "tgt-1"),
+        (libc::SIGINT, 130, "SIGINT", "tgt-2"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let (got, stderr) = spool_then_signal(&s, tmp.path(), target, signal);
@@ -333,14 +333,14 @@ fn restore_bucket_spool_is_private_and_removed_on_success_and_signals() {
         "--endpoint",
         &s.server.endpoint,
         "--bucket",
-        "t3",
+        "tgt-3",
     ]);
     c.env("TMPDIR", tmp.path());
     let r = run_cmd(c, None).ok().json();
     assert_eq!(r["objects"], 2, "{r}");
     assert!(
-        s.get("t3", "big.bin") == big,
-        "t3/big.bin differs from the source"
+        s.get("tgt-3", "big.bin") == big,
+        "tgt-3/big.bin differs from the source"
     );
     let left: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
