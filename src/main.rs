@@ -22,7 +22,16 @@ fn main() {
     // SIGINT/SIGTERM remove this run's decrypted spools and temporary
     // files, then exit 130/143 (usdcop_dr::scratch).
     let code = match runtime.block_on(async {
-        usdcop_dr::scratch::handle_signals()?;
+        usdcop_dr::scratch::handle_signals(move |signal, code, removed| {
+            let message = format!(
+                "stopped by {signal}; removed {removed} temporary file(s) or director(ies) of this run"
+            );
+            eprintln!("usdcop-dr: {message}; exit {code}");
+            if json {
+                let v = serde_json::json!({"error": {"kind": "interrupted", "message": message, "hint": null, "exit_code": code}});
+                println!("{v}");
+            }
+        })?;
         cli::run(args).await
     }) {
         Ok(code) => code,

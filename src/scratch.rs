@@ -232,13 +232,15 @@ fn create_private(path: &Path) -> io::Result<File> {
 }
 
 /// Install the SIGINT/SIGTERM handler on the current tokio runtime: on
-/// either signal, remove every registered path ([`remove_all`]), say so on
-/// stderr and exit with [`EXIT_SIGINT`] / [`EXIT_SIGTERM`].
+/// either signal, remove every registered path ([`remove_all`]), call
+/// `report(signal name, exit code, paths removed)` (the binary prints
+/// there; this library does not) and exit with [`EXIT_SIGINT`] /
+/// [`EXIT_SIGTERM`].
 ///
 /// The handler runs as its own task on a worker thread, so it acts even
 /// while the command's own future is busy or blocked (waiting for
 /// pg_restore, for instance). Must be called inside the runtime.
-pub fn handle_signals() -> Result<()> {
+pub fn handle_signals(report: impl FnOnce(&str, i32, usize) + Send + 'static) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let install = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| Error::io(format!("cannot handle {name}: {e}")))
@@ -250,11 +252,8 @@ pub fn handle_signals() -> Result<()> {
             _ = int.recv() => ("SIGINT", EXIT_SIGINT),
             _ = term.recv() => ("SIGTERM", EXIT_SIGTERM),
         };
-        let n = remove_all();
-        eprintln!(
-            "usdcop-dr: stopped by {name}; removed {n} temporary file(s)/director(ies) of \
-             this run; exit {code}"
-        );
+        let removed = remove_all();
+        report(name, code, removed);
         std::process::exit(code);
     });
     Ok(())

@@ -189,7 +189,10 @@ fn restore_bucket_selects_by_source_bucket() {
     }
 
     // Each into its own target, reported per bucket.
-    let r = s.restore(&["--map", "raw=xxx", "--map", "std=yyy"]).ok().json();
+    let r = s
+        .restore(&["--map", "raw=xxx", "--map", "std=yyy"])
+        .ok()
+        .json();
     for (src, dst) in [("raw", "xxx"), ("std", "yyy")] {
         let b = per_bucket(&r, src);
         assert_eq!(b["bucket"], dst, "{r}");
@@ -246,12 +249,20 @@ fn mode(p: &Path) -> u32 {
 
 /// Start a restore with `TMPDIR=tmp`, wait until it has spooled a file,
 /// check where and with which modes, then send `signal`.
-fn spool_then_signal(s: &Setup, tmp: &Path, target: &str, signal: i32) -> (i32, String) {
+fn spool_then_signal(s: &Setup, tmp: &Path, target: &str, signal: i32) -> (i32, String, String) {
     let ep = s.server.endpoint.clone();
-    let mut c = s.cmd(&["restore", "bucket", "--endpoint", &ep, "--bucket", target]);
+    let mut c = s.cmd(&[
+        "--json",
+        "restore",
+        "bucket",
+        "--endpoint",
+        &ep,
+        "--bucket",
+        target,
+    ]);
     c.env("TMPDIR", tmp)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child: Child = c.spawn().unwrap();
     let start = Instant::now();
@@ -292,6 +303,7 @@ fn spool_then_signal(s: &Setup, tmp: &Path, target: &str, signal: i32) -> (i32, 
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -313,9 +325,14 @@ fn restore_bucket_spool_is_private_and_removed_on_success_and_signals() {
         (libc::SIGINT, 130, "SIGINT", "tgt-2"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
-        let (got, stderr) = spool_then_signal(&s, tmp.path(), target, signal);
+        let (got, stdout, stderr) = spool_then_signal(&s, tmp.path(), target, signal);
         assert_eq!(got, code, "exit code after {name}: {stderr}");
         assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
+        // --json: the error object says so too, with the same exit code.
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("stdout after {name} is not JSON ({e}): {stdout:?}"));
+        assert_eq!(v["error"]["exit_code"], code, "{v}");
+        assert_eq!(v["error"]["kind"], "interrupted", "{v}");
         let left: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
             .flatten()
