@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod progress;
 pub mod repository;
+pub mod scratch;
 pub mod source;
 
 pub use error::{Error, ErrorKind, Result};

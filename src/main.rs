@@ -19,7 +19,21 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match runtime.block_on(cli::run(args)) {
+    // SIGINT/SIGTERM remove this run's decrypted spools and temporary
+    // files, then exit 130/143 (usdcop_dr::scratch).
+    let code = match runtime.block_on(async {
+        usdcop_dr::scratch::handle_signals(move |signal, code, removed| {
+            let message = format!(
+                "stopped by {signal}; removed {removed} temporary file(s) or director(ies) of this run"
+            );
+            eprintln!("usdcop-dr: {message}; exit {code}");
+            if json {
+                let v = serde_json::json!({"error": {"kind": "interrupted", "message": message, "hint": null, "exit_code": code}});
+                println!("{v}");
+            }
+        })?;
+        cli::run(args).await
+    }) {
         Ok(code) => code,
         // A closed pipe (`restore --stdout | head`) is not a failure.
         Err(e) if e.kind() == usdcop_dr::ErrorKind::Interrupted => 0,
@@ -28,6 +42,10 @@ fn main() {
             e.exit_code()
         }
     };
+    // Tasks still running now (the others of a restore that stopped on an
+    // error) are dropped with the runtime, before their guards could
+    // remove what they wrote: remove it here, and let no new file appear.
+    usdcop_dr::scratch::remove_all();
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::exit(code);
 }

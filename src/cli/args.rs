@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand};
 )]
 #[command(
     after_help = "Passphrase: set USDCOP_DR_PASSWORD or USDCOP_DR_PASSWORD_FILE (never a flag).\n\
-Exit codes: 0 ok, 1 operational failure, 2 usage/configuration (incl. wrong passphrase), 3 integrity failure."
+Exit codes: 0 ok, 1 operational failure, 2 usage/configuration (incl. wrong passphrase), 3 integrity failure,\n\
+130/143 stopped by SIGINT/SIGTERM (temporary decrypted files removed first)."
 )]
 pub struct Cli {
     /// Repository: a directory path, file:///path or s3://bucket/prefix
@@ -270,6 +271,11 @@ pub struct RestorePostgresArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("into")
+        .required(true)
+        .args(["bucket", "map", "to_original_names"])
+))]
 pub struct RestoreBucketArgs {
     /// Snapshot id (or unique prefix) or `latest`
     #[arg(long, default_value = "latest")]
@@ -279,15 +285,32 @@ pub struct RestoreBucketArgs {
     pub source: Option<String>,
     #[command(flatten)]
     pub store: BucketStoreArgs,
-    /// Bucket to write the objects into (may differ from the original)
+    /// Bucket to write into (may differ from the original); a snapshot of
+    /// several buckets also needs --from-bucket
+    #[arg(long, conflicts_with_all = ["map", "to_original_names"])]
+    pub bucket: Option<String>,
+    /// The snapshot's bucket to restore (with --bucket; repeatable with
+    /// --to-original-names)
+    #[arg(long, value_name = "BUCKET")]
+    pub from_bucket: Vec<String>,
+    /// Restore the snapshot's bucket SRC into bucket DST (repeatable; one
+    /// source per target)
+    #[arg(long, value_name = "SRC=DST", conflicts_with_all = ["from_bucket", "to_original_names"])]
+    pub map: Vec<String>,
+    /// Restore every bucket of the snapshot (or each --from-bucket) under
+    /// its original name
     #[arg(long)]
-    pub bucket: String,
+    pub to_original_names: bool,
     /// Only objects whose key starts with this
     #[arg(long, default_value = "")]
     pub prefix: String,
     /// Replace existing objects that differ (default: leave them, report conflicts, exit 1)
     #[arg(long)]
     pub overwrite: bool,
+    /// Where to spool objects over 16 MiB (a private directory is made
+    /// there per run; default: the temp directory)
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -161,6 +161,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
             mode: Some(args::RestoreCommand::Bucket(a)),
             ..
         }) => {
+            use restore_bucket::BucketTargets;
+            let targets = match (a.bucket, a.to_original_names) {
+                (Some(bucket), _) => BucketTargets::Into {
+                    bucket,
+                    from: a.from_bucket,
+                },
+                (None, true) => BucketTargets::OriginalNames {
+                    only: a.from_bucket,
+                },
+                (None, false) => BucketTargets::Map(
+                    a.map
+                        .iter()
+                        .map(|m| BucketTargets::parse_mapping(m))
+                        .collect::<Result<_>>()?,
+                ),
+            };
             let repo = Arc::new(Repository::open(backend, &password).await?);
             let (id, snap) = repo.find_snapshot(&a.snapshot, a.source.as_deref()).await?;
             let s = restore_bucket::run(
@@ -168,31 +184,51 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 id,
                 &snap,
                 restore_bucket::BucketRestoreOptions {
-                    bucket: a.bucket,
+                    targets,
                     prefix: a.prefix,
                     overwrite: a.overwrite,
+                    staging_dir: a.staging_dir,
                     s3: a.store.options(),
                 },
                 progress,
             )
             .await?;
             emit(cli.json, &s, || {
-                format!(
-                    "restored snapshot {} into bucket {}: {} objects written ({} overwritten), {} already identical, {} in {:.1}s",
+                let mut t = format!(
+                    "restored snapshot {}: {} objects written ({} overwritten), {} already identical, {} in {:.1}s",
                     id.short(),
-                    s.bucket,
                     s.objects,
                     s.overwritten,
                     s.skipped_identical,
                     human(s.bytes),
                     s.duration_s
-                )
+                );
+                for b in &s.buckets {
+                    t += &format!(
+                        "\n  {} -> {}: {} written ({} overwritten), {} identical, {} conflicts, {} failed, {}",
+                        b.source,
+                        b.bucket,
+                        b.objects,
+                        b.overwritten,
+                        b.skipped_identical,
+                        b.conflicts,
+                        b.failed,
+                        human(b.bytes)
+                    );
+                }
+                t
             })?;
             for c in &s.conflicts {
-                eprintln!("usdcop-dr: conflict: {}: {}", c.key, c.reason);
+                eprintln!(
+                    "usdcop-dr: conflict: s3://{}/{}: {}",
+                    c.bucket, c.key, c.reason
+                );
             }
             for f in &s.failed {
-                eprintln!("usdcop-dr: not restored: {}: {}", f.key, f.error);
+                eprintln!(
+                    "usdcop-dr: not restored: s3://{}/{}: {}",
+                    f.bucket, f.key, f.error
+                );
             }
             if !s.failed.is_empty() {
                 return Err(Error::integrity(format!(

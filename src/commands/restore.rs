@@ -238,9 +238,11 @@ async fn restore_file(
         ".{name}.usdcop-dr-{}",
         hex::encode(crate::crypto::random_bytes::<4>())
     ));
+    // Registered (removed on errors, drop and SIGINT/SIGTERM) and 0600
+    // until its metadata is set: decrypted data is not left readable.
+    let (guard, file) = crate::scratch::TempFile::create(&tmp)
+        .map_err(|err| write_err(&tmp.display().to_string(), err))?;
     let result = async {
-        let file = std::fs::File::create(&tmp)
-            .map_err(|err| write_err(&tmp.display().to_string(), err))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let n = copy_entry(reader, e, &mut out, progress).await?;
         let file = out
@@ -253,8 +255,8 @@ async fn restore_file(
         Ok(n)
     }
     .await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if result.is_ok() {
+        guard.keep();
     }
     result
 }

@@ -1,10 +1,21 @@
-//! `restore bucket`: put a bucket snapshot's objects back into a bucket
-//! (the original or another, on any endpoint), with their content type and
-//! user metadata, every object checked end to end.
+//! `restore bucket`: put a bucket snapshot's objects back into buckets
+//! (the original ones or others, on any endpoint), with their content type
+//! and user metadata, every object checked end to end.
 //!
+//! - A snapshot may hold several buckets, and their keys may collide: each
+//!   source bucket is restored into a target bucket of its own
+//!   ([`BucketTargets`], resolved by [`resolve`] before anything is read or
+//!   written). An ambiguous request (several buckets, one `--bucket`), a
+//!   bucket the snapshot does not hold, or two sources into one target is
+//!   a usage error: merging would let colliding keys overwrite each other
+//!   in upload order. (Merging on purpose stays possible and
+//!   deterministic: restore one source, then the other without
+//!   `--overwrite`; collisions are then reported as conflicts.)
 //! - Content streams from the repository ([`ChunkReader`]); objects up to
-//!   16 MiB are assembled in memory, larger ones spooled to a temporary
-//!   file and uploaded from it (multipart), so memory stays bounded.
+//!   16 MiB are assembled in memory, larger ones spooled to a 0600 file in
+//!   a private 0700 directory of this run ([`PrivateDir`]) and uploaded
+//!   from it (multipart), so memory stays bounded and the decrypted spool
+//!   is readable by no one else and removed however the run ends.
 //! - Before upload the content's SHA-256 is checked against the snapshot;
 //!   after upload the object is read back and checked again.
 //! - An object already in the target bucket with the same size and either
@@ -12,8 +23,9 @@
 //!   is skipped. One that differs is a *conflict*: left alone
 //!   and reported, unless `overwrite` is set.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,24 +41,166 @@ use crate::format::{Hasher, Id};
 use crate::pipeline::ChunkReader;
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::scratch::PrivateDir;
 use crate::source::bucket::{BucketClient, Listed};
 
 /// Objects larger than this are spooled to a file, not held in memory.
 pub const SPOOL_THRESHOLD: u64 = 16 << 20;
 const CONCURRENCY: usize = 8;
 
+/// Which of the snapshot's buckets go into which target bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketTargets {
+    /// Into `bucket`: the snapshot's only bucket, or the one in `from`
+    /// (more than one source is refused).
+    Into { bucket: String, from: Vec<String> },
+    /// Each `(source, target)` pair; a target receives one source.
+    Map(Vec<(String, String)>),
+    /// Every bucket of the snapshot (or those in `only`) under its own name.
+    OriginalNames { only: Vec<String> },
+}
+
+impl BucketTargets {
+    /// Parse one `SRC=DST` mapping (`--map`).
+    pub fn parse_mapping(s: &str) -> Result<(String, String)> {
+        match s.split_once('=') {
+            Some((src, dst)) if !src.is_empty() && !dst.is_empty() => {
+                Ok((src.to_owned(), dst.to_owned()))
+            }
+            _ => Err(Error::usage(format!(
+                "--map {s:?} is not SOURCE=TARGET (e.g. --map raw=raw-restored)"
+            ))),
+        }
+    }
+}
+
 pub struct BucketRestoreOptions {
-    pub bucket: String,
-    /// Only keys starting with this.
+    pub targets: BucketTargets,
+    /// Only keys starting with this (in every selected bucket).
     pub prefix: String,
     pub overwrite: bool,
+    /// Where the private spool directory goes (default `$TMPDIR`).
+    pub staging_dir: Option<PathBuf>,
     /// The target store: endpoint, region, profile (or the AWS chain),
     /// apart from the repository's.
     pub s3: S3Options,
 }
 
+/// The buckets a snapshot holds: those of its objects and those it was
+/// asked for (`s3://bucket/prefix` in its paths, even if empty), sorted.
+pub fn buckets_of(snap: &Snapshot) -> Vec<String> {
+    let mut out: BTreeSet<String> = snap
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryType::Object)
+        .filter_map(|e| e.object.as_ref().map(|o| o.bucket.clone()))
+        .collect();
+    for p in &snap.paths {
+        if let Some(rest) = p.strip_prefix("s3://") {
+            let b = rest.split('/').next().unwrap_or("");
+            if !b.is_empty() {
+                out.insert(b.to_owned());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// `(source bucket, target bucket)` pairs for a request against a snapshot
+/// holding `in_snapshot` (pure). Refuses, as usage errors: an ambiguous
+/// request, a source the snapshot does not hold, a source named twice,
+/// and two sources into one target.
+pub fn resolve(
+    targets: &BucketTargets,
+    in_snapshot: &[String],
+    snapshot: &str,
+) -> Result<Vec<(String, String)>> {
+    let holds = || {
+        if in_snapshot.is_empty() {
+            "none".to_owned()
+        } else {
+            in_snapshot.join(", ")
+        }
+    };
+    let known = |b: &str| -> Result<()> {
+        if in_snapshot.iter().any(|s| s == b) {
+            Ok(())
+        } else {
+            Err(Error::usage(format!(
+                "snapshot {snapshot} holds no bucket {b:?}; its buckets: {}",
+                holds()
+            )))
+        }
+    };
+    let pairs: Vec<(String, String)> = match targets {
+        BucketTargets::Into { bucket, from } => match (from.as_slice(), in_snapshot) {
+            ([src], _) => {
+                known(src)?;
+                vec![(src.clone(), bucket.clone())]
+            }
+            ([], [only]) => vec![(only.clone(), bucket.clone())],
+            ([], []) => vec![],
+            ([], _) => {
+                return Err(Error::usage(format!(
+                    "snapshot {snapshot} holds {} buckets ({}): restoring them all into {bucket:?} \
+                     would mix their objects; say which bucket goes where",
+                    in_snapshot.len(),
+                    holds()
+                ))
+                .with_hint(format!(
+                    "--from-bucket {} --bucket {bucket}; or --map SOURCE=TARGET for each; \
+                     or --to-original-names",
+                    in_snapshot[0]
+                )))
+            }
+            (_, _) => {
+                return Err(Error::usage(format!(
+                    "{} source buckets ({}) into the one bucket {bucket:?}: their keys may collide",
+                    from.len(),
+                    from.join(", ")
+                ))
+                .with_hint("restore one --from-bucket per run, or use --map SOURCE=TARGET"))
+            }
+        },
+        BucketTargets::Map(pairs) => {
+            if pairs.is_empty() {
+                return Err(Error::usage("no --map SOURCE=TARGET given"));
+            }
+            pairs.clone()
+        }
+        BucketTargets::OriginalNames { only } if only.is_empty() => {
+            in_snapshot.iter().map(|b| (b.clone(), b.clone())).collect()
+        }
+        BucketTargets::OriginalNames { only } => {
+            only.iter().map(|b| (b.clone(), b.clone())).collect()
+        }
+    };
+    let mut sources = BTreeSet::new();
+    let mut into: HashMap<&str, &str> = HashMap::new();
+    for (src, dst) in &pairs {
+        known(src)?;
+        if !sources.insert(src.as_str()) {
+            return Err(Error::usage(format!(
+                "source bucket {src:?} is named twice"
+            )));
+        }
+        if let Some(other) = into.insert(dst.as_str(), src.as_str()) {
+            return Err(Error::usage(format!(
+                "source buckets {other:?} and {src:?} both map to {dst:?}: their keys may collide"
+            ))
+            .with_hint(
+                "give each source its own target; to merge on purpose, restore one, then \
+                 the other without --overwrite (collisions are reported as conflicts)",
+            ));
+        }
+    }
+    Ok(pairs)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Conflict {
+    /// The target bucket.
+    pub bucket: String,
     pub key: String,
     /// Why the existing object is considered different.
     pub reason: String,
@@ -54,16 +208,33 @@ pub struct Conflict {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FailedObject {
+    /// The target bucket.
+    pub bucket: String,
     pub key: String,
     pub error: String,
 }
 
-/// The `restore bucket --json` shape (docs/CLI.md).
+/// One source bucket's restore into its target.
+#[derive(Debug, Clone, Serialize)]
+pub struct BucketResult {
+    /// The bucket as recorded in the snapshot.
+    pub source: String,
+    /// The bucket written into.
+    pub bucket: String,
+    pub objects: u64,
+    pub bytes: u64,
+    pub overwritten: u64,
+    pub skipped_identical: u64,
+    pub conflicts: u64,
+    pub failed: u64,
+}
+
+/// The `restore bucket --json` shape (docs/CLI.md): per bucket, then totals.
 #[derive(Debug, Clone, Serialize)]
 pub struct BucketRestoreSummary {
     pub snapshot_id: Id,
-    pub bucket: String,
-    /// Objects written (new or overwritten).
+    pub buckets: Vec<BucketResult>,
+    /// Objects written (new or overwritten), over every bucket.
     pub objects: u64,
     pub bytes: u64,
     pub overwritten: u64,
@@ -83,6 +254,14 @@ enum Outcome {
     Failed(FailedObject),
 }
 
+/// A target bucket, what it already holds, and where its objects come from.
+struct Target {
+    source: String,
+    bucket: String,
+    backend: S3Backend,
+    existing: HashMap<String, Listed>,
+}
+
 pub async fn run(
     repo: Arc<Repository>,
     snapshot_id: Id,
@@ -91,58 +270,88 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<BucketRestoreSummary> {
     let clock = Instant::now();
-    let selected: Vec<&Entry> = snap
+    // Decided from the snapshot alone, before any request.
+    let pairs = resolve(&opts.targets, &buckets_of(snap), &snapshot_id.short())?;
+    let slot: HashMap<&str, usize> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (src, _))| (src.as_str(), i))
+        .collect();
+    let selected: Vec<(usize, &Entry)> = snap
         .entries
         .iter()
         .filter(|e| e.kind == EntryType::Object)
-        .filter(|e| {
-            e.object
-                .as_ref()
-                .is_some_and(|o| o.key.starts_with(&opts.prefix))
+        .filter_map(|e| {
+            let o = e.object.as_ref()?;
+            if !o.key.starts_with(&opts.prefix) {
+                return None;
+            }
+            slot.get(o.bucket.as_str()).map(|&i| (i, e))
         })
         .collect();
     if selected.is_empty() {
+        let sources: Vec<&str> = pairs.iter().map(|(s, _)| s.as_str()).collect();
         return Err(Error::not_found(format!(
-            "snapshot {} has no bucket object under prefix {:?}",
+            "snapshot {} has no object of bucket(s) [{}] under prefix {:?}",
             snapshot_id.short(),
+            sources.join(", "),
             opts.prefix
         ))
         .with_hint("restore bucket needs a snapshot made by `backup bucket`"));
     }
+    // Only a run with large objects needs local disk.
+    let spool = match selected.iter().any(|(_, e)| e.size > SPOOL_THRESHOLD) {
+        true => Some(PrivateDir::create(opts.staging_dir.as_deref())?),
+        false => None,
+    };
     let index = repo.load_index().await?;
     let reader = ChunkReader::new(repo.clone(), index);
-    let target = S3Backend::open_as(
-        &format!("s3://{}", opts.bucket),
-        &opts.s3,
-        StoreRole::Target,
-    )
-    .await?;
     let client = BucketClient::connect(&opts.s3, StoreRole::Target).await?;
-    let existing: HashMap<String, Listed> = client
-        .list(&opts.bucket, &opts.prefix)
-        .await?
-        .into_iter()
-        .map(|o| (o.key.clone(), o))
-        .collect();
-    progress.set_total(selected.iter().map(|e| e.size).sum());
-    let outcomes: Vec<Result<Outcome>> = futures::stream::iter(selected)
-        .map(|e| {
-            restore_one(
-                &reader,
-                &target,
-                &client,
-                &opts,
-                e,
-                existing.get(&e.object.as_ref().unwrap().key),
-                progress.as_ref(),
-            )
+    let mut targets = Vec::with_capacity(pairs.len());
+    for (source, bucket) in pairs {
+        let backend =
+            S3Backend::open_as(&format!("s3://{bucket}"), &opts.s3, StoreRole::Target).await?;
+        let existing = client
+            .list(&bucket, &opts.prefix)
+            .await?
+            .into_iter()
+            .map(|o| (o.key.clone(), o))
+            .collect();
+        targets.push(Target {
+            source,
+            bucket,
+            backend,
+            existing,
+        });
+    }
+    progress.set_total(selected.iter().map(|(_, e)| e.size).sum());
+    let outcomes: Vec<(usize, Result<Outcome>)> = futures::stream::iter(selected)
+        .map(|(i, e)| {
+            let (t, reader, client, opts) = (&targets[i], &reader, &client, &opts);
+            let (spool, progress) = (spool.as_ref(), progress.as_ref());
+            async move {
+                let r = restore_one(reader, t, client, opts, e, spool, progress).await;
+                (i, r)
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
     let mut s = BucketRestoreSummary {
         snapshot_id,
-        bucket: opts.bucket.clone(),
+        buckets: targets
+            .iter()
+            .map(|t| BucketResult {
+                source: t.source.clone(),
+                bucket: t.bucket.clone(),
+                objects: 0,
+                bytes: 0,
+                overwritten: 0,
+                skipped_identical: 0,
+                conflicts: 0,
+                failed: 0,
+            })
+            .collect(),
         objects: 0,
         bytes: 0,
         overwritten: 0,
@@ -152,55 +361,77 @@ pub async fn run(
         duration_s: 0.0,
         target_requests: RequestCounts::default(),
     };
-    for o in outcomes {
+    for (i, o) in outcomes {
+        let b = &mut s.buckets[i];
         match o? {
             Outcome::Written { bytes, overwrote } => {
-                s.objects += 1;
-                s.bytes += bytes;
-                s.overwritten += overwrote as u64;
+                b.objects += 1;
+                b.bytes += bytes;
+                b.overwritten += overwrote as u64;
             }
-            Outcome::Identical => s.skipped_identical += 1,
-            Outcome::Conflict(c) => s.conflicts.push(c),
-            Outcome::Failed(f) => s.failed.push(f),
+            Outcome::Identical => b.skipped_identical += 1,
+            Outcome::Conflict(c) => {
+                b.conflicts += 1;
+                s.conflicts.push(c);
+            }
+            Outcome::Failed(f) => {
+                b.failed += 1;
+                s.failed.push(f);
+            }
         }
     }
-    s.conflicts.sort_by(|a, b| a.key.cmp(&b.key));
-    s.failed.sort_by(|a, b| a.key.cmp(&b.key));
-    let (t, c) = (target.stats(), client.requests());
-    s.target_requests = RequestCounts {
-        put: t.put + c.put,
-        get: t.get + c.get,
-        head: t.head + c.head,
-        list: t.list + c.list,
-        delete: t.delete + c.delete,
-        multipart: t.multipart + c.multipart,
-        bytes_up: t.bytes_up + c.bytes_up,
-        bytes_down: t.bytes_down + c.bytes_down,
-    };
+    for b in &s.buckets {
+        s.objects += b.objects;
+        s.bytes += b.bytes;
+        s.overwritten += b.overwritten;
+        s.skipped_identical += b.skipped_identical;
+    }
+    s.conflicts
+        .sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
+    s.failed
+        .sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
+    let mut all = vec![client.requests()];
+    all.extend(targets.iter().map(|t| t.backend.stats()));
+    for c in all {
+        let t = &mut s.target_requests;
+        t.put += c.put;
+        t.get += c.get;
+        t.head += c.head;
+        t.list += c.list;
+        t.delete += c.delete;
+        t.multipart += c.multipart;
+        t.bytes_up += c.bytes_up;
+        t.bytes_down += c.bytes_down;
+    }
+    // Any spool a failed upload left behind goes with the directory.
+    drop(spool);
     s.duration_s = clock.elapsed().as_secs_f64();
     Ok(s)
 }
 
 async fn restore_one(
     reader: &ChunkReader,
-    target: &S3Backend,
+    t: &Target,
     client: &BucketClient,
     opts: &BucketRestoreOptions,
     e: &Entry,
-    existing: Option<&Listed>,
+    spool: Option<&PrivateDir>,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
+    let bucket = t.bucket.as_str();
     let info = e.object.as_ref().expect("object entry");
     let key = info.key.as_str();
+    let existing = t.existing.get(key);
     let failed = |err: Error| -> Result<Outcome> {
         if matches!(err.kind(), ErrorKind::Integrity | ErrorKind::NotFound) {
             progress.warn(&format!("{key}: {err}"));
             Ok(Outcome::Failed(FailedObject {
+                bucket: bucket.to_owned(),
                 key: key.to_owned(),
                 error: err.to_string(),
             }))
         } else {
-            Err(err.context(format!("s3://{}/{key}", opts.bucket)))
+            Err(err.context(format!("s3://{bucket}/{key}")))
         }
     };
     let mut overwrote = false;
@@ -215,7 +446,7 @@ async fn restore_one(
             // the snapshot was taken of (no download needed).
             return Ok(Outcome::Identical);
         } else {
-            match client.sha256(&opts.bucket, key).await {
+            match client.sha256(bucket, key).await {
                 Ok((_, h)) if Some(h) == e.sha256 => return Ok(Outcome::Identical),
                 Ok(_) => Some("same size, different content (SHA-256)".to_owned()),
                 // Deleted meanwhile: just write it.
@@ -226,6 +457,7 @@ async fn restore_one(
         if let Some(reason) = reason {
             if !opts.overwrite {
                 return Ok(Outcome::Conflict(Conflict {
+                    bucket: bucket.to_owned(),
                     key: key.to_owned(),
                     reason,
                 }));
@@ -234,7 +466,7 @@ async fn restore_one(
         }
     }
     progress.set_item(key);
-    let payload = match read_content(reader, e, progress).await {
+    let payload = match read_content(reader, e, spool, progress).await {
         Ok(p) => p,
         Err(err) => return failed(err),
     };
@@ -242,9 +474,9 @@ async fn restore_one(
         content_type: info.content_type.clone(),
         metadata: info.user_metadata.clone(),
     };
-    target.put_object_with(key, payload, &attrs).await?;
+    t.backend.put_object_with(key, payload, &attrs).await?;
     // Read back what the store now holds.
-    match client.sha256(&opts.bucket, key).await {
+    match client.sha256(bucket, key).await {
         Ok((n, h)) if n == e.size && Some(h) == e.sha256 => Ok(Outcome::Written {
             bytes: n,
             overwrote,
@@ -258,26 +490,29 @@ async fn restore_one(
 }
 
 /// The object's content from the repository, checked against the
-/// snapshot: in memory up to [`SPOOL_THRESHOLD`], else in a spool file.
-async fn read_content(reader: &ChunkReader, e: &Entry, progress: &dyn Progress) -> Result<Payload> {
+/// snapshot: in memory up to [`SPOOL_THRESHOLD`], else in a spool file
+/// (0600, in the run's private directory; the upload removes it).
+async fn read_content(
+    reader: &ChunkReader,
+    e: &Entry,
+    spool_dir: Option<&PrivateDir>,
+    progress: &dyn Progress,
+) -> Result<Payload> {
     let mut hasher = Hasher::new();
     let mut n = 0u64;
     let mut chunks = reader.stream(e.chunks.clone());
-    let spool = (e.size > SPOOL_THRESHOLD).then(|| {
-        std::env::temp_dir().join(format!(
-            "usdcop-dr-restore-{}",
-            hex::encode(crate::crypto::random_bytes::<8>())
-        ))
-    });
+    let (spool, mut file) = match spool_dir {
+        Some(dir) if e.size > SPOOL_THRESHOLD => {
+            let name = format!("object-{}", hex::encode(crate::crypto::random_bytes::<8>()));
+            let (path, f) = dir.create_file(&name)?;
+            (
+                Some(path),
+                Some(std::io::BufWriter::with_capacity(1 << 20, f)),
+            )
+        }
+        _ => (None, None),
+    };
     let result = async {
-        let mut file = match &spool {
-            Some(p) => Some(std::io::BufWriter::with_capacity(
-                1 << 20,
-                std::fs::File::create(p)
-                    .map_err(|err| Error::io(format!("creating {}: {err}", p.display())))?,
-            )),
-            None => None,
-        };
         let mut mem = BytesMut::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -316,4 +551,109 @@ async fn read_content(reader: &ChunkReader, e: &Entry, progress: &dyn Progress) 
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn into(bucket: &str, from: &[&str]) -> BucketTargets {
+        BucketTargets::Into {
+            bucket: bucket.into(),
+            from: names(from),
+        }
+    }
+
+    #[test]
+    fn one_bucket_snapshot_goes_into_the_named_bucket() {
+        let r = resolve(&into("t", &[]), &names(&["raw"]), "ab12").unwrap();
+        assert_eq!(r, pairs(&[("raw", "t")]));
+    }
+
+    #[test]
+    fn several_buckets_into_one_target_is_refused_and_lists_them() {
+        let e = resolve(&into("t", &[]), &names(&["a", "b"]), "ab12").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.message().contains("2 buckets (a, b)"), "{e}");
+        assert!(e.hint().unwrap().contains("--from-bucket a --bucket t"));
+        let e = resolve(&into("t", &["a", "b"]), &names(&["a", "b"]), "ab12").unwrap_err();
+        assert!(e.message().contains("collide"), "{e}");
+    }
+
+    #[test]
+    fn from_bucket_picks_one_source() {
+        let r = resolve(&into("t", &["b"]), &names(&["a", "b"]), "ab12").unwrap();
+        assert_eq!(r, pairs(&[("b", "t")]));
+        let e = resolve(&into("t", &["c"]), &names(&["a", "b"]), "ab12").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.message()
+                .contains("holds no bucket \"c\"; its buckets: a, b"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn maps_are_checked_against_the_snapshot_and_each_other() {
+        let have = names(&["a", "b"]);
+        let ok = BucketTargets::Map(pairs(&[("a", "x"), ("b", "y")]));
+        assert_eq!(
+            resolve(&ok, &have, "s").unwrap(),
+            pairs(&[("a", "x"), ("b", "y")])
+        );
+        // Swapping names is fine: each target still has one source.
+        let swap = BucketTargets::Map(pairs(&[("a", "b"), ("b", "a")]));
+        assert!(resolve(&swap, &have, "s").is_ok());
+        for (bad, says) in [
+            (pairs(&[("a", "x"), ("z", "y")]), "holds no bucket \"z\""),
+            (pairs(&[("a", "x"), ("b", "x")]), "both map to \"x\""),
+            (pairs(&[("a", "x"), ("a", "y")]), "named twice"),
+        ] {
+            let e = resolve(&BucketTargets::Map(bad), &have, "s").unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.message().contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn original_names_restore_every_bucket_or_the_chosen_ones() {
+        let have = names(&["a", "b"]);
+        let all = BucketTargets::OriginalNames { only: vec![] };
+        assert_eq!(
+            resolve(&all, &have, "s").unwrap(),
+            pairs(&[("a", "a"), ("b", "b")])
+        );
+        let one = BucketTargets::OriginalNames {
+            only: names(&["b"]),
+        };
+        assert_eq!(resolve(&one, &have, "s").unwrap(), pairs(&[("b", "b")]));
+        let bad = BucketTargets::OriginalNames {
+            only: names(&["c"]),
+        };
+        assert_eq!(resolve(&bad, &have, "s").unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn mappings_parse() {
+        assert_eq!(
+            BucketTargets::parse_mapping("raw=raw-2").unwrap(),
+            ("raw".to_owned(), "raw-2".to_owned())
+        );
+        for bad in ["raw", "=x", "x=", ""] {
+            assert_eq!(
+                BucketTargets::parse_mapping(bad).unwrap_err().exit_code(),
+                2
+            );
+        }
+    }
 }

@@ -305,16 +305,10 @@ async fn apply_globals(
         .collect())
 }
 
-/// Removes the staged dump however the restore ends.
-struct Staged(PathBuf);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Stage the dump on local disk, then run a parallel `pg_restore` on it.
+/// The dump is decrypted data: it is staged as a 0600 file in a private
+/// 0700 directory of this run (under `dir`, else `$TMPDIR`), removed with
+/// it however the restore ends, SIGINT/SIGTERM included.
 async fn restore_staged(
     reader: &ChunkReader,
     entry: &Entry,
@@ -322,31 +316,20 @@ async fn restore_staged(
     dir: Option<&std::path::Path>,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = dir.map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let path = dir.join(format!(
-        "usdcop-dr-restore-{}.dump",
-        hex::encode(crate::crypto::random_bytes::<8>())
-    ));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| {
-            Error::io(format!("cannot stage the dump in {}: {e}", dir.display()))
-                .with_hint("pick a directory with room for the dump with --staging-dir")
-        })?;
-    let staged = Staged(path);
+    let private = crate::scratch::PrivateDir::create(dir)?;
+    let (path, file) = private
+        .create_file("dump")
+        .map_err(|e| e.with_hint("pick a directory with room for the dump with --staging-dir"))?;
+    let where_ = private.path().display().to_string();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let n = super::restore::copy_entry(reader, entry, &mut out, progress)
         .await
-        .map_err(|e| e.context(format!("staging the dump in {}", dir.display())))?;
+        .map_err(|e| e.context(format!("staging the dump in {where_}")))?;
     let file = out
         .into_inner()
-        .map_err(|e| Error::io(format!("staging the dump: {}", e.error())))?;
+        .map_err(|e| Error::io(format!("staging the dump in {where_}: {}", e.error())))?;
     drop(file);
-    cmd.arg(&staged.0);
+    cmd.arg(&path);
     let finished = tokio::task::spawn_blocking(move || {
         let (child, stdin) = tools::FedChild::spawn("pg_restore", cmd)?;
         drop(stdin);
@@ -354,7 +337,7 @@ async fn restore_staged(
     })
     .await
     .map_err(|e| Error::io(format!("pg_restore task failed: {e}")))?;
-    drop(staged);
+    drop(private);
     finished.map(|_| n)
 }
 

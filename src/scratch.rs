@@ -1,0 +1,339 @@
+//! Decrypted data on local disk: private scratch space, and its removal
+//! however a run ends.
+//!
+//! A restore sometimes has to put plaintext of an encrypted backup on local
+//! disk: `restore bucket` spools objects too large for memory, `restore
+//! postgres --jobs N` stages the dump for a parallel pg_restore, a
+//! directory restore writes each file under a temporary name beside its
+//! destination. So:
+//!
+//! - spools and staged dumps live in a [`PrivateDir`]: a directory of mode
+//!   0700 made for this run only (`usdcop-dr-<pid>-<random>` under
+//!   `--staging-dir` or `$TMPDIR`), holding files of mode 0600 created
+//!   with `O_EXCL` (never through a planted name or link);
+//! - every such path is *registered* while it exists, and dropping its
+//!   guard removes it: success, error paths, panics and cancelled tasks;
+//! - [`remove_all`] removes every registered path and refuses any new one.
+//!   The binary calls it from its SIGINT/SIGTERM handler
+//!   ([`handle_signals`], which then exits 130/143) and once the command
+//!   has returned, before the runtime drops tasks still running (their
+//!   guards would not run then).
+//!
+//! A path is created while the registry is locked: it is either created
+//! and registered before [`remove_all`] runs (which then removes it), or
+//! refused after; never created unseen.
+
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// Exit code after SIGINT (128 + 2), as a shell reports it.
+pub const EXIT_SIGINT: i32 = 130;
+/// Exit code after SIGTERM (128 + 15).
+pub const EXIT_SIGTERM: i32 = 143;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+}
+
+/// Paths to remove if the run stops now.
+struct Registry {
+    next: u64,
+    paths: BTreeMap<u64, (PathBuf, Kind)>,
+    /// Set by [`Registry::remove_all`]: the run is ending.
+    closed: bool,
+}
+
+impl Registry {
+    const fn new() -> Registry {
+        Registry {
+            next: 0,
+            paths: BTreeMap::new(),
+            closed: false,
+        }
+    }
+
+    /// Create `path` with `create` and register it, unless the run is ending.
+    fn add<T>(
+        &mut self,
+        path: &Path,
+        kind: Kind,
+        create: impl FnOnce(&Path) -> io::Result<T>,
+    ) -> io::Result<(u64, T)> {
+        if self.closed {
+            return Err(io::Error::other(
+                "the run is stopping: no new temporary files",
+            ));
+        }
+        let made = create(path)?;
+        self.next += 1;
+        self.paths.insert(self.next, (path.to_owned(), kind));
+        Ok((self.next, made))
+    }
+
+    /// Forget `id`; remove its path too when `delete`.
+    fn remove(&mut self, id: u64, delete: bool) {
+        if let Some((path, kind)) = self.paths.remove(&id) {
+            if delete {
+                delete_path(&path, kind);
+            }
+        }
+    }
+
+    fn remove_all(&mut self) -> usize {
+        self.closed = true;
+        let paths = std::mem::take(&mut self.paths);
+        for (path, kind) in paths.values() {
+            delete_path(path, *kind);
+        }
+        paths.len()
+    }
+}
+
+fn delete_path(path: &Path, kind: Kind) {
+    let _ = match kind {
+        Kind::File => std::fs::remove_file(path),
+        Kind::Dir => std::fs::remove_dir_all(path),
+    };
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
+
+fn registry() -> MutexGuard<'static, Registry> {
+    // A panic elsewhere while holding the lock leaves the map consistent
+    // (every change is one insert or remove): keep using it.
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Remove every registered file and directory now, and refuse new ones
+/// from here on (the process is about to exit). Returns how many paths
+/// were registered.
+pub fn remove_all() -> usize {
+    registry().remove_all()
+}
+
+/// A directory of mode 0700 for this run's decrypted spools, removed with
+/// everything in it when dropped (or by [`remove_all`]).
+#[derive(Debug)]
+pub struct PrivateDir {
+    id: u64,
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    /// A new directory `usdcop-dr-<pid>-<random>` under `base`, or under
+    /// the temporary directory (`$TMPDIR`, else `/tmp`).
+    pub fn create(base: Option<&Path>) -> Result<PrivateDir> {
+        let base = base.map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let path = base.join(format!(
+            "usdcop-dr-{}-{}",
+            std::process::id(),
+            hex::encode(crate::crypto::random_bytes::<6>())
+        ));
+        let (id, ()) = registry()
+            .add(&path, Kind::Dir, |p| {
+                // mkdir fails on any existing name (a link included), and
+                // the mode is set again in case the umask took bits away.
+                DirBuilder::new().mode(0o700).create(p)?;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| {
+                Error::io(format!(
+                    "cannot create a private directory in {} for decrypted data: {e}",
+                    base.display()
+                ))
+                .with_hint("choose a directory with room for it with --staging-dir (or TMPDIR)")
+            })?;
+        Ok(PrivateDir { id, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new empty file of mode 0600 in this directory, open for writing.
+    /// `name` must be unique within the run (callers add a counter or a
+    /// random part).
+    pub fn create_file(&self, name: &str) -> Result<(PathBuf, File)> {
+        let path = self.path.join(name);
+        let reg = registry();
+        if reg.closed || !reg.paths.contains_key(&self.id) {
+            return Err(Error::io(format!(
+                "cannot create {}: the run is stopping",
+                path.display()
+            )));
+        }
+        let file = create_private(&path)
+            .map_err(|e| Error::io(format!("cannot create {}: {e}", path.display())))?;
+        drop(reg);
+        Ok((path, file))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        registry().remove(self.id, true);
+    }
+}
+
+/// A file created for the run (mode 0600, `O_EXCL`), removed when dropped
+/// unless [`TempFile::keep`] says it is now real data (renamed into place).
+#[derive(Debug)]
+pub struct TempFile {
+    id: u64,
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    /// Create and register `path`; it must not exist.
+    pub fn create(path: &Path) -> io::Result<(TempFile, File)> {
+        let (id, file) = registry().add(path, Kind::File, create_private)?;
+        Ok((
+            TempFile {
+                id,
+                path: path.to_owned(),
+                keep: false,
+            },
+            file,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file was renamed into place: leave it (and its old name) alone.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        registry().remove(self.id, !self.keep);
+    }
+}
+
+fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Install the SIGINT/SIGTERM handler on the current tokio runtime: on
+/// either signal, remove every registered path ([`remove_all`]), call
+/// `report(signal name, exit code, paths removed)` (the binary prints
+/// there; this library does not) and exit with [`EXIT_SIGINT`] /
+/// [`EXIT_SIGTERM`].
+///
+/// The handler runs as its own task on a worker thread, so it acts even
+/// while the command's own future is busy or blocked (waiting for
+/// pg_restore, for instance). Must be called inside the runtime.
+pub fn handle_signals(report: impl FnOnce(&str, i32, usize) + Send + 'static) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Error::io(format!("cannot handle {name}: {e}")))
+    };
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    tokio::spawn(async move {
+        let (name, code) = tokio::select! {
+            _ = int.recv() => ("SIGINT", EXIT_SIGINT),
+            _ = term.recv() => ("SIGTERM", EXIT_SIGTERM),
+        };
+        let removed = remove_all();
+        report(name, code, removed);
+        std::process::exit(code);
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn private_dir_is_0700_its_files_0600_and_both_vanish_on_drop() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = PrivateDir::create(Some(base.path())).unwrap();
+        assert!(dir.path().starts_with(base.path()));
+        assert_eq!(mode(dir.path()), 0o700);
+        let (p, mut f) = dir.create_file("spool-1").unwrap();
+        io::Write::write_all(&mut f, b"plaintext").unwrap();
+        assert_eq!(mode(&p), 0o600);
+        // The same name twice is refused (O_EXCL), not truncated.
+        assert!(dir.create_file("spool-1").is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"plaintext");
+        drop(dir);
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn private_dir_creation_names_the_base_on_failure() {
+        let e = PrivateDir::create(Some(Path::new("/nonexistent/usdcop-dr-base"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/usdcop-dr-base"), "{e}");
+        assert!(e.hint().unwrap().contains("--staging-dir"));
+    }
+
+    #[test]
+    fn temp_file_is_removed_on_drop_unless_kept() {
+        let base = tempfile::tempdir().unwrap();
+        let a = base.path().join("a.tmp");
+        let (t, _) = TempFile::create(&a).unwrap();
+        assert_eq!(mode(&a), 0o600);
+        drop(t);
+        assert!(!a.exists());
+        let b = base.path().join("b.tmp");
+        let (t, _) = TempFile::create(&b).unwrap();
+        std::fs::rename(&b, base.path().join("b")).unwrap();
+        // A new file under the old name is not ours: keep() leaves it.
+        std::fs::write(&b, b"other").unwrap();
+        t.keep();
+        assert!(b.exists() && base.path().join("b").exists());
+    }
+
+    #[test]
+    fn temp_file_never_follows_a_planted_link() {
+        let base = tempfile::tempdir().unwrap();
+        let victim = base.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let link = base.path().join("x.tmp");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(TempFile::create(&link).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn remove_all_removes_everything_registered_and_refuses_new_paths() {
+        // A registry of its own: the global one must stay open for the
+        // other tests of this process.
+        let base = tempfile::tempdir().unwrap();
+        let mut reg = Registry::new();
+        let d = base.path().join("d");
+        reg.add(&d, Kind::Dir, |p| std::fs::create_dir(p)).unwrap();
+        std::fs::write(d.join("inner"), b"x").unwrap();
+        let f = base.path().join("f");
+        reg.add(&f, Kind::File, create_private).unwrap();
+        assert_eq!(reg.remove_all(), 2);
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+        let g = base.path().join("g");
+        let refused = reg.add(&g, Kind::File, create_private).unwrap_err();
+        assert!(refused.to_string().contains("stopping"), "{refused}");
+        assert!(!g.exists(), "nothing is created once the run is stopping");
+    }
+}

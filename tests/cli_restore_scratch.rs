@@ -1,0 +1,174 @@
+//! Decrypted data a restore puts on local disk is removed when the restore
+//! is stopped by a real signal: the dump `restore postgres --jobs 2`
+//! stages (0600 in a private 0700 directory while it exists) and the
+//! temporary files a directory restore writes beside their destination.
+//! Exit codes 143 (SIGTERM) and 130 (SIGINT), as docs/CLI.md says.
+
+mod common;
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{random_bytes, TestRepo};
+use postgres::*;
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Spawn `c`, wait (at most 60 s) for a file under `dir` that `pick`
+/// accepts, check it with `check`, send `signal`; returns (exit code, stderr).
+fn signal_when(
+    mut c: Command,
+    dir: &Path,
+    pick: impl Fn(&Path) -> bool,
+    check: impl Fn(&Path),
+    signal: i32,
+) -> (i32, String) {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child: Child = c.spawn().unwrap();
+    let start = Instant::now();
+    let found = loop {
+        if let Some(f) = files_under(dir).into_iter().find(|p| pick(p)) {
+            break f;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the restore ended ({st}) before its file was seen in {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no file appeared in {} within 60 s",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    check(&found);
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sigterm_during_a_staged_postgres_restore_removes_the_staged_dump() {
+    let pg = PgServer::start();
+    pg.create_db("usdcop_trading");
+    load_usdcop_like(&pg, "usdcop_trading", 20_000);
+    let repo = TestRepo::with_init_args(&[]);
+    let with_pg = |args: &[&str]| {
+        let mut c = repo.cmd();
+        c.envs(pg.env())
+            .env_remove("USDCOP_DR_PG_DSN")
+            .env_remove("USDCOP_DR_PG_TARGET_DSN")
+            .env("PGPASSFILE", "/nonexistent")
+            .args(args);
+        c
+    };
+    let src = pg.dsn("usdcop_trading");
+    let backup = with_pg(&["backup", "postgres", "--source", "pg", "--dsn", &src]);
+    common::run_cmd(backup, None).ok();
+
+    let staging = tempfile::tempdir().unwrap();
+    let target = pg.dsn("restored");
+    let staging_arg = staging.path().to_str().unwrap().to_owned();
+    let c = with_pg(&[
+        "restore",
+        "postgres",
+        "--target-dsn",
+        &target,
+        "--create",
+        "--jobs",
+        "2",
+        "--staging-dir",
+        &staging_arg,
+    ]);
+    let (code, stderr) = signal_when(
+        c,
+        staging.path(),
+        |_| true,
+        |dump| {
+            let private = dump.parent().unwrap();
+            assert_eq!(private.parent().unwrap(), staging.path());
+            assert!(
+                private
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("usdcop-dr-"),
+                "{}",
+                dump.display()
+            );
+            assert_eq!(mode(private), 0o700, "{}", private.display());
+            assert_eq!(mode(dump), 0o600, "{}", dump.display());
+        },
+        libc::SIGTERM,
+    );
+    assert_eq!(code, 143, "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(staging.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "staged dump left behind: {left:?}");
+}
+
+#[test]
+fn sigint_during_a_directory_restore_removes_its_temporary_files() {
+    let repo = TestRepo::new();
+    let data = random_bytes(96 << 20, 3);
+    repo.backup_stdin("big", "big.bin", &data);
+    let target = repo.scratch("target");
+    let mut c = repo.cmd();
+    c.args(["restore", "--target", target.to_str().unwrap()]);
+    let is_tmp = |p: &Path| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".big.bin.usdcop-dr-")
+    };
+    let (code, stderr) = signal_when(
+        c,
+        &target,
+        is_tmp,
+        // Decrypted content is not readable by others before it is verified.
+        |tmp| assert_eq!(mode(tmp), 0o600, "{}", tmp.display()),
+        libc::SIGINT,
+    );
+    assert_eq!(code, 130, "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    let left: Vec<_> = files_under(&target)
+        .into_iter()
+        .filter(|p| is_tmp(p))
+        .collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
