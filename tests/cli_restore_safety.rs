@@ -158,6 +158,36 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
     let base = backup_files(&repo, "config", &src);
     let outside = sentinel(&repo);
     let before = record_tree(&outside);
+    let target = repo.dir.path().join("target");
+    // The issue's case: `x -> <sentinel>`, then a symlink `x/passwd`,
+    // whose restore used to delete <sentinel>/passwd and create a link there.
+    let links_only = craft(&repo, &base, |s| {
+        s.entries = vec![
+            symlink_entry("x", outside.to_str().unwrap()),
+            symlink_entry("x/passwd", "pwned"),
+        ];
+    });
+    let r = repo.run(&[
+        "restore",
+        "--snapshot",
+        &links_only,
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        record_tree(&outside),
+        before,
+        "written through the link: {}",
+        r.stderr
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(r#"entry "x/passwd" lies below symlink entry "x""#),
+        "{}",
+        r.stderr
+    );
+    assert!(!target.exists(), "the target was created");
     // `x -> <sentinel>` (absolute) and `y -> ../../sentinel` (relative,
     // from target/y), each followed by entries below it: a file and a
     // symlink (whose restore would first delete what is there).
@@ -182,7 +212,6 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
             },
         ];
     });
-    let target = repo.dir.path().join("target");
     let r = repo.run(&[
         "restore",
         "--snapshot",

@@ -262,4 +262,50 @@ fn a_timescaledb_snapshot_restores_by_timescaledb_rules() {
         "0"
     );
     assert_same_data(&pg, SOURCE_DB, &pg, "restored");
+
+    // pg_restore fails half-way: the database is not left in restore
+    // mode, and the hint does not suggest the refused --clean.
+    let fake = repo.dir.path().join("failing_pg_restore");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh
+         if [ \"$1\" = --version ]; then echo 'pg_restore (PostgreSQL) 15.99'; exit 0; fi
+         cat >/dev/null
+         echo 'pg_restore: error: simulated failure half-way' >&2
+         exit 1
+",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let r = restore(
+        &repo,
+        &pg,
+        &id,
+        "failing",
+        &["--create", "--pg-restore", fake.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("simulated failure half-way"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("drop it and restore again with --create"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        calls(&pg, "failing"),
+        vec!["pre_restore|on".to_owned(), "post_restore|off".to_owned()]
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = 'failing' AND array_to_string(s.setconfig, ',') LIKE '%timescaledb.restoring%'"
+        ),
+        "0",
+        "left in restore mode"
+    );
 }
