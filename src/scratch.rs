@@ -222,6 +222,27 @@ impl Drop for TempFile {
     }
 }
 
+/// A path created by someone else (e.g. with `openat` below an open
+/// directory), registered so that [`remove_all`] removes it on a signal.
+/// Dropping the guard only forgets the path: its owner removes the file.
+#[derive(Debug)]
+pub struct Registered {
+    id: u64,
+}
+
+/// Register `path` before creating it (so that no window leaves it
+/// unregistered); refused once the run is stopping.
+pub fn register(path: &Path) -> io::Result<Registered> {
+    let (id, ()) = registry().add(path, Kind::File, |_| Ok(()))?;
+    Ok(Registered { id })
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        registry().remove(self.id, false);
+    }
+}
+
 fn create_private(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .write(true)

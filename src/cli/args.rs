@@ -211,15 +211,30 @@ pub struct RestoreArgs {
     /// With `latest`: the latest of this source
     #[arg(long)]
     pub source: Option<String>,
+    /// With `latest`: the latest snapshot of this kind (default: any kind)
+    #[arg(long, value_enum)]
+    pub kind: Option<SnapshotKind>,
     /// Directory to restore into
     #[arg(long, conflicts_with = "stdout", required_unless_present = "stdout")]
     pub target: Option<PathBuf>,
-    /// Stream the snapshot's single file to stdout
+    /// Stream the snapshot's single file to stdout (of a `backup postgres
+    /// --globals` snapshot: the dump; `--path globals.sql` for the roles)
     #[arg(long)]
     pub stdout: bool,
     /// Only restore these paths (as stored in the snapshot; repeatable)
     #[arg(long = "path")]
     pub paths: Vec<String>,
+}
+
+/// Snapshot kinds, as `snapshots` shows them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotKind {
+    Files,
+    /// `backup stdin` (also accepted: stream)
+    #[value(alias = "stream")]
+    Stdin,
+    Postgres,
+    Bucket,
 }
 
 #[derive(Subcommand, Debug)]

@@ -13,6 +13,7 @@ use usdcop_dr::commands::backup::{self, BackupInput, BackupOptions};
 use usdcop_dr::commands::restore::{self, RestoreOptions, RestoreTarget};
 use usdcop_dr::commands::{repair, restore_bucket, restore_postgres, snapshots, stats, verify};
 use usdcop_dr::crypto::KdfParams;
+use usdcop_dr::format::snapshot::SourceKind;
 use usdcop_dr::postgres::Dsn;
 use usdcop_dr::repository::{InitOptions, Repository};
 use usdcop_dr::{Error, Result};
@@ -178,7 +179,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 ),
             };
             let repo = Arc::new(Repository::open(backend, &password).await?);
-            let (id, snap) = repo.find_snapshot(&a.snapshot, a.source.as_deref()).await?;
+            let (id, snap) = repo
+                .find_snapshot_of(&a.snapshot, a.source.as_deref(), Some(SourceKind::Bucket))
+                .await?;
             let s = restore_bucket::run(
                 repo,
                 id,
@@ -251,7 +254,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }) => {
             let target = dsn_from_flag(&a.target_dsn, "--target-dsn", "USDCOP_DR_PG_TARGET_DSN")?;
             let repo = Arc::new(Repository::open(backend, &password).await?);
-            let (id, snap) = repo.find_snapshot(&a.snapshot, a.source.as_deref()).await?;
+            let (id, snap) = repo
+                .find_snapshot_of(&a.snapshot, a.source.as_deref(), Some(SourceKind::Postgres))
+                .await?;
             let s = restore_postgres::run(
                 repo,
                 id,
@@ -297,7 +302,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Restore(a) => {
             let repo = Arc::new(Repository::open(backend, &password).await?);
-            let (id, snap) = repo.find_snapshot(&a.snapshot, a.source.as_deref()).await?;
+            let kind = a.kind.map(|k| match k {
+                args::SnapshotKind::Files => SourceKind::Files,
+                args::SnapshotKind::Stdin => SourceKind::Stdin,
+                args::SnapshotKind::Postgres => SourceKind::Postgres,
+                args::SnapshotKind::Bucket => SourceKind::Bucket,
+            });
+            let (id, snap) = repo
+                .find_snapshot_of(&a.snapshot, a.source.as_deref(), kind)
+                .await?;
             let target = match a.target {
                 Some(dir) => RestoreTarget::Dir(dir),
                 None => RestoreTarget::Stream(Box::new(std::io::stdout())),
@@ -314,17 +327,39 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 progress,
             )
             .await?;
+            if !cli.quiet {
+                for n in &s.notes {
+                    eprintln!("usdcop-dr: note: {n}");
+                }
+            }
             if !s.failed.is_empty() {
                 for f in &s.failed {
                     eprintln!("usdcop-dr: not restored: {}: {}", f.path, f.error);
                 }
-                let e = Error::integrity(format!(
-                    "{} of {} files of snapshot {} could not be restored intact (listed above); nothing wrong was written",
-                    s.failed.len(),
-                    s.failed.len() as u64 + s.files,
-                    id.short()
-                ))
-                .with_hint("run `usdcop-dr verify --read-data` to see the damaged objects");
+                let damaged = s
+                    .failed
+                    .iter()
+                    .filter(|f| f.reason == restore::FailureReason::Damaged)
+                    .count();
+                // Damaged repository data is an integrity failure (exit 3);
+                // only things in the target's way is an operational one (exit 1).
+                let e = if damaged > 0 {
+                    Error::integrity(format!(
+                        "{} of {} entries of snapshot {} could not be restored ({damaged} damaged in the repository; listed above); nothing wrong was written",
+                        s.failed.len(),
+                        s.failed.len() as u64 + s.files + s.dirs + s.symlinks,
+                        id.short()
+                    ))
+                    .with_hint("run `usdcop-dr verify --read-data` to see the damaged objects")
+                } else {
+                    Error::io(format!(
+                        "{} of {} entries of snapshot {} were not restored: something in the target is in their way (listed above); nothing was written through a link",
+                        s.failed.len(),
+                        s.failed.len() as u64 + s.files + s.dirs + s.symlinks,
+                        id.short()
+                    ))
+                    .with_hint("remove the links or files in the way, or restore into an empty directory")
+                };
                 if cli.json && !to_stdout {
                     print_json(&s)?;
                 }

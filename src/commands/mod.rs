@@ -6,6 +6,7 @@ pub mod recover;
 pub mod repair;
 pub mod restore;
 pub mod restore_bucket;
+pub(crate) mod restore_fs;
 pub mod restore_postgres;
 pub mod snapshots;
 pub mod stats;

@@ -4,11 +4,17 @@
 //! whole-content SHA-256 compared with the snapshot's, and only then
 //! renamed into place: a damaged chunk never leaves wrong bytes under the
 //! real name. A file that cannot be restored is reported and the others
-//! still are. Symlinks are created last, so a symlink in a snapshot can
-//! never redirect where a later file of the same snapshot is written.
+//! still are.
+//!
+//! Restores run as root, possibly into a directory that already holds
+//! files, from a repository an attacker may have written to: the snapshot
+//! is checked again before anything is written (no absolute or `..` path,
+//! nothing below one of its own symlinks; exit 3 and nothing restored
+//! otherwise), and every write goes through [`super::restore_fs`], which
+//! never follows a link — neither one the snapshot restored nor one that
+//! was already in the target. Symlinks are still created last.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,11 +23,14 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::snapshot::{Entry, EntryType, Snapshot};
+use crate::format::snapshot::{Entry, EntryType, Snapshot, SourceKind};
 use crate::format::{Hasher, Id};
 use crate::pipeline::ChunkReader;
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::source::postgres::GLOBALS_ENTRY;
+
+use super::restore_fs::{Meta, TargetDir};
 
 pub enum RestoreTarget {
     Dir(PathBuf),
@@ -39,6 +48,19 @@ pub struct RestoreOptions {
 pub struct FailedEntry {
     pub path: String,
     pub error: String,
+    pub reason: FailureReason,
+}
+
+/// Why an entry was not restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Its data in the repository is damaged or missing (exit 3).
+    Damaged,
+    /// Something already in the target is in the way: a symlink or a file
+    /// where the snapshot needs a directory, or a directory where it has a
+    /// file. Nothing was written through it (exit 1).
+    Blocked,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +72,9 @@ pub struct RestoreSummary {
     pub bytes: u64,
     pub duration_s: f64,
     pub failed: Vec<FailedEntry>,
+    /// Things a person should know (e.g. what `--stdout` left out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 pub async fn run(
@@ -60,6 +85,13 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreSummary> {
     let clock = Instant::now();
+    // Whoever handed us the snapshot, it is not trusted: a path that could
+    // leave the target, or an entry below one of its own symlinks, refuses
+    // the whole snapshot before anything is written.
+    snap.validate().map_err(|e| {
+        e.context(format!("snapshot {}", snapshot_id.short()))
+            .with_hint("nothing was restored; backups never write such entries, so the snapshot is damaged or was forged: restore another snapshot and run `usdcop-dr verify`")
+    })?;
     let index = repo.load_index().await?;
     let reader = ChunkReader::new(repo.clone(), index);
     let selected: Vec<&Entry> = snap
@@ -83,6 +115,7 @@ pub async fn run(
         bytes: 0,
         duration_s: 0.0,
         failed: vec![],
+        notes: vec![],
     };
     match opts.target {
         RestoreTarget::Stream(mut out) => {
@@ -90,15 +123,7 @@ pub async fn run(
                 .iter()
                 .filter(|e| matches!(e.kind, EntryType::File | EntryType::Object))
                 .collect();
-            if files.len() != 1 {
-                return Err(Error::usage(format!(
-                    "--stdout needs exactly one file, snapshot {} has {} here",
-                    snapshot_id.short(),
-                    files.len()
-                ))
-                .with_hint("pick one with --path, or restore with --target DIR"));
-            }
-            let entry = files[0];
+            let entry = stream_entry(snapshot_id, snap, &files, &opts.include, &mut summary)?;
             let written = copy_entry(&reader, entry, &mut out, progress.as_ref()).await?;
             out.flush().map_err(|e| write_err("stdout", e))?;
             summary.files = 1;
@@ -110,6 +135,57 @@ pub async fn run(
     }
     summary.duration_s = clock.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The one file `--stdout` streams. A `backup postgres --globals`
+/// snapshot holds the dump and `globals.sql`: without `--path`, the dump
+/// is what an operator wants on stdout (docs/POSTGRES.md), and a note says
+/// how to get the roles.
+fn stream_entry<'a>(
+    snapshot_id: Id,
+    snap: &Snapshot,
+    files: &[&&'a Entry],
+    include: &[String],
+    summary: &mut RestoreSummary,
+) -> Result<&'a Entry> {
+    if let [only] = files {
+        return Ok(**only);
+    }
+    if include.is_empty() && snap.source.kind == SourceKind::Postgres {
+        let dumps: Vec<&&Entry> = files
+            .iter()
+            .copied()
+            .filter(|e| e.path != GLOBALS_ENTRY)
+            .collect();
+        if let [dump] = dumps[..] {
+            if files.iter().any(|e| e.path == GLOBALS_ENTRY) {
+                summary.notes.push(format!(
+                    "streamed the dump {}; snapshot {} also holds the roles and tablespaces: \
+                     `usdcop-dr restore --snapshot {} --path {GLOBALS_ENTRY} --stdout`",
+                    dump.path,
+                    snapshot_id.short(),
+                    snapshot_id.short()
+                ));
+            }
+            return Ok(*dump);
+        }
+    }
+    let names: Vec<&str> = files.iter().take(5).map(|e| e.path.as_str()).collect();
+    Err(Error::usage(format!(
+        "--stdout needs exactly one file, snapshot {} has {} here{}",
+        snapshot_id.short(),
+        files.len(),
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({}{})",
+                names.join(", "),
+                if files.len() > 5 { ", …" } else { "" }
+            )
+        }
+    ))
+    .with_hint("pick one with --path, or restore with --target DIR"))
 }
 
 fn included(path: &str, include: &[String]) -> bool {
@@ -134,12 +210,18 @@ async fn restore_tree(
     progress: Arc<dyn Progress>,
     summary: &mut RestoreSummary,
 ) -> Result<()> {
-    std::fs::create_dir_all(target).map_err(|e| write_err(&target.display().to_string(), e))?;
+    let dir =
+        Arc::new(TargetDir::open(target).map_err(|e| write_err(&target.display().to_string(), e))?);
     let is_root = unsafe { libc::geteuid() } == 0;
+    let mut dirs_failed = std::collections::HashSet::new();
     for e in entries.iter().filter(|e| e.kind == EntryType::Dir) {
-        let p = target.join(&e.path);
-        std::fs::create_dir_all(&p).map_err(|err| write_err(&p.display().to_string(), err))?;
-        summary.dirs += 1;
+        match dir.dir(&e.path, true) {
+            Ok(_) => summary.dirs += 1,
+            Err(err) => {
+                failed(&e.path, err, progress.as_ref(), summary)?;
+                dirs_failed.insert(e.path.as_str());
+            }
+        }
     }
     // Bucket objects restore into a directory as plain files.
     let (small, large): (Vec<&Entry>, Vec<&Entry>) = entries
@@ -149,11 +231,11 @@ async fn restore_tree(
         .partition(|e| e.size <= SMALL_FILE);
     let mut done = futures::stream::iter(small)
         .map(|e| {
-            let (reader, e, target) = (reader.clone(), e.clone(), target.to_path_buf());
+            let (reader, e, dir) = (reader.clone(), e.clone(), dir.clone());
             let progress = progress.clone();
             tokio::spawn(async move {
                 progress.set_item(&e.path);
-                let r = restore_file(&reader, &e, &target, is_root, progress.as_ref()).await;
+                let r = restore_file(&reader, &e, &dir, is_root, progress.as_ref()).await;
                 (e.path, r)
             })
         })
@@ -164,38 +246,44 @@ async fn restore_tree(
     }
     for e in large {
         progress.set_item(&e.path);
-        let r = restore_file(reader, e, target, is_root, progress.as_ref()).await;
+        let r = restore_file(reader, e, &dir, is_root, progress.as_ref()).await;
         record(&e.path, r, progress.as_ref(), summary)?;
     }
-    summary.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    // Symlinks after every file and directory (not needed for safety any
+    // more, since no write follows a link, but a link never points at a
+    // half-restored tree).
     for e in entries.iter().filter(|e| e.kind == EntryType::Symlink) {
-        let p = target.join(&e.path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| write_err(&parent.display().to_string(), err))?;
+        match dir.symlink(&e.path, e.target.as_deref().unwrap_or(""), meta(e, is_root)) {
+            Ok(()) => summary.symlinks += 1,
+            Err(err) => failed(&e.path, err, progress.as_ref(), summary)?,
         }
-        let _ = std::fs::remove_file(&p);
-        std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &p)
-            .map_err(|err| write_err(&p.display().to_string(), err))?;
-        set_owner(&p, e, is_root, true);
-        let t = filetime::FileTime::from_unix_time(
-            e.mtime_ns.div_euclid(1_000_000_000),
-            e.mtime_ns.rem_euclid(1_000_000_000) as u32,
-        );
-        let _ = filetime::set_symlink_file_times(&p, t, t);
-        summary.symlinks += 1;
     }
     // Directory metadata last, deepest first, so writing children does not
     // bump the restored mtimes.
     for e in entries.iter().rev().filter(|e| e.kind == EntryType::Dir) {
-        let p = target.join(&e.path);
-        set_metadata(&p, e, is_root).map_err(|err| write_err(&p.display().to_string(), err))?;
+        if dirs_failed.contains(e.path.as_str()) {
+            continue;
+        }
+        if let Err(err) = dir.set_dir_meta(&e.path, meta(e, is_root)) {
+            failed(&e.path, err, progress.as_ref(), summary)?;
+        }
     }
+    summary.failed.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(())
 }
 
-/// Count a restored file, or list it as failed (damaged or missing data:
-/// the other files are still restored); any other error stops the restore.
+/// Owners are restored only when running as root (as tar and restic do).
+fn meta(e: &Entry, is_root: bool) -> Meta {
+    Meta {
+        uid: e.uid,
+        gid: e.gid,
+        mode: e.mode,
+        mtime_ns: e.mtime_ns,
+        owner: is_root,
+    }
+}
+
+/// Count a restored file, or list it as failed; see [`failed`].
 fn record(
     path: &str,
     r: Result<u64>,
@@ -208,57 +296,49 @@ fn record(
             summary.bytes += n;
             Ok(())
         }
-        Err(err) if err.kind() == ErrorKind::Integrity || err.kind() == ErrorKind::NotFound => {
-            progress.warn(&format!("{path}: {err}"));
-            summary.failed.push(FailedEntry {
-                path: path.to_owned(),
-                error: err.to_string(),
-            });
-            Ok(())
-        }
-        Err(err) => Err(err.context(path)),
+        Err(err) => failed(path, err, progress, summary),
     }
+}
+
+/// List an entry as not restored when only that entry is affected
+/// (damaged or missing data, something in the target in the way): the
+/// others are still restored. Any other error stops the restore.
+fn failed(
+    path: &str,
+    err: Error,
+    progress: &dyn Progress,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    let reason = match err.kind() {
+        ErrorKind::Integrity | ErrorKind::NotFound => FailureReason::Damaged,
+        ErrorKind::AlreadyExists => FailureReason::Blocked,
+        _ => return Err(err.context(path)),
+    };
+    progress.warn(&format!("{path}: {err}"));
+    summary.failed.push(FailedEntry {
+        path: path.to_owned(),
+        error: err.to_string(),
+        reason,
+    });
+    Ok(())
 }
 
 async fn restore_file(
     reader: &ChunkReader,
     e: &Entry,
-    target: &Path,
+    dir: &TargetDir,
     is_root: bool,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let dest = target.join(&e.path);
-    let dir = dest.parent().expect("entry path has a parent under target");
-    std::fs::create_dir_all(dir).map_err(|err| write_err(&dir.display().to_string(), err))?;
-    let name = dest
-        .file_name()
-        .expect("entry has a file name")
-        .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.usdcop-dr-{}",
-        hex::encode(crate::crypto::random_bytes::<4>())
-    ));
-    // Registered (removed on errors, drop and SIGINT/SIGTERM) and 0600
-    // until its metadata is set: decrypted data is not left readable.
-    let (guard, file) = crate::scratch::TempFile::create(&tmp)
-        .map_err(|err| write_err(&tmp.display().to_string(), err))?;
-    let result = async {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let n = copy_entry(reader, e, &mut out, progress).await?;
-        let file = out
-            .into_inner()
-            .map_err(|err| write_err(&tmp.display().to_string(), err.into_error()))?;
-        file.sync_all()
-            .map_err(|err| write_err(&tmp.display().to_string(), err))?;
-        set_metadata(&tmp, e, is_root).map_err(|err| write_err(&tmp.display().to_string(), err))?;
-        std::fs::rename(&tmp, &dest).map_err(|err| write_err(&dest.display().to_string(), err))?;
-        Ok(n)
-    }
-    .await;
-    if result.is_ok() {
-        guard.keep();
-    }
-    result
+    // Removed again if anything below fails (TempFile's Drop).
+    let mut tmp = dir.create_file(&e.path)?;
+    let shown = tmp.temp_path().display().to_string();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.file());
+    let n = copy_entry(reader, e, &mut out, progress).await?;
+    out.flush().map_err(|err| write_err(&shown, err))?;
+    drop(out);
+    tmp.commit(meta(e, is_root))?;
+    Ok(n)
 }
 
 /// Stream one entry's chunks into `out`, checking the whole-content hash.
@@ -286,27 +366,6 @@ pub(crate) async fn copy_entry(
         )));
     }
     Ok(n)
-}
-
-fn set_metadata(p: &Path, e: &Entry, is_root: bool) -> std::io::Result<()> {
-    set_owner(p, e, is_root, false);
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(e.mode & 0o7777))?;
-    let t = filetime::FileTime::from_unix_time(
-        e.mtime_ns.div_euclid(1_000_000_000),
-        e.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    filetime::set_file_times(p, t, t)
-}
-
-/// Owners are restored only when running as root (as tar and restic do).
-fn set_owner(p: &Path, e: &Entry, is_root: bool, symlink: bool) {
-    if is_root {
-        let _ = if symlink {
-            std::os::unix::fs::lchown(p, Some(e.uid), Some(e.gid))
-        } else {
-            std::os::unix::fs::chown(p, Some(e.uid), Some(e.gid))
-        };
-    }
 }
 
 fn write_err(what: &str, e: std::io::Error) -> Error {

@@ -193,6 +193,9 @@ pub async fn run(
         .with_hint("pass --clean to replace the snapshot's objects, or restore into a new database with --create"));
     }
     check_extensions(&client, &picture.extensions, plan.timescaledb.as_deref()).await?;
+    if let Some(v) = &plan.timescaledb {
+        check_installed_timescaledb(&client, v, &target.dbname).await?;
+    }
     let index = repo.load_index().await?;
     let reader = ChunkReader::new(repo.clone(), index);
     if let Some(g) = globals {
@@ -216,11 +219,28 @@ pub async fn run(
     } else {
         restore_streamed(&reader, entry, cmd, progress.as_ref()).await
     };
+    if restored.is_err() && plan.timescaledb.is_some() {
+        // Leave the database out of TimescaleDB's restore mode (background
+        // workers stopped, `timescaledb.restoring` set for every new
+        // session) even though the restore failed; best effort, the
+        // restore's own error is what is reported.
+        let _ = client
+            .batch_execute("SELECT timescaledb_post_restore()")
+            .await;
+    }
     let bytes = restored.map_err(|e| {
-        let partial = format!(
-            "database {:?} may now hold a partial restore: drop it, or restore again with --clean",
-            target.dbname
-        );
+        // --clean is refused for TimescaleDB snapshots: only a new database helps.
+        let partial = if plan.timescaledb.is_some() {
+            format!(
+                "database {:?} may now hold a partial restore: drop it and restore again with --create",
+                target.dbname
+            )
+        } else {
+            format!(
+                "database {:?} may now hold a partial restore: drop it, or restore again with --clean",
+                target.dbname
+            )
+        };
         let missing_role = e.message().contains("role") && e.message().contains("does not exist");
         if missing_role && !opts.no_owner {
             e.with_hint(format!(
@@ -431,6 +451,35 @@ async fn check_extensions(
         }
     }
     Ok(())
+}
+
+/// An empty target database may still have TimescaleDB installed (an
+/// earlier attempt, a template): `CREATE EXTENSION IF NOT EXISTS … VERSION`
+/// would then silently keep that version and restore the snapshot's
+/// catalog into another one. Refused before anything is changed.
+async fn check_installed_timescaledb(
+    client: &tokio_postgres::Client,
+    version: &str,
+    dbname: &str,
+) -> Result<()> {
+    let installed: Option<String> = client
+        .query_opt(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await
+        .map_err(|e| inspect::db_err("looking for TimescaleDB in the target", e))?
+        .map(|r| r.get(0));
+    match installed {
+        Some(have) if have != version => Err(Error::usage(format!(
+            "target database {dbname:?} already has TimescaleDB {have}, the snapshot holds \
+             TimescaleDB {version}; nothing was restored"
+        ))
+        .with_hint(format!(
+            "restore into a new database with --create, or `ALTER EXTENSION timescaledb UPDATE TO '{version}'` in the target first"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Create TimescaleDB at the snapshot's version and enter restore mode.

@@ -165,11 +165,65 @@ impl Snapshot {
                 format!("unsupported version {}", self.version),
             ));
         }
-        for e in &self.entries {
-            validate_path(&e.path)?;
+        let problems = unsafe_entries(&self.entries);
+        if problems.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        const SHOWN: usize = 5;
+        let mut list: Vec<String> = problems.iter().take(SHOWN).cloned().collect();
+        if problems.len() > SHOWN {
+            list.push(format!("and {} more", problems.len() - SHOWN));
+        }
+        Err(Error::format(
+            "snapshot",
+            format!(
+                "{} unsafe entr{} (a restore could write outside its target): {}",
+                problems.len(),
+                if problems.len() == 1 { "y" } else { "ies" },
+                list.join("; ")
+            ),
+        ))
     }
+}
+
+/// Every entry a restore must not write, with why. The writer never
+/// produces these; a snapshot that holds one is damaged or was forged by
+/// someone holding the key, and the reader does not trust the repository:
+/// - a path that is empty, absolute, or has an empty, `.` or `..` component;
+/// - an entry below a symlink entry of the same snapshot (`x -> /etc`
+///   then `x/evil`): the backup records a symlink as a leaf and never
+///   descends into it, so only a forged snapshot routes a write through one.
+pub fn unsafe_entries(entries: &[Entry]) -> Vec<String> {
+    let mut problems = vec![];
+    let links: std::collections::HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.kind == EntryType::Symlink)
+        .map(|e| e.path.as_str())
+        .collect();
+    for e in entries {
+        if !is_safe_path(&e.path) {
+            problems.push(format!(
+                "entry path {:?} is absolute, empty or not normalised (`..`, `.`, `//`)",
+                e.path
+            ));
+            continue;
+        }
+        if links.is_empty() {
+            continue;
+        }
+        let below = e
+            .path
+            .match_indices('/')
+            .map(|(i, _)| &e.path[..i])
+            .find(|ancestor| links.contains(ancestor));
+        if let Some(link) = below {
+            problems.push(format!(
+                "entry {:?} lies below symlink entry {link:?}",
+                e.path
+            ));
+        }
+    }
+    problems
 }
 
 /// The entry path of bucket object `key`: `<bucket>/<key>`, made a safe
@@ -210,15 +264,20 @@ pub fn object_path(bucket: &str, key: &str) -> String {
     parts.join("/")
 }
 
-/// Refuse paths that could escape a restore target.
-pub fn validate_path(path: &str) -> Result<()> {
-    let bad = path.is_empty()
+/// A relative path of plain components: not empty, no leading `/`, no
+/// empty, `.` or `..` component, no NUL.
+pub fn is_safe_path(path: &str) -> bool {
+    !(path.is_empty()
         || path.starts_with('/')
         || path.contains('\0')
         || path
             .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
-    if bad {
+            .any(|c| c.is_empty() || c == "." || c == ".."))
+}
+
+/// Refuse paths that could escape a restore target.
+pub fn validate_path(path: &str) -> Result<()> {
+    if !is_safe_path(path) {
         return Err(Error::format(
             "snapshot",
             format!("unsafe entry path {path:?}"),
@@ -286,6 +345,53 @@ mod tests {
             assert!(validate_path(bad).is_err(), "{bad:?} accepted");
         }
         validate_path("a/b c/ñ.txt").unwrap();
+    }
+
+    #[test]
+    fn entries_below_a_symlink_or_with_unsafe_paths_are_named() {
+        let e = |path: &str, kind: EntryType| Entry {
+            path: path.into(),
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            sha256: None,
+            chunks: vec![],
+            target: None,
+            object: None,
+        };
+        let ok = [
+            e("a", EntryType::Dir),
+            e("a/l", EntryType::Symlink),
+            e("a/lx", EntryType::File),
+            e("a/l.d/f", EntryType::File),
+            e("b/c", EntryType::File),
+        ];
+        assert!(unsafe_entries(&ok).is_empty());
+        let bad = [
+            e("x", EntryType::Symlink),
+            e("x/evil", EntryType::File),
+            e("a/l", EntryType::Symlink),
+            e("a/l/deep/er", EntryType::Dir),
+            e("../up", EntryType::File),
+            e("/abs", EntryType::File),
+            e("a//b", EntryType::File),
+        ];
+        let p = unsafe_entries(&bad);
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert!(
+            p[0].contains(r#""x/evil" lies below symlink entry "x""#),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains(r#""a/l/deep/er" lies below symlink entry "a/l""#),
+            "{p:?}"
+        );
+        assert!(p[2].contains(r#""../up""#), "{p:?}");
     }
 
     fn percent_decode(s: &str) -> String {

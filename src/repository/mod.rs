@@ -17,7 +17,7 @@ use crate::crypto::{self, Domain, KdfParams, Key};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::meta::{ChunkerParams, Config, KeyFile, FORMAT_VERSION};
 use crate::format::pack::Compression;
-use crate::format::snapshot::{self, Snapshot};
+use crate::format::snapshot::{self, Snapshot, SourceKind};
 use crate::format::{codec, index as index_fmt, names, Id};
 pub use index::{BlobLocation, MasterIndex};
 
@@ -241,51 +241,120 @@ impl Repository {
     /// other snapshot unrestorable; any other failure is an error, so a
     /// flaky store never silently hides the latest snapshot.
     pub async fn load_snapshots(&self, ids: Vec<Id>) -> Result<Vec<(Id, Snapshot)>> {
+        let (snaps, damaged) = self.load_snapshots_checked(ids).await?;
+        for (id, e) in &damaged {
+            tracing::warn!("skipping damaged snapshot {}: {e}", id.short());
+        }
+        Ok(snaps)
+    }
+
+    /// [`Self::load_snapshots`], returning the damaged ones (integrity
+    /// errors) beside the readable ones instead of logging them.
+    pub async fn load_snapshots_checked(
+        &self,
+        ids: Vec<Id>,
+    ) -> Result<(Vec<(Id, Snapshot)>, Vec<(Id, Error)>)> {
         let loaded: Vec<(Id, Result<Snapshot>)> = futures::stream::iter(ids)
             .map(|id| async move { (id, self.load_snapshot(&id).await) })
             .buffer_unordered(LOAD_CONCURRENCY)
             .collect()
             .await;
         let mut snaps = Vec::with_capacity(loaded.len());
+        let mut damaged = vec![];
         for (id, r) in loaded {
             match r {
                 Ok(s) => snaps.push((id, s)),
-                Err(e) if e.kind() == ErrorKind::Integrity => {
-                    tracing::warn!("skipping damaged snapshot {}: {e}", id.short())
-                }
+                Err(e) if e.kind() == ErrorKind::Integrity => damaged.push((id, e)),
                 Err(e) => return Err(e),
             }
         }
         snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(snaps)
+        damaged.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((snaps, damaged))
     }
 
     /// Resolve `latest` or an id prefix (optionally within one source).
     pub async fn find_snapshot(&self, spec: &str, source: Option<&str>) -> Result<(Id, Snapshot)> {
+        self.find_snapshot_of(spec, source, None).await
+    }
+
+    /// Resolve `latest` or an id prefix, optionally within one source and
+    /// of one kind: `latest` is then the latest snapshot of that kind
+    /// (`restore postgres` must not pick last night's files snapshot), and
+    /// an id naming a snapshot of another kind is refused, saying so.
+    pub async fn find_snapshot_of(
+        &self,
+        spec: &str,
+        source: Option<&str>,
+        kind: Option<SourceKind>,
+    ) -> Result<(Id, Snapshot)> {
         let spec_l = spec.to_ascii_lowercase();
+        let latest = spec == "latest";
         let mut ids = self.snapshot_ids().await?;
-        if spec != "latest" {
+        if !latest {
             ids.retain(|id| id.to_hex().starts_with(&spec_l));
         }
-        let snaps = self.load_snapshots(ids).await?;
+        let (snaps, damaged) = self.load_snapshots_checked(ids).await?;
         let in_source = |s: &Snapshot| source.is_none_or(|n| s.source.name == n);
-        let found: Vec<(Id, Snapshot)> = if spec == "latest" {
-            snaps
+        let of_kind = |s: &Snapshot| kind.is_none_or(|k| s.source.kind == k);
+        let scope = format!(
+            "{}{}",
+            kind.map(|k| format!(" of kind {}", k.as_str()))
+                .unwrap_or_default(),
+            source
+                .map(|s| format!(" of source {s:?}"))
+                .unwrap_or_default()
+        );
+        let candidates: Vec<(Id, Snapshot)> =
+            snaps.into_iter().filter(|(_, s)| in_source(s)).collect();
+        let found: Vec<(Id, Snapshot)> = if latest {
+            candidates
                 .into_iter()
-                .rfind(|(_, s)| in_source(s))
+                .rfind(|(_, s)| of_kind(s))
                 .into_iter()
                 .collect()
         } else {
-            snaps
-                .into_iter()
-                .filter(|(id, s)| in_source(s) && id.to_hex().starts_with(&spec_l))
-                .collect()
+            let (right, wrong): (Vec<_>, Vec<_>) =
+                candidates.into_iter().partition(|(_, s)| of_kind(s));
+            if let (true, Some(k), [(id, s)]) = (right.is_empty(), kind, &wrong[..]) {
+                return Err(Error::usage(format!(
+                    "snapshot {} (source {:?}) is a {} snapshot, not a {} one",
+                    id.short(),
+                    s.source.name,
+                    s.source.kind.as_str(),
+                    k.as_str()
+                ))
+                .with_hint("list them with `usdcop-dr snapshots`"));
+            }
+            right
         };
-        let scope = source
-            .map(|s| format!(" of source {s:?}"))
-            .unwrap_or_default();
+        if found.len() == 1 {
+            if latest && !damaged.is_empty() {
+                tracing::warn!(
+                    "{} damaged snapshot(s) skipped while looking for the latest{scope}: {}",
+                    damaged.len(),
+                    damaged
+                        .iter()
+                        .map(|(id, e)| format!("{}: {e}", id.short()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            return Ok(found.into_iter().next().unwrap());
+        }
+        if found.is_empty() && !damaged.is_empty() {
+            // A damaged snapshot is not "no snapshot": say what is wrong with it.
+            let (_, e) = &damaged[0];
+            let more = match damaged.len() {
+                1 => String::new(),
+                n => format!(" ({} more damaged)", n - 1),
+            };
+            return Err(Error::integrity(format!(
+                "no readable snapshot {spec}{scope}: {e}{more}"
+            ))
+            .with_hint("run `usdcop-dr verify` to see every damaged object; restore another snapshot by id"));
+        }
         match found.len() {
-            1 => Ok(found.into_iter().next().unwrap()),
             0 => Err(Error::not_found(format!("no snapshot {spec}{scope}"))
                 .with_hint("list them with `usdcop-dr snapshots`")),
             n => Err(

@@ -674,3 +674,153 @@ pub fn assert_same_data(a: &PgServer, db_a: &str, b: &PgServer, db_b: &str) {
         b.port()
     );
 }
+
+// ---- a TimescaleDB stand-in ------------------------------------------------
+
+/// The versions the stand-in offers; [`STANDIN_OLD`] is not the default, so
+/// a restore that forgets `CREATE EXTENSION … VERSION` gets the wrong one.
+pub const STANDIN_OLD: &str = "2.13.1-usdcopdr-standin";
+pub const STANDIN_NEW: &str = "2.14.2-usdcopdr-standin";
+/// Marks our control file, so a real TimescaleDB's is never touched.
+const STANDIN_MARK: &str = "usdcop-dr test stand-in for TimescaleDB";
+
+/// The SQL of one stand-in version: what `restore postgres` relies on.
+/// `timescaledb_pre_restore()` / `timescaledb_post_restore()` behave like
+/// TimescaleDB's (the database's `timescaledb.restoring` setting, which
+/// every new session such as pg_restore's sees) and record each call in
+/// `_timescaledb_catalog.usdcopdr_standin_calls`, as does an event
+/// trigger for each `CREATE TABLE` (with the session's
+/// `timescaledb.restoring`), so a test sees pg_restore ran between them in
+/// restore mode. The catalog is an extension member table: pg_dump leaves
+/// its rows out, as with TimescaleDB's own catalog.
+fn standin_sql(version: &str) -> String {
+    format!(
+        r#"-- {STANDIN_MARK}, version {version}; not TimescaleDB.
+\echo Use "CREATE EXTENSION timescaledb" to load this file. \quit
+CREATE SCHEMA _timescaledb_catalog;
+CREATE TABLE _timescaledb_catalog.usdcopdr_standin_calls (
+    seq bigserial PRIMARY KEY,
+    call text NOT NULL,
+    restoring text,
+    version text NOT NULL DEFAULT '{version}');
+CREATE FUNCTION @extschema@.timescaledb_pre_restore() RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER DATABASE %I SET timescaledb.restoring = ''on''', current_database());
+    SET SESSION timescaledb.restoring = 'on';
+    INSERT INTO _timescaledb_catalog.usdcopdr_standin_calls (call, restoring)
+        VALUES ('pre_restore', current_setting('timescaledb.restoring', true));
+    RETURN true;
+END $$;
+CREATE FUNCTION @extschema@.timescaledb_post_restore() RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER DATABASE %I RESET timescaledb.restoring', current_database());
+    SET SESSION timescaledb.restoring = 'off';
+    INSERT INTO _timescaledb_catalog.usdcopdr_standin_calls (call, restoring)
+        VALUES ('post_restore', current_setting('timescaledb.restoring', true));
+    RETURN true;
+END $$;
+CREATE FUNCTION _timescaledb_catalog.usdcopdr_standin_ddl() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO _timescaledb_catalog.usdcopdr_standin_calls (call, restoring)
+        SELECT 'create table ' || object_identity, current_setting('timescaledb.restoring', true)
+        FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE';
+END $$;
+CREATE EVENT TRIGGER usdcopdr_standin_ddl ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION _timescaledb_catalog.usdcopdr_standin_ddl();
+"#
+    )
+}
+
+/// Installed stand-in files, removed when the last user in this test
+/// process drops its guard.
+static STANDIN_USERS: Mutex<usize> = Mutex::new(0);
+
+/// Keeps the TimescaleDB stand-in installed (see [`PgServer::install_timescaledb_standin`]).
+pub struct TimescaleStandin {
+    dir: PathBuf,
+}
+
+impl TimescaleStandin {
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut f = vec![dir.join("timescaledb.control")];
+        for v in [STANDIN_OLD, STANDIN_NEW] {
+            f.push(dir.join(format!("timescaledb--{v}.sql")));
+        }
+        f
+    }
+}
+
+impl Drop for TimescaleStandin {
+    fn drop(&mut self) {
+        let mut users = STANDIN_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        *users -= 1;
+        if *users == 0 {
+            for f in Self::files(&self.dir) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+}
+
+impl PgServer {
+    /// The server's extension directory (`SHAREDIR/extension`, asked of
+    /// the server itself, so it is this server's and not another
+    /// installation's).
+    pub fn extension_dir(&self) -> PathBuf {
+        let share = self.psql(
+            "postgres",
+            "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'",
+        );
+        PathBuf::from(share.trim()).join("extension")
+    }
+
+    /// Install a stand-in extension named `timescaledb` (versions
+    /// [`STANDIN_OLD`] and [`STANDIN_NEW`], the latter the default) into
+    /// the server's extension directory, for as long as the guard lives.
+    /// Err (a reason to skip the test) when a real TimescaleDB is installed
+    /// there, or the directory is not writable (the tests are not root).
+    pub fn install_timescaledb_standin(&self) -> Result<TimescaleStandin, String> {
+        let dir = self.extension_dir();
+        let control = dir.join("timescaledb.control");
+        let mut users = STANDIN_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        match std::fs::read_to_string(&control) {
+            Ok(text) if !text.contains(STANDIN_MARK) => {
+                return Err(format!(
+                    "{} belongs to a real TimescaleDB; the stand-in is not installed over it",
+                    control.display()
+                ))
+            }
+            _ => {}
+        }
+        let write = |path: &Path, text: &str| -> Result<(), String> {
+            // Written beside, then renamed: another test process may be
+            // reading the same files right now.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    format!(
+                        "cannot install the TimescaleDB stand-in into {}: {e} (run the tests as root)",
+                        dir.display()
+                    )
+                })
+        };
+        write(
+            &control,
+            &format!(
+                "# {STANDIN_MARK}: installed and removed by usdcop-dr's tests (tests/common/postgres.rs)\n\
+                 comment = '{STANDIN_MARK} (not TimescaleDB)'\n\
+                 default_version = '{STANDIN_NEW}'\n\
+                 relocatable = false\n\
+                 superuser = true\n"
+            ),
+        )?;
+        for v in [STANDIN_OLD, STANDIN_NEW] {
+            write(&dir.join(format!("timescaledb--{v}.sql")), &standin_sql(v))?;
+        }
+        *users += 1;
+        Ok(TimescaleStandin { dir })
+    }
+}
