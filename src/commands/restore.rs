@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
 use crate::format::{Hasher, Id};
 use crate::pipeline::ChunkReader;
-use crate::progress::Progress;
+use crate::progress::{Collector, Progress, Warning};
 use crate::repository::Repository;
 
 pub enum RestoreTarget {
@@ -50,6 +50,8 @@ pub struct RestoreSummary {
     pub bytes: u64,
     pub duration_s: f64,
     pub failed: Vec<FailedEntry>,
+    /// Problems that did not stop the restore (docs/CLI.md, "Warnings").
+    pub warnings: Vec<Warning>,
 }
 
 pub async fn run(
@@ -60,6 +62,8 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreSummary> {
     let clock = Instant::now();
+    let collector = Collector::new(progress);
+    let progress: Arc<dyn Progress> = collector.clone();
     let index = repo.load_index().await?;
     let reader = ChunkReader::new(repo.clone(), index);
     let selected: Vec<&Entry> = snap
@@ -83,6 +87,7 @@ pub async fn run(
         bytes: 0,
         duration_s: 0.0,
         failed: vec![],
+        warnings: vec![],
     };
     match opts.target {
         RestoreTarget::Stream(mut out) => {
@@ -109,6 +114,7 @@ pub async fn run(
         }
     }
     summary.duration_s = clock.elapsed().as_secs_f64();
+    summary.warnings = collector.take();
     Ok(summary)
 }
 

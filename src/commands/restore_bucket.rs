@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
 use crate::format::{Hasher, Id};
 use crate::pipeline::ChunkReader;
-use crate::progress::Progress;
+use crate::progress::{Collector, Progress, Warning};
 use crate::repository::Repository;
 use crate::source::bucket::{BucketClient, Listed};
 
@@ -74,6 +74,8 @@ pub struct BucketRestoreSummary {
     pub duration_s: f64,
     /// Requests made to the target store.
     pub target_requests: RequestCounts,
+    /// Problems that did not stop the restore (docs/CLI.md, "Warnings").
+    pub warnings: Vec<Warning>,
 }
 
 enum Outcome {
@@ -91,6 +93,8 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<BucketRestoreSummary> {
     let clock = Instant::now();
+    let collector = Collector::new(progress);
+    let progress: Arc<dyn Progress> = collector.clone();
     let selected: Vec<&Entry> = snap
         .entries
         .iter()
@@ -153,6 +157,7 @@ pub async fn run(
         failed: vec![],
         duration_s: 0.0,
         target_requests: RequestCounts::default(),
+        warnings: vec![],
     };
     for o in outcomes {
         match o? {
@@ -180,6 +185,7 @@ pub async fn run(
         bytes_down: t.bytes_down + c.bytes_down,
     };
     s.duration_s = clock.elapsed().as_secs_f64();
+    s.warnings = collector.take();
     Ok(s)
 }
 

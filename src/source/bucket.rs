@@ -314,9 +314,10 @@ async fn fetch(
         Err(e) => {
             let err = src.err(e, &o.bucket, &o.key, "GET");
             if err.kind() == ErrorKind::NotFound {
-                progress.warn(&format!(
-                    "s3://{}/{} vanished during the backup",
-                    o.bucket, o.key
+                progress.warning(&crate::progress::Warning::new(
+                    crate::progress::WarningKind::Vanished,
+                    format!("s3://{}/{}", o.bucket, o.key),
+                    "skipped: deleted after the listing",
                 ));
                 return Ok(None);
             }
