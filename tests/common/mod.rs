@@ -126,8 +126,13 @@ pub fn run_cmd_timeout(mut c: Command, stdin: Option<&[u8]>, timeout: Duration) 
                 libc::kill(-(child.id() as i32), libc::SIGKILL);
             }
             let _ = child.wait();
-            // Grandchildren may hold the pipes open: read what is there
-            // without waiting for them.
+            // The group is dead, so the pipes close in a moment; should a
+            // grandchild have left the group and hold them open, do not
+            // wait for it.
+            let give_up = Instant::now() + Duration::from_secs(2);
+            while !(stdout.is_finished() && stderr.is_finished()) && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let out = if stdout.is_finished() {
                 String::from_utf8_lossy(&stdout.join().unwrap()).into_owned()
             } else {
