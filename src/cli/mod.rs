@@ -135,6 +135,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     s.duration_s
                 )
             })?;
+            fail_on_warnings(&s.warnings, &format!("snapshot {}", s.snapshot_id.short()))?;
         }
         Command::Snapshots { source } => {
             let repo = Repository::open(backend, &password).await?;
@@ -448,6 +449,28 @@ impl args::BucketStoreArgs {
             ..Default::default()
         }
     }
+}
+
+/// The run fails (exit 1) when a warning says that data the user asked for
+/// is missing from `what` (already written: it holds everything else). Each
+/// warning was printed on stderr as it happened, and is in the `--json` report.
+fn fail_on_warnings(warnings: &[usdcop_dr::progress::Warning], what: &str) -> Result<()> {
+    let failed: Vec<_> = warnings.iter().filter(|w| w.kind.is_failure()).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let kinds: std::collections::BTreeSet<&str> = failed.iter().map(|w| w.kind.as_str()).collect();
+    Err(Error::new(
+        usdcop_dr::ErrorKind::Source,
+        format!(
+            "{what} was saved without {} path(s) it was asked for ({}; listed above as warnings)",
+            failed.len(),
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .with_hint(
+        "rename or leave out those paths; everything else is in the snapshot and restorable",
+    ))
 }
 
 fn render_verify(r: &verify::VerifyReport) -> String {

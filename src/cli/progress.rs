@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use usdcop_dr::progress::{Progress, Silent};
+use usdcop_dr::progress::Progress;
 
 pub struct Bar(ProgressBar);
 
@@ -23,7 +23,8 @@ impl Progress for Bar {
         self.0.set_message(name.to_owned());
     }
     fn warn(&self, message: &str) {
-        self.0.suspend(|| eprintln!("warning: {message}"));
+        self.0
+            .suspend(|| eprintln!("usdcop-dr: warning: {message}"));
     }
 }
 
@@ -37,13 +38,15 @@ impl Drop for Bar {
 pub struct Plain;
 impl Progress for Plain {
     fn warn(&self, message: &str) {
-        eprintln!("warning: {message}");
+        eprintln!("usdcop-dr: warning: {message}");
     }
 }
 
 pub fn make(quiet: bool, json: bool) -> Arc<dyn Progress> {
+    // --quiet silences progress, not problems: a cron job's mail must show
+    // a skipped file.
     if quiet {
-        return Arc::new(Silent);
+        return Arc::new(Plain);
     }
     if json || !std::io::stderr().is_terminal() {
         return Arc::new(Plain);

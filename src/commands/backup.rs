@@ -18,7 +18,7 @@ use crate::format::snapshot::{Snapshot, Source, SourceKind, Totals, VERSION};
 use crate::format::Id;
 use crate::pipeline::WriterTotals;
 use crate::pipeline::{Writer, WriterOptions};
-use crate::progress::Progress;
+use crate::progress::{Collector, Progress, Warning};
 use crate::repository::lock::LockGuard;
 use crate::repository::{hostname, Repository};
 use crate::source::files::{FilesSource, FilesTotals};
@@ -111,6 +111,18 @@ pub struct BackupSummary {
     /// Clean-up after dead writers done before this backup, if any was needed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<super::recover::RecoveryReport>,
+    /// Problems that did not stop the backup (skipped files, objects deleted
+    /// meanwhile, …), in the order they happened. The snapshot is written
+    /// anyway; [`BackupSummary::failed_warnings`] says whether the run failed.
+    pub warnings: Vec<Warning>,
+}
+
+impl BackupSummary {
+    /// Warnings for data the user asked for that is not in the snapshot
+    /// ([`crate::progress::WarningKind::is_failure`]).
+    pub fn failed_warnings(&self) -> usize {
+        self.warnings.iter().filter(|w| w.kind.is_failure()).count()
+    }
 }
 
 pub async fn run(
@@ -120,6 +132,9 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<BackupSummary> {
     validate_source_name(&opts.source)?;
+    // Sources report warnings as they go; the summary carries them all.
+    let collector = Collector::new(progress);
+    let progress: Arc<dyn Progress> = collector.clone();
     let started = Utc::now();
     let clock = Instant::now();
     let host = opts.host.clone().unwrap_or_else(hostname);
@@ -270,6 +285,7 @@ pub async fn run(
             source_requests,
             postgres: pg_summary,
             recovery,
+            warnings: collector.take(),
         })
     }
     .await;

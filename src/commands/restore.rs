@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot, SourceKind};
 use crate::format::{Hasher, Id};
 use crate::pipeline::ChunkReader;
-use crate::progress::Progress;
+use crate::progress::{Collector, Progress, Warning};
 use crate::repository::Repository;
 use crate::source::postgres::GLOBALS_ENTRY;
 
@@ -75,6 +75,8 @@ pub struct RestoreSummary {
     /// Things a person should know (e.g. what `--stdout` left out).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Problems that did not stop the restore (docs/CLI.md, "Warnings").
+    pub warnings: Vec<Warning>,
 }
 
 pub async fn run(
@@ -92,6 +94,8 @@ pub async fn run(
         e.context(format!("snapshot {}", snapshot_id.short()))
             .with_hint("nothing was restored; backups never write such entries, so the snapshot is damaged or was forged: restore another snapshot and run `usdcop-dr verify`")
     })?;
+    let collector = Collector::new(progress);
+    let progress: Arc<dyn Progress> = collector.clone();
     let index = repo.load_index().await?;
     let reader = ChunkReader::new(repo.clone(), index);
     let selected: Vec<&Entry> = snap
@@ -116,6 +120,7 @@ pub async fn run(
         duration_s: 0.0,
         failed: vec![],
         notes: vec![],
+        warnings: vec![],
     };
     match opts.target {
         RestoreTarget::Stream(mut out) => {
@@ -134,6 +139,7 @@ pub async fn run(
         }
     }
     summary.duration_s = clock.elapsed().as_secs_f64();
+    summary.warnings = collector.take();
     Ok(summary)
 }
 

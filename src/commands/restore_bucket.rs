@@ -39,7 +39,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
 use crate::format::{Hasher, Id};
 use crate::pipeline::ChunkReader;
-use crate::progress::Progress;
+use crate::progress::{Collector, Progress, Warning};
 use crate::repository::Repository;
 use crate::scratch::PrivateDir;
 use crate::source::bucket::{BucketClient, Listed};
@@ -245,6 +245,8 @@ pub struct BucketRestoreSummary {
     pub duration_s: f64,
     /// Requests made to the target store.
     pub target_requests: RequestCounts,
+    /// Problems that did not stop the restore (docs/CLI.md, "Warnings").
+    pub warnings: Vec<Warning>,
 }
 
 enum Outcome {
@@ -270,6 +272,8 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<BucketRestoreSummary> {
     let clock = Instant::now();
+    let collector = Collector::new(progress);
+    let progress: Arc<dyn Progress> = collector.clone();
     // Decided from the snapshot alone, before any request.
     let pairs = resolve(&opts.targets, &buckets_of(snap), &snapshot_id.short())?;
     let slot: HashMap<&str, usize> = pairs
@@ -360,6 +364,7 @@ pub async fn run(
         failed: vec![],
         duration_s: 0.0,
         target_requests: RequestCounts::default(),
+        warnings: vec![],
     };
     for (i, o) in outcomes {
         let b = &mut s.buckets[i];
@@ -406,6 +411,7 @@ pub async fn run(
     // Any spool a failed upload left behind goes with the directory.
     drop(spool);
     s.duration_s = clock.elapsed().as_secs_f64();
+    s.warnings = collector.take();
     Ok(s)
 }
 

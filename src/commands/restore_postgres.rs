@@ -105,7 +105,7 @@ pub struct PgRestoreSummary {
     pub tables_checksummed: u64,
     /// Empty when every table matches the snapshot.
     pub differences: Vec<Difference>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::progress::Warning>,
     pub duration_s: f64,
 }
 
@@ -277,7 +277,7 @@ pub async fn run(
             .filter(|t| t.checksum.is_some())
             .count() as u64,
         differences,
-        warnings: plan.warnings,
+        warnings: pg_warnings(plan.warnings, &target.dbname),
         duration_s: clock.elapsed().as_secs_f64(),
     })
 }
@@ -300,6 +300,20 @@ async fn restore_streamed(
         (Err(e), _) => Err(e),
         (Ok(_), Err(pg)) => Err(pg),
     }
+}
+
+/// The plan's and psql's messages as structured warnings (docs/CLI.md,
+/// "Warnings"): `roles: …` lines come from `apply_globals`, the others from
+/// `plan` (an option it could not honour).
+fn pg_warnings(messages: Vec<String>, database: &str) -> Vec<crate::progress::Warning> {
+    use crate::progress::{Warning, WarningKind};
+    messages
+        .into_iter()
+        .map(|m| match m.strip_prefix("roles: ") {
+            Some(rest) => Warning::new(WarningKind::Globals, database, rest),
+            None => Warning::new(WarningKind::OptionIgnored, "", m),
+        })
+        .collect()
 }
 
 /// Run the snapshot's `globals.sql` through psql in the target database

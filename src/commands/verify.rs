@@ -48,7 +48,8 @@ pub struct VerifyReport {
     pub bytes_read: u64,
     pub chunks_read: u64,
     pub problems: Vec<Problem>,
-    pub warnings: Vec<String>,
+    /// Things worth knowing that are not damage (docs/CLI.md, "Warnings").
+    pub warnings: Vec<crate::progress::Warning>,
 }
 
 impl VerifyReport {
@@ -129,8 +130,12 @@ pub async fn run(
     }
     let unindexed = pack_sizes.keys().filter(|p| !index.has_pack(p)).count();
     if unindexed > 0 && missing.is_empty() {
-        report.warnings.push(format!(
-            "{unindexed} pack(s) are in no index (left by an interrupted backup); a later prune removes them"
+        report.warnings.push(crate::progress::Warning::new(
+            crate::progress::WarningKind::UnindexedPacks,
+            names::DATA.trim_end_matches('/'),
+            format!(
+                "{unindexed} pack(s) are in no index (left by an interrupted backup); a later prune removes them"
+            ),
         ));
     }
 

@@ -316,9 +316,10 @@ async fn fetch(
     let (out, body) = match src.get(&o.bucket, &o.key).await {
         Ok(got) => got,
         Err(err) if err.kind() == ErrorKind::NotFound => {
-            progress.warn(&format!(
-                "s3://{}/{} vanished during the backup",
-                o.bucket, o.key
+            progress.warning(&crate::progress::Warning::new(
+                crate::progress::WarningKind::Vanished,
+                format!("s3://{}/{}", o.bucket, o.key),
+                "skipped: deleted after the listing",
             ));
             return Ok(None);
         }

@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
 use crate::pipeline::Writer;
-use crate::progress::Progress;
+use crate::progress::{Progress, Warning, WarningKind};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FilesTotals {
@@ -96,15 +96,20 @@ impl<'a> FilesSource<'a> {
             for child in children {
                 let name = child.file_name();
                 let Some(name) = name.to_str() else {
-                    self.progress.warn(&format!(
-                        "skipping {}: name is not UTF-8",
-                        child.path().display()
+                    // Snapshots hold UTF-8 paths only: this file is not
+                    // backed up, and the run fails (WarningKind::is_failure).
+                    self.progress.warning(&Warning::new(
+                        WarningKind::NotUtf8Name,
+                        child.path().to_string_lossy(),
+                        "skipped: the name is not UTF-8 (snapshots store UTF-8 paths only); rename it to back it up",
                     ));
                     continue;
                 };
                 match fs::symlink_metadata(child.path()) {
                     Ok(m) => self.add(&child.path(), format!("{rel}/{name}"), m)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        self.vanished(&child.path())
+                    }
                     Err(e) => return Err(source_err(&child.path(), e)),
                 }
             }
@@ -117,12 +122,30 @@ impl<'a> FilesSource<'a> {
         } else if ft.is_file() {
             self.add_file(path, rel, &meta)?;
         } else {
-            self.progress.warn(&format!(
-                "skipping {}: not a regular file, directory or symlink",
-                path.display()
+            let what = if ft.is_socket() {
+                "a socket"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "a device"
+            } else {
+                "not a regular file, directory or symlink"
+            };
+            self.progress.warning(&Warning::new(
+                WarningKind::SpecialFile,
+                path.to_string_lossy(),
+                format!("skipped: {what} has no content to back up"),
             ));
         }
         Ok(())
+    }
+
+    fn vanished(&self, path: &Path) {
+        self.progress.warning(&Warning::new(
+            WarningKind::Vanished,
+            path.to_string_lossy(),
+            "skipped: deleted during the backup",
+        ));
     }
 
     fn add_file(&mut self, path: &Path, rel: String, meta: &fs::Metadata) -> Result<()> {
@@ -149,16 +172,37 @@ impl<'a> FilesSource<'a> {
         let file = match fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.progress
-                    .warn(&format!("{} vanished during the backup", path.display()));
+                self.vanished(path);
                 return Ok(());
             }
             Err(e) => return Err(source_err(path, e)),
         };
+        let mut file = file;
         let stored = self
             .writer
-            .store_stream(file, self.progress)
+            .store_stream(&mut file, self.progress)
             .map_err(|e| e.context(path.display()))?;
+        // Written to while we read it (a log, a live database file): the
+        // stored bytes are what was read, but may mix old and new content.
+        if let Ok(after) = file.metadata() {
+            let before_ns = (meta.mtime(), meta.mtime_nsec());
+            if stored.size != meta.len()
+                || after.len() != stored.size
+                || (after.mtime(), after.mtime_nsec()) != before_ns
+            {
+                self.progress.warning(&Warning::new(
+                    WarningKind::Changed,
+                    path.to_string_lossy(),
+                    format!(
+                        "changed while being read ({} bytes when listed, {} read, {} now): \
+                         the stored copy may mix old and new content",
+                        meta.len(),
+                        stored.size,
+                        after.len()
+                    ),
+                ));
+            }
+        }
         entry.size = stored.size;
         entry.sha256 = Some(stored.sha256);
         entry.chunks = stored.chunks;

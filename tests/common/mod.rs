@@ -2,9 +2,11 @@
 //! repository in a temporary directory.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -52,15 +54,48 @@ pub fn command(repo: &Path) -> Command {
     c
 }
 
-pub fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> Run {
+/// How long one command may run before [`run_cmd`] kills it and fails the
+/// test naming it: 120 s, or `USDCOP_DR_TEST_CMD_TIMEOUT` seconds. Far above
+/// what any command of the suite needs; it turns a hang into a precise
+/// failure instead of a CI job that eats its whole budget.
+pub fn cmd_timeout() -> Duration {
+    let secs = std::env::var("USDCOP_DR_TEST_CMD_TIMEOUT")
+        .ok()
+        .map(|v| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| panic!("USDCOP_DR_TEST_CMD_TIMEOUT={v:?} is not seconds"))
+        })
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
+
+/// Runs a command to completion with [`cmd_timeout`].
+pub fn run_cmd(c: Command, stdin: Option<&[u8]>) -> Run {
+    run_cmd_timeout(c, stdin, cmd_timeout())
+}
+
+/// Runs a command, feeding `stdin`; past `timeout` the command and anything
+/// it started (its process group: pg_dump, psql, …) is killed and the test
+/// panics with the command line and what it printed so far.
+pub fn run_cmd_timeout(mut c: Command, stdin: Option<&[u8]>, timeout: Duration) -> Run {
     c.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
     })
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn usdcop-dr");
+    .stderr(Stdio::piped())
+    // Its own process group, so a kill reaches its children too.
+    .process_group(0);
+    // Program and arguments only: the environment holds test secrets.
+    let shown = std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {shown}: {e}"));
     let writer = stdin.map(|data| {
         let mut pipe = child.stdin.take().unwrap();
         let data = data.to_vec();
@@ -68,14 +103,62 @@ pub fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> Run {
             let _ = pipe.write_all(&data);
         })
     });
-    let out = child.wait_with_output().expect("wait for usdcop-dr");
+    // Pipes drained on their own threads so a chatty child never blocks.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: kill(2) on the group we created; the child is not yet
+            // reaped, so its pid (= the group id) is still ours.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            // The group is dead, so the pipes close in a moment; should a
+            // grandchild have left the group and hold them open, do not
+            // wait for it.
+            let give_up = Instant::now() + Duration::from_secs(2);
+            while !(stdout.is_finished() && stderr.is_finished()) && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let out = if stdout.is_finished() {
+                String::from_utf8_lossy(&stdout.join().unwrap()).into_owned()
+            } else {
+                "(still open)".to_owned()
+            };
+            let err = if stderr.is_finished() {
+                String::from_utf8_lossy(&stderr.join().unwrap()).into_owned()
+            } else {
+                "(still open)".to_owned()
+            };
+            panic!(
+                "command did not finish within {timeout:?} and was killed \
+                 (USDCOP_DR_TEST_CMD_TIMEOUT=SECONDS to change): {shown}\n\
+                 --- stdout ---\n{out}\n--- stderr ---\n{err}"
+            );
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
     if let Some(w) = writer {
         w.join().unwrap();
     }
     Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
     }
 }
 
