@@ -26,11 +26,20 @@ fn main() {
             let message = format!(
                 "stopped by {signal}; removed {removed} temporary file(s) or director(ies) of this run"
             );
-            eprintln!("usdcop-dr: {message}; exit {code}");
-            if json {
-                let v = serde_json::json!({"error": {"kind": "interrupted", "message": message, "hint": null, "exit_code": code}});
-                println!("{v}");
-            }
+            // Printed from a thread of its own, given a second: the main
+            // flow may hold the stdout lock, blocked on a full pipe (a
+            // stopped `restore --stdout | …` reader), and must not keep
+            // the process from exiting.
+            let (done, wait) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                eprintln!("usdcop-dr: {message}; exit {code}");
+                if json {
+                    let v = serde_json::json!({"error": {"kind": "interrupted", "message": message, "hint": null, "exit_code": code}});
+                    println!("{v}");
+                }
+                let _ = done.send(());
+            });
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
         })?;
         cli::run(args).await
     }) {
