@@ -551,6 +551,8 @@ pub struct ResumableGet {
     body: ByteStream,
     cuts: u32,
     stats: Arc<RequestStats>,
+    /// Set when a resumption found the object replaced (412).
+    replaced: Arc<AtomicBool>,
 }
 
 impl ResumableGet {
@@ -593,6 +595,7 @@ impl ResumableGet {
             body,
             cuts: 0,
             stats,
+            replaced: Arc::default(),
         };
         Ok((out, reader))
     }
@@ -604,6 +607,13 @@ impl ResumableGet {
 
     fn url(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    /// Becomes true if the read failed because the object was replaced
+    /// while it was being read (a caller that can start over may do so:
+    /// the bucket source reads the new version from its first byte).
+    pub fn replaced_flag(&self) -> Arc<AtomicBool> {
+        self.replaced.clone()
     }
 
     /// The next piece of the body, `None` at its (complete) end.
@@ -681,6 +691,7 @@ impl ResumableGet {
             .await
             .map_err(|e| {
                 if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                    self.replaced.store(true, Ordering::Relaxed);
                     return Error::io(format!(
                         "{}: the object changed while it was being read (its ETag is no \
                          longer {}); the two versions are not joined",

@@ -56,6 +56,8 @@ pub struct FaultRates {
     /// ListObjectsV2, ListMultipartUploads) may be cut too, or only object
     /// bodies.
     pub cut_listings: bool,
+    /// Cut no more bodies after this many (`None`: no limit).
+    pub cut_limit: Option<u64>,
 }
 
 impl FaultRates {
@@ -65,6 +67,7 @@ impl FaultRates {
         reset: 0.0,
         cut_body: 0.0,
         cut_listings: true,
+        cut_limit: None,
     };
 
     /// The rates of issue 8: 5 % `503 SlowDown`, 3 % resets before the
@@ -75,6 +78,7 @@ impl FaultRates {
             reset: 0.03,
             cut_body: 0.03,
             cut_listings: true,
+            cut_limit: None,
         }
     }
 
@@ -543,7 +547,10 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
         let status: u16 = resp.second.parse().unwrap_or(0);
         let cuttable = is_get
             && (200..300).contains(&status)
-            && (s.rates.cut_listings || !is_listing(&req.second));
+            && (s.rates.cut_listings || !is_listing(&req.second))
+            && s.rates
+                .cut_limit
+                .is_none_or(|limit| s.counters.cut_body.load(Ordering::SeqCst) < limit);
         if let (Fault::Cut(fraction), true, Body::Length(len)) = (fault, cuttable, &body) {
             let keep = (*len as f64 * fraction) as u64;
             copy_exact(&mut from_up, &mut to_client, keep)?;
