@@ -387,6 +387,27 @@ fn every_body_cut_gives_up_clearly_and_writes_no_snapshot() {
         "{}",
         r.stderr
     );
+    // Listings cut too: the SDK reads those bodies itself and retries the
+    // request; when every attempt breaks, one clear line.
+    let all = FaultProxy::start(
+        &server.endpoint,
+        FaultRates {
+            cut_listings: true,
+            ..FaultRates::cut_every_body()
+        },
+        1,
+    );
+    let r = cli(&server, &all.endpoint, repo, &["snapshots"], None);
+    eprintln!("every body cut, listings too: {}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("S3 LIST s3://backups/cut/")
+            && r.stderr
+                .contains("the connection broke while the answer was being read, on every attempt"),
+        "{}",
+        r.stderr
+    );
+    assert!(all.counts().cut_body >= 2, "{:?}", all.counts());
     assert_eq!(
         snapshot_count(&server, repo),
         0,

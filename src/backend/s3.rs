@@ -746,6 +746,19 @@ pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
             ))
             .with_hint("check the endpoint (--s3-endpoint, --endpoint or AWS_ENDPOINT_URL) and the network");
         }
+        // The answer's body broke off (the SDK reads whole bodies of
+        // listings and other small answers itself, and retried this).
+        SdkError::ResponseError(_) => {
+            return Error::io(format!(
+                "S3 {op} {what}: the connection broke while the answer was being read, \
+                 on every attempt ({})",
+                e_display(&e)
+            ))
+            .with_hint(
+                "the network or the store keeps dropping connections mid-transfer; \
+                 run again later, or check proxies and load balancers on the way to the store",
+            );
+        }
         SdkError::ConstructionFailure(_) => {
             return Error::usage(format!(
                 "cannot build the S3 request for {what}: {}",
