@@ -101,7 +101,7 @@ fn repository_survives_faults(kind: ServerKind) {
     let t0 = Instant::now();
     let server = S3Server::start(kind);
     server.create_bucket("backups");
-    let proxy = FaultProxy::start(&server.endpoint, FaultRates::issue(), 8);
+    let proxy = FaultProxy::start(&server.endpoint, FaultRates::issue(), faultproxy::seed(8));
     let ep = proxy.endpoint.clone();
     let repo = "s3://backups/faults";
     let run = |args: &[&str], stdin: Option<&[u8]>| cli(&server, &ep, repo, args, stdin);
@@ -247,14 +247,14 @@ fn bucket_source_survives_cut_bodies() {
     for (k, d) in &objects {
         put_object(&server, "raw", k, d);
     }
-    let repo_proxy = FaultProxy::start(&server.endpoint, FaultRates::issue(), 3);
+    let repo_proxy = FaultProxy::start(&server.endpoint, FaultRates::issue(), faultproxy::seed(3));
     let src_proxy = FaultProxy::start(
         &server.endpoint,
         FaultRates {
             cut_body: 0.2,
             ..FaultRates::issue()
         },
-        4,
+        faultproxy::seed(4),
     );
     let repo = "s3://backups/b";
     let run = |args: &[&str]| cli(&server, &repo_proxy.endpoint, repo, args, None);

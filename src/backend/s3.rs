@@ -7,7 +7,10 @@
 //! - Retries: the SDK's standard retry strategy (exponential back-off with
 //!   jitter on throttling, 5xx, timeouts and connection errors), per request,
 //!   so each multipart part is retried on its own. File payloads are
-//!   re-read from disk on retry, never held in memory.
+//!   re-read from disk on retry, never held in memory. A GET body that
+//!   breaks off after the answer began is beyond the SDK's retries: every
+//!   read resumes it with a ranged GET of the same version
+//!   ([`ResumableGet`]).
 //! - Large file payloads go up as multipart uploads with bounded
 //!   parallelism; a failed one is aborted, and ones abandoned by killed
 //!   processes are aborted by `Backend::abort_unfinished_writes` when the

@@ -184,6 +184,15 @@ impl Shared {
     }
 }
 
+/// `default`, or `USDCOP_DR_FAULT_SEED` when set: to replay a failure, or to
+/// try other fault sequences (`USDCOP_DR_FAULT_SEED=7 cargo test …`).
+pub fn seed(default: u64) -> u64 {
+    std::env::var("USDCOP_DR_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
 impl FaultProxy {
     /// A proxy on a free loopback port relaying to `upstream`
     /// (`http://127.0.0.1:PORT`), injecting faults at `rates`, decided
@@ -199,6 +208,7 @@ impl FaultProxy {
         seed: u64,
         on_cut: Option<OnCut>,
     ) -> FaultProxy {
+        eprintln!("fault proxy in front of {upstream}: {rates:?}, seed {seed}");
         let hostport = upstream
             .strip_prefix("http://")
             .unwrap_or_else(|| panic!("the fault proxy relays plain http://, not {upstream}"))
