@@ -9,7 +9,10 @@
 //! - Retries: the SDK's standard retry strategy (exponential back-off with
 //!   jitter on throttling, 5xx, timeouts and connection errors), per request,
 //!   so each multipart part is retried on its own. File payloads are
-//!   re-read from disk on retry, never held in memory.
+//!   re-read from disk on retry, never held in memory. A GET body that
+//!   breaks off after the answer began is beyond the SDK's retries: every
+//!   read resumes it with a ranged GET of the same version
+//!   ([`ResumableGet`]).
 //! - Large file payloads go up as multipart uploads with bounded
 //!   parallelism; a failed one is aborted, and ones abandoned by killed
 //!   processes are aborted by `Backend::abort_unfinished_writes` when the
@@ -763,6 +766,8 @@ pub struct ResumableGet {
     body: ByteStream,
     cuts: u32,
     stats: Arc<RequestStats>,
+    /// Set when a resumption found the object replaced (412).
+    replaced: Arc<AtomicBool>,
 }
 
 impl ResumableGet {
@@ -805,6 +810,7 @@ impl ResumableGet {
             body,
             cuts: 0,
             stats,
+            replaced: Arc::default(),
         };
         Ok((out, reader))
     }
@@ -816,6 +822,13 @@ impl ResumableGet {
 
     fn url(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    /// Becomes true if the read failed because the object was replaced
+    /// while it was being read (a caller that can start over may do so:
+    /// the bucket source reads the new version from its first byte).
+    pub fn replaced_flag(&self) -> Arc<AtomicBool> {
+        self.replaced.clone()
     }
 
     /// The next piece of the body, `None` at its (complete) end.
@@ -893,6 +906,7 @@ impl ResumableGet {
                 .await
                 .map_err(|e| {
                     if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                        self.replaced.store(true, Ordering::Relaxed);
                         return Error::io(format!(
                             "{}: the object changed while it was being read (its ETag is no \
                          longer {}); the two versions are not joined",
@@ -962,6 +976,19 @@ pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
             .with_hint(format!(
                 "check the endpoint ({endpoint_flag}, the profile's endpoint_url or AWS_ENDPOINT_URL) and the network"
             ));
+        }
+        // The answer's body broke off (the SDK reads whole bodies of
+        // listings and other small answers itself, and retried this).
+        SdkError::ResponseError(_) => {
+            return Error::io(format!(
+                "S3 {op} {what}: the connection broke while the answer was being read, \
+                 on every attempt ({})",
+                e_display(&e)
+            ))
+            .with_hint(
+                "the network or the store keeps dropping connections mid-transfer; \
+                 run again later, or check proxies and load balancers on the way to the store",
+            );
         }
         SdkError::ConstructionFailure(_) => {
             return Error::usage(format!(

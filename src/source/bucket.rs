@@ -304,6 +304,12 @@ fn entry(
     }
 }
 
+/// A body cut short and the object replaced before the rest could be
+/// fetched: nothing is joined, and the new version is read from its first
+/// byte, at most this many times. (The chunks stored from the abandoned
+/// read are referenced by no snapshot; prune removes them.)
+const REREADS_AFTER_REPLACE: u32 = 2;
+
 /// Download one object through the pipeline. `None` if it vanished since
 /// the listing.
 async fn fetch(
@@ -313,30 +319,59 @@ async fn fetch(
     progress: Arc<dyn Progress>,
 ) -> Result<Option<Entry>> {
     progress.set_item(&format!("{}/{}", o.bucket, o.key));
-    let (out, body) = match src.get(&o.bucket, &o.key).await {
-        Ok(got) => got,
-        Err(err) if err.kind() == ErrorKind::NotFound => {
-            progress.warning(&crate::progress::Warning::new(
-                crate::progress::WarningKind::Vanished,
-                format!("s3://{}/{}", o.bucket, o.key),
-                "skipped: deleted after the listing",
-            ));
-            return Ok(None);
+    let mut rereads = 0;
+    loop {
+        let (out, body) = match src.get(&o.bucket, &o.key).await {
+            Ok(got) => got,
+            Err(err) if err.kind() == ErrorKind::NotFound => {
+                progress.warning(&crate::progress::Warning::new(
+                    crate::progress::WarningKind::Vanished,
+                    format!("s3://{}/{}", o.bucket, o.key),
+                    "skipped: deleted after the listing",
+                ));
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
+        let content_type = out.content_type().map(str::to_owned);
+        let user_metadata: BTreeMap<String, String> = out
+            .metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let mut e = entry(&o, content_type, user_metadata);
+        // Changed between the listing and the GET: record what was read.
+        if let Some(etag) = out.e_tag() {
+            if etag != o.etag {
+                e.object.as_mut().unwrap().etag = etag.to_owned();
+            }
         }
-        Err(err) => return Err(err),
-    };
-    let content_type = out.content_type().map(str::to_owned);
-    let user_metadata: BTreeMap<String, String> = out
-        .metadata()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
-    let mut e = entry(&o, content_type, user_metadata);
-    // Changed between the listing and the GET: record what was read.
-    if let Some(etag) = out.e_tag() {
-        if etag != o.etag {
-            e.object.as_mut().unwrap().etag = etag.to_owned();
+        let replaced = body.replaced_flag();
+        match store_body(body, writer.clone(), progress.clone(), &o).await {
+            Ok(stored) => {
+                e.size = stored.size;
+                e.sha256 = Some(stored.sha256);
+                e.chunks = stored.chunks;
+                return Ok(Some(e));
+            }
+            Err(err)
+                if replaced.load(std::sync::atomic::Ordering::Relaxed)
+                    && rereads < REREADS_AFTER_REPLACE =>
+            {
+                rereads += 1;
+                tracing::info!("{err}; reading the new version from the start");
+            }
+            Err(err) => return Err(err),
         }
     }
+}
+
+/// Stream one GetObject body through the pipeline.
+async fn store_body(
+    body: ResumableGet,
+    writer: Arc<Writer>,
+    progress: Arc<dyn Progress>,
+    o: &Listed,
+) -> Result<crate::pipeline::StoredStream> {
     // The body reaches the (blocking) pipeline as a reader. A read that
     // fails for good (a body cut short too often, the object replaced
     // mid-read) reaches the pipeline as an io::Error, which keeps only
@@ -355,7 +390,7 @@ async fn fetch(
     let reader =
         tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(Box::pin(pieces)));
     let p = progress.clone();
-    let stored = tokio::task::spawn_blocking(move || writer.store_stream(reader, p.as_ref()))
+    tokio::task::spawn_blocking(move || writer.store_stream(reader, p.as_ref()))
         .await
         .map_err(|err| Error::io(format!("backup task failed: {err}")))?
         .map_err(
@@ -363,9 +398,5 @@ async fn fetch(
                 Some(read) => read,
                 None => err.context(format!("s3://{}/{}", o.bucket, o.key)),
             },
-        )?;
-    e.size = stored.size;
-    e.sha256 = Some(stored.sha256);
-    e.chunks = stored.chunks;
-    Ok(Some(e))
+        )
 }

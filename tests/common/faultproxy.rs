@@ -56,6 +56,8 @@ pub struct FaultRates {
     /// ListObjectsV2, ListMultipartUploads) may be cut too, or only object
     /// bodies.
     pub cut_listings: bool,
+    /// Cut no more bodies after this many (`None`: no limit).
+    pub cut_limit: Option<u64>,
 }
 
 impl FaultRates {
@@ -65,6 +67,7 @@ impl FaultRates {
         reset: 0.0,
         cut_body: 0.0,
         cut_listings: true,
+        cut_limit: None,
     };
 
     /// The rates of issue 8: 5 % `503 SlowDown`, 3 % resets before the
@@ -75,6 +78,7 @@ impl FaultRates {
             reset: 0.03,
             cut_body: 0.03,
             cut_listings: true,
+            cut_limit: None,
         }
     }
 
@@ -180,6 +184,15 @@ impl Shared {
     }
 }
 
+/// `default`, or `USDCOP_DR_FAULT_SEED` when set: to replay a failure, or to
+/// try other fault sequences (`USDCOP_DR_FAULT_SEED=7 cargo test …`).
+pub fn seed(default: u64) -> u64 {
+    std::env::var("USDCOP_DR_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
 impl FaultProxy {
     /// A proxy on a free loopback port relaying to `upstream`
     /// (`http://127.0.0.1:PORT`), injecting faults at `rates`, decided
@@ -195,6 +208,7 @@ impl FaultProxy {
         seed: u64,
         on_cut: Option<OnCut>,
     ) -> FaultProxy {
+        eprintln!("fault proxy in front of {upstream}: {rates:?}, seed {seed}");
         let hostport = upstream
             .strip_prefix("http://")
             .unwrap_or_else(|| panic!("the fault proxy relays plain http://, not {upstream}"))
@@ -543,7 +557,10 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
         let status: u16 = resp.second.parse().unwrap_or(0);
         let cuttable = is_get
             && (200..300).contains(&status)
-            && (s.rates.cut_listings || !is_listing(&req.second));
+            && (s.rates.cut_listings || !is_listing(&req.second))
+            && s.rates
+                .cut_limit
+                .is_none_or(|limit| s.counters.cut_body.load(Ordering::SeqCst) < limit);
         if let (Fault::Cut(fraction), true, Body::Length(len)) = (fault, cuttable, &body) {
             let keep = (*len as f64 * fraction) as u64;
             copy_exact(&mut from_up, &mut to_client, keep)?;
