@@ -57,9 +57,12 @@ if cargo nextest --version >/dev/null 2>&1; then
     echo "summary: no test ran (see the errors above)"
     exit $((status == 0 ? 1 : status))
   fi
-  passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$line")
-  failed=$(grep -oE '[0-9]+ (failed|timed out)' <<<"$line" | awk '{ n += $1 } END { print n + 0 }')
-  skipped=$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p' <<<"$line")
+  # (awk, not grep: a count that is absent must not stop the script under
+  # `set -e -o pipefail`)
+  count() { awk -v re="$1" '{ for (i = 2; i <= NF; i++) if ($i ~ re) n += $(i - 1) } END { print n + 0 }' <<<"$line"; }
+  passed=$(count '^passed')
+  failed=$(( $(count '^failed') + $(count '^timed') ))
+  skipped=$(count '^skipped')
   printf 'summary: %d passed, %d failed, %d skipped (%d doc-tests passed, %d failed)\n' \
     "${passed:-0}" "$failed" "${skipped:-0}" "$docs_passed" "$docs_failed"
 else

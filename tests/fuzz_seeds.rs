@@ -395,7 +395,7 @@ mod gen {
     fn pack_entry(i: u32) -> PackEntry {
         PackEntry {
             kind: BlobKind::Data,
-            compression: if i % 3 == 0 {
+            compression: if i.is_multiple_of(3) {
                 Compression::None
             } else {
                 Compression::Zstd
@@ -468,7 +468,7 @@ mod gen {
                     blobs: (0..blobs_per_pack)
                         .map(|b| IndexBlob {
                             kind: BlobKind::Data,
-                            compression: if (p as u32 + b) % 2 == 0 {
+                            compression: if (p as u32 + b).is_multiple_of(2) {
                                 Compression::Zstd
                             } else {
                                 Compression::None

@@ -150,7 +150,7 @@ mod tests {
     fn entry(i: u8) -> PackEntry {
         PackEntry {
             kind: BlobKind::Data,
-            compression: if i % 2 == 0 {
+            compression: if i.is_multiple_of(2) {
                 Compression::Zstd
             } else {
                 Compression::None

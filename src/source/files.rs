@@ -169,7 +169,7 @@ impl<'a> FilesSource<'a> {
                 return Ok(());
             }
         }
-        let file = match fs::File::open(path) {
+        let mut file = match fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.vanished(path);
@@ -177,7 +177,6 @@ impl<'a> FilesSource<'a> {
             }
             Err(e) => return Err(source_err(path, e)),
         };
-        let mut file = file;
         let stored = self
             .writer
             .store_stream(&mut file, self.progress)

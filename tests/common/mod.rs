@@ -87,6 +87,18 @@ pub fn run_cmd_timeout(mut c: Command, stdin: Option<&[u8]>, timeout: Duration) 
     .stderr(Stdio::piped())
     // Its own process group, so a kill reaches its children too.
     .process_group(0);
+    // Out of the test's group, it would survive the test being killed
+    // (nextest's deadline, Ctrl-C): have the kernel kill it then.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     // Program and arguments only: the environment holds test secrets.
     let shown = std::iter::once(c.get_program())
         .chain(c.get_args())
