@@ -273,6 +273,15 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
     assert!(e.hint().unwrap().contains("nothing was restored"), "{e:?}");
     assert!(!target.exists(), "the target was created");
     assert_eq!(record_tree(&outside), before, "the sentinel changed");
+    // `verify` reports the forged snapshots as damaged.
+    let v = repo.run(&["verify"]);
+    assert_eq!(v.code, 3, "{}", v.stderr);
+    assert!(
+        v.stdout_str()
+            .contains(&format!("affects snapshots: {}", &id[..8])),
+        "{}",
+        v.stdout_str()
+    );
     // `latest` finds no readable snapshot but the original: it says why
     // it skipped the forged one, and restores the original safely.
     let r = repo.run(&["restore", "--target", target.to_str().unwrap()]);

@@ -269,7 +269,7 @@ impl Repository {
             }
         }
         snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        damaged.sort_by(|a, b| a.0.cmp(&b.0));
+        damaged.sort_by_key(|d| d.0);
         Ok((snaps, damaged))
     }
 
