@@ -43,6 +43,9 @@ const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_SIZE: u64 = 8 << 20;
 const PART_CONCURRENCY: usize = 4;
 const MAX_ATTEMPTS: u32 = 6;
+/// Region of a store that names none (S3 needs one to sign with; custom
+/// stores mostly accept this one).
+const DEFAULT_REGION: &str = "us-east-1";
 
 /// Content type and user metadata for [`S3Backend::put_object_with`].
 #[derive(Debug, Clone, Default)]
@@ -203,7 +206,18 @@ pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, Store
                 .profile_name(name)
                 .build(),
         );
+        // The store's region, given to the loader too: the default region
+        // chain would take AWS_REGION, or ask the instance metadata service.
+        let store_region = opts
+            .region
+            .clone()
+            .or_else(|| region.clone())
+            .unwrap_or_else(|| DEFAULT_REGION.into());
+        loader = loader.region(Region::new(store_region));
         from_profile = Some((endpoint, region));
+    }
+    if let (None, Some(r)) = (&opts.profile, &opts.region) {
+        loader = loader.region(Region::new(r.clone()));
     }
     if let Some((ak, sk)) = &opts.credentials {
         loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
@@ -230,9 +244,7 @@ pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, Store
                 .or_else(|| shared.region().map(|r| r.to_string())),
         ),
     };
-    // S3 itself needs some region to sign with; custom stores mostly
-    // accept this one.
-    let region = region.unwrap_or_else(|| "us-east-1".into());
+    let region = region.unwrap_or_else(|| DEFAULT_REGION.into());
     let mut b = aws_sdk_s3::config::Builder::from(&shared)
         .retry_config(
             RetryConfig::standard()
