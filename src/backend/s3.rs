@@ -185,8 +185,15 @@ pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, Store
             ))
         })?;
         let profile = profiles.get_profile(name).ok_or_else(|| {
+            let mut known: Vec<&str> = profiles.profiles().collect();
+            known.sort_unstable();
+            let known = if known.is_empty() {
+                "no profile is defined there".to_owned()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
             Error::usage(format!(
-                "AWS profile {name:?} (for the {}) is not defined in {}",
+                "AWS profile {name:?} (for the {}) is not defined in {} ({known})",
                 role.noun(),
                 aws_files()
             ))
