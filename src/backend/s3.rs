@@ -201,26 +201,28 @@ pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, Store
         })?;
         let endpoint = profile.get("endpoint_url").map(str::to_owned);
         let region = profile.get("region").map(str::to_owned);
-        // Only the profile's credentials: the default chain would take
-        // ambient AWS_ACCESS_KEY_ID first. Role assumption (STS) needs a
-        // region, the store's.
-        let sts_region = opts.region.clone().or_else(|| region.clone());
-        let provider_config = aws_config::provider_config::ProviderConfig::without_region()
-            .with_region(sts_region.map(Region::new));
-        loader = loader.profile_name(name).credentials_provider(
-            aws_config::profile::ProfileFileCredentialsProvider::builder()
-                .configure(&provider_config)
-                .profile_name(name)
-                .build(),
-        );
         // The store's region, given to the loader too: the default region
-        // chain would take AWS_REGION, or ask the instance metadata service.
-        let store_region = opts
-            .region
-            .clone()
-            .or_else(|| region.clone())
-            .unwrap_or_else(|| DEFAULT_REGION.into());
-        loader = loader.region(Region::new(store_region));
+        // chain would take AWS_REGION, or ask the instance metadata
+        // service. Role assumption (STS) in the profile needs it as well.
+        let store_region = Region::new(
+            opts.region
+                .clone()
+                .or_else(|| region.clone())
+                .unwrap_or_else(|| DEFAULT_REGION.into()),
+        );
+        let provider_config = aws_config::provider_config::ProviderConfig::without_region()
+            .with_region(Some(store_region.clone()));
+        // Only the profile's credentials: the default chain would take
+        // ambient AWS_ACCESS_KEY_ID first.
+        loader = loader
+            .profile_name(name)
+            .region(store_region)
+            .credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&provider_config)
+                    .profile_name(name)
+                    .build(),
+            );
         from_profile = Some((endpoint, region));
     }
     if let (None, Some(r)) = (&opts.profile, &opts.region) {
