@@ -95,3 +95,31 @@ async fn clear_errors_for_missing_bucket_bad_credentials_and_no_endpoint() {
         "{e}"
     );
 }
+
+/// On Garage, which checks signatures (moto accepts any key): a wrong
+/// secret and an unknown key are refused, and the error names the store,
+/// the access key id and where it came from, never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_name_the_store_and_key_on_garage() {
+    let server = S3Server::start(ServerKind::Garage);
+    server.create_bucket("repo");
+    for key_id in [server.access_key.as_str(), "GK0123456789abcdef01234567"] {
+        let opts = S3Options {
+            endpoint: Some(server.endpoint.clone()),
+            credentials: Some((key_id.to_owned(), "not-the-secret".into())),
+            region: Some(server.region.clone()),
+            ..Default::default()
+        };
+        let b = S3Backend::open("s3://repo/p", &opts).await.unwrap();
+        let e = b.get("config").await.unwrap_err().to_string();
+        let want = format!(
+            "the repository store {} refused access key {key_id} (explicit credentials)",
+            server.endpoint
+        );
+        assert!(e.contains(&want), "want {want:?} in {e}");
+        assert!(
+            !e.contains("not-the-secret") && !e.contains(&server.secret_key),
+            "{e}"
+        );
+    }
+}

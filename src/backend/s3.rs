@@ -47,6 +47,9 @@ const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_SIZE: u64 = 8 << 20;
 const PART_CONCURRENCY: usize = 4;
 const MAX_ATTEMPTS: u32 = 6;
+/// Region of a store that names none (S3 needs one to sign with; custom
+/// stores mostly accept this one).
+const DEFAULT_REGION: &str = "us-east-1";
 
 /// Content type and user metadata for [`S3Backend::put_object_with`].
 #[derive(Debug, Clone, Default)]
@@ -186,8 +189,15 @@ pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, Store
             ))
         })?;
         let profile = profiles.get_profile(name).ok_or_else(|| {
+            let mut known: Vec<&str> = profiles.profiles().collect();
+            known.sort_unstable();
+            let known = if known.is_empty() {
+                "no profile is defined there".to_owned()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
             Error::usage(format!(
-                "AWS profile {name:?} (for the {}) is not defined in {}",
+                "AWS profile {name:?} (for the {}) is not defined in {} ({known})",
                 role.noun(),
                 aws_files()
             ))
@@ -195,19 +205,32 @@ pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, Store
         })?;
         let endpoint = profile.get("endpoint_url").map(str::to_owned);
         let region = profile.get("region").map(str::to_owned);
-        // Only the profile's credentials: the default chain would take
-        // ambient AWS_ACCESS_KEY_ID first. Role assumption (STS) needs a
-        // region, the store's.
-        let sts_region = opts.region.clone().or_else(|| region.clone());
-        let provider_config = aws_config::provider_config::ProviderConfig::without_region()
-            .with_region(sts_region.map(Region::new));
-        loader = loader.profile_name(name).credentials_provider(
-            aws_config::profile::ProfileFileCredentialsProvider::builder()
-                .configure(&provider_config)
-                .profile_name(name)
-                .build(),
+        // The store's region, given to the loader too: the default region
+        // chain would take AWS_REGION, or ask the instance metadata
+        // service. Role assumption (STS) in the profile needs it as well.
+        let store_region = Region::new(
+            opts.region
+                .clone()
+                .or_else(|| region.clone())
+                .unwrap_or_else(|| DEFAULT_REGION.into()),
         );
+        let provider_config = aws_config::provider_config::ProviderConfig::without_region()
+            .with_region(Some(store_region.clone()));
+        // Only the profile's credentials: the default chain would take
+        // ambient AWS_ACCESS_KEY_ID first.
+        loader = loader
+            .profile_name(name)
+            .region(store_region)
+            .credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&provider_config)
+                    .profile_name(name)
+                    .build(),
+            );
         from_profile = Some((endpoint, region));
+    }
+    if let (None, Some(r)) = (&opts.profile, &opts.region) {
+        loader = loader.region(Region::new(r.clone()));
     }
     if let Some((ak, sk)) = &opts.credentials {
         loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
@@ -234,9 +257,7 @@ pub async fn connect(opts: &S3Options, role: StoreRole) -> Result<(Client, Store
                 .or_else(|| shared.region().map(|r| r.to_string())),
         ),
     };
-    // S3 itself needs some region to sign with; custom stores mostly
-    // accept this one.
-    let region = region.unwrap_or_else(|| "us-east-1".into());
+    let region = region.unwrap_or_else(|| DEFAULT_REGION.into());
     let mut b = aws_sdk_s3::config::Builder::from(&shared)
         .retry_config(
             RetryConfig::standard()
