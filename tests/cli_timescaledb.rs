@@ -227,7 +227,8 @@ fn a_timescaledb_snapshot_restores_by_timescaledb_rules() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|w| w.as_str().unwrap().contains("--jobs 4 ignored")),
+            .any(|w| w["kind"] == "option_ignored"
+                && w["message"].as_str().unwrap().contains("--jobs 4 ignored")),
         "{s}"
     );
     assert_eq!(s["differences"], serde_json::json!([]), "{s}");
