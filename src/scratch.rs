@@ -24,8 +24,10 @@
 //! refused after; never created unseen.
 
 use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -37,16 +39,21 @@ pub const EXIT_SIGINT: i32 = 130;
 /// Exit code after SIGTERM (128 + 15).
 pub const EXIT_SIGTERM: i32 = 143;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    File,
-    Dir,
+/// What a registration removes.
+#[derive(Debug)]
+enum Target {
+    /// A directory and everything in it (a [`PrivateDir`]).
+    Dir(PathBuf),
+    /// A file named relative to an open directory (a restore's temporary
+    /// file beside its destination): removed with `unlinkat`, so no link
+    /// on the way to it is followed, whatever changed in the target since.
+    FileAt(OwnedFd, CString),
 }
 
 /// Paths to remove if the run stops now.
 struct Registry {
     next: u64,
-    paths: BTreeMap<u64, (PathBuf, Kind)>,
+    paths: BTreeMap<u64, Target>,
     /// Set by [`Registry::remove_all`]: the run is ending.
     closed: bool,
 }
@@ -60,29 +67,26 @@ impl Registry {
         }
     }
 
-    /// Create `path` with `create` and register it, unless the run is ending.
-    fn add<T>(
-        &mut self,
-        path: &Path,
-        kind: Kind,
-        create: impl FnOnce(&Path) -> io::Result<T>,
-    ) -> io::Result<(u64, T)> {
+    /// Create the target with `create` and register it, unless the run is
+    /// ending. Both happen under the registry's lock, so [`remove_all`]
+    /// either sees the target or refuses it.
+    fn add<T>(&mut self, create: impl FnOnce() -> io::Result<(Target, T)>) -> io::Result<(u64, T)> {
         if self.closed {
             return Err(io::Error::other(
                 "the run is stopping: no new temporary files",
             ));
         }
-        let made = create(path)?;
+        let (target, made) = create()?;
         self.next += 1;
-        self.paths.insert(self.next, (path.to_owned(), kind));
+        self.paths.insert(self.next, target);
         Ok((self.next, made))
     }
 
     /// Forget `id`; remove its path too when `delete`.
     fn remove(&mut self, id: u64, delete: bool) {
-        if let Some((path, kind)) = self.paths.remove(&id) {
+        if let Some(target) = self.paths.remove(&id) {
             if delete {
-                delete_path(&path, kind);
+                delete_target(&target);
             }
         }
     }
@@ -90,18 +94,24 @@ impl Registry {
     fn remove_all(&mut self) -> usize {
         self.closed = true;
         let paths = std::mem::take(&mut self.paths);
-        for (path, kind) in paths.values() {
-            delete_path(path, *kind);
+        for target in paths.values() {
+            delete_target(target);
         }
         paths.len()
     }
 }
 
-fn delete_path(path: &Path, kind: Kind) {
-    let _ = match kind {
-        Kind::File => std::fs::remove_file(path),
-        Kind::Dir => std::fs::remove_dir_all(path),
-    };
+fn delete_target(target: &Target) {
+    match target {
+        Target::Dir(path) => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        // SAFETY: the name is NUL-terminated and the descriptor open;
+        // a failure (already renamed or removed) is ignored.
+        Target::FileAt(dir, name) => unsafe {
+            libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0);
+        },
+    }
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
@@ -138,11 +148,12 @@ impl PrivateDir {
             hex::encode(crate::crypto::random_bytes::<6>())
         ));
         let (id, ()) = registry()
-            .add(&path, Kind::Dir, |p| {
+            .add(|| {
                 // mkdir fails on any existing name (a link included), and
                 // the mode is set again in case the umask took bits away.
-                DirBuilder::new().mode(0o700).create(p)?;
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+                DirBuilder::new().mode(0o700).create(&path)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+                Ok((Target::Dir(path.clone()), ()))
             })
             .map_err(|e| {
                 Error::io(format!(
@@ -183,58 +194,28 @@ impl Drop for PrivateDir {
     }
 }
 
-/// A file created for the run (mode 0600, `O_EXCL`), removed when dropped
-/// unless [`TempFile::keep`] says it is now real data (renamed into place).
-#[derive(Debug)]
-pub struct TempFile {
-    id: u64,
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TempFile {
-    /// Create and register `path`; it must not exist.
-    pub fn create(path: &Path) -> io::Result<(TempFile, File)> {
-        let (id, file) = registry().add(path, Kind::File, create_private)?;
-        Ok((
-            TempFile {
-                id,
-                path: path.to_owned(),
-                keep: false,
-            },
-            file,
-        ))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The file was renamed into place: leave it (and its old name) alone.
-    pub fn keep(mut self) {
-        self.keep = true;
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        registry().remove(self.id, !self.keep);
-    }
-}
-
-/// A path created by someone else (e.g. with `openat` below an open
-/// directory), registered so that [`remove_all`] removes it on a signal.
-/// Dropping the guard only forgets the path: its owner removes the file.
+/// A file created relative to an open directory by [`create_at`]: a
+/// signal removes it ([`remove_all`]). Dropping the guard only forgets it:
+/// its owner renames it into place or removes it.
 #[derive(Debug)]
 pub struct Registered {
     id: u64,
 }
 
-/// Register `path` before creating it (so that no window leaves it
-/// unregistered); refused once the run is stopping.
-pub fn register(path: &Path) -> io::Result<Registered> {
-    let (id, ()) = registry().add(path, Kind::File, |_| Ok(()))?;
-    Ok(Registered { id })
+/// Create file `name` in directory `dir` with `create` (which must use
+/// `O_EXCL | O_NOFOLLOW`) and register it for removal on a signal, both
+/// under the registry's lock: never created unseen.
+pub fn create_at<T>(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    create: impl FnOnce() -> io::Result<T>,
+) -> io::Result<(Registered, T)> {
+    let (id, made) = registry().add(|| {
+        let dir = dir.try_clone_to_owned()?;
+        let made = create()?;
+        Ok((Target::FileAt(dir, name.to_owned()), made))
+    })?;
+    Ok((Registered { id }, made))
 }
 
 impl Drop for Registered {
@@ -311,32 +292,54 @@ mod tests {
         assert!(e.hint().unwrap().contains("--staging-dir"));
     }
 
-    #[test]
-    fn temp_file_is_removed_on_drop_unless_kept() {
-        let base = tempfile::tempdir().unwrap();
-        let a = base.path().join("a.tmp");
-        let (t, _) = TempFile::create(&a).unwrap();
-        assert_eq!(mode(&a), 0o600);
-        drop(t);
-        assert!(!a.exists());
-        let b = base.path().join("b.tmp");
-        let (t, _) = TempFile::create(&b).unwrap();
-        std::fs::rename(&b, base.path().join("b")).unwrap();
-        // A new file under the old name is not ours: keep() leaves it.
-        std::fs::write(&b, b"other").unwrap();
-        t.keep();
-        assert!(b.exists() && base.path().join("b").exists());
+    /// `openat(dir, name, O_CREAT | O_EXCL | O_NOFOLLOW, 0600)`.
+    fn create_in(dir: &File, name: &CStr) -> io::Result<OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: name NUL-terminated, dir open; the fd is owned on success.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     #[test]
-    fn temp_file_never_follows_a_planted_link() {
+    fn a_file_created_at_a_directory_is_removed_there_even_after_the_path_changed() {
+        use std::os::fd::AsFd;
         let base = tempfile::tempdir().unwrap();
-        let victim = base.path().join("victim");
-        std::fs::write(&victim, b"keep me").unwrap();
-        let link = base.path().join("x.tmp");
-        std::os::unix::fs::symlink(&victim, &link).unwrap();
-        assert!(TempFile::create(&link).is_err());
-        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        let real = base.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let dir = File::open(&real).unwrap();
+        let mut reg = Registry::new();
+        let name = CString::new("a.tmp").unwrap();
+        reg.add(|| {
+            let fd = create_in(&dir, &name)?;
+            Ok((
+                Target::FileAt(dir.as_fd().try_clone_to_owned()?, name.clone()),
+                fd,
+            ))
+        })
+        .unwrap();
+        assert_eq!(mode(&real.join("a.tmp")), 0o600);
+        // The directory's path now leads elsewhere (a link planted in its
+        // place, with a file of the same name behind it): the removal
+        // still hits the file that was created, and only that one.
+        let moved = base.path().join("moved");
+        std::fs::rename(&real, &moved).unwrap();
+        let decoy = base.path().join("decoy");
+        std::fs::create_dir(&decoy).unwrap();
+        std::fs::write(decoy.join("a.tmp"), b"not ours").unwrap();
+        std::os::unix::fs::symlink(&decoy, &real).unwrap();
+        assert_eq!(reg.remove_all(), 1);
+        assert!(!moved.join("a.tmp").exists());
+        assert_eq!(std::fs::read(decoy.join("a.tmp")).unwrap(), b"not ours");
     }
 
     #[test]
@@ -344,17 +347,36 @@ mod tests {
         // A registry of its own: the global one must stay open for the
         // other tests of this process.
         let base = tempfile::tempdir().unwrap();
+        let dir = File::open(base.path()).unwrap();
         let mut reg = Registry::new();
         let d = base.path().join("d");
-        reg.add(&d, Kind::Dir, |p| std::fs::create_dir(p)).unwrap();
+        reg.add(|| Ok((Target::Dir(d.clone()), std::fs::create_dir(&d)?)))
+            .unwrap();
         std::fs::write(d.join("inner"), b"x").unwrap();
-        let f = base.path().join("f");
-        reg.add(&f, Kind::File, create_private).unwrap();
+        let f = CString::new("f").unwrap();
+        reg.add(|| {
+            let fd = create_in(&dir, &f)?;
+            Ok((Target::FileAt(fd_of(&dir)?, f.clone()), fd))
+        })
+        .unwrap();
         assert_eq!(reg.remove_all(), 2);
         assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
-        let g = base.path().join("g");
-        let refused = reg.add(&g, Kind::File, create_private).unwrap_err();
+        let g = CString::new("g").unwrap();
+        let refused = reg
+            .add(|| {
+                let fd = create_in(&dir, &g)?;
+                Ok((Target::FileAt(fd_of(&dir)?, g.clone()), fd))
+            })
+            .unwrap_err();
         assert!(refused.to_string().contains("stopping"), "{refused}");
-        assert!(!g.exists(), "nothing is created once the run is stopping");
+        assert!(
+            !base.path().join("g").exists(),
+            "nothing is created once the run is stopping"
+        );
+    }
+
+    fn fd_of(f: &File) -> io::Result<OwnedFd> {
+        use std::os::fd::AsFd;
+        f.as_fd().try_clone_to_owned()
     }
 }

@@ -83,7 +83,7 @@ impl ObjectAttrs {
 ///   web identity, container and instance roles).
 /// - `credentials`: explicit keys for programs embedding the library
 ///   (tests); the CLI never sets them and never takes a secret as a flag.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct S3Options {
     /// Custom endpoint (MinIO, Garage, moto, …); path-style addressing.
     pub endpoint: Option<String>,
@@ -94,6 +94,22 @@ pub struct S3Options {
     pub region: Option<String>,
     /// Named AWS profile for this store.
     pub profile: Option<String>,
+}
+
+/// By hand, so that `{:?}` can never print the secret key.
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("data_storage_class", &self.data_storage_class)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(id, _)| (id, "<redacted>")),
+            )
+            .field("region", &self.region)
+            .field("profile", &self.profile)
+            .finish()
+    }
 }
 
 /// Which store a client talks to: named in every error about it.
@@ -891,6 +907,18 @@ impl ResumableGet {
         let of = self
             .expected
             .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        if self.etag.is_none() {
+            // Without an ETag the ranged read cannot be pinned to the same
+            // version (If-Match), and joining two versions is worse than
+            // failing.
+            return Err(Error::io(format!(
+                "{}: body cut short after {} of {of} bytes, and the store sent no ETag to \
+                 resume the same version with; giving up (cause: {cause})",
+                self.url(),
+                self.received,
+            ))
+            .with_hint("run again; if it keeps happening, check the network path to the store"));
+        }
         if self.cuts >= MAX_BODY_CUTS {
             return Err(Error::io(format!(
                 "{}: body cut short {} times after {} of {of} bytes; giving up (last: {cause})",
@@ -1299,6 +1327,17 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::key_refused;
+
+    #[test]
+    fn debug_of_store_options_never_shows_the_secret_key() {
+        let opts = super::S3Options {
+            credentials: Some(("AKIDEXAMPLE".into(), "wJalrXUtnFEMI/K7MDENG".into())),
+            ..Default::default()
+        };
+        let shown = format!("{opts:?}");
+        assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+    }
 
     #[test]
     fn refused_keys_are_told_from_denied_requests() {

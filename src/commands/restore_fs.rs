@@ -169,15 +169,17 @@ impl TargetDir {
             .parent()
             .unwrap_or(&self.path)
             .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(tmp.to_bytes()));
-        // Registered first, so that SIGINT/SIGTERM removes it too
-        // (decrypted data is not left behind, docs/SECURITY.md).
-        let registered = crate::scratch::register(&tmp_path).map_err(|e| self.io_err(rel, e))?;
-        let fd = open_at(
-            Some(dir.as_fd()),
-            &tmp,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o600,
-        )
+        // Created and registered under one lock, so that SIGINT/SIGTERM
+        // removes it too (decrypted data is not left behind,
+        // docs/SECURITY.md), through this directory's descriptor.
+        let (registered, fd) = crate::scratch::create_at(dir.as_fd(), &tmp, || {
+            open_at(
+                Some(dir.as_fd()),
+                &tmp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        })
         .map_err(|e| self.io_err(rel, e))?;
         Ok(TempFile {
             file: Some(File::from(fd)),
