@@ -168,6 +168,14 @@ if [ "$(id -u)" = 0 ]; then
       || die "cannot create the postgres system user (useradd failed)"
   fi
   need runuser || die "runuser (util-linux) is needed to run initdb as postgres"
+  # libpq's default socket directory on Debian, as postgresql-common's
+  # tmpfiles.d makes it at boot (absent where no service manager ran): the
+  # socket tests use it to check `--dsn dbname=…` with no host at all.
+  if [ ! -d /var/run/postgresql ]; then
+    say "postgresql: creating /var/run/postgresql (libpq's default socket directory)"
+    install -d -o postgres -g postgres -m 2775 /var/run/postgresql \
+      || die "cannot create /var/run/postgresql"
+  fi
 fi
 
 say "tools ready in $TOOLS; PostgreSQL in $pg_bin"
