@@ -228,11 +228,11 @@ fn object(data: Vec<u8>, content_type: Option<&'static str>) -> Object {
 }
 
 /// The source buckets on the first night. Both hold `USDCOP/m5/…csv` days
-/// 1–8, `USDCOP/ticks/2026-11.bin` (over 16 MiB) and `manifest.json`, with
+/// 1–20, `USDCOP/ticks/2026-11.bin` (over 16 MiB) and `manifest.json`, with
 /// different content: the raw and the standardised data.
 fn first_night() -> Buckets {
     let mut raw = BTreeMap::new();
-    for d in 1..=12u64 {
+    for d in 1..=30u64 {
         raw.insert(
             format!("USDCOP/m5/2026-11-{d:02}.csv"),
             object(csv(288 * 3, d), Some("text/csv")),
@@ -250,7 +250,7 @@ fn first_night() -> Buckets {
     raw.insert("manifest.json".into(), manifest);
 
     let mut l1 = BTreeMap::new();
-    for d in 1..=8u64 {
+    for d in 1..=20u64 {
         l1.insert(
             format!("USDCOP/m5/2026-11-{d:02}.csv"),
             object(csv(288, 100 + d), Some("text/csv")),
@@ -448,6 +448,7 @@ fn read_tree(dir: &Path) -> BTreeMap<String, (String, u32)> {
 #[allow(clippy::too_many_arguments)]
 fn night(
     label: &str,
+    first: bool,
     cron: &Cron,
     pg: &PgServer,
     minio: &S3Server,
@@ -494,6 +495,21 @@ fn night(
     let objects: usize = buckets.values().map(|b| b.len()).sum();
     assert_eq!(b["files"], objects as u64, "{b}");
     assert_eq!(b["warnings"], serde_json::json!([]), "{b}");
+    // Every object is downloaded both nights (the restore of the first
+    // night rewrote them all, so none matches its listing any more), but
+    // the second night stores only what changed.
+    let (bytes_in, stored) = (
+        b["bytes_in"].as_u64().unwrap(),
+        b["bytes_stored_new"].as_u64().unwrap(),
+    );
+    // (A GET retried or resumed after a fault counts again.)
+    assert!(
+        b["source_requests"]["get"].as_u64().unwrap() >= objects as u64,
+        "{b}"
+    );
+    if !first {
+        assert!(stored < bytes_in / 2, "unchanged content stored again: {b}");
+    }
 
     // The config tree.
     let c = config.to_str().unwrap();
@@ -521,6 +537,10 @@ fn night(
         ],
     );
     assert_eq!(r["objects"], objects as u64, "{r}");
+    assert!(
+        r["target_requests"]["multipart"].as_u64().unwrap() > 0,
+        "the objects over 16 MiB went up in parts: {r}"
+    );
     let mut targets: Vec<(String, String)> = r["buckets"]
         .as_array()
         .unwrap()
@@ -611,31 +631,40 @@ fn night(
 /// The next day: new and changed objects (one over 16 MiB), one deleted;
 /// rows inserted and updated; a config file changed and one added.
 fn next_day(pg: &PgServer, minio: &S3Server, buckets: &mut Buckets, config: &Path) {
-    let raw = buckets.get_mut(RAW).unwrap();
-    raw.insert(
-        "USDCOP/m5/2026-11-13.csv".into(),
-        object(csv(288 * 3, 13), Some("text/csv")),
-    );
-    raw.insert(
-        "USDCOP/m5/2026-11-03.csv".into(),
-        object(csv(288 * 3, 1003), Some("text/csv")),
-    );
-    raw.remove("USDCOP/m5/2026-11-01.csv");
-    let l1 = buckets.get_mut(L1).unwrap();
-    l1.insert(
-        "USDCOP/ticks/2026-11.bin".into(),
-        object(random_bytes(BIG + 2_000_029, 7004), None),
-    );
-    for d in 1..=8u64 {
-        l1.insert(
-            format!("USDCOP/m5/2026-11-{d:02}.csv"),
-            object(csv(288, 200 + d), Some("text/csv")),
-        );
-    }
-    empty_buckets(minio);
-    for (bucket, objects) in buckets.iter() {
-        for (k, o) in objects {
-            put(minio, bucket, k, o);
+    let changes: Vec<(&str, String, Option<Object>)> = vec![
+        (
+            RAW,
+            "USDCOP/m5/2026-11-13.csv".into(),
+            Some(object(csv(288 * 3, 13), Some("text/csv"))),
+        ),
+        (
+            RAW,
+            "USDCOP/m5/2026-11-03.csv".into(),
+            Some(object(csv(288 * 3, 1003), Some("text/csv"))),
+        ),
+        (RAW, "USDCOP/m5/2026-11-01.csv".into(), None),
+        (
+            L1,
+            "USDCOP/ticks/2026-11.bin".into(),
+            Some(object(random_bytes(BIG + 2_000_029, 7004), None)),
+        ),
+        (
+            L1,
+            "USDCOP/m5/2026-11-02.csv".into(),
+            Some(object(csv(288, 202), Some("text/csv"))),
+        ),
+    ];
+    for (bucket, key, change) in changes {
+        let objects = buckets.get_mut(bucket).unwrap();
+        match change {
+            Some(o) => {
+                put(minio, bucket, &key, &o);
+                objects.insert(key, o);
+            }
+            None => {
+                delete(minio, bucket, &key);
+                objects.remove(&key);
+            }
         }
     }
 
@@ -785,7 +814,9 @@ fn the_trading_systems_topology_backs_up_and_restores_through_faults() {
         );
     }
 
-    night("night1", &cron, &pg, &minio, &buckets, &config, &secrets);
+    night(
+        "night1", true, &cron, &pg, &minio, &buckets, &config, &secrets,
+    );
 
     // Second night: every S3 request of both stores through a faulty
     // network; the profiles' endpoint_url are the proxies.
@@ -798,17 +829,21 @@ fn the_trading_systems_topology_backs_up_and_restores_through_faults() {
         &offsite,
         &offsite_proxy.endpoint,
     );
-    night("night2", &cron, &pg, &minio, &buckets, &config, &secrets);
+    night(
+        "night2", false, &cron, &pg, &minio, &buckets, &config, &secrets,
+    );
     let (m, o) = (minio_proxy.counts(), offsite_proxy.counts());
     let all = sum(m, o);
     eprintln!(
         "faults: on-prem store {m:?}; offsite store {o:?}; whole test {:?}",
         t0.elapsed()
     );
-    assert!(
-        m.requests > 0 && o.requests > 0,
-        "both stores through the proxies"
-    );
+    for (store, c) in [("on-prem", m), ("offsite", o)] {
+        assert!(
+            c.slow_down + c.reset + c.cut_body > 0,
+            "no fault injected into the {store} store's requests: {c:?}"
+        );
+    }
     assert!(all.slow_down > 0, "no 503 SlowDown injected: {all:?}");
     assert!(all.reset > 0, "no connection reset injected: {all:?}");
     assert!(all.cut_body > 0, "no GET body cut short: {all:?}");
