@@ -142,6 +142,7 @@ impl PrivateDir {
     /// the temporary directory (`$TMPDIR`, else `/tmp`).
     pub fn create(base: Option<&Path>) -> Result<PrivateDir> {
         let base = base.map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        remove_dead_runs(&base);
         let path = base.join(format!(
             "usdcop-dr-{}-{}",
             std::process::id(),
@@ -157,10 +158,10 @@ impl PrivateDir {
             })
             .map_err(|e| {
                 Error::io(format!(
-                    "cannot create a private directory in {} for decrypted data: {e}",
+                    "cannot create a private directory in {} for temporary data: {e}",
                     base.display()
                 ))
-                .with_hint("choose a directory with room for it with --staging-dir (or TMPDIR)")
+                .with_hint("point TMPDIR (or, for restores, --staging-dir) at a writable directory with room for it")
             })?;
         Ok(PrivateDir { id, path })
     }
@@ -224,6 +225,54 @@ impl Drop for Registered {
     }
 }
 
+/// A run's directory is left behind only when its process was killed
+/// with SIGKILL (the OOM killer, `timeout -s KILL`), which no handler
+/// sees. Such a directory is removed by a later run when it is ours (same
+/// owner, a real directory, not a link), its process is gone, and it has
+/// not changed for [`DEAD_RUN_AGE`] (a process of another PID namespace
+/// sharing the directory would look gone; the age keeps its live spool).
+const DEAD_RUN_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+fn remove_dead_runs(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for e in entries.flatten() {
+        let Some(pid) = run_pid(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let old = m
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > DEAD_RUN_AGE);
+        if !m.is_dir() || m.uid() != me || !old {
+            continue;
+        }
+        // SAFETY: signal 0 sends nothing; it only asks whether `pid` exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// The PID in a [`PrivateDir`] name `usdcop-dr-<pid>-<12 hex>`.
+fn run_pid(name: &str) -> Option<i32> {
+    let (pid, random) = name.strip_prefix("usdcop-dr-")?.split_once('-')?;
+    if random.len() != 12 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
 fn create_private(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
@@ -283,6 +332,44 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"plaintext");
         drop(dir);
         assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn directories_of_killed_runs_are_removed_by_the_next_one() {
+        let base = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - DEAD_RUN_AGE * 2;
+        let make = |name: &str, age: std::time::SystemTime| {
+            let d = base.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("spool-1"), b"plaintext").unwrap();
+            File::open(&d).unwrap().set_modified(age).unwrap();
+            d
+        };
+        // No process has a PID above the kernel's maximum (2^22).
+        let dead = make("usdcop-dr-2000000000-0123456789ab", old);
+        let alive = make(
+            &format!("usdcop-dr-{}-0123456789ab", std::process::id()),
+            old,
+        );
+        let recent = make(
+            "usdcop-dr-2000000001-0123456789ab",
+            std::time::SystemTime::now(),
+        );
+        let other = make("usdcop-dr-2000000002-not-a-run", old);
+        let target = make("elsewhere", old);
+        let link = base.path().join("usdcop-dr-2000000003-0123456789ab");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let dir = PrivateDir::create(Some(base.path())).unwrap();
+        assert!(!dead.exists(), "a killed run's directory is removed");
+        for kept in [&alive, &recent, &other, &target] {
+            assert!(
+                kept.join("spool-1").exists(),
+                "{} was removed",
+                kept.display()
+            );
+        }
+        assert!(link.symlink_metadata().is_ok(), "a link is never followed");
+        drop(dir);
     }
 
     #[test]

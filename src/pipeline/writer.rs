@@ -37,6 +37,7 @@ use crate::format::pack::{self, BlobKind, Compression, PackEntry};
 use crate::format::{codec, names, Hasher, Id};
 use crate::progress::Progress;
 use crate::repository::{MasterIndex, Repository};
+use crate::scratch::PrivateDir;
 
 /// Index objects are written after this many packs, or this long after the
 /// previous one, whichever comes first (bounds what a crash can orphan).
@@ -130,6 +131,9 @@ pub struct Writer {
     threads: Vec<JoinHandle<()>>,
     queue_depth: usize,
     chunker_params: crate::format::meta::ChunkerParams,
+    /// The run's own spool directory, when the backend has none: removed
+    /// when the writer is dropped, after `Drop` has joined the threads.
+    _private_spool: Option<PrivateDir>,
 }
 
 impl Writer {
@@ -149,17 +153,28 @@ impl Writer {
         } else {
             opts.uploaders
         };
-        let spool = repo
-            .backend()
-            .spool_dir()
-            .unwrap_or_else(|| std::env::temp_dir().join("usdcop-dr-spool"));
-        std::fs::create_dir_all(&spool).map_err(|e| {
-            Error::io(format!(
-                "cannot create spool directory {}: {e}",
-                spool.display()
-            ))
-        })?;
-        clean_stale_spool(&spool);
+        // A backend without a spool directory of its own (S3) spools packs
+        // into a directory made for this run (mode 0700, removed with the
+        // writer and on SIGINT/SIGTERM), never into a shared fixed name
+        // under /tmp: one made by a root run would refuse the `postgres`
+        // cron job, and one planted by another user would hold our packs
+        // between their hashing and their upload.
+        let (spool, private_spool) = match repo.backend().spool_dir() {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::io(format!(
+                        "cannot create spool directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                clean_stale_spool(&dir);
+                (dir, None)
+            }
+            None => {
+                let dir = PrivateDir::create(None)?;
+                (dir.path().to_owned(), Some(dir))
+            }
+        };
         let config = repo.config().clone();
         let shared = Arc::new(Shared {
             repo,
@@ -197,6 +212,7 @@ impl Writer {
             threads,
             queue_depth: workers * 2,
             chunker_params: config.chunker,
+            _private_spool: private_spool,
         })
     }
 
