@@ -48,6 +48,11 @@ enum Target {
     /// file beside its destination): removed with `unlinkat`, so no link
     /// on the way to it is followed, whatever changed in the target since.
     FileAt(OwnedFd, CString),
+    /// A child process still running (pg_restore on a staged dump, say):
+    /// sent SIGTERM, so that it does not go on against the database after
+    /// the run was stopped. Registered only while it has not been waited
+    /// for, so the pid cannot belong to another process yet.
+    Child(u32),
 }
 
 /// Paths to remove if the run stops now.
@@ -110,6 +115,10 @@ fn delete_target(target: &Target) {
         // a failure (already renamed or removed) is ignored.
         Target::FileAt(dir, name) => unsafe {
             libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0);
+        },
+        // SAFETY: kill has no memory effects; the pid is an unreaped child.
+        Target::Child(pid) => unsafe {
+            libc::kill(*pid as libc::pid_t, libc::SIGTERM);
         },
     }
 }
@@ -223,6 +232,15 @@ impl Drop for Registered {
     fn drop(&mut self) {
         registry().remove(self.id, false);
     }
+}
+
+/// Register a child process just started, so that a signal stopping the
+/// run stops it too ([`remove_all`] sends it SIGTERM). Drop the guard
+/// *before* waiting for the child: once reaped, its pid may be reused.
+/// Refused (the caller kills the child) once the run is stopping.
+pub fn register_child(pid: u32) -> io::Result<Registered> {
+    let (id, ()) = registry().add(|| Ok((Target::Child(pid), ())))?;
+    Ok(Registered { id })
 }
 
 /// A run's directory is left behind only when its process was killed

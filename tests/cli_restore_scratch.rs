@@ -172,3 +172,108 @@ fn sigint_during_a_directory_restore_removes_its_temporary_files() {
         .collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[test]
+fn sigterm_during_pg_restore_stops_pg_restore_too() {
+    // A SIGTERM to usdcop-dr alone (`kill PID`, systemd's KillMode=mixed)
+    // must not leave a pg_restore running on against the database from a
+    // staged dump. The "pg_restore" here is a wrapper that records its pid
+    // and then waits, standing for a long restore.
+    let pg = PgServer::start();
+    pg.create_db("usdcop_trading");
+    load_usdcop_like(&pg, "usdcop_trading", 2_000);
+    let repo = TestRepo::with_init_args(&[]);
+    let tools = tempfile::tempdir().unwrap();
+    let marker = tools.path().join("pid");
+    let wrapper = tools.path().join("pg_restore");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec '{real}' --version; fi\n\
+             echo $$ > '{m}.tmp' && mv '{m}.tmp' '{m}'\nexec sleep 120\n",
+            real = pg.bin("pg_restore").display(),
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let with_pg = |args: &[&str]| {
+        let mut c = repo.cmd();
+        c.envs(pg.env())
+            .env_remove("USDCOP_DR_PG_DSN")
+            .env_remove("USDCOP_DR_PG_TARGET_DSN")
+            .env("PGPASSFILE", "/nonexistent")
+            .args(args);
+        c
+    };
+    let src = pg.dsn("usdcop_trading");
+    common::run_cmd(
+        with_pg(&["backup", "postgres", "--source", "pg", "--dsn", &src]),
+        None,
+    )
+    .ok();
+    let staging = tempfile::tempdir().unwrap();
+    let target = pg.dsn("restored");
+    let mut c = with_pg(&[
+        "restore",
+        "postgres",
+        "--target-dsn",
+        &target,
+        "--create",
+        "--jobs",
+        "2",
+        "--staging-dir",
+        staging.path().to_str().unwrap(),
+        "--pg-restore",
+        wrapper.to_str().unwrap(),
+    ]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    let pid: i32 = loop {
+        if let Ok(s) = std::fs::read_to_string(&marker) {
+            break s.trim().parse().unwrap();
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the restore ended ({st}) before pg_restore started: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "pg_restore did not start within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!dead(pid), "the wrapper stands for a running pg_restore");
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let gone = Instant::now();
+    while !dead(pid) {
+        if gone.elapsed() > Duration::from_secs(10) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("pg_restore (pid {pid}) still runs 10 s after usdcop-dr was stopped: {stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        files_under(staging.path()).is_empty(),
+        "staged dump left behind"
+    );
+}

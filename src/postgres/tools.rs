@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::scratch::Registered;
 
 #[derive(Debug, Clone)]
 pub struct PgTool {
@@ -160,7 +161,7 @@ fn spawn(
     mut cmd: Command,
     stdin: Stdio,
     stdout: Stdio,
-) -> Result<(Child, Arc<Mutex<Tail>>, JoinHandle<()>)> {
+) -> Result<(Child, Registered, Arc<Mutex<Tail>>, JoinHandle<()>)> {
     cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         Error::new(
@@ -171,8 +172,17 @@ fn spawn(
             ),
         )
     })?;
+    // A signal that stops the run stops the child too (docs/CLI.md, Signals).
+    let registered = match crate::scratch::register_child(child.id()) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::io(format!("not starting {what}: {e}")));
+        }
+    };
     let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"));
-    Ok((child, tail, handle))
+    Ok((child, registered, tail, handle))
 }
 
 fn describe_failure(what: &str, status: ExitStatus, tail: &Tail) -> String {
@@ -192,6 +202,29 @@ fn describe_failure(what: &str, status: ExitStatus, tail: &Tail) -> String {
     }
 }
 
+/// Wait until `child` has exited *without reaping it* (`waitid` with
+/// `WNOWAIT`), then drop its registration: while it runs a signal that
+/// stops the run stops it too, and its pid, still held by the unreaped
+/// child, cannot name another process by then.
+fn release_when_exited(child: &Child, registered: &mut Option<Registered>) {
+    loop {
+        // SAFETY: info is written by waitid; the pid is our unreaped child.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child.id() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    registered.take();
+}
+
 /// A running client program whose stdout is read as a stream. Reading past
 /// the end waits for the program: a non-zero exit (or a signal) turns the
 /// end of the stream into an error carrying the program's own message, so
@@ -199,6 +232,8 @@ fn describe_failure(what: &str, status: ExitStatus, tail: &Tail) -> String {
 pub struct ChildStream {
     what: String,
     child: Child,
+    /// Dropped before the child is reaped (its pid is then free again).
+    registered: Option<Registered>,
     stdout: ChildStdout,
     tail: Arc<Mutex<Tail>>,
     stderr_thread: Option<JoinHandle<()>>,
@@ -208,11 +243,13 @@ pub struct ChildStream {
 impl ChildStream {
     /// Spawn `cmd` (stdin null, stdout piped, stderr collected).
     pub fn spawn(what: &str, cmd: Command) -> Result<ChildStream> {
-        let (mut child, tail, handle) = spawn(what, cmd, Stdio::null(), Stdio::piped())?;
+        let (mut child, registered, tail, handle) =
+            spawn(what, cmd, Stdio::null(), Stdio::piped())?;
         let stdout = child.stdout.take().expect("piped");
         Ok(ChildStream {
             what: what.to_owned(),
             child,
+            registered: Some(registered),
             stdout,
             tail,
             stderr_thread: Some(handle),
@@ -229,6 +266,7 @@ impl ChildStream {
         if let Some(d) = &self.done {
             return d.clone();
         }
+        release_when_exited(&self.child, &mut self.registered);
         let status = self.child.wait();
         if let Some(h) = self.stderr_thread.take() {
             let _ = h.join();
@@ -261,6 +299,7 @@ impl Drop for ChildStream {
         if self.done.is_none() {
             // Abandoned (the backup failed elsewhere): do not leave it running.
             let _ = self.child.kill();
+            self.registered.take();
             let _ = self.child.wait();
         }
     }
@@ -271,6 +310,8 @@ impl Drop for ChildStream {
 pub struct FedChild {
     what: String,
     child: Child,
+    /// Dropped before the child is reaped (its pid is then free again).
+    registered: Option<Registered>,
     tail: Arc<Mutex<Tail>>,
     stderr_thread: Option<JoinHandle<()>>,
 }
@@ -278,12 +319,14 @@ pub struct FedChild {
 impl FedChild {
     /// Spawn `cmd` with stdin piped (returned) and stderr collected.
     pub fn spawn(what: &str, cmd: Command) -> Result<(FedChild, ChildStdin)> {
-        let (mut child, tail, handle) = spawn(what, cmd, Stdio::piped(), Stdio::null())?;
+        let (mut child, registered, tail, handle) =
+            spawn(what, cmd, Stdio::piped(), Stdio::null())?;
         let stdin = child.stdin.take().expect("piped");
         Ok((
             FedChild {
                 what: what.to_owned(),
                 child,
+                registered: Some(registered),
                 tail,
                 stderr_thread: Some(handle),
             },
@@ -303,6 +346,7 @@ impl FedChild {
     /// Wait for the program (its stdin must be closed by now); its failure
     /// comes back with its own message.
     pub fn finish(mut self) -> Result<()> {
+        release_when_exited(&self.child, &mut self.registered);
         let status = self
             .child
             .wait()
