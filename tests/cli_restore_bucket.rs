@@ -12,12 +12,11 @@ mod common;
 #[path = "common/servers.rs"]
 mod servers;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{command, random_bytes, run_cmd, Run};
+use common::{command, files_under, mode, random_bytes, run_cmd, Run};
 use servers::{S3Server, ServerKind};
 
 struct Setup {
@@ -225,26 +224,6 @@ fn restore_bucket_selects_by_source_bucket() {
     assert_eq!(per_bucket(&r, "std")["overwritten"], 1, "{r}");
     assert_eq!(s.get("std", k), content("std", k));
     assert_eq!(s.get("raw", k), content("raw", k));
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
 }
 
 /// Start a restore with `TMPDIR=tmp`, wait until it has spooled a file,

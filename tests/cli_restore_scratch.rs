@@ -9,31 +9,23 @@ mod common;
 mod postgres;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, TestRepo};
+use common::{files_under, mode, random_bytes, TestRepo};
 use postgres::*;
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+/// The binary on `repo`, reaching `pg` with its password in the
+/// environment only.
+fn pg_command(repo: &TestRepo, pg: &PgServer, args: &[&str]) -> Command {
+    let mut c = repo.cmd();
+    c.envs(pg.env())
+        .env_remove("USDCOP_DR_PG_DSN")
+        .env_remove("USDCOP_DR_PG_TARGET_DSN")
+        .env("PGPASSFILE", "/nonexistent")
+        .args(args);
+    c
 }
 
 /// Spawn `c`, wait (at most 60 s) for a file under `dir` that `pick`
@@ -84,15 +76,7 @@ fn sigterm_during_a_staged_postgres_restore_removes_the_staged_dump() {
     pg.create_db("usdcop_trading");
     load_usdcop_like(&pg, "usdcop_trading", 20_000);
     let repo = TestRepo::with_init_args(&[]);
-    let with_pg = |args: &[&str]| {
-        let mut c = repo.cmd();
-        c.envs(pg.env())
-            .env_remove("USDCOP_DR_PG_DSN")
-            .env_remove("USDCOP_DR_PG_TARGET_DSN")
-            .env("PGPASSFILE", "/nonexistent")
-            .args(args);
-        c
-    };
+    let with_pg = |args: &[&str]| pg_command(&repo, &pg, args);
     let src = pg.dsn("usdcop_trading");
     let backup = with_pg(&["backup", "postgres", "--source", "pg", "--dsn", &src]);
     common::run_cmd(backup, None).ok();
@@ -207,15 +191,7 @@ fn sigterm_during_pg_restore_stops_pg_restore_too() {
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let with_pg = |args: &[&str]| {
-        let mut c = repo.cmd();
-        c.envs(pg.env())
-            .env_remove("USDCOP_DR_PG_DSN")
-            .env_remove("USDCOP_DR_PG_TARGET_DSN")
-            .env("PGPASSFILE", "/nonexistent")
-            .args(args);
-        c
-    };
+    let with_pg = |args: &[&str]| pg_command(&repo, &pg, args);
     let src = pg.dsn("usdcop_trading");
     common::run_cmd(
         with_pg(&["backup", "postgres", "--source", "pg", "--dsn", &src]),
