@@ -370,8 +370,7 @@ pub struct S3Backend {
     bucket: String,
     /// Empty or ending in `/`.
     prefix: String,
-    endpoint: String,
-    /// Which store this is, for errors.
+    /// Which store this is, for errors and [`Backend::location`].
     store: Arc<StoreInfo>,
     data_storage_class: Option<StorageClass>,
     stats: Arc<RequestStats>,
@@ -413,7 +412,6 @@ impl S3Backend {
             client,
             bucket,
             prefix,
-            endpoint: store.endpoint_label(),
             store: Arc::new(store),
             data_storage_class,
             stats: Arc::new(RequestStats::default()),
@@ -1148,10 +1146,9 @@ fn e_display(e: &dyn std::error::Error) -> String {
 #[async_trait]
 impl Backend for S3Backend {
     fn location(&self) -> String {
-        if self.endpoint == "AWS S3" {
-            format!("s3://{}/{}", self.bucket, self.prefix)
-        } else {
-            format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+        match &self.store.endpoint {
+            None => format!("s3://{}/{}", self.bucket, self.prefix),
+            Some(endpoint) => format!("s3://{}/{} at {endpoint}", self.bucket, self.prefix),
         }
     }
 
