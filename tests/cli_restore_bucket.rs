@@ -204,6 +204,12 @@ fn restore_bucket_selects_by_source_bucket() {
         assert_eq!(s.get(dst, &format!("only-in-{src}")), content(src, "own"));
     }
     assert_eq!(r["objects"], 6, "{r}");
+    // The target store's requests: the listing of both targets and the
+    // writes through their backends, counted on the one connection.
+    let t = &r["target_requests"];
+    assert!(t["list"].as_u64().unwrap() >= 2, "{r}");
+    assert!(t["put"].as_u64().unwrap() >= 6, "{r}");
+    assert!(t["bytes_up"].as_u64().unwrap() >= 6 * 40, "{r}");
 
     // Back under their own names: std's copy of a shared key was changed
     // since; it is a conflict (exit 1) reported with its bucket, then

@@ -407,16 +407,40 @@ impl S3Backend {
     pub async fn open_as(url: &str, opts: &S3Options, role: StoreRole) -> Result<S3Backend> {
         let (bucket, prefix) = parse_url(url)?;
         let (client, store) = connect(opts, role).await?;
-        let data_storage_class = opts.data_storage_class.as_deref().map(StorageClass::from);
-        Ok(S3Backend {
+        let mut backend = Self::from_client(
+            client,
+            Arc::new(store),
+            bucket,
+            prefix,
+            Arc::new(RequestStats::default()),
+        );
+        backend.data_storage_class = opts.data_storage_class.as_deref().map(StorageClass::from);
+        Ok(backend)
+    }
+
+    /// A bucket of a store already connected ([`connect`]): no second
+    /// profile read or credential resolution (an STS call with an
+    /// assume-role profile). `prefix` is empty or ends in `/`
+    /// ([`parse_url`]). Requests are counted into `stats`, which may be
+    /// shared with the other users of `client`, so that one store's
+    /// requests add up in one place. No data storage class: that is for
+    /// the repository, which [`S3Backend::open`] makes.
+    pub fn from_client(
+        client: Client,
+        store: Arc<StoreInfo>,
+        bucket: String,
+        prefix: String,
+        stats: Arc<RequestStats>,
+    ) -> S3Backend {
+        S3Backend {
             client,
             bucket,
             prefix,
-            store: Arc::new(store),
-            data_storage_class,
-            stats: Arc::new(RequestStats::default()),
+            store,
+            data_storage_class: None,
+            stats,
             atomic_create: Arc::new(AtomicBool::new(true)),
-        })
+        }
     }
 
     pub fn stats(&self) -> RequestCounts {
