@@ -419,7 +419,9 @@ async fn restore_one(
     let existing = t.existing.get(key);
     let failed = |err: Error| -> Result<Outcome> {
         if matches!(err.kind(), ErrorKind::Integrity | ErrorKind::NotFound) {
-            progress.warn(&format!("{key}: {err}"));
+            // The one report of it on stderr, as it happens (the CLI's
+            // final error only counts them).
+            progress.warn(&format!("not restored: s3://{bucket}/{key}: {err}"));
             Ok(Outcome::Failed(FailedObject {
                 bucket: bucket.to_owned(),
                 key: key.to_owned(),
