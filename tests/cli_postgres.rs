@@ -676,6 +676,7 @@ fn a_fresh_server_without_the_owning_role_needs_no_owner() {
     assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
     let warned = r["warnings"].as_array().unwrap().iter().any(|w| {
         w["kind"] == "globals"
+            && w["path"] == "recovered"
             && w["message"]
                 .as_str()
                 .unwrap()

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use common::{run_cmd, TestRepo};
 use postgres::*;
+use usdcop_dr::postgres::dsn;
 
 const SOURCE_DB: &str = "usdcop_trading";
 
@@ -91,32 +92,39 @@ fn a_password_with_reserved_characters_never_shows() {
     assert!(!r.stderr.contains("Ssl-Key-Secret"), "{}", r.stderr);
 }
 
-/// Variables a client program may see: the allow-list, plus what `sh`
-/// itself sets in the wrapper.
+/// Variables a client program may see: the library's allow-list
+/// ([`dsn::CHILD_ENV`], `LC_*`), `PGPASSWORD` (set by us when there is a
+/// password), plus what `sh` itself sets in the wrapper.
 fn allowed(name: &str) -> bool {
-    const ALLOWED: &[&str] = &[
-        "PATH",
-        "HOME",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TMPDIR",
-        "PGPASSWORD",
-        "PGTZ",
-        "PGDATESTYLE",
-        "PGOPTIONS",
-        "PGAPPNAME",
-        "PGCLIENTENCODING",
-        "PGCONNECT_TIMEOUT",
-        "PGSSLMODE",
-        "PGSSLROOTCERT",
-        // The wrapper's shell.
-        "PWD",
-        "OLDPWD",
-        "SHLVL",
-        "_",
-    ];
-    ALLOWED.contains(&name) || name.starts_with("LC_")
+    const WRAPPER: &[&str] = &["PGPASSWORD", "PWD", "OLDPWD", "SHLVL", "_"];
+    dsn::CHILD_ENV.contains(&name) || WRAPPER.contains(&name) || name.starts_with("LC_")
+}
+
+/// The allow-list itself never passes on a secret, nor the variables
+/// naming the server or user (given explicitly instead).
+#[test]
+fn child_env_allow_list_holds_no_secret_or_server_variable() {
+    for name in dsn::CHILD_ENV {
+        assert!(
+            !name.starts_with("AWS_") && !name.starts_with("USDCOP_DR"),
+            "{name} in CHILD_ENV"
+        );
+        assert!(
+            ![
+                "PGPASSWORD",
+                "PGPASSFILE",
+                "PGHOST",
+                "PGHOSTADDR",
+                "PGPORT",
+                "PGUSER",
+                "PGDATABASE",
+                "PGSERVICE",
+                "PGSERVICEFILE",
+            ]
+            .contains(name),
+            "{name} in CHILD_ENV"
+        );
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! ambiguous requests refused with exit 2 before anything is written; and
 //! the decrypted spool of a large object: 0600 inside a private 0700
 //! directory while the restore runs, gone after success and after
-//! SIGTERM / SIGINT (exit 143 / 130).
+//! SIGTERM / SIGINT (exit 143 / 130); an object whose data is gone
+//! reported once.
 //!
 //! The buckets live on moto; the repository is a local directory (fewer
 //! requests to the slow server, same code paths on the bucket side).
@@ -203,6 +204,12 @@ fn restore_bucket_selects_by_source_bucket() {
         assert_eq!(s.get(dst, &format!("only-in-{src}")), content(src, "own"));
     }
     assert_eq!(r["objects"], 6, "{r}");
+    // The target store's requests: the listing of both targets and the
+    // writes through their backends, counted on the one connection.
+    let t = &r["target_requests"];
+    assert!(t["list"].as_u64().unwrap() >= 2, "{r}");
+    assert!(t["put"].as_u64().unwrap() >= 6, "{r}");
+    assert!(t["bytes_up"].as_u64().unwrap() >= 6 * 40, "{r}");
 
     // Back under their own names: std's copy of a shared key was changed
     // since; it is a conflict (exit 1) reported with its bucket, then
@@ -344,4 +351,49 @@ fn restore_bucket_spool_is_private_and_removed_on_success_and_signals() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left behind after a restore: {left:?}");
+}
+
+/// An object whose data is gone from the repository is reported once on
+/// stderr, as it happens, with its full s3:// URL (not again at the end),
+/// and the run fails as an integrity error; the others are restored.
+#[test]
+fn restore_bucket_reports_each_unrestorable_object_once() {
+    let s = Setup::new();
+    for b in ["raw", "tgt"] {
+        s.server.create_bucket(b);
+    }
+    let keys = ["USDCOP/a.csv", "USDCOP/b.csv"];
+    for (i, k) in keys.into_iter().enumerate() {
+        s.put("raw", k, &random_bytes(3000, i as u64));
+    }
+    s.backup(&["raw"]);
+    // Every pack gone: no object can be restored.
+    let packs = files_under(&s.repo.join("data"));
+    assert!(!packs.is_empty());
+    for p in packs {
+        std::fs::remove_file(p).unwrap();
+    }
+    let r = s.restore(&["--from-bucket", "raw", "--bucket", "tgt"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    for k in keys {
+        let lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains(k)).collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{k} not reported exactly once: {}",
+            r.stderr
+        );
+        assert!(
+            lines[0].contains(&format!("not restored: s3://tgt/{k}: ")),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(
+        r.stderr
+            .contains("2 object(s) could not be restored intact"),
+        "{}",
+        r.stderr
+    );
+    assert!(s.keys("tgt").is_empty(), "{:?}", s.keys("tgt"));
 }

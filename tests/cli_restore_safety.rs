@@ -406,6 +406,16 @@ fn a_symlink_already_in_the_target_is_not_followed() {
             "{p} not reported: {}",
             r.stderr
         );
+        // Once: as it happened, not again at the end.
+        assert_eq!(
+            r.stderr
+                .lines()
+                .filter(|l| l.contains(&format!("{p}: ")))
+                .count(),
+            1,
+            "{p} reported more than once: {}",
+            r.stderr
+        );
     }
     assert!(r.stderr.contains("is a symlink"), "{}", r.stderr);
     assert!(r.stderr.contains("not followed"), "{}", r.stderr);

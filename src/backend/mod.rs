@@ -149,6 +149,40 @@ pub struct RequestCounts {
     pub bytes_down: u64,
 }
 
+/// Counts of several clients of one store, added up.
+impl std::ops::AddAssign for RequestCounts {
+    fn add_assign(&mut self, o: RequestCounts) {
+        // Destructured, so that a new field cannot be left out of the sum.
+        let RequestCounts {
+            put,
+            get,
+            head,
+            list,
+            delete,
+            multipart,
+            bytes_up,
+            bytes_down,
+        } = o;
+        self.put += put;
+        self.get += get;
+        self.head += head;
+        self.list += list;
+        self.delete += delete;
+        self.multipart += multipart;
+        self.bytes_up += bytes_up;
+        self.bytes_down += bytes_down;
+    }
+}
+
+impl std::iter::Sum for RequestCounts {
+    fn sum<I: Iterator<Item = RequestCounts>>(iter: I) -> RequestCounts {
+        iter.fold(RequestCounts::default(), |mut a, c| {
+            a += c;
+            a
+        })
+    }
+}
+
 impl RequestStats {
     pub fn snapshot(&self) -> RequestCounts {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -196,4 +230,51 @@ pub async fn open(repo: &str, s3: &s3::S3Options) -> Result<DynBackend> {
         );
     }
     Ok(Arc::new(local::LocalBackend::new(repo)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestCounts;
+
+    #[test]
+    fn request_counts_add_up_field_by_field() {
+        let a = RequestCounts {
+            put: 1,
+            get: 2,
+            head: 3,
+            list: 4,
+            delete: 5,
+            multipart: 6,
+            bytes_up: 7,
+            bytes_down: 8,
+        };
+        let b = RequestCounts {
+            put: 10,
+            get: 20,
+            head: 30,
+            list: 40,
+            delete: 50,
+            multipart: 60,
+            bytes_up: 70,
+            bytes_down: 80,
+        };
+        let mut c = a;
+        c += b;
+        let want = RequestCounts {
+            put: 11,
+            get: 22,
+            head: 33,
+            list: 44,
+            delete: 55,
+            multipart: 66,
+            bytes_up: 77,
+            bytes_down: 88,
+        };
+        assert_eq!(c, want);
+        assert_eq!([a, b].into_iter().sum::<RequestCounts>(), want);
+        assert_eq!(
+            std::iter::empty().sum::<RequestCounts>(),
+            RequestCounts::default()
+        );
+    }
 }

@@ -370,8 +370,7 @@ pub struct S3Backend {
     bucket: String,
     /// Empty or ending in `/`.
     prefix: String,
-    endpoint: String,
-    /// Which store this is, for errors.
+    /// Which store this is, for errors and [`Backend::location`].
     store: Arc<StoreInfo>,
     data_storage_class: Option<StorageClass>,
     stats: Arc<RequestStats>,
@@ -408,17 +407,40 @@ impl S3Backend {
     pub async fn open_as(url: &str, opts: &S3Options, role: StoreRole) -> Result<S3Backend> {
         let (bucket, prefix) = parse_url(url)?;
         let (client, store) = connect(opts, role).await?;
-        let data_storage_class = opts.data_storage_class.as_deref().map(StorageClass::from);
-        Ok(S3Backend {
+        let mut backend = Self::from_client(
+            client,
+            Arc::new(store),
+            bucket,
+            prefix,
+            Arc::new(RequestStats::default()),
+        );
+        backend.data_storage_class = opts.data_storage_class.as_deref().map(StorageClass::from);
+        Ok(backend)
+    }
+
+    /// A bucket of a store already connected ([`connect`]): no second
+    /// profile read or credential resolution (an STS call with an
+    /// assume-role profile). `prefix` is empty or ends in `/`
+    /// ([`parse_url`]). Requests are counted into `stats`, which may be
+    /// shared with the other users of `client`, so that one store's
+    /// requests add up in one place. No data storage class: that is for
+    /// the repository, which [`S3Backend::open`] makes.
+    pub fn from_client(
+        client: Client,
+        store: Arc<StoreInfo>,
+        bucket: String,
+        prefix: String,
+        stats: Arc<RequestStats>,
+    ) -> S3Backend {
+        S3Backend {
             client,
             bucket,
             prefix,
-            endpoint: store.endpoint_label(),
-            store: Arc::new(store),
-            data_storage_class,
-            stats: Arc::new(RequestStats::default()),
+            store,
+            data_storage_class: None,
+            stats,
             atomic_create: Arc::new(AtomicBool::new(true)),
-        })
+        }
     }
 
     pub fn stats(&self) -> RequestCounts {
@@ -1148,10 +1170,9 @@ fn e_display(e: &dyn std::error::Error) -> String {
 #[async_trait]
 impl Backend for S3Backend {
     fn location(&self) -> String {
-        if self.endpoint == "AWS S3" {
-            format!("s3://{}/{}", self.bucket, self.prefix)
-        } else {
-            format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+        match &self.store.endpoint {
+            None => format!("s3://{}/{}", self.bucket, self.prefix),
+            Some(endpoint) => format!("s3://{}/{} at {endpoint}", self.bucket, self.prefix),
         }
     }
 

@@ -228,12 +228,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     c.bucket, c.key, c.reason
                 );
             }
-            for f in &s.failed {
-                eprintln!(
-                    "usdcop-dr: not restored: s3://{}/{}: {}",
-                    f.bucket, f.key, f.error
-                );
-            }
+            // Each failed object was printed as it happened ("not
+            // restored: s3://…"); conflicts are only known in full here.
             if !s.failed.is_empty() {
                 return Err(Error::integrity(format!(
                     "{} object(s) could not be restored intact (listed above)",
@@ -334,33 +330,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 }
             }
             if !s.failed.is_empty() {
-                for f in &s.failed {
-                    eprintln!("usdcop-dr: not restored: {}: {}", f.path, f.error);
-                }
-                let damaged = s
-                    .failed
-                    .iter()
-                    .filter(|f| f.reason == restore::FailureReason::Damaged)
-                    .count();
-                // Damaged repository data is an integrity failure (exit 3);
-                // only things in the target's way is an operational one (exit 1).
-                let e = if damaged > 0 {
-                    Error::integrity(format!(
-                        "{} of {} entries of snapshot {} could not be restored ({damaged} damaged in the repository; listed above); nothing wrong was written",
-                        s.failed.len(),
-                        s.failed.len() as u64 + s.files + s.dirs + s.symlinks,
-                        id.short()
-                    ))
-                    .with_hint("run `usdcop-dr verify --read-data` to see the damaged objects")
-                } else {
-                    Error::io(format!(
-                        "{} of {} entries of snapshot {} were not restored: something in the target is in their way (listed above); nothing was written through a link",
-                        s.failed.len(),
-                        s.failed.len() as u64 + s.files + s.dirs + s.symlinks,
-                        id.short()
-                    ))
-                    .with_hint("remove the links or files in the way, or restore into an empty directory")
-                };
+                // Each failed entry was printed as it happened (the
+                // progress sink's "not restored: …" line), so that a long
+                // restore shows trouble at once; the error only counts them.
+                let e = not_restored(&s, &id);
                 if cli.json && !to_stdout {
                     print_json(&s)?;
                 }
@@ -448,6 +421,34 @@ impl args::BucketStoreArgs {
             profile: self.profile.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// The error of a files restore that left entries out: integrity (exit 3)
+/// when repository data is damaged, else operational (exit 1: something
+/// in the target was in the way).
+fn not_restored(s: &restore::RestoreSummary, id: &usdcop_dr::format::Id) -> Error {
+    let damaged = s
+        .failed
+        .iter()
+        .filter(|f| f.reason == restore::FailureReason::Damaged)
+        .count();
+    let of = format!(
+        "{} of {} entries of snapshot {}",
+        s.failed.len(),
+        s.failed.len() as u64 + s.files + s.dirs + s.symlinks,
+        id.short()
+    );
+    if damaged > 0 {
+        Error::integrity(format!(
+            "{of} could not be restored ({damaged} damaged in the repository; listed above); nothing wrong was written"
+        ))
+        .with_hint("run `usdcop-dr verify --read-data` to see the damaged objects")
+    } else {
+        Error::io(format!(
+            "{of} were not restored: something in the target is in their way (listed above); nothing was written through a link"
+        ))
+        .with_hint("remove the links or files in the way, or restore into an empty directory")
     }
 }
 

@@ -320,7 +320,9 @@ fn failed(
         ErrorKind::AlreadyExists => FailureReason::Blocked,
         _ => return Err(err.context(path)),
     };
-    progress.warn(&format!("{path}: {err}"));
+    // The one report of it on stderr, as it happens (the CLI's final
+    // error only counts them).
+    progress.warn(&format!("not restored: {path}: {err}"));
     summary.failed.push(FailedEntry {
         path: path.to_owned(),
         error: err.to_string(),

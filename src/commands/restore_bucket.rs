@@ -313,8 +313,8 @@ pub async fn run(
     let client = BucketClient::connect(&opts.s3, StoreRole::Target).await?;
     let mut targets = Vec::with_capacity(pairs.len());
     for (source, bucket) in pairs {
-        let backend =
-            S3Backend::open_as(&format!("s3://{bucket}"), &opts.s3, StoreRole::Target).await?;
+        // On the one connection: its requests count in `client`'s stats.
+        let backend = client.backend(&bucket)?;
         let existing = client
             .list(&bucket, &opts.prefix)
             .await?
@@ -395,19 +395,8 @@ pub async fn run(
         .sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
     s.failed
         .sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
-    let mut all = vec![client.requests()];
-    all.extend(targets.iter().map(|t| t.backend.stats()));
-    for c in all {
-        let t = &mut s.target_requests;
-        t.put += c.put;
-        t.get += c.get;
-        t.head += c.head;
-        t.list += c.list;
-        t.delete += c.delete;
-        t.multipart += c.multipart;
-        t.bytes_up += c.bytes_up;
-        t.bytes_down += c.bytes_down;
-    }
+    // The target backends share the client's counters.
+    s.target_requests = client.requests();
     // Any spool a failed upload left behind goes with the directory.
     drop(spool);
     s.duration_s = clock.elapsed().as_secs_f64();
@@ -430,7 +419,9 @@ async fn restore_one(
     let existing = t.existing.get(key);
     let failed = |err: Error| -> Result<Outcome> {
         if matches!(err.kind(), ErrorKind::Integrity | ErrorKind::NotFound) {
-            progress.warn(&format!("{key}: {err}"));
+            // The one report of it on stderr, as it happens (the CLI's
+            // final error only counts them).
+            progress.warn(&format!("not restored: s3://{bucket}/{key}: {err}"));
             Ok(Outcome::Failed(FailedObject {
                 bucket: bucket.to_owned(),
                 key: key.to_owned(),

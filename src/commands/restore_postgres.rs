@@ -24,7 +24,7 @@ use crate::format::Id;
 use crate::pipeline::ChunkReader;
 use crate::postgres::picture::{self, DbPicture, Difference, TablePicture};
 use crate::postgres::{inspect, tools, Dsn};
-use crate::progress::Progress;
+use crate::progress::{Collector, Progress, Warning, WarningKind};
 use crate::repository::Repository;
 use crate::source::postgres::GLOBALS_ENTRY;
 
@@ -50,7 +50,8 @@ pub struct RestorePlan {
     /// TimescaleDB version to create and wrap the restore in.
     pub timescaledb: Option<String>,
     pub pg_restore_args: Vec<String>,
-    pub warnings: Vec<String>,
+    /// Options that could not be honoured ([`WarningKind::OptionIgnored`]).
+    pub warnings: Vec<Warning>,
 }
 
 pub fn plan(picture: &DbPicture, opts: &PgRestoreOptions) -> Result<RestorePlan> {
@@ -66,9 +67,13 @@ pub fn plan(picture: &DbPicture, opts: &PgRestoreOptions) -> Result<RestorePlan>
             .with_hint("restore into a new database with --create (or an empty one)"));
         }
         if jobs > 1 {
-            warnings.push(format!(
-                "--jobs {jobs} ignored: TimescaleDB's documentation forbids parallel pg_restore, \
-                 restoring with one job"
+            warnings.push(Warning::new(
+                WarningKind::OptionIgnored,
+                "",
+                format!(
+                    "--jobs {jobs} ignored: TimescaleDB's documentation forbids parallel \
+                     pg_restore, restoring with one job"
+                ),
             ));
             jobs = 1;
         }
@@ -105,7 +110,7 @@ pub struct PgRestoreSummary {
     pub tables_checksummed: u64,
     /// Empty when every table matches the snapshot.
     pub differences: Vec<Difference>,
-    pub warnings: Vec<crate::progress::Warning>,
+    pub warnings: Vec<Warning>,
     pub duration_s: f64,
 }
 
@@ -134,6 +139,9 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<PgRestoreSummary> {
     let clock = Instant::now();
+    // Shown as they happen and kept for the summary's `warnings`.
+    let collector = Collector::new(progress);
+    let progress: Arc<dyn Progress> = collector.clone();
     let picture = picture_of(snap, &snapshot_id)?;
     let entry = snap
         .entries
@@ -157,9 +165,9 @@ pub async fn run(
                 })?,
         ),
     };
-    let mut plan = plan(&picture, &opts)?;
+    let plan = plan(&picture, &opts)?;
     for w in &plan.warnings {
-        progress.warn(w);
+        progress.warning(w);
     }
     let dump_major = tools::parse_major(&picture.pg_dump_version).unwrap_or(0);
     let pg_restore = tools::find("pg_restore", dump_major, opts.pg_restore.as_deref())?;
@@ -199,10 +207,7 @@ pub async fn run(
     let index = repo.load_index().await?;
     let reader = ChunkReader::new(repo.clone(), index);
     if let Some(g) = globals {
-        for w in apply_globals(&reader, g, target, progress.as_ref()).await? {
-            progress.warn(&w);
-            plan.warnings.push(w);
-        }
+        apply_globals(&reader, g, target, progress.as_ref()).await?;
     }
     if let Some(v) = &plan.timescaledb {
         prepare_timescaledb(&client, v).await?;
@@ -277,7 +282,7 @@ pub async fn run(
             .filter(|t| t.checksum.is_some())
             .count() as u64,
         differences,
-        warnings: pg_warnings(plan.warnings, &target.dbname),
+        warnings: collector.take(),
         duration_s: clock.elapsed().as_secs_f64(),
     })
 }
@@ -302,29 +307,16 @@ async fn restore_streamed(
     }
 }
 
-/// The plan's and psql's messages as structured warnings (docs/CLI.md,
-/// "Warnings"): `roles: …` lines come from `apply_globals`, the others from
-/// `plan` (an option it could not honour).
-fn pg_warnings(messages: Vec<String>, database: &str) -> Vec<crate::progress::Warning> {
-    use crate::progress::{Warning, WarningKind};
-    messages
-        .into_iter()
-        .map(|m| match m.strip_prefix("roles: ") {
-            Some(rest) => Warning::new(WarningKind::Globals, database, rest),
-            None => Warning::new(WarningKind::OptionIgnored, "", m),
-        })
-        .collect()
-}
-
 /// Run the snapshot's `globals.sql` through psql in the target database
 /// (roles are cluster-wide). psql goes on past errors; each error line
-/// (typically "role ... already exists") is returned as a warning.
+/// (typically "role ... already exists") becomes a [`WarningKind::Globals`]
+/// warning about the target database.
 async fn apply_globals(
     reader: &ChunkReader,
     entry: &Entry,
     target: &Dsn,
     progress: &dyn Progress,
-) -> Result<Vec<String>> {
+) -> Result<()> {
     let psql = tools::find("psql", 0, None)?;
     let cmd = psql.command(target, &["-X", "-q", "-v", "ON_ERROR_STOP=0"]);
     let (child, mut stdin) = tools::FedChild::spawn("psql (roles)", cmd)?;
@@ -332,11 +324,14 @@ async fn apply_globals(
     drop(stdin);
     let said = child.finish_with_stderr()?;
     fed?;
-    Ok(said
-        .into_iter()
-        .filter(|l| l.contains("ERROR:"))
-        .map(|l| format!("roles: {}", l.trim()))
-        .collect())
+    for l in said.iter().filter(|l| l.contains("ERROR:")) {
+        progress.warning(&Warning::new(
+            WarningKind::Globals,
+            target.dbname.as_str(),
+            l.trim(),
+        ));
+    }
+    Ok(())
 }
 
 /// Stage the dump on local disk, then run a parallel `pg_restore` on it.
@@ -617,7 +612,8 @@ mod tests {
         assert_eq!(p.jobs, 1);
         assert_eq!(p.timescaledb.as_deref(), Some("2.14.2"));
         assert_eq!(p.warnings.len(), 1);
-        assert!(p.warnings[0].contains("--jobs 4 ignored"), "{p:?}");
+        assert_eq!(p.warnings[0].kind, WarningKind::OptionIgnored, "{p:?}");
+        assert!(p.warnings[0].message.contains("--jobs 4 ignored"), "{p:?}");
         assert!(!p.pg_restore_args.iter().any(|x| x.starts_with("--jobs")));
         let p = plan(&picture(&[("timescaledb", "2.14.2")]), &opts(1, false)).unwrap();
         assert!(p.warnings.is_empty());

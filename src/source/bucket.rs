@@ -26,7 +26,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::s3::{connect, ResumableGet, S3Options, StoreInfo, StoreRole};
+use crate::backend::s3::{connect, ResumableGet, S3Backend, S3Options, StoreInfo, StoreRole};
 use crate::backend::{RequestCounts, RequestStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{object_path, Entry, EntryType, ObjectInfo, Snapshot};
@@ -73,6 +73,26 @@ impl BucketClient {
             store: Arc::new(store),
             stats: Arc::new(RequestStats::default()),
         })
+    }
+
+    /// The whole of `bucket` as a [`S3Backend`] on this client: same
+    /// connection and credentials, its requests counted in this client's
+    /// stats ([`BucketClient::requests`] covers both). Refuses a name
+    /// that is empty or holds a `/` (no one bucket).
+    pub fn backend(&self, bucket: &str) -> Result<S3Backend> {
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(Error::usage(format!(
+                "{bucket:?} is not a bucket name (of {})",
+                self.store
+            )));
+        }
+        Ok(S3Backend::from_client(
+            self.client.clone(),
+            self.store.clone(),
+            bucket.to_owned(),
+            String::new(),
+            self.stats.clone(),
+        ))
     }
 
     /// Which store this is (role, endpoint, profile, access key id).
