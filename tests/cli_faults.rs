@@ -36,6 +36,7 @@ fn delta(after: FaultCounts, before: FaultCounts) -> FaultCounts {
         slow_down: after.slow_down - before.slow_down,
         reset: after.reset - before.reset,
         cut_body: after.cut_body - before.cut_body,
+        reset_after: after.reset_after - before.reset_after,
     }
 }
 
@@ -517,4 +518,99 @@ fn object_replaced_during_a_cut_is_not_spliced_on_moto() {
 #[test]
 fn object_replaced_during_a_cut_is_not_spliced_on_garage() {
     object_replaced_during_a_cut_is_not_spliced(ServerKind::Garage);
+}
+
+/// A PUT that the store executed but whose answer was lost (the connection
+/// dropped after the store answered): the SDK retries it, and the retry of
+/// a create (`If-None-Match: *`) meets the object it stored itself (412).
+/// For objects named by the hash of their bytes (keys, locks, indexes,
+/// snapshots) that is success: the backup succeeds with exactly one
+/// snapshot, restores byte for byte and verifies; `init` succeeds too.
+#[test]
+fn lost_put_answers_do_not_fail_the_backup() {
+    let server = S3Server::start(ServerKind::Moto);
+    server.create_bucket("backups");
+    let repo = "s3://backups/lost";
+    cli(
+        &server,
+        &server.endpoint,
+        repo,
+        &["init", "--kdf-memory-kib", "1024"],
+        None,
+    )
+    .ok();
+    const LOST: &[&str] = &[
+        "/backups/lost/locks/",
+        "/backups/lost/index/",
+        "/backups/lost/snapshots/",
+    ];
+    let proxy = FaultProxy::start(&server.endpoint, FaultRates::lose_first_put_answer(LOST), 1);
+    let stream = random_bytes(6 << 20, 77);
+    let b = cli(
+        &server,
+        &proxy.endpoint,
+        repo,
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "pg",
+            "--stdin-name",
+            "db.dump",
+        ],
+        Some(&stream),
+    )
+    .ok()
+    .json();
+    let c = proxy.counts();
+    eprintln!("backup {b}; {c:?}");
+    // The lock, the index and the snapshot each lost their answer once.
+    assert!(c.reset_after >= 3, "answers lost: {c:?}");
+    assert_eq!(snapshot_count(&server, repo), 1, "one backup, one snapshot");
+    let direct = |args: &[&str]| cli(&server, &server.endpoint, repo, args, None);
+    let restored = direct(&["restore", "--snapshot", "latest", "--stdout"])
+        .ok()
+        .stdout;
+    assert!(restored == stream, "restored stream differs");
+    let v = direct(&["--json", "verify", "--read-data"]).ok().json();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+
+    // init: the atomic-create probe (under locks/) and the key file lose
+    // their answers; `config` does not (for it a 412 is a real conflict).
+    const LOST_INIT: &[&str] = &["/backups/init/locks/", "/backups/init/keys/"];
+    let proxy = FaultProxy::start(
+        &server.endpoint,
+        FaultRates::lose_first_put_answer(LOST_INIT),
+        1,
+    );
+    let init = "s3://backups/init";
+    cli(
+        &server,
+        &proxy.endpoint,
+        init,
+        &["init", "--kdf-memory-kib", "1024"],
+        None,
+    )
+    .ok();
+    let c = proxy.counts();
+    assert!(c.reset_after >= 2, "answers lost: {c:?}");
+    let b = cli(
+        &server,
+        &server.endpoint,
+        init,
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "s",
+            "--stdin-name",
+            "x",
+        ],
+        Some(b"after a lossy init"),
+    )
+    .ok()
+    .json();
+    assert_eq!(b["files"].as_u64(), Some(1), "{b}");
 }
