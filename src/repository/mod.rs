@@ -12,7 +12,7 @@ use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::RwLock;
 
-use crate::backend::{list_all, Backend, DynBackend, PutMode};
+use crate::backend::{list_all, Backend, DynBackend, Payload, PutMode};
 use crate::crypto::{self, Domain, KdfParams, Key};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::meta::{ChunkerParams, Config, KeyFile, FORMAT_VERSION};
@@ -109,12 +109,7 @@ impl Repository {
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("key file serializes");
         let id = Id::hash(&bytes);
-        self.backend
-            .put(
-                &names::in_dir(names::KEYS, &id),
-                bytes.into(),
-                PutMode::Create,
-            )
+        self.put_named_by_content(&names::in_dir(names::KEYS, &id), bytes.into())
             .await?;
         Ok(id)
     }
@@ -190,10 +185,44 @@ impl Repository {
     pub async fn save_sealed(&self, dir: &str, domain: Domain, plain: &[u8]) -> Result<Id> {
         let sealed = self.key.seal(domain, plain);
         let id = Id::hash(&sealed);
-        self.backend
-            .put(&names::in_dir(dir, &id), sealed.into(), PutMode::Create)
+        self.put_named_by_content(&names::in_dir(dir, &id), sealed.into())
             .await?;
         Ok(id)
+    }
+
+    /// Create an object whose name is the SHA-256 of `payload` (packs,
+    /// indexes, snapshots, locks, key files: everything but `config`).
+    ///
+    /// "Already exists" is success here, not a conflict: an object with
+    /// that name holds exactly these bytes (a put is atomic, and a name
+    /// can only come from hashing those bytes). It happens when a PUT took
+    /// effect but its answer was lost (the connection dropped after the
+    /// store answered): the SDK retries, and the retried create meets the
+    /// object the first attempt stored (`412 Precondition Failed`).
+    /// Failing there would fail a backup whose snapshot is stored (and a
+    /// retrying cron job would store a second one). The size of the object
+    /// found is checked, so an object damaged in place is reported rather
+    /// than counted as stored. `config` is not named by its content: for it
+    /// AlreadyExists stays a real conflict (see `create_config`).
+    pub async fn put_named_by_content(&self, name: &str, payload: Payload) -> Result<()> {
+        let len = payload.len();
+        match self.backend.put(name, payload, PutMode::Create).await {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let found = self.backend.head(name).await?;
+                if found.size != len {
+                    return Err(Error::integrity(format!(
+                        "{}: object {name} already exists with {} bytes, but its name \
+                         is the hash of {len} bytes",
+                        self.backend.location(),
+                        found.size
+                    ))
+                    .with_hint("the stored object is damaged; run `usdcop-dr verify`"));
+                }
+                tracing::debug!("{name} was already stored (an earlier attempt's answer was lost)");
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Get an object, check its name against its content, and open it.
