@@ -3,7 +3,8 @@
 //! cut short. Writes survive through the SDK's retries; reads survive
 //! because every S3 read resumes a body cut short with a ranged GET of the
 //! same version (`ResumableGet`), and gives up with one clear error when
-//! the cuts do not stop.
+//! the cuts do not stop. PUTs whose answer is lost after the server
+//! executed them (the retried create meets its own object) count as stored.
 
 mod common;
 #[path = "common/faultproxy.rs"]
