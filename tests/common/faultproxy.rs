@@ -33,9 +33,10 @@
 //!   - `reset_after`: forward the request, read the server's whole answer,
 //!     then reset the client's connection instead of relaying it: the
 //!     request took effect, its answer is lost (a PUT stored, the client
-//!     retries it). `lost_answer_paths` limits it to some PUTs, and
-//!     `lost_answer_once` to the first answer per path, so that the
-//!     client's retry gets the server's real answer to a repeated request.
+//!     retries it). `lost_answer_paths` limits it to some writes (PUT,
+//!     POST), and `lost_answer_once` to the first answer per kind of
+//!     request on a path, so that the client's retry gets the server's
+//!     real answer to a repeated request.
 //!     Other requests drawn for this fault pass unharmed (not counted).
 //! - [`FaultProxy::counts`] tells how many faults were really injected.
 //! - Stopped on drop (connections still open end on their own when the
@@ -68,10 +69,13 @@ pub struct FaultRates {
     pub cut_limit: Option<u64>,
     /// Reset the connection after the server answered (the answer is lost).
     pub reset_after: f64,
-    /// `reset_after` only for PUTs whose path (`/bucket/key`, no query)
-    /// starts with one of these; `None`: any request.
+    /// `reset_after` only for writes (PUT: PutObject, UploadPart; POST:
+    /// Create/CompleteMultipartUpload) whose path (`/bucket/key`, no
+    /// query) starts with one of these; `None`: any request.
     pub lost_answer_paths: Option<&'static [&'static str]>,
-    /// `reset_after` at most once per path (method and path, no query).
+    /// `reset_after` at most once per kind of request on a path (method,
+    /// path and the names of the query's parameters: a multipart upload
+    /// loses its create's, its first part's and its complete's answers).
     pub lost_answer_once: bool,
 }
 
@@ -100,9 +104,10 @@ impl FaultRates {
         }
     }
 
-    /// The first answer to each PUT under one of `paths` (`/bucket/prefix`)
-    /// is lost after the server executed it; nothing else is harmed.
-    pub fn lose_first_put_answer(paths: &'static [&'static str]) -> FaultRates {
+    /// The first answer to each kind of write (PUT, POST) under one of
+    /// `paths` (`/bucket/prefix`) is lost after the server executed it;
+    /// nothing else is harmed.
+    pub fn lose_first_write_answer(paths: &'static [&'static str]) -> FaultRates {
         FaultRates {
             reset_after: 1.0,
             lost_answer_paths: Some(paths),
@@ -224,23 +229,29 @@ impl Shared {
 }
 
 impl Shared {
-    /// Whether a request drawn for `reset_after` loses its answer: a PUT
-    /// under `lost_answer_paths` (when given), once per path when
-    /// `lost_answer_once`.
+    /// Whether a request drawn for `reset_after` loses its answer: a write
+    /// under `lost_answer_paths` (when given), once per kind of request on
+    /// a path when `lost_answer_once`.
     fn loses_answer(&self, req: &Head) -> bool {
-        let path = req.second.split('?').next().unwrap_or("");
+        let (path, query) = req.second.split_once('?').unwrap_or((&req.second, ""));
         if let Some(paths) = self.rates.lost_answer_paths {
-            if !req.first.eq_ignore_ascii_case("PUT") || !paths.iter().any(|p| path.starts_with(p))
-            {
+            let write = ["PUT", "POST"]
+                .iter()
+                .any(|m| req.first.eq_ignore_ascii_case(m));
+            if !write || !paths.iter().any(|p| path.starts_with(p)) {
                 return false;
             }
         }
+        let params: Vec<&str> = query
+            .split('&')
+            .map(|kv| kv.split('=').next().unwrap_or(""))
+            .collect();
         !self.rates.lost_answer_once
-            || self
-                .lost
-                .lock()
-                .unwrap()
-                .insert(format!("{} {path}", req.first))
+            || self.lost.lock().unwrap().insert(format!(
+                "{} {path}?{}",
+                req.first,
+                params.join("&")
+            ))
     }
 }
 
