@@ -632,7 +632,7 @@ impl S3Backend {
             .ok_or_else(|| Error::io(format!("{}: store returned no upload id", self.url(name))))?
             .to_owned();
         let result = self
-            .upload_parts_and_complete(name, &key, &upload_id, path, len)
+            .upload_parts_and_complete(name, &key, &upload_id, path, len, mode)
             .await;
         if result.is_err() {
             inc(&self.stats.multipart, 1);
@@ -655,6 +655,7 @@ impl S3Backend {
         upload_id: &str,
         path: &std::path::Path,
         len: u64,
+        mode: PutMode,
     ) -> Result<()> {
         let parts = len.div_ceil(PART_SIZE);
         let completed: Vec<CompletedPart> = futures::stream::iter(0..parts)
@@ -712,6 +713,21 @@ impl S3Backend {
             // names the root element differently). The upload completed if
             // the object is now there with the right size.
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 200) => {
+                match self.head(name).await {
+                    Ok(meta) if meta.size == len => Ok(()),
+                    _ => Err(self.map_err(e, name, "CompleteMultipartUpload")),
+                }
+            }
+            // The complete took effect but its answer was lost: the SDK's
+            // retry finds the upload gone (`NoSuchUpload`, Garage). For a
+            // create (a content-named pack) an object of the right size
+            // under that name holds these bytes, so the upload is done. An
+            // upload aborted by someone else leaves no such object.
+            Err(e)
+                if mode == PutMode::Create
+                    && (e.code() == Some("NoSuchUpload")
+                        || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)) =>
+            {
                 match self.head(name).await {
                     Ok(meta) if meta.size == len => Ok(()),
                     _ => Err(self.map_err(e, name, "CompleteMultipartUpload")),
