@@ -637,6 +637,21 @@ fn lost_write_answers_do_not_fail_the_backup(kind: ServerKind) {
     .ok()
     .json();
     assert_eq!(b["bytes_in"].as_u64(), Some(18), "{b}");
+    // Another init there is still refused: for `config` a taken name is a
+    // real conflict.
+    let again = cli(
+        &server,
+        &server.endpoint,
+        init,
+        &["init", "--kdf-memory-kib", "1024"],
+        None,
+    );
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already holds a repository"),
+        "{}",
+        again.stderr
+    );
 }
 
 /// moto honours `If-None-Match: *`: a retried create meets its own object.

@@ -203,7 +203,8 @@ impl Repository {
     /// retrying cron job would store a second one). The size of the object
     /// found is checked, so an object damaged in place is reported rather
     /// than counted as stored. `config` is not named by its content: for it
-    /// AlreadyExists stays a real conflict (see `create_config`).
+    /// AlreadyExists is a real conflict unless the bytes there are this
+    /// init's own (see `create_config`).
     pub async fn put_named_by_content(&self, name: &str, payload: Payload) -> Result<()> {
         let len = payload.len();
         match self.backend.put(name, payload, PutMode::Create).await {
@@ -513,10 +514,18 @@ pub fn check_name(name: &str, bytes: &[u8]) -> Result<()> {
 async fn create_config(backend: &dyn Backend, sealed: Vec<u8>, location: &str) -> Result<()> {
     if backend.probe_atomic_create().await? {
         return match backend
-            .put(names::CONFIG, sealed.into(), PutMode::Create)
+            .put(names::CONFIG, sealed.clone().into(), PutMode::Create)
             .await
         {
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(already_a_repo(location)),
+            // Ours or another init's? A create whose answer was lost (the
+            // retry met the object it had stored) finds its own bytes:
+            // sealed under a fresh random key, they cannot be another's.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                match backend.get(names::CONFIG).await {
+                    Ok(stored) if stored[..] == sealed[..] => Ok(()),
+                    _ => Err(already_a_repo(location)),
+                }
+            }
             r => r,
         };
     }
