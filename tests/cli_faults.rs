@@ -3,7 +3,8 @@
 //! cut short. Writes survive through the SDK's retries; reads survive
 //! because every S3 read resumes a body cut short with a ranged GET of the
 //! same version (`ResumableGet`), and gives up with one clear error when
-//! the cuts do not stop.
+//! the cuts do not stop. PUTs whose answer is lost after the server
+//! executed them (the retried create meets its own object) count as stored.
 
 mod common;
 #[path = "common/faultproxy.rs"]
@@ -36,6 +37,7 @@ fn delta(after: FaultCounts, before: FaultCounts) -> FaultCounts {
         slow_down: after.slow_down - before.slow_down,
         reset: after.reset - before.reset,
         cut_body: after.cut_body - before.cut_body,
+        reset_after: after.reset_after - before.reset_after,
     }
 }
 
@@ -517,4 +519,150 @@ fn object_replaced_during_a_cut_is_not_spliced_on_moto() {
 #[test]
 fn object_replaced_during_a_cut_is_not_spliced_on_garage() {
     object_replaced_during_a_cut_is_not_spliced(ServerKind::Garage);
+}
+
+/// A PUT that the store executed but whose answer was lost (the connection
+/// dropped after the store answered): the SDK retries it, and the retry of
+/// a create (`If-None-Match: *`) meets the object it stored itself (412).
+/// For objects named by the hash of their bytes (keys, locks, indexes,
+/// snapshots) that is success: the backup succeeds with exactly one
+/// snapshot, restores byte for byte and verifies; `init` succeeds too.
+fn lost_write_answers_do_not_fail_the_backup(kind: ServerKind) {
+    let server = S3Server::start(kind);
+    server.create_bucket("backups");
+    let repo = "s3://backups/lost";
+    // 20 MiB packs: the first goes up as a multipart upload (above 16 MiB),
+    // the last in one PUT.
+    cli(
+        &server,
+        &server.endpoint,
+        repo,
+        &[
+            "init",
+            "--kdf-memory-kib",
+            "1024",
+            "--chunk-avg-size",
+            "262144",
+            "--pack-size",
+            "20971520",
+        ],
+        None,
+    )
+    .ok();
+    const LOST: &[&str] = &[
+        "/backups/lost/data/",
+        "/backups/lost/locks/",
+        "/backups/lost/index/",
+        "/backups/lost/snapshots/",
+    ];
+    let proxy = FaultProxy::start(
+        &server.endpoint,
+        FaultRates::lose_first_write_answer(LOST),
+        1,
+    );
+    let stream = random_bytes(24 << 20, 77);
+    let b = cli(
+        &server,
+        &proxy.endpoint,
+        repo,
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "pg",
+            "--stdin-name",
+            "db.dump",
+        ],
+        Some(&stream),
+    )
+    .ok()
+    .json();
+    let c = proxy.counts();
+    eprintln!("{kind}: backup {b}; {c:?}");
+    // The multipart upload (its create, first part and complete), the
+    // other pack, the lock, the index and the snapshot each lost an answer.
+    assert!(b["requests"]["multipart"].as_u64().unwrap() > 0, "{b}");
+    assert!(b["index_objects_written"].as_u64().unwrap() >= 1, "{b}");
+    assert!(c.reset_after >= 7, "answers lost: {c:?}");
+    assert_eq!(snapshot_count(&server, repo), 1, "one backup, one snapshot");
+    let direct = |args: &[&str]| cli(&server, &server.endpoint, repo, args, None);
+    let restored = direct(&["restore", "--snapshot", "latest", "--stdout"])
+        .ok()
+        .stdout;
+    assert!(restored == stream, "restored stream differs");
+    let v = direct(&["--json", "verify", "--read-data"]).ok().json();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+
+    // init: the atomic-create probe (under locks/), `config` and the key
+    // file lose their answers. (`config` is not named by its content: its
+    // retried create meets it, and init tells its own from another's by
+    // reading it back.)
+    const LOST_INIT: &[&str] = &[
+        "/backups/init/locks/",
+        "/backups/init/config",
+        "/backups/init/keys/",
+    ];
+    let proxy = FaultProxy::start(
+        &server.endpoint,
+        FaultRates::lose_first_write_answer(LOST_INIT),
+        1,
+    );
+    let init = "s3://backups/init";
+    cli(
+        &server,
+        &proxy.endpoint,
+        init,
+        &["init", "--kdf-memory-kib", "1024"],
+        None,
+    )
+    .ok();
+    let c = proxy.counts();
+    assert!(c.reset_after >= 3, "answers lost: {c:?}");
+    let b = cli(
+        &server,
+        &server.endpoint,
+        init,
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "s",
+            "--stdin-name",
+            "x",
+        ],
+        Some(b"after a lossy init"),
+    )
+    .ok()
+    .json();
+    assert_eq!(b["bytes_in"].as_u64(), Some(18), "{b}");
+    // Another init there is still refused: for `config` a taken name is a
+    // real conflict.
+    let again = cli(
+        &server,
+        &server.endpoint,
+        init,
+        &["init", "--kdf-memory-kib", "1024"],
+        None,
+    );
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already holds a repository"),
+        "{}",
+        again.stderr
+    );
+}
+
+/// moto honours `If-None-Match: *`: a retried create meets its own object.
+#[test]
+fn lost_write_answers_do_not_fail_the_backup_on_moto() {
+    lost_write_answers_do_not_fail_the_backup(ServerKind::Moto);
+}
+
+/// Garage overwrites instead (same bytes); its multipart uploads lose
+/// their answers too.
+#[test]
+fn lost_write_answers_do_not_fail_the_backup_on_garage() {
+    lost_write_answers_do_not_fail_the_backup(ServerKind::Garage);
 }

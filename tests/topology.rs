@@ -704,6 +704,7 @@ fn sum(a: FaultCounts, b: FaultCounts) -> FaultCounts {
         slow_down: a.slow_down + b.slow_down,
         reset: a.reset + b.reset,
         cut_body: a.cut_body + b.cut_body,
+        reset_after: a.reset_after + b.reset_after,
     }
 }
 

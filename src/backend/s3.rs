@@ -464,8 +464,17 @@ impl S3Backend {
             "locks/probe-{}",
             hex::encode(crate::crypto::random_bytes::<8>())
         );
-        self.put_bytes(&name, Bytes::from_static(b"first"), PutMode::Create)
-            .await?;
+        // The name is random: if the first create finds the object, it is
+        // this very create's, stored by an attempt whose answer was lost
+        // (the retry got 412). That already shows creates are refused; the
+        // content check below still decides.
+        match self
+            .put_bytes(&name, Bytes::from_static(b"first"), PutMode::Create)
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            r => r?,
+        }
         let second = self
             .put_bytes(&name, Bytes::from_static(b"second"), PutMode::Create)
             .await;
@@ -645,7 +654,7 @@ impl S3Backend {
             .ok_or_else(|| Error::io(format!("{}: store returned no upload id", self.url(name))))?
             .to_owned();
         let result = self
-            .upload_parts_and_complete(name, &key, &upload_id, path, len)
+            .upload_parts_and_complete(name, &key, &upload_id, path, len, mode)
             .await;
         if result.is_err() {
             inc(&self.stats.multipart, 1);
@@ -668,6 +677,7 @@ impl S3Backend {
         upload_id: &str,
         path: &std::path::Path,
         len: u64,
+        mode: PutMode,
     ) -> Result<()> {
         let parts = len.div_ceil(PART_SIZE);
         let completed: Vec<CompletedPart> = futures::stream::iter(0..parts)
@@ -725,6 +735,21 @@ impl S3Backend {
             // names the root element differently). The upload completed if
             // the object is now there with the right size.
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 200) => {
+                match self.head(name).await {
+                    Ok(meta) if meta.size == len => Ok(()),
+                    _ => Err(self.map_err(e, name, "CompleteMultipartUpload")),
+                }
+            }
+            // The complete took effect but its answer was lost: the SDK's
+            // retry finds the upload gone (`NoSuchUpload`, Garage). For a
+            // create (a content-named pack) an object of the right size
+            // under that name holds these bytes, so the upload is done. An
+            // upload aborted by someone else leaves no such object.
+            Err(e)
+                if mode == PutMode::Create
+                    && (e.code() == Some("NoSuchUpload")
+                        || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)) =>
+            {
                 match self.head(name).await {
                     Ok(meta) if meta.size == len => Ok(()),
                     _ => Err(self.map_err(e, name, "CompleteMultipartUpload")),

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::backend::{Payload, PutMode};
+use crate::backend::Payload;
 use crate::chunker::Chunker;
 use crate::crypto::Domain;
 use crate::error::{Error, Result};
@@ -557,19 +557,18 @@ fn uploader(s: Arc<Shared>, packs: Receiver<FinishedPack>) {
         }
         let name = names::pack(&p.id);
         let path = p.path.clone();
-        let put = s.rt.block_on(s.repo.backend().put(
+        // Named by its content: a pack stored already (by another writer,
+        // or by an attempt whose answer was lost) counts as stored.
+        let put = s.rt.block_on(s.repo.put_named_by_content(
             &name,
             Payload::File {
                 path: p.path,
                 len: p.len,
             },
-            PutMode::Create,
         ));
         let _ = std::fs::remove_file(&path);
         match put {
             Ok(()) => {}
-            // Same content, same name: someone stored this exact pack already.
-            Err(e) if e.kind() == crate::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 s.fail(e.context(format!("uploading pack {name}")));
                 continue;

@@ -12,7 +12,7 @@ use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::RwLock;
 
-use crate::backend::{list_all, Backend, DynBackend, PutMode};
+use crate::backend::{list_all, Backend, DynBackend, Payload, PutMode};
 use crate::crypto::{self, Domain, KdfParams, Key};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::meta::{ChunkerParams, Config, KeyFile, FORMAT_VERSION};
@@ -109,12 +109,7 @@ impl Repository {
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("key file serializes");
         let id = Id::hash(&bytes);
-        self.backend
-            .put(
-                &names::in_dir(names::KEYS, &id),
-                bytes.into(),
-                PutMode::Create,
-            )
+        self.put_named_by_content(&names::in_dir(names::KEYS, &id), bytes.into())
             .await?;
         Ok(id)
     }
@@ -190,10 +185,45 @@ impl Repository {
     pub async fn save_sealed(&self, dir: &str, domain: Domain, plain: &[u8]) -> Result<Id> {
         let sealed = self.key.seal(domain, plain);
         let id = Id::hash(&sealed);
-        self.backend
-            .put(&names::in_dir(dir, &id), sealed.into(), PutMode::Create)
+        self.put_named_by_content(&names::in_dir(dir, &id), sealed.into())
             .await?;
         Ok(id)
+    }
+
+    /// Create an object whose name is the SHA-256 of `payload` (packs,
+    /// indexes, snapshots, locks, key files: everything but `config`).
+    ///
+    /// "Already exists" is success here, not a conflict: an object with
+    /// that name holds exactly these bytes (a put is atomic, and a name
+    /// can only come from hashing those bytes). It happens when a PUT took
+    /// effect but its answer was lost (the connection dropped after the
+    /// store answered): the SDK retries, and the retried create meets the
+    /// object the first attempt stored (`412 Precondition Failed`).
+    /// Failing there would fail a backup whose snapshot is stored (and a
+    /// retrying cron job would store a second one). The size of the object
+    /// found is checked, so an object damaged in place is reported rather
+    /// than counted as stored. `config` is not named by its content: for it
+    /// AlreadyExists is a real conflict unless the bytes there are this
+    /// init's own (see `create_config`).
+    pub async fn put_named_by_content(&self, name: &str, payload: Payload) -> Result<()> {
+        let len = payload.len();
+        match self.backend.put(name, payload, PutMode::Create).await {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let found = self.backend.head(name).await?;
+                if found.size != len {
+                    return Err(Error::integrity(format!(
+                        "{}: object {name} already exists with {} bytes, but its name \
+                         is the hash of {len} bytes",
+                        self.backend.location(),
+                        found.size
+                    ))
+                    .with_hint("the stored object is damaged; run `usdcop-dr verify`"));
+                }
+                tracing::debug!("{name} was already stored (an earlier attempt's answer was lost)");
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Get an object, check its name against its content, and open it.
@@ -484,10 +514,18 @@ pub fn check_name(name: &str, bytes: &[u8]) -> Result<()> {
 async fn create_config(backend: &dyn Backend, sealed: Vec<u8>, location: &str) -> Result<()> {
     if backend.probe_atomic_create().await? {
         return match backend
-            .put(names::CONFIG, sealed.into(), PutMode::Create)
+            .put(names::CONFIG, sealed.clone().into(), PutMode::Create)
             .await
         {
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(already_a_repo(location)),
+            // Ours or another init's? A create whose answer was lost (the
+            // retry met the object it had stored) finds its own bytes:
+            // sealed under a fresh random key, they cannot be another's.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                match backend.get(names::CONFIG).await {
+                    Ok(stored) if stored[..] == sealed[..] => Ok(()),
+                    _ => Err(already_a_repo(location)),
+                }
+            }
             r => r,
         };
     }
@@ -590,5 +628,58 @@ impl Repository {
             }
         })
         .map_err(|e| e.context(format!("pack {name}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+
+    async fn repo(dir: &std::path::Path) -> Repository {
+        let backend = Arc::new(LocalBackend::new(dir).unwrap());
+        let opts = InitOptions {
+            kdf: KdfParams {
+                m_cost_kib: 1024,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..Default::default()
+        };
+        Repository::init(backend, b"pw", &opts).await.unwrap()
+    }
+
+    /// An object named by its content found already stored (an earlier
+    /// attempt's answer was lost) counts as stored; one of another size
+    /// under that name is reported as damaged, not counted.
+    #[tokio::test]
+    async fn content_named_object_found_stored_is_success_unless_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let bytes = b"sealed bytes".to_vec();
+        let name = names::in_dir(names::INDEX, &Id::hash(&bytes));
+        repo.put_named_by_content(&name, bytes.clone().into())
+            .await
+            .unwrap();
+        repo.put_named_by_content(&name, bytes.clone().into())
+            .await
+            .unwrap();
+        assert_eq!(&repo.backend().get(&name).await.unwrap()[..], &bytes[..]);
+
+        let other = names::in_dir(names::INDEX, &Id::hash(b"other"));
+        repo.backend()
+            .put(&other, b"trunc".to_vec().into(), PutMode::Create)
+            .await
+            .unwrap();
+        let e = repo
+            .put_named_by_content(&other, b"other!".to_vec().into())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&other) && text.contains("already exists with 5 bytes"),
+            "{text}"
+        );
     }
 }

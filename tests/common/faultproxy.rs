@@ -30,15 +30,24 @@
 //!     Content-Length, then only part of the body (0–90 %), then close the
 //!     connection. Other requests drawn for this fault pass unharmed (and
 //!     are not counted).
+//!   - `reset_after`: forward the request, read the server's whole answer,
+//!     then reset the client's connection instead of relaying it: the
+//!     request took effect, its answer is lost (a PUT stored, the client
+//!     retries it). `lost_answer_paths` limits it to some writes (PUT,
+//!     POST), and `lost_answer_once` to the first answer per kind of
+//!     request on a path, so that the client's retry gets the server's
+//!     real answer to a repeated request.
+//!     Other requests drawn for this fault pass unharmed (not counted).
 //! - [`FaultProxy::counts`] tells how many faults were really injected.
 //! - Stopped on drop (connections still open end on their own when the
 //!   client or the server closes them).
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -58,6 +67,16 @@ pub struct FaultRates {
     pub cut_listings: bool,
     /// Cut no more bodies after this many (`None`: no limit).
     pub cut_limit: Option<u64>,
+    /// Reset the connection after the server answered (the answer is lost).
+    pub reset_after: f64,
+    /// `reset_after` only for writes (PUT: PutObject, UploadPart; POST:
+    /// Create/CompleteMultipartUpload) whose path (`/bucket/key`, no
+    /// query) starts with one of these; `None`: any request.
+    pub lost_answer_paths: Option<&'static [&'static str]>,
+    /// `reset_after` at most once per kind of request on a path (method,
+    /// path and the names of the query's parameters: a multipart upload
+    /// loses its create's, its first part's and its complete's answers).
+    pub lost_answer_once: bool,
 }
 
 impl FaultRates {
@@ -68,17 +87,32 @@ impl FaultRates {
         cut_body: 0.0,
         cut_listings: true,
         cut_limit: None,
+        reset_after: 0.0,
+        lost_answer_paths: None,
+        lost_answer_once: false,
     };
 
     /// The rates of issue 8: 5 % `503 SlowDown`, 3 % resets before the
-    /// answer, 3 % GET bodies cut short.
+    /// answer, 3 % GET bodies cut short. No answers lost after the fact
+    /// (`reset_after`): the tests that want them say so.
     pub fn issue() -> FaultRates {
         FaultRates {
             slow_down: 0.05,
             reset: 0.03,
             cut_body: 0.03,
-            cut_listings: true,
-            cut_limit: None,
+            ..FaultRates::NONE
+        }
+    }
+
+    /// The first answer to each kind of write (PUT, POST) under one of
+    /// `paths` (`/bucket/prefix`) is lost after the server executed it;
+    /// nothing else is harmed.
+    pub fn lose_first_write_answer(paths: &'static [&'static str]) -> FaultRates {
+        FaultRates {
+            reset_after: 1.0,
+            lost_answer_paths: Some(paths),
+            lost_answer_once: true,
+            ..FaultRates::NONE
         }
     }
 
@@ -106,6 +140,8 @@ pub struct FaultCounts {
     pub slow_down: u64,
     pub reset: u64,
     pub cut_body: u64,
+    /// Answers read from the server and not relayed (connection reset).
+    pub reset_after: u64,
 }
 
 #[derive(Default)]
@@ -116,6 +152,7 @@ struct Counters {
     slow_down: AtomicU64,
     reset: AtomicU64,
     cut_body: AtomicU64,
+    reset_after: AtomicU64,
 }
 
 /// Called (on the proxy's thread) with the request path after a body was
@@ -130,6 +167,8 @@ struct Shared {
     stop: AtomicBool,
     counters: Counters,
     on_cut: Option<OnCut>,
+    /// Paths whose answer was already lost (`lost_answer_once`).
+    lost: Mutex<HashSet<String>>,
 }
 
 pub struct FaultProxy {
@@ -148,6 +187,8 @@ enum Fault {
     Reset,
     /// Cut after this fraction of the body.
     Cut(f64),
+    /// Forward, read the answer, reset instead of relaying it.
+    ResetAfter,
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -170,6 +211,7 @@ impl Shared {
             slow_down,
             reset,
             cut_body,
+            reset_after,
             ..
         } = self.rates;
         if r < slow_down {
@@ -178,9 +220,38 @@ impl Shared {
             Fault::Reset
         } else if r < slow_down + reset + cut_body {
             Fault::Cut(unit(splitmix(a)) * 0.9)
+        } else if r < slow_down + reset + cut_body + reset_after {
+            Fault::ResetAfter
         } else {
             Fault::None
         }
+    }
+}
+
+impl Shared {
+    /// Whether a request drawn for `reset_after` loses its answer: a write
+    /// under `lost_answer_paths` (when given), once per kind of request on
+    /// a path when `lost_answer_once`.
+    fn loses_answer(&self, req: &Head) -> bool {
+        let (path, query) = req.second.split_once('?').unwrap_or((&req.second, ""));
+        if let Some(paths) = self.rates.lost_answer_paths {
+            let write = ["PUT", "POST"]
+                .iter()
+                .any(|m| req.first.eq_ignore_ascii_case(m));
+            if !write || !paths.iter().any(|p| path.starts_with(p)) {
+                return false;
+            }
+        }
+        let params: Vec<&str> = query
+            .split('&')
+            .map(|kv| kv.split('=').next().unwrap_or(""))
+            .collect();
+        !self.rates.lost_answer_once
+            || self.lost.lock().unwrap().insert(format!(
+                "{} {path}?{}",
+                req.first,
+                params.join("&")
+            ))
     }
 }
 
@@ -227,6 +298,7 @@ impl FaultProxy {
             stop: AtomicBool::new(false),
             counters: Counters::default(),
             on_cut,
+            lost: Mutex::new(HashSet::new()),
         });
         let s = shared.clone();
         let accept = std::thread::Builder::new()
@@ -264,6 +336,7 @@ impl FaultProxy {
             slow_down: l(&c.slow_down),
             reset: l(&c.reset),
             cut_body: l(&c.cut_body),
+            reset_after: l(&c.reset_after),
         }
     }
 }
@@ -548,12 +621,22 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
                 return Ok(());
             };
             let interim = resp.second.starts_with('1') && resp.second != "101";
-            to_client.write_all(&resp.raw)?;
             if !interim {
                 break resp;
             }
+            to_client.write_all(&resp.raw)?;
         };
         let body = response_body(&req, &resp);
+        if fault == Fault::ResetAfter && s.loses_answer(&req) {
+            // The server has executed the request: read its whole answer
+            // (so it is done with it), then lose it.
+            relay_body(&body, &mut from_up, &mut io::sink())?;
+            s.counters.reset_after.fetch_add(1, Ordering::SeqCst);
+            drop(from_client);
+            reset(to_client);
+            return Ok(());
+        }
+        to_client.write_all(&resp.raw)?;
         let status: u16 = resp.second.parse().unwrap_or(0);
         let cuttable = is_get
             && (200..300).contains(&status)
