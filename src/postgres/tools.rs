@@ -155,13 +155,11 @@ fn collect_stderr(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Tail>>, Join
     (tail, handle)
 }
 
+/// A child just started: registered for signals, its stderr collected.
+type Spawned = (Child, Registered, Arc<Mutex<Tail>>, JoinHandle<()>);
+
 /// Start `cmd` with the given stdin/stdout and its stderr collected.
-fn spawn(
-    what: &str,
-    mut cmd: Command,
-    stdin: Stdio,
-    stdout: Stdio,
-) -> Result<(Child, Registered, Arc<Mutex<Tail>>, JoinHandle<()>)> {
+fn spawn(what: &str, mut cmd: Command, stdin: Stdio, stdout: Stdio) -> Result<Spawned> {
     cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         Error::new(
