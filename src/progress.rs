@@ -32,6 +32,10 @@ pub enum WarningKind {
     OptionIgnored,
     /// An error psql reported while applying roles (restore postgres `--globals`).
     Globals,
+    /// A stray or damaged repository object that was skipped (an S3
+    /// console folder object or an NFS silly-rename file under `index/`,
+    /// a damaged index object, a malformed key object).
+    SkippedObject,
 }
 
 impl WarningKind {
@@ -54,6 +58,7 @@ impl WarningKind {
             WarningKind::UnindexedPacks => "unindexed_packs",
             WarningKind::OptionIgnored => "option_ignored",
             WarningKind::Globals => "globals",
+            WarningKind::SkippedObject => "skipped_object",
         }
     }
 }

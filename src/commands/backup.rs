@@ -166,7 +166,7 @@ pub async fn run(
     let result = async {
         let recovery = super::recover::after_dead_writers(&repo, &lock.id().await).await?;
         // Loaded after the recovery, which may have indexed orphaned packs.
-        let index = repo.load_index().await?;
+        let index = repo.load_index_reporting(progress.as_ref()).await?;
         let time = opts.time.unwrap_or(started);
         let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
         let stored = match input {

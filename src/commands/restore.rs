@@ -96,7 +96,7 @@ pub async fn run(
     })?;
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();
-    let index = repo.load_index().await?;
+    let index = repo.load_index_reporting(progress.as_ref()).await?;
     let reader = ChunkReader::new(repo.clone(), index);
     let selected: Vec<&Entry> = snap
         .entries

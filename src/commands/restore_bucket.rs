@@ -308,7 +308,7 @@ pub async fn run(
         true => Some(PrivateDir::create(opts.staging_dir.as_deref())?),
         false => None,
     };
-    let index = repo.load_index().await?;
+    let index = repo.load_index_reporting(progress.as_ref()).await?;
     let reader = ChunkReader::new(repo.clone(), index);
     let client = BucketClient::connect(&opts.s3, StoreRole::Target).await?;
     let mut targets = Vec::with_capacity(pairs.len());

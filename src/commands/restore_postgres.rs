@@ -204,7 +204,7 @@ pub async fn run(
     if let Some(v) = &plan.timescaledb {
         check_installed_timescaledb(&client, v, &target.dbname).await?;
     }
-    let index = repo.load_index().await?;
+    let index = repo.load_index_reporting(progress.as_ref()).await?;
     let reader = ChunkReader::new(repo.clone(), index);
     if let Some(g) = globals {
         apply_globals(&reader, g, target, progress.as_ref()).await?;

@@ -189,10 +189,23 @@ pub async fn run(
 async fn load_indexes(repo: &Repository, report: &mut VerifyReport) -> Result<MasterIndex> {
     let mut master = MasterIndex::default();
     for obj in list_all(repo.backend(), names::INDEX).await? {
+        // A stray object (an S3 console folder object `index/`, an NFS
+        // silly-rename file) is no index and no damage: a warning, as in
+        // every other command (`Repository::load_index_reporting`). A
+        // damaged index object below stays a problem (exit 3).
+        let Some(id) = names::id_of(&obj.name) else {
+            report.warnings.push(crate::progress::Warning::new(
+                crate::progress::WarningKind::SkippedObject,
+                obj.name.clone(),
+                format!(
+                    "stray object ({} bytes) in index/, not an index object: ignored",
+                    obj.size
+                ),
+            ));
+            continue;
+        };
         report.index_objects += 1;
         let loaded = async {
-            let id =
-                names::id_of(&obj.name).ok_or_else(|| Error::integrity("name is not a SHA-256"))?;
             let plain = repo.load_sealed(&obj.name, Domain::Index).await?;
             Ok::<_, Error>((id, index_fmt::decode_compressed(&plain)?))
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::sync::RwLock;
 
 use crate::backend::{list_all, Backend, DynBackend, Payload, PutMode};
@@ -125,22 +125,42 @@ impl Repository {
             .with_hint("check --repo / USDCOP_DR_REPO, or create one with `usdcop-dr init`"));
         }
         let mut key = None;
+        let mut malformed = vec![];
         for obj in keys.iter().take(MAX_KEYS) {
             let bytes = backend.get(&obj.name).await?;
-            check_name(&obj.name, &bytes)?;
-            let file: KeyFile = crate::format::meta::decode_json("key object", &bytes)?;
-            let salt = hex::decode(&file.salt).map_err(|e| Error::format("key object", e))?;
-            let sealed =
-                hex::decode(&file.sealed_master_key).map_err(|e| Error::format("key object", e))?;
-            let kek = derive_key_blocking(passphrase.to_vec(), salt, file.kdf_params).await?;
-            if let Ok(master) = kek.open(Domain::MasterKey, &sealed) {
+            // One malformed key object (truncated, garbage, a stray
+            // `keys/` folder object) must not lock everyone out: skip it
+            // with a warning and try the others. Transport errors above
+            // still fail.
+            let file = match parse_key_object(&obj.name, &bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("skipping malformed key object {}: {e}", obj.name);
+                    malformed.push(obj.name.clone());
+                    continue;
+                }
+            };
+            let kek = derive_key_blocking(passphrase.to_vec(), file.salt, file.kdf_params).await?;
+            if let Ok(master) = kek.open(Domain::MasterKey, &file.sealed) {
                 key = Some(Key::from_bytes(&master)?);
                 break;
             }
         }
         let key = key.ok_or_else(|| {
+            let tried = keys.len().min(MAX_KEYS);
+            if malformed.len() == tried {
+                return Error::integrity(format!(
+                    "{location}: every key object is malformed ({})",
+                    malformed.join(", ")
+                ))
+                .with_hint("the repository's keys are damaged; restore `keys/` from a copy of the repository");
+            }
+            let note = match malformed.len() {
+                0 => String::new(),
+                n => format!(" ({n} malformed key object(s) skipped: {})", malformed.join(", ")),
+            };
             Error::usage(format!(
-                "wrong passphrase: it opens none of the {} keys of {location}",
+                "wrong passphrase: it opens none of the {} keys of {location}{note}",
                 keys.len()
             ))
             .with_hint("check USDCOP_DR_PASSWORD / USDCOP_DR_PASSWORD_FILE")
@@ -396,21 +416,79 @@ impl Repository {
 
     // ---- index ----
 
-    /// Load (or reload) every index object into the master index.
+    /// Load (or reload) every index object into the master index. Objects
+    /// skipped (see [`Self::load_index_reporting`]) are logged.
     pub async fn load_index(&self) -> Result<Arc<MasterIndex>> {
+        self.load_index_reporting(&LogWarnings).await
+    }
+
+    /// Load (or reload) every index object into the master index, skipping
+    /// stray and damaged ones with a warning each.
+    ///
+    /// One bad object under `index/` must not stop backup, restore or
+    /// `repair index`: an S3 console "folder" object (`index/`, 0 bytes),
+    /// an NFS silly-rename file (`.nfs…`) or a truncated or garbage index
+    /// object. A stray name is not read at all; a damaged object (an
+    /// integrity error: wrong hash, fails to authenticate or decode) is
+    /// left out, so its packs count as unindexed: `repair index` re-indexes
+    /// them from their own headers, and `verify` reports the object as a
+    /// problem (exit 3). Any other error (transport, permission) still
+    /// fails: a flaky store must not silently hide index entries.
+    pub async fn load_index_reporting(
+        &self,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<Arc<MasterIndex>> {
+        use crate::progress::{Warning, WarningKind};
         let objs = list_all(self.backend(), names::INDEX).await?;
-        let files: Vec<(Id, index_fmt::IndexFile)> = futures::stream::iter(objs)
-            .map(|o| async move {
-                let id = names::id_of(&o.name)
-                    .ok_or_else(|| Error::integrity(format!("stray object {}", o.name)))?;
-                let plain = self.load_sealed(&o.name, Domain::Index).await?;
-                let file = index_fmt::decode_compressed(&plain)
-                    .map_err(|e| e.context(format!("index {}", o.name)))?;
-                Ok::<_, Error>((id, file))
+        let mut skipped = vec![];
+        let mut good = vec![];
+        for o in objs {
+            match names::id_of(&o.name) {
+                Some(id) => good.push((id, o.name)),
+                None => skipped.push(Warning::new(
+                    WarningKind::SkippedObject,
+                    o.name,
+                    format!(
+                        "stray object ({} bytes) in index/, not an index object: ignored",
+                        o.size
+                    ),
+                )),
+            }
+        }
+        let loaded: Vec<(Id, String, Result<index_fmt::IndexFile>)> = futures::stream::iter(good)
+            .map(|(id, name)| async move {
+                let r = async {
+                    let plain = self.load_sealed(&name, Domain::Index).await?;
+                    index_fmt::decode_compressed(&plain)
+                        .map_err(|e| e.context(format!("index {name}")))
+                }
+                .await;
+                (id, name, r)
             })
             .buffer_unordered(LOAD_CONCURRENCY)
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let mut files = Vec::with_capacity(loaded.len());
+        for (id, name, r) in loaded {
+            match r {
+                Ok(f) => files.push((id, f)),
+                Err(e) if e.kind() == ErrorKind::Integrity => skipped.push(Warning::new(
+                    WarningKind::SkippedObject,
+                    name,
+                    format!(
+                        "damaged index object skipped ({e}); `usdcop-dr repair index` \
+                         re-indexes the packs it listed, `usdcop-dr verify` reports it"
+                    ),
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+        // Deterministic order whatever order the loads finished in.
+        files.sort_by_key(|f| f.0);
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
+        for w in &skipped {
+            progress.warning(w);
+        }
         let mut master = MasterIndex::default();
         for (id, f) in &files {
             master.add_file(Some(*id), f);
@@ -465,6 +543,31 @@ impl Repository {
         .map_err(|e| Error::io(format!("decode task failed: {e}")))?
         .map_err(|e| e.context(format!("pack {name}")))
         .map(Bytes::from)
+    }
+}
+
+/// A key object's parts, checked against its name.
+struct ParsedKey {
+    salt: Vec<u8>,
+    sealed: Vec<u8>,
+    kdf_params: KdfParams,
+}
+
+fn parse_key_object(name: &str, bytes: &[u8]) -> Result<ParsedKey> {
+    check_name(name, bytes)?;
+    let file: KeyFile = crate::format::meta::decode_json("key object", bytes)?;
+    Ok(ParsedKey {
+        salt: hex::decode(&file.salt).map_err(|e| Error::format("key object", e))?,
+        sealed: hex::decode(&file.sealed_master_key).map_err(|e| Error::format("key object", e))?,
+        kdf_params: file.kdf_params,
+    })
+}
+
+/// Sends warnings to the log, for callers with no progress sink.
+struct LogWarnings;
+impl crate::progress::Progress for LogWarnings {
+    fn warn(&self, message: &str) {
+        tracing::warn!("{message}");
     }
 }
 
