@@ -148,6 +148,9 @@ fn a_malformed_key_object_next_to_a_good_one_does_not_stop_open() {
     let data = random_bytes(300_000, 93);
     let s = repo.backup_stdin("db", "d.dump", &data);
     let id = s["snapshot_id"].as_str().unwrap().to_owned();
+    let good_key = repo.objects("keys");
+    assert_eq!(good_key.len(), 1);
+    let good_key = good_key[0].clone();
     // Sorted before the good key, so it is read first: a damaged key
     // (its content does not hash to its name) and a stray file.
     std::fs::write(
@@ -156,6 +159,16 @@ fn a_malformed_key_object_next_to_a_good_one_does_not_stop_open() {
     )
     .unwrap();
     std::fs::write(repo.path.join("keys/.nfs0000000000000001"), b"garbage").unwrap();
+    // A well-formed key object whose KDF parameters are out of range.
+    let good = std::fs::read(&good_key).unwrap();
+    let mut hostile: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    hostile["kdf_params"]["t_cost"] = 1000.into();
+    let hostile = serde_json::to_vec(&hostile).unwrap();
+    std::fs::write(
+        repo.path.join(format!("keys/{}", sha256_hex(&hostile))),
+        &hostile,
+    )
+    .unwrap();
 
     let out = repo.run(&["restore", "--snapshot", &id, "--stdout"]).ok();
     assert!(out.stdout == data, "restore: wrong bytes");
@@ -167,19 +180,15 @@ fn a_malformed_key_object_next_to_a_good_one_does_not_stop_open() {
     repo.run(&["snapshots"]).ok();
 
     // Only malformed keys: a clear integrity error, not "wrong passphrase".
-    for k in repo.objects("keys") {
-        if !k
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with(['0', '.'])
-        {
-            std::fs::remove_file(k).unwrap();
-        }
-    }
+    std::fs::remove_file(&good_key).unwrap();
     let r = repo.run(&["snapshots"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
+    // The hostile key (whichever order it was read in) is now read too.
+    assert!(
+        r.stderr.contains("KDF parameters out of range"),
+        "{}",
+        r.stderr
+    );
     assert!(
         r.stderr.contains("every key object is malformed"),
         "{}",

@@ -556,6 +556,9 @@ struct ParsedKey {
 fn parse_key_object(name: &str, bytes: &[u8]) -> Result<ParsedKey> {
     check_name(name, bytes)?;
     let file: KeyFile = crate::format::meta::decode_json("key object", bytes)?;
+    // Out-of-range KDF parameters are a malformed object too (checked
+    // again by `derive_key`): skipped like the rest, not fatal.
+    file.kdf_params.check()?;
     Ok(ParsedKey {
         salt: hex::decode(&file.salt).map_err(|e| Error::format("key object", e))?,
         sealed: hex::decode(&file.sealed_master_key).map_err(|e| Error::format("key object", e))?,
