@@ -123,3 +123,78 @@ async fn refused_credentials_name_the_store_and_key_on_garage() {
         );
     }
 }
+
+/// Recovery's abort of unfinished uploads, at a repository with an empty
+/// prefix in a shared bucket: only this repository's own pack uploads that
+/// started before the cut-off go; another application's upload, a nested
+/// repository's pack upload and non-pack keys under `data/` survive, and
+/// (where the store stamps real start times: Garage; moto answers one fixed
+/// `Initiated` of 2010) so does an upload started after the cut-off.
+async fn abort_spares_foreign_nested_and_young_uploads(kind: ServerKind) {
+    let server = S3Server::start(kind);
+    server.create_bucket("shared");
+    let b = backend(&server, "shared", "").await;
+    let hex = |c: char| c.to_string().repeat(64);
+    let ours_old = format!("data/aa/{}", hex('a'));
+    let ours_young = format!("data/bb/{}", hex('b'));
+    let foreign = [
+        "other-app/big.bin".to_owned(),
+        format!("sub/data/cc/{}", hex('c')),
+        "data/dd/not-a-pack.bin".to_owned(),
+        format!("data/ee/{}", hex('f')),
+    ];
+    let start = |key: &str| {
+        server.bucket_tool(&["start-upload", "shared", key]);
+    };
+    let pending = || {
+        let mut keys: Vec<String> = server
+            .bucket_tool(&["uploads", "shared"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    start(&ours_old);
+    for k in &foreign {
+        start(k);
+    }
+    if kind == ServerKind::Moto {
+        start(&ours_young);
+        let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(b.abort_unfinished_writes(later).await.unwrap(), 2);
+        assert_eq!(pending(), sorted(foreign.to_vec()), "only our own packs");
+        return;
+    }
+    // The store stamps `Initiated`; keep clear of its resolution.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let cutoff = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    start(&ours_young);
+
+    assert_eq!(b.abort_unfinished_writes(cutoff).await.unwrap(), 1);
+    let mut expected = foreign.to_vec();
+    expected.push(ours_young.clone());
+    assert_eq!(pending(), sorted(expected), "only {ours_old} may go");
+
+    // Once the young upload is older than a later cut-off it goes too.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    assert_eq!(b.abort_unfinished_writes(later).await.unwrap(), 1);
+    assert_eq!(pending(), sorted(foreign.to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_abort_spares_foreign_and_nested_uploads() {
+    abort_spares_foreign_nested_and_young_uploads(ServerKind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage_abort_spares_foreign_nested_and_young_uploads() {
+    abort_spares_foreign_nested_and_young_uploads(ServerKind::Garage).await;
+}

@@ -2,6 +2,7 @@
 //! snapshot, and the next backup cleans up everything it left: the
 //! unfinished upload is aborted, its completed but unindexed packs are
 //! indexed and re-used, its lock is removed. The restore is byte-exact.
+//! At a bucket root, the clean-up spares uploads that are not its own.
 
 mod common;
 #[path = "common/servers.rs"]
@@ -228,4 +229,78 @@ fn killed_multipart_backup_leaves_nothing_the_next_backup_does_not_clean() {
     let restored = cmd(&server, &["restore", "--snapshot", id, "--stdout"], None).ok();
     assert!(restored.stdout == input, "restored bytes differ");
     cmd(&server, &["verify", "--read-data"], None).ok();
+}
+
+/// A repository at the root of a shared bucket (empty prefix): the clean-up
+/// after a killed backup aborts its own pack uploads only. Another
+/// application's upload and a nested repository's pack upload in the same
+/// bucket survive. (Age is covered in tests/backend_s3.rs on Garage: moto
+/// answers one fixed `Initiated` for every upload.)
+#[test]
+fn recovery_at_a_bucket_root_spares_foreign_and_nested_uploads() {
+    let server = S3Server::start(ServerKind::Moto);
+    server.create_bucket("shared");
+    let root = std::path::Path::new("s3://shared");
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut c = command(root);
+        c.envs(server.env()).args(args);
+        run_cmd(c, stdin)
+    };
+    run(&["init", "--kdf-memory-kib", "1024"], None).ok();
+
+    // A backup killed while it holds its lock (waiting for its input).
+    let mut c = command(root);
+    c.envs(server.env())
+        .args(["backup", "stdin", "--source", "s", "--stdin-name", "x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().expect("spawn backup");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let has_lock = || {
+        tool(&server, &["keys", "shared"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k.as_str().unwrap().starts_with("locks/"))
+    };
+    while !has_lock() {
+        assert!(Instant::now() < deadline, "the backup never took its lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Its unfinished pack upload, and two that are not ours.
+    let hex = |c: char| c.to_string().repeat(64);
+    let ours = format!("data/aa/{}", hex('a'));
+    let nested = format!("sub/data/bb/{}", hex('b'));
+    for key in [ours.as_str(), "other-app/big.bin", nested.as_str()] {
+        tool(&server, &["start-upload", "shared", key]);
+    }
+
+    let b = run(
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "s",
+            "--stdin-name",
+            "x",
+        ],
+        Some(b"after the crash"),
+    )
+    .ok()
+    .json();
+    assert_eq!(b["recovery"]["dead_locks"], 1, "{b}");
+    assert_eq!(b["recovery"]["unfinished_writes_aborted"], 1, "{b}");
+    let mut left: Vec<String> = tool(&server, &["uploads", "shared"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["other-app/big.bin".to_owned(), nested]);
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
 use super::{Backend, ListPage, ObjectMeta, Payload, PutMode};
 use crate::error::{Error, ErrorKind, Result};
@@ -282,9 +283,9 @@ impl Backend for LocalBackend {
         Some(self.tmp_dir())
     }
 
-    /// Temp files in `tmp/` (this repository's own): a killed writer's
-    /// half-written objects and spooled packs.
-    async fn abort_unfinished_writes(&self) -> Result<u64> {
+    /// Temp files in `tmp/` (this repository's own) last written before
+    /// `cutoff`: a killed writer's half-written objects and spooled packs.
+    async fn abort_unfinished_writes(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         let dir = self.tmp_dir();
         blocking(move || {
             let rd = match fs::read_dir(&dir) {
@@ -295,6 +296,16 @@ impl Backend for LocalBackend {
             let mut n = 0;
             for ent in rd {
                 let ent = ent.map_err(|e| io_err(e, "tmp"))?;
+                // A file written at or after the cut-off may be a writer's
+                // that started after recovery looked at the locks.
+                let written = match ent.metadata().and_then(|m| m.modified()) {
+                    Ok(t) => DateTime::<Utc>::from(t),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(e, "tmp")),
+                };
+                if written >= cutoff {
+                    continue;
+                }
                 match fs::remove_file(ent.path()) {
                     Ok(()) => n += 1,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -113,13 +114,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Abort writes that were started and never finished (S3 multipart
-    /// uploads, local temp files), returning how many. The store cannot
-    /// tell whose they are, so call this only when no other writer is
-    /// running (`repository::recovery` decides). Aborting a live writer's
-    /// upload cannot lose data, it only fails that writer: its pack never
-    /// appears, so neither does an index or snapshot that names it.
-    async fn abort_unfinished_writes(&self) -> Result<u64> {
+    /// Abort writes of this repository's own objects that were started
+    /// before `cutoff` and never finished (S3 multipart uploads of pack
+    /// names, local temp files), returning how many. Writes of any other
+    /// name (another application's, a nested repository's) and writes
+    /// started at or after `cutoff` are left alone. The store cannot tell
+    /// which writer started a write, so call this only when no other
+    /// writer is running (`commands::recover` decides, and picks a cut-off
+    /// that a writer starting meanwhile cannot precede). Aborting a live
+    /// writer's upload cannot lose data, it only fails that writer: its
+    /// pack never appears, so neither does an index or snapshot that
+    /// names it.
+    async fn abort_unfinished_writes(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let _ = cutoff;
         Ok(0)
     }
 }

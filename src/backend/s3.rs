@@ -37,10 +37,12 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Backend, ListPage, ObjectMeta, Payload, PutMode, RequestCounts, RequestStats};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::names;
 
 /// File payloads larger than this go up as multipart uploads.
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
@@ -1324,37 +1326,48 @@ impl Backend for S3Backend {
         Some(self.stats.snapshot())
     }
 
-    /// Every multipart upload under our prefix: left by killed processes,
-    /// they cost storage until aborted (see the trait's contract).
-    async fn abort_unfinished_writes(&self) -> Result<u64> {
+    /// Multipart uploads of our own pack names started before `cutoff`:
+    /// left by killed processes, they cost storage until aborted (see the
+    /// trait's contract). Only `<prefix>data/` is listed and only exact pack
+    /// names are aborted, so that a repository with an empty prefix never
+    /// touches another application's uploads or a nested repository's.
+    async fn abort_unfinished_writes(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         let mut aborted = 0;
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
+        let data = self.key(names::DATA);
         loop {
             inc(&self.stats.list, 1);
             let page = self
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .prefix(&self.prefix)
+                .prefix(&data)
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
-                .map_err(|e| self.map_err(e, "", "ListMultipartUploads"))?;
+                .map_err(|e| self.map_err(e, names::DATA, "ListMultipartUploads"))?;
             for u in page.uploads() {
-                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
-                    inc(&self.stats.multipart, 1);
-                    self.client
-                        .abort_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| self.map_err(e, key, "AbortMultipartUpload"))?;
-                    aborted += 1;
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let initiated = u
+                    .initiated()
+                    .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                if !abortable_upload(&self.prefix, key, initiated, cutoff) {
+                    continue;
                 }
+                inc(&self.stats.multipart, 1);
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| self.map_err(e, key, "AbortMultipartUpload"))?;
+                aborted += 1;
             }
             if page.is_truncated() == Some(true) {
                 key_marker = page.next_key_marker().map(str::to_owned);
@@ -1370,9 +1383,51 @@ impl Backend for S3Backend {
     }
 }
 
+/// Whether recovery may abort the multipart upload of `key`: it must be
+/// one of our own pack names under `prefix`, and started before `cutoff`.
+/// An upload whose start time the store does not give is left alone.
+fn abortable_upload(
+    prefix: &str,
+    key: &str,
+    initiated: Option<DateTime<Utc>>,
+    cutoff: DateTime<Utc>,
+) -> bool {
+    let own = key
+        .strip_prefix(prefix)
+        .is_some_and(|name| names::pack_id_of(name).is_some());
+    own && initiated.is_some_and(|t| t < cutoff)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::key_refused;
+    use super::{abortable_upload, key_refused};
+
+    #[test]
+    fn only_our_own_old_pack_uploads_are_abortable() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(s, 0);
+        let cutoff = t(1000).unwrap();
+        let pack = format!("data/ab/ab{}", "0".repeat(62));
+        let nested = format!("sub/{pack}");
+        assert!(abortable_upload("", &pack, t(999), cutoff));
+        assert!(abortable_upload(
+            "repo/",
+            &format!("repo/{pack}"),
+            t(1),
+            cutoff
+        ));
+        // Too young, or of unknown age.
+        assert!(!abortable_upload("", &pack, t(1000), cutoff));
+        assert!(!abortable_upload("", &pack, None, cutoff));
+        // Not ours: another application's key, a nested repository's pack,
+        // a pack name in the wrong shard, upper-case hex, a suffix.
+        assert!(!abortable_upload("", "other-app/big.bin", t(1), cutoff));
+        assert!(!abortable_upload("", &nested, t(1), cutoff));
+        assert!(!abortable_upload("repo/", &pack, t(1), cutoff));
+        let wrong_shard = format!("data/cd/ab{}", "0".repeat(62));
+        assert!(!abortable_upload("", &wrong_shard, t(1), cutoff));
+        assert!(!abortable_upload("", &pack.to_uppercase(), t(1), cutoff));
+        assert!(!abortable_upload("", &format!("{pack}.tmp"), t(1), cutoff));
+    }
 
     #[test]
     fn debug_of_store_options_never_shows_the_secret_key() {

@@ -63,7 +63,16 @@ pub async fn after_dead_writers(
         report.deferred = true;
         return Ok(Some(report));
     }
-    report.unfinished_writes_aborted = repo.backend().abort_unfinished_writes().await?;
+    // Abort only writes started before the cut-off: a dead writer began
+    // none after its lock expired (a writer must stop once its lock
+    // lapses), and a writer that started after we listed the locks (so unseen
+    // above) began its writes after `now`. Younger writes survive.
+    let cutoff = dead
+        .iter()
+        .map(|(_, l)| l.expires)
+        .max()
+        .map_or(now, |e| e.min(now));
+    report.unfinished_writes_aborted = repo.backend().abort_unfinished_writes(cutoff).await?;
     let reindexed = super::repair::index(repo.clone()).await?;
     report.packs_indexed = reindexed.packs_reindexed;
     let names: Vec<String> = dead

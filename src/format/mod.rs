@@ -30,6 +30,13 @@ pub mod names {
     pub fn in_dir(dir: &str, id: &Id) -> String {
         format!("{dir}{id}")
     }
+    /// The pack id named by `name` when it is exactly a pack's name
+    /// (`data/xx/<64 hex>`, as [`pack`] writes it), else `None`: what
+    /// clean-up uses to touch only this repository's own objects.
+    pub fn pack_id_of(name: &str) -> Option<Id> {
+        let id = Id::parse(name.strip_prefix(DATA)?.get(3..)?).ok()?;
+        (pack(&id) == name).then_some(id)
+    }
     /// Parse the id out of `<dir>…/<hex>`.
     pub fn id_of(name: &str) -> Option<Id> {
         Id::parse(name.rsplit('/').next()?).ok()

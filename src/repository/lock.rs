@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::Repository;
 use crate::crypto::Domain;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::format::meta::{Lock, LockKind};
 use crate::format::{names, Id};
 
@@ -126,22 +126,130 @@ fn process_exists(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Every lock object, expired or not, skipping ones deleted or damaged
-/// while we read them.
+/// Every lock object, expired or not, skipping ones deleted while we read
+/// them (released) and damaged ones (reported). Any other failure to read
+/// one (a transport error, a timeout, a refused request) is an error: a
+/// live lock that cannot be read must not look like no lock at all, or a
+/// clean-up or prune would act as if its writer were gone.
 pub async fn all_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
     let mut out = Vec::new();
     for obj in crate::backend::list_all(repo.backend(), names::LOCKS).await? {
         let Some(id) = names::id_of(&obj.name) else {
             continue;
         };
-        // A lock deleted between list and get has simply been released.
-        let Ok(plain) = repo.load_sealed(&obj.name, Domain::Lock).await else {
-            continue;
+        let plain = match repo.load_sealed(&obj.name, Domain::Lock).await {
+            Ok(plain) => plain,
+            // Deleted between list and get: simply released.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                tracing::warn!("skipping damaged lock {}: {e}", obj.name);
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("reading lock {}", obj.name))),
         };
-        let Ok(lock) = crate::format::meta::decode_json::<Lock>("lock", &plain) else {
-            continue;
-        };
-        out.push((id, lock));
+        match crate::format::meta::decode_json::<Lock>("lock", &plain) {
+            Ok(lock) => out.push((id, lock)),
+            Err(e) => tracing::warn!("skipping damaged lock {}: {e}", obj.name),
+        }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::backend::{Backend, ListPage, ObjectMeta, Payload, PutMode};
+    use crate::crypto::KdfParams;
+    use crate::error::Error;
+    use crate::repository::InitOptions;
+
+    /// A local store whose reads of lock objects fail like a dropped
+    /// connection while `failing` is set.
+    #[derive(Debug)]
+    struct FlakyLocks {
+        inner: LocalBackend,
+        failing: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Backend for FlakyLocks {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn put(&self, name: &str, payload: Payload, mode: PutMode) -> Result<()> {
+            self.inner.put(name, payload, mode).await
+        }
+        async fn get(&self, name: &str) -> Result<Bytes> {
+            if name.starts_with(names::LOCKS) && self.failing.load(Ordering::SeqCst) {
+                return Err(Error::io(format!("GET {name}: connection reset by peer")));
+            }
+            self.inner.get(name).await
+        }
+        async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Bytes> {
+            self.inner.get_range(name, offset, len).await
+        }
+        async fn head(&self, name: &str) -> Result<ObjectMeta> {
+            self.inner.head(name).await
+        }
+        async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
+            self.inner.list_page(prefix, token).await
+        }
+        async fn delete_many(&self, names: &[String]) -> Result<()> {
+            self.inner.delete_many(names).await
+        }
+    }
+
+    /// A lock that cannot be read because of a store error is an error,
+    /// never silently "no lock" (which would let recovery or prune treat
+    /// its live writer as gone); a deleted or damaged one is skipped.
+    #[tokio::test]
+    async fn unreadable_lock_is_an_error_not_an_absent_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(FlakyLocks {
+            inner: LocalBackend::new(dir.path()).unwrap(),
+            failing: AtomicBool::new(false),
+        });
+        let opts = InitOptions {
+            kdf: KdfParams {
+                m_cost_kib: 1024,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..Default::default()
+        };
+        let repo = Arc::new(
+            Repository::init(backend.clone(), b"pw", &opts)
+                .await
+                .unwrap(),
+        );
+        let guard = LockGuard::acquire(repo.clone(), LockKind::Backup)
+            .await
+            .unwrap();
+        let id = guard.id().await;
+        assert_eq!(all_locks(&repo).await.unwrap().len(), 1);
+
+        backend.failing.store(true, Ordering::SeqCst);
+        let e = all_locks(&repo).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+        assert!(e.to_string().contains(&id.to_string()), "{e}");
+        assert!(live_locks(&repo, Utc::now()).await.is_err());
+        backend.failing.store(false, Ordering::SeqCst);
+
+        // A damaged lock object is skipped, not fatal.
+        let junk = names::in_dir(names::LOCKS, &Id::hash(b"junk"));
+        backend
+            .put(&junk, b"junk".to_vec().into(), PutMode::Create)
+            .await
+            .unwrap();
+        let locks = all_locks(&repo).await.unwrap();
+        assert_eq!(locks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [id]);
+        guard.release().await.unwrap();
+        assert!(all_locks(&repo).await.unwrap().is_empty());
+    }
 }

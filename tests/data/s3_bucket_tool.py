@@ -95,5 +95,9 @@ def main():
         # Pending (unfinished) multipart uploads in a bucket.
         r = c.list_multipart_uploads(Bucket=sys.argv[3])
         print(json.dumps([u["Key"] for u in r.get("Uploads", [])]))
+    elif cmd == "start-upload":
+        # Start a multipart upload of BUCKET KEY and leave it unfinished.
+        r = c.create_multipart_upload(Bucket=sys.argv[3], Key=sys.argv[4])
+        print(json.dumps(r["UploadId"]))
 
 main()
