@@ -285,3 +285,45 @@ pub async fn all_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(age: Duration, ttl: Duration) -> Lease {
+        let stored_at = Instant::now() - age;
+        Lease::new(stored_at, ttl, Arc::new(Mutex::new(Id([7; 32]))))
+    }
+
+    #[test]
+    fn lease_holds_until_ttl_minus_margin() {
+        let ttl = Duration::from_secs(30);
+        assert!(lease(Duration::from_secs(19), ttl).check().is_ok());
+        let err = lease(Duration::from_secs(21), ttl).check().unwrap_err();
+        assert!(
+            err.to_string().contains("not refreshed for 21s")
+                && err
+                    .to_string()
+                    .contains(&names::in_dir(names::LOCKS, &Id([7; 32]))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_not_revived_by_a_late_refresh() {
+        let l = lease(Duration::from_secs(25), Duration::from_secs(30));
+        // The refresh that finally got through was built after the lapse:
+        // others may already have acted on our death.
+        l.stored(Instant::now());
+        assert!(l.check().is_err());
+        // A refresh in time moves the lease on.
+        let l = lease(Duration::from_secs(15), Duration::from_secs(30));
+        l.stored(Instant::now());
+        assert!(lease_age(&l) < Duration::from_secs(1));
+        assert!(l.check().is_ok());
+    }
+
+    fn lease_age(l: &Lease) -> Duration {
+        l.inner.lock().unwrap().stored_at.elapsed()
+    }
+}
