@@ -216,7 +216,11 @@ async fn refresh_loop(
                     .delete_many(&[names::in_dir(names::LOCKS, &old)])
                     .await;
             }
-            Err(e) => tracing::warn!("could not refresh lock: {e}"),
+            Err(e) => tracing::warn!(
+                "could not refresh lock: {e} (the backup stops once its lock \
+                 has gone {}s without a refresh)",
+                lease.deadline().as_secs()
+            ),
         }
     }
 }
