@@ -127,7 +127,7 @@ impl BackupSummary {
 
 pub async fn run(
     repo: Arc<Repository>,
-    opts: BackupOptions,
+    mut opts: BackupOptions,
     input: BackupInput,
     progress: Arc<dyn Progress>,
 ) -> Result<BackupSummary> {
@@ -163,6 +163,10 @@ pub async fn run(
     // Whatever happens after this, the lock is released (or, if the
     // process dies, expires on its own).
     let lock = LockGuard::acquire(repo.clone(), LockKind::Backup).await?;
+    // Every pack and index object is written under the lease, and the
+    // snapshot only after a last check (docs/FORMAT.md, "Locks").
+    let lease = lock.lease();
+    opts.writer.lease = Some(lease.clone());
     let result = async {
         let recovery = super::recover::after_dead_writers(&repo, &lock.id().await).await?;
         // Loaded after the recovery, which may have indexed orphaned packs.
@@ -263,6 +267,9 @@ pub async fn run(
             program_version: env!("CARGO_PKG_VERSION").into(),
             metadata,
         };
+        // A writer never commits after others may have judged it dead: they
+        // may have aborted its uploads or condemned its packs meanwhile.
+        lease.check()?;
         let snapshot_id = repo.save_snapshot(&snapshot).await?;
         Ok(BackupSummary {
             snapshot_id,

@@ -46,12 +46,16 @@ const INDEX_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
 /// Spool files older than this are left over from a killed process.
 const STALE_SPOOL: Duration = Duration::from_secs(6 * 3600);
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct WriterOptions {
     /// Worker threads; 0 = one per core.
     pub workers: usize,
     /// Parallel pack uploads; 0 = 2.
     pub uploaders: usize,
+    /// The backup lock's lease: once it lapses (refreshes failed for too
+    /// long), no more packs or index objects are written and the stream
+    /// stops with its error, since others may already judge us dead.
+    pub lease: Option<crate::repository::lock::Lease>,
 }
 
 /// What one stream became.
@@ -107,9 +111,19 @@ struct Shared {
     pending_index: Mutex<(Vec<IndexPack>, Instant)>,
     rt: tokio::runtime::Handle,
     compression_level: i32,
+    lease: Option<crate::repository::lock::Lease>,
 }
 
 impl Shared {
+    /// Fails the pipeline if the lock's lease has lapsed.
+    fn check_lease(&self) -> Result<()> {
+        match &self.lease {
+            Some(l) => l
+                .check()
+                .inspect_err(|e| self.fail(Error::new(e.kind(), e.to_string()))),
+            None => Ok(()),
+        }
+    }
     fn fail(&self, e: Error) {
         let mut slot = self.error.lock().unwrap();
         if slot.is_none() {
@@ -185,6 +199,7 @@ impl Writer {
             pending_index: Mutex::new((Vec::new(), Instant::now())),
             rt: tokio::runtime::Handle::current(),
             compression_level: config.compression_level,
+            lease: opts.lease,
         });
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (blob_tx, blob_rx) = bounded::<SealedBlob>(2);
@@ -233,6 +248,9 @@ impl Writer {
         let mut eof = false;
         while !eof {
             let n = read_some(&mut reader, &mut buf)?;
+            // Checked at every read, so a slow source cannot keep a
+            // writer going long after its lock has lapsed.
+            self.shared.check_lease()?;
             eof = n == 0;
             hasher.update(&buf[..n], size);
             size += n as u64;
@@ -555,6 +573,11 @@ fn uploader(s: Arc<Shared>, packs: Receiver<FinishedPack>) {
             let _ = std::fs::remove_file(&p.path);
             continue;
         }
+        if let Err(e) = s.check_lease() {
+            let _ = std::fs::remove_file(&p.path);
+            s.fail(e);
+            continue;
+        }
         let name = names::pack(&p.id);
         let path = p.path.clone();
         // Named by its content: a pack stored already (by another writer,
@@ -597,6 +620,8 @@ fn flush_index(s: &Shared, force: bool) -> Result<()> {
         pending.1 = Instant::now();
         std::mem::take(&mut pending.0)
     };
+    // Packs left unindexed are orphans the next backup's recovery indexes.
+    s.check_lease()?;
     let file = IndexFile {
         supersedes: vec![],
         packs,

@@ -6,9 +6,17 @@
 //! crashed process's lock simply expires. The (later) prune reads live
 //! backup locks to decide when condemned packs may really be deleted; see
 //! docs/ARCHITECTURE.md, "Concurrency".
+//!
+//! The other side of expiry: a holder whose refreshes fail (store errors,
+//! a suspended VM, a PUT slower than the TTL) looks dead to everyone else
+//! once its last stored copy expires, so it must stop before that. The
+//! guard's [`Lease`] says whether the last successfully stored copy is
+//! still good for at least [`margin`]; the writer checks it before every
+//! pack and index object, and the backup once more just before it writes
+//! its snapshot (docs/FORMAT.md, "Locks").
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
@@ -16,30 +24,153 @@ use tokio::task::JoinHandle;
 
 use super::Repository;
 use crate::crypto::Domain;
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::meta::{Lock, LockKind};
 use crate::format::{names, Id};
 
 pub const TTL: Duration = Duration::from_secs(30 * 60);
 pub const REFRESH: Duration = Duration::from_secs(5 * 60);
 
+/// Test-only overrides of [`TTL`] and [`REFRESH`] (whole seconds), so that
+/// tests can see a lock lapse in seconds. Not a user setting: a short TTL
+/// lets a slow store make a healthy backup look dead to others.
+pub const TTL_ENV: &str = "USDCOP_DR_LOCK_TTL_SECS";
+pub const REFRESH_ENV: &str = "USDCOP_DR_LOCK_REFRESH_SECS";
+
+fn env_secs(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+}
+
+/// How long a stored lock copy stays valid.
+pub fn ttl() -> Duration {
+    env_secs(TTL_ENV).unwrap_or(TTL)
+}
+
+/// How often a held lock is rewritten (never more than a third of the TTL,
+/// so that two refreshes may fail before the holder has to stop).
+pub fn refresh_interval() -> Duration {
+    env_secs(REFRESH_ENV)
+        .unwrap_or(REFRESH)
+        .min(ttl() / 3)
+        .max(Duration::from_millis(100))
+}
+
+/// What a holder keeps back from the TTL: it stops once its last stored
+/// copy has less than this left. Covers the clock skew between hosts and
+/// the time the last writes (a pack, the snapshot) take to land.
+pub fn margin(ttl: Duration) -> Duration {
+    ttl / 3
+}
+
+/// Whether the holder's lock is still surely live in everyone's eyes.
+/// Cheap to clone and to check (no I/O): it only compares the time since
+/// the last successfully stored copy with the TTL.
+#[derive(Clone)]
+pub struct Lease {
+    inner: Arc<std::sync::Mutex<LeaseState>>,
+    ttl: Duration,
+    lock: Arc<Mutex<Id>>,
+}
+
+struct LeaseState {
+    /// Taken just before the last successfully stored copy was built, so
+    /// no later than the moment its `expires` was computed from.
+    stored_at: Instant,
+    /// Set once the lease has lapsed: a refresh that succeeds afterwards
+    /// does not revive it, since others may already have acted on our
+    /// death (aborted our uploads, condemned our packs).
+    lost: bool,
+}
+
+impl Lease {
+    fn new(stored_at: Instant, ttl: Duration, lock: Arc<Mutex<Id>>) -> Lease {
+        Lease {
+            inner: Arc::new(std::sync::Mutex::new(LeaseState {
+                stored_at,
+                lost: false,
+            })),
+            ttl,
+            lock,
+        }
+    }
+
+    fn deadline(&self) -> Duration {
+        self.ttl - margin(self.ttl)
+    }
+
+    /// `Ok` while the last stored copy has at least [`margin`] left;
+    /// otherwise an error saying why the backup must stop.
+    pub fn check(&self) -> Result<()> {
+        let mut st = self.inner.lock().unwrap();
+        let age = st.stored_at.elapsed();
+        if !st.lost && age < self.deadline() {
+            return Ok(());
+        }
+        st.lost = true;
+        let lock = self.lock.try_lock().map(|id| *id).ok();
+        Err(Error::io(format!(
+            "lock {}: not refreshed for {}s (it expires {}s after each refresh): \
+             other processes may already consider this backup dead, so it stops \
+             without writing a snapshot; check that the repository's store is \
+             reachable and writable (locks/), then run the backup again",
+            lock.map_or_else(
+                || names::LOCKS.to_owned(),
+                |id| names::in_dir(names::LOCKS, &id)
+            ),
+            age.as_secs(),
+            self.ttl.as_secs(),
+        )))
+    }
+
+    /// Record a copy stored successfully, built at `built`.
+    fn stored(&self, built: Instant) {
+        let mut st = self.inner.lock().unwrap();
+        if st.lost || st.stored_at.elapsed() >= self.deadline() {
+            st.lost = true;
+        } else {
+            st.stored_at = built;
+        }
+    }
+}
+
 pub struct LockGuard {
     repo: Arc<Repository>,
     current: Arc<Mutex<Id>>,
+    lease: Lease,
     refresher: JoinHandle<()>,
 }
 
 impl LockGuard {
     pub async fn acquire(repo: Arc<Repository>, kind: LockKind) -> Result<LockGuard> {
         let started = Utc::now();
-        let id = write_lock(&repo, kind, started).await?;
+        let ttl = ttl();
+        let built = Instant::now();
+        let id = write_lock(&repo, kind, started, ttl).await?;
         let current = Arc::new(Mutex::new(id));
-        let refresher = tokio::spawn(refresh_loop(repo.clone(), kind, started, current.clone()));
+        let lease = Lease::new(built, ttl, current.clone());
+        let refresher = tokio::spawn(refresh_loop(
+            repo.clone(),
+            kind,
+            started,
+            current.clone(),
+            lease.clone(),
+        ));
         Ok(LockGuard {
             repo,
             current,
+            lease,
             refresher,
         })
+    }
+
+    /// The lease to check before each write that must not happen once
+    /// others may judge this holder dead.
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
     }
 
     /// The lock object's current id (it changes at every refresh).
@@ -70,30 +201,43 @@ async fn refresh_loop(
     kind: LockKind,
     started: DateTime<Utc>,
     current: Arc<Mutex<Id>>,
+    lease: Lease,
 ) {
+    let every = refresh_interval();
     loop {
-        tokio::time::sleep(REFRESH).await;
-        match write_lock(&repo, kind, started).await {
+        tokio::time::sleep(every).await;
+        let built = Instant::now();
+        match write_lock(&repo, kind, started, lease.ttl).await {
             Ok(new) => {
+                lease.stored(built);
                 let old = std::mem::replace(&mut *current.lock().await, new);
                 let _ = repo
                     .backend()
                     .delete_many(&[names::in_dir(names::LOCKS, &old)])
                     .await;
             }
-            Err(e) => tracing::warn!("could not refresh lock: {e}"),
+            Err(e) => tracing::warn!(
+                "could not refresh lock: {e} (the backup stops once its lock \
+                 has gone {}s without a refresh)",
+                lease.deadline().as_secs()
+            ),
         }
     }
 }
 
-async fn write_lock(repo: &Repository, kind: LockKind, started: DateTime<Utc>) -> Result<Id> {
+async fn write_lock(
+    repo: &Repository,
+    kind: LockKind,
+    started: DateTime<Utc>,
+    ttl: Duration,
+) -> Result<Id> {
     let lock = Lock {
         version: 1,
         kind,
         host: super::hostname(),
         pid: std::process::id(),
         started,
-        expires: Utc::now() + chrono::Duration::from_std(TTL).expect("TTL fits"),
+        expires: Utc::now() + chrono::Duration::from_std(ttl).expect("TTL fits"),
         nonce: hex::encode(crate::crypto::random_bytes::<8>()),
     };
     let plain = serde_json::to_vec(&lock).expect("lock serializes");
@@ -251,5 +395,42 @@ mod tests {
         assert_eq!(locks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [id]);
         guard.release().await.unwrap();
         assert!(all_locks(&repo).await.unwrap().is_empty());
+    }
+
+    fn lease(age: Duration, ttl: Duration) -> Lease {
+        let stored_at = Instant::now() - age;
+        Lease::new(stored_at, ttl, Arc::new(Mutex::new(Id([7; 32]))))
+    }
+
+    #[test]
+    fn lease_holds_until_ttl_minus_margin() {
+        let ttl = Duration::from_secs(30);
+        assert!(lease(Duration::from_secs(19), ttl).check().is_ok());
+        let err = lease(Duration::from_secs(21), ttl).check().unwrap_err();
+        assert!(
+            err.to_string().contains("not refreshed for 21s")
+                && err
+                    .to_string()
+                    .contains(&names::in_dir(names::LOCKS, &Id([7; 32]))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_not_revived_by_a_late_refresh() {
+        let l = lease(Duration::from_secs(25), Duration::from_secs(30));
+        // The refresh that finally got through was built after the lapse:
+        // others may already have acted on our death.
+        l.stored(Instant::now());
+        assert!(l.check().is_err());
+        // A refresh in time moves the lease on.
+        let l = lease(Duration::from_secs(15), Duration::from_secs(30));
+        l.stored(Instant::now());
+        assert!(lease_age(&l) < Duration::from_secs(1));
+        assert!(l.check().is_ok());
+    }
+
+    fn lease_age(l: &Lease) -> Duration {
+        l.inner.lock().unwrap().stored_at.elapsed()
     }
 }
