@@ -18,32 +18,15 @@ mod servers;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use common::{run_cmd, Run, TestRepo, PASSWORD};
-use usdcop_dr::backend::local::LocalBackend;
+use common::{run_cmd, runtime, Run, TestRepo};
 use usdcop_dr::format::snapshot::{Entry, EntryType, Snapshot};
 use usdcop_dr::format::Id;
 use usdcop_dr::repository::Repository;
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
 fn open(repo: &TestRepo) -> Repository {
-    runtime().block_on(async {
-        let backend = Arc::new(LocalBackend::new(repo.path.clone()).unwrap());
-        Repository::open(backend, PASSWORD.as_bytes())
-            .await
-            .unwrap()
-    })
+    runtime().block_on(repo.open_lib())
 }
 
 /// Save `edit(snapshot)` of snapshot `base` as a new snapshot (a second

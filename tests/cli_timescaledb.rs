@@ -19,12 +19,8 @@ mod common;
 #[path = "common/postgres.rs"]
 mod postgres;
 
-use std::sync::{Arc, OnceLock};
-
-use common::{run_cmd, Run, TestRepo, PASSWORD};
+use common::{run_cmd, runtime, Run, TestRepo};
 use postgres::*;
-use usdcop_dr::backend::local::LocalBackend;
-use usdcop_dr::repository::Repository;
 
 const SOURCE_DB: &str = "usdcop_trading";
 
@@ -74,25 +70,11 @@ fn database_exists(pg: &PgServer, db: &str) -> bool {
     ) == "1"
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
 /// A copy of snapshot `base` whose picture records TimescaleDB `version`
 /// (what a backup of a server with that version would hold).
 fn with_timescaledb_version(repo: &TestRepo, base: &str, version: &str) -> String {
     runtime().block_on(async {
-        let backend = Arc::new(LocalBackend::new(repo.path.clone()).unwrap());
-        let r = Repository::open(backend, PASSWORD.as_bytes())
-            .await
-            .unwrap();
+        let r = repo.open_lib().await;
         let (_, mut snap) = r.find_snapshot(base, None).await.unwrap();
         snap.time += chrono::Duration::seconds(1);
         let picture = snap.metadata.get_mut("postgres").unwrap();

@@ -174,7 +174,30 @@ pub fn run_cmd_timeout(mut c: Command, stdin: Option<&[u8]>, timeout: Duration) 
     }
 }
 
+/// One small runtime per test process, for tests that call the library
+/// directly (crafting snapshots) besides driving the binary.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
 impl TestRepo {
+    /// The repository opened through the library (local backend).
+    pub async fn open_lib(&self) -> usdcop_dr::repository::Repository {
+        let backend = std::sync::Arc::new(
+            usdcop_dr::backend::local::LocalBackend::new(self.path.clone()).unwrap(),
+        );
+        usdcop_dr::repository::Repository::open(backend, PASSWORD.as_bytes())
+            .await
+            .unwrap()
+    }
+
     /// A new repository with small chunks and packs, so tests exercise many
     /// chunks and packs with little data, and a cheap KDF.
     pub fn new() -> TestRepo {
