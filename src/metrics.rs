@@ -242,7 +242,7 @@ mod tests {
         let text = render(&input).unwrap();
         for line in [
             "# TYPE usdcop_dr_last_success_timestamp_seconds gauge",
-            "usdcop_dr_last_success_timestamp_seconds{kind=\"postgres\",source=\"pg-usdcop\"} 1764554400.5",
+            "usdcop_dr_last_success_timestamp_seconds{kind=\"postgres\",source=\"pg-usdcop\"} 1796090400.5",
             "usdcop_dr_last_success_timestamp_seconds{kind=\"files\",source=\"config\"} 0",
             "usdcop_dr_last_run_success{kind=\"postgres\",source=\"pg-usdcop\"} 0",
             "usdcop_dr_last_duration_seconds{kind=\"postgres\",source=\"pg-usdcop\"} 1.25",

@@ -25,7 +25,7 @@ use toml::Spanned;
 
 use crate::format::snapshot::SourceKind;
 
-pub use locate::Located;
+use locate::Located;
 
 /// Where the file is looked for when neither `--config` nor
 /// `USDCOP_DR_CONFIG` names one.
@@ -424,7 +424,7 @@ fn check_source(s: RawSource, i: usize, at: &Located<'_>) -> Result<SourceSpec, 
                     span,
                     &key(k),
                     format!("a {kind_name} source does not take `{k}`"),
-                    Some(&format!("a {kind_name} source takes {takes}")),
+                    Some(format!("a {kind_name} source takes {takes}").as_str()),
                 ));
             }
         }
@@ -437,7 +437,7 @@ fn check_source(s: RawSource, i: usize, at: &Located<'_>) -> Result<SourceSpec, 
                 "source {:?} (kind {kind_name}) needs `{k}`",
                 s.name.get_ref()
             ),
-            Some(&format!("a {kind_name} source takes {takes}")),
+            Some(format!("a {kind_name} source takes {takes}").as_str()),
         )
     };
     match kind {
