@@ -542,15 +542,14 @@ fn a_bad_configuration_names_file_line_and_key_and_writes_nothing() {
         );
     }
     // The secrets' errors say where the secret goes.
-    host.write_config("24h", &cases_hint_source());
+    std::fs::write(
+        host.config(),
+        "[repository]\nurl = \"/r\"\npassphrase = \"p\"\n",
+    )
+    .unwrap();
     let r = host.run(&["config", "check"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("hint: ") && r.stderr.contains("password_file"), "{}", r.stderr);
-}
-
-fn cases_hint_source() -> String {
-    "[[source]]\nname = \"x\"\nkind = \"files\"\npaths = [\"/etc\"]\n[repository]\nurl = \"/r\"\npassphrase = \"p\"\n"
-        .to_owned()
 }
 
 /// The shipped example checks (CI runs this).
