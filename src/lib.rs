@@ -19,7 +19,7 @@ pub mod postgres;
 pub mod progress;
 pub mod repository;
 pub mod scratch;
-pub mod state;
 pub mod source;
+pub mod state;
 
 pub use error::{Error, ErrorKind, Result};

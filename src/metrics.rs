@@ -54,13 +54,17 @@ fn ts(t: &DateTime<Utc>) -> f64 {
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str) -> Result<GaugeVec> {
     let g = GaugeVec::new(Opts::new(name, help), &["source", "kind"]).map_err(metrics_err)?;
-    registry.register(Box::new(g.clone())).map_err(metrics_err)?;
+    registry
+        .register(Box::new(g.clone()))
+        .map_err(metrics_err)?;
     Ok(g)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<Gauge> {
     let g = Gauge::with_opts(Opts::new(name, help)).map_err(metrics_err)?;
-    registry.register(Box::new(g.clone())).map_err(metrics_err)?;
+    registry
+        .register(Box::new(g.clone()))
+        .map_err(metrics_err)?;
     Ok(g)
 }
 
@@ -178,8 +182,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         std::process::id()
     ));
     let err = |what: &str, e: std::io::Error| {
-        Error::io(format!("{what} {}: {e}", path.display()))
-            .with_hint(format!("the directory {} must exist and be writable by this user", dir.display()))
+        Error::io(format!("{what} {}: {e}", path.display())).with_hint(format!(
+            "the directory {} must exist and be writable by this user",
+            dir.display()
+        ))
     };
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -254,8 +260,14 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
         }
         // Nothing recorded, nothing claimed.
-        assert!(!text.contains("usdcop_dr_last_run_success{kind=\"files\""), "{text}");
-        assert!(!text.contains("usdcop_dr_snapshots{kind=\"files\""), "{text}");
+        assert!(
+            !text.contains("usdcop_dr_last_run_success{kind=\"files\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("usdcop_dr_snapshots{kind=\"files\""),
+            "{text}"
+        );
     }
 
     #[test]

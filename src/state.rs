@@ -192,10 +192,9 @@ impl StateStore {
                     lock_file: path,
                 }))
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!(
-                "cannot lock {}: {e}",
-                path.display()
-            ))),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("cannot lock {}: {e}", path.display())))
+            }
         }
     }
 }

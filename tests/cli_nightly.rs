@@ -154,13 +154,14 @@ impl Host {
 
     /// The metrics file, parsed by prometheus_client's text parser.
     fn metrics(&self) -> Metrics {
-        let script = "import json, sys\n\
-from prometheus_client.parser import text_string_to_metric_families\n\
-out = []\n\
-for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
-    for s in fam.samples:\n\
-        out.append({'family': fam.name, 'type': fam.type, 'name': s.name, 'labels': s.labels, 'value': s.value})\n\
-print(json.dumps(out))\n";
+        let script = r#"import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in fam.samples:
+        out.append({'family': fam.name, 'type': fam.type, 'name': s.name, 'labels': s.labels, 'value': s.value})
+print(json.dumps(out))
+"#;
         let out = Command::new(servers::venv_python())
             .arg("-c")
             .arg(script)
@@ -307,7 +308,10 @@ fn backup_all_backs_up_a_database_a_bucket_and_files_then_survives_a_failing_sou
             source(&all, name)["backup"]["snapshot_id"],
             "{st}"
         );
-        assert!(s["newest_snapshot"]["age_s"].as_f64().unwrap() < 3600.0, "{st}");
+        assert!(
+            s["newest_snapshot"]["age_s"].as_f64().unwrap() < 3600.0,
+            "{st}"
+        );
     }
     let text = host.run(&["status"]).ok().stdout_str();
     assert!(text.contains("all 3 source(s) within the RPO"), "{text}");
@@ -340,7 +344,9 @@ fn backup_all_backs_up_a_database_a_bucket_and_files_then_survives_a_failing_sou
         .iter()
         .filter(|p| {
             let rel = p.strip_prefix(host.path("repo")).unwrap();
-            ["data", "index", "snapshots"].iter().any(|d| rel.starts_with(d))
+            ["data", "index", "snapshots"]
+                .iter()
+                .any(|d| rel.starts_with(d))
         })
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
@@ -362,7 +368,10 @@ fn backup_all_backs_up_a_database_a_bucket_and_files_then_survives_a_failing_sou
     let failed = source(&all2, "minio-raw");
     assert!(failed["backup"].is_null(), "{all2}");
     assert!(
-        failed["error"]["message"].as_str().unwrap().contains("127.0.0.1"),
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
         "the error names the store: {all2}"
     );
     assert!(
@@ -388,10 +397,17 @@ fn backup_all_backs_up_a_database_a_bucket_and_files_then_survives_a_failing_sou
     let b = source(&st, "minio-raw");
     assert_eq!(b["verdict"], "within_rpo", "{st}");
     assert_eq!(b["last_run"]["success"], false, "{st}");
-    assert!(b["last_run"]["error"].as_str().unwrap().contains("127.0.0.1"), "{st}");
+    assert!(
+        b["last_run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "{st}"
+    );
     let text = host.run(&["status"]).ok().stdout_str();
     assert!(
-        text.lines().any(|l| l.starts_with("minio-raw") && l.contains("FAILED")),
+        text.lines()
+            .any(|l| l.starts_with("minio-raw") && l.contains("FAILED")),
         "{text}"
     );
 
@@ -406,7 +422,9 @@ fn backup_all_backs_up_a_database_a_bucket_and_files_then_survives_a_failing_sou
     let r = host.run(&["backup", "--source", "nas"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stderr, r.stdout_str());
     assert!(
-        r.stdout_str().lines().any(|l| l.starts_with("FAILED") && l.contains("nas")),
+        r.stdout_str()
+            .lines()
+            .any(|l| l.starts_with("FAILED") && l.contains("nas")),
         "one summary line: {}",
         r.stdout_str()
     );
@@ -456,10 +474,16 @@ fn status_exits_4_for_a_source_older_than_the_rpo() {
     let st = r.json();
     let s = source(&st, "config");
     assert_eq!(s["verdict"], "rpo_missed", "{st}");
-    assert!(s["newest_snapshot"]["age_s"].as_f64().unwrap() > 29.0 * 3600.0, "{st}");
+    assert!(
+        s["newest_snapshot"]["age_s"].as_f64().unwrap() > 29.0 * 3600.0,
+        "{st}"
+    );
     assert!(s["last_run"].is_null(), "made by hand, not recorded: {st}");
     let text = host.run(&["status"]).stdout_str();
-    assert!(text.contains("outside the RPO or never backed up: config"), "{text}");
+    assert!(
+        text.contains("outside the RPO or never backed up: config"),
+        "{text}"
+    );
 
     host.run(&["backup", "--all"]).ok();
     let st = host.run(&["--json", "status"]).ok().json();
@@ -528,12 +552,24 @@ fn a_bad_configuration_names_file_line_and_key_and_writes_nothing() {
         ] {
             let r = host.run(args);
             assert_eq!(r.code, 2, "{what}: {args:?}: {}", r.stderr);
-            assert!(r.stderr.contains(&want), "{what}: {args:?}: want {want:?} in {}", r.stderr);
+            assert!(
+                r.stderr.contains(&want),
+                "{what}: {args:?}: want {want:?} in {}",
+                r.stderr
+            );
             assert!(r.stderr.contains(says), "{what}: {args:?}: {}", r.stderr);
             assert!(r.stdout.is_empty(), "{what}: {}", r.stdout_str());
-            assert!(!r.stderr.contains("hunter2"), "{what}: the secret is not repeated: {}", r.stderr);
+            assert!(
+                !r.stderr.contains("hunter2"),
+                "{what}: the secret is not repeated: {}",
+                r.stderr
+            );
         }
-        assert_eq!(host.repository_listing(), before, "{what}: the repository is untouched");
+        assert_eq!(
+            host.repository_listing(),
+            before,
+            "{what}: the repository is untouched"
+        );
         assert!(!host.metrics_file().exists(), "{what}: no metrics");
         assert_eq!(
             std::fs::read_dir(host.path("state")).unwrap().count(),
@@ -549,7 +585,11 @@ fn a_bad_configuration_names_file_line_and_key_and_writes_nothing() {
     .unwrap();
     let r = host.run(&["config", "check"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("hint: ") && r.stderr.contains("password_file"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("hint: ") && r.stderr.contains("password_file"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// The shipped example checks (CI runs this).
@@ -605,8 +645,14 @@ fn a_second_backup_all_does_not_start_while_one_runs() {
         match listener.accept() {
             Ok((conn, _)) => break conn,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the first run never reached its source");
-                assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
+                assert!(
+                    Instant::now() < deadline,
+                    "the first run never reached its source"
+                );
+                assert!(
+                    first.try_wait().unwrap().is_none(),
+                    "the first run ended early"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => panic!("{e}"),
@@ -616,7 +662,8 @@ fn a_second_backup_all_does_not_start_while_one_runs() {
     let r = host.run(&["--json", "backup", "--all"]);
     assert_eq!(r.code, 75, "{}\n{}", r.stderr, r.stdout_str());
     assert!(
-        r.stderr.contains("another backup --all of ") && r.stderr.contains("not starting a second one"),
+        r.stderr.contains("another backup --all of ")
+            && r.stderr.contains("not starting a second one"),
         "{}",
         r.stderr
     );
@@ -626,7 +673,11 @@ fn a_second_backup_all_does_not_start_while_one_runs() {
         r.stderr
     );
     assert_eq!(r.json()["error"]["exit_code"], 75);
-    assert_eq!(host.repository_listing(), before, "the second run wrote nothing");
+    assert_eq!(
+        host.repository_listing(),
+        before,
+        "the second run wrote nothing"
+    );
     // `backup --source` of the same repository is a run too.
     let r = host.run(&["backup", "--source", "config"]);
     assert_eq!(r.code, 75, "{}", r.stderr);
@@ -681,7 +732,11 @@ fn operations_guide_runs_as_written() {
     let blocks = sh_blocks(&guide);
     assert!(blocks.len() >= 7, "{blocks:?}");
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the guide's commands run as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the guide's commands run as root"
+    );
     let (pg_uid, pg_gid) = os_user("postgres");
 
     let tmp = tempfile::Builder::new()
@@ -707,10 +762,17 @@ fn operations_guide_runs_as_written() {
     std::fs::write(r("srv/trading/docker-compose.yml"), "services: {}\n").unwrap();
     std::fs::write(r("srv/trading/.env"), "MINIO_ROOT_PASSWORD=x\n").unwrap();
     set_mode(&r("srv/trading/.env"), 0o600);
-    std::fs::write(r("srv/trading/nginx/nginx.conf"), common::random_bytes(100_000, 3)).unwrap();
+    std::fs::write(
+        r("srv/trading/nginx/nginx.conf"),
+        common::random_bytes(100_000, 3),
+    )
+    .unwrap();
     // The checkout the guide's commands start from.
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_usdcop-dr"), r("work/target/release/usdcop-dr"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_usdcop-dr"),
+        r("work/target/release/usdcop-dr"),
+    )
+    .unwrap();
     for f in ["usdcop-dr.example.toml", "contrib"] {
         std::os::unix::fs::symlink(manifest.join(f), r("work").join(f)).unwrap();
     }
@@ -742,7 +804,11 @@ esac
 "#,
     )
     .unwrap();
-    std::fs::write(r("shims/journalctl"), "#!/bin/sh\necho \"journalctl $* (stand-in)\"\n").unwrap();
+    std::fs::write(
+        r("shims/journalctl"),
+        "#!/bin/sh\necho \"journalctl $* (stand-in)\"\n",
+    )
+    .unwrap();
     for s in ["shims/systemctl", "shims/journalctl"] {
         set_mode(&r(s), 0o755);
     }
@@ -784,7 +850,12 @@ esac
             out.stdout_str(),
             out.stderr
         );
-        eprintln!("block {}:\n{block}{}{}", i + 1, out.stdout_str(), out.stderr);
+        eprintln!(
+            "block {}:\n{block}{}{}",
+            i + 1,
+            out.stdout_str(),
+            out.stderr
+        );
         if block.contains("usdcop-dr.example.toml") {
             // The human step: the example, edited for this site.
             std::fs::write(r("etc/usdcop-dr/usdcop-dr.toml"), &site_config).unwrap();
@@ -815,7 +886,8 @@ esac
         "{prom}"
     );
     // Every metric the alert rules use is one the run writes.
-    let rules = std::fs::read_to_string(manifest.join("contrib/prometheus/usdcop-dr.rules.yml")).unwrap();
+    let rules =
+        std::fs::read_to_string(manifest.join("contrib/prometheus/usdcop-dr.rules.yml")).unwrap();
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("usdcop_dr_") {
             assert!(

@@ -47,7 +47,10 @@ fn require<'a>(settings: Option<&'a Settings>, what: &str) -> Result<&'a Setting
 
 /// The repository and its store's options: each flag (or its environment
 /// variable) wins over the file's `[repository]` key.
-pub fn repository(cli: &Cli, settings: Option<&Settings>) -> Result<(String, backend::s3::S3Options)> {
+pub fn repository(
+    cli: &Cli,
+    settings: Option<&Settings>,
+) -> Result<(String, backend::s3::S3Options)> {
     let file = settings.and_then(|s| s.repository.as_ref());
     let repo = cli
         .repo
@@ -140,14 +143,17 @@ pub fn config_check(cli: &Cli, file: Option<&Path>) -> Result<i32> {
         let mut t = format!("{}: ok", path.display());
         t += &format!(
             "\n  repository: {}",
-            out.repository.as_deref().unwrap_or("(none: --repo or USDCOP_DR_REPO)")
+            out.repository
+                .as_deref()
+                .unwrap_or("(none: --repo or USDCOP_DR_REPO)")
         );
         t += &format!(
             "\n  objectives: rpo {}, rto {}, times in {}",
             humantime::format_duration(s.objectives.rpo),
             s.objectives
                 .rto
-                .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
+                .map_or("-".to_owned(), |d| humantime::format_duration(d)
+                    .to_string()),
             out.timezone
         );
         if let Some(m) = &out.metrics_textfile {
@@ -218,17 +224,18 @@ pub async fn backup_all(cli: &Cli, settings: Option<&Settings>, names: &[String]
     let _lock = match store.try_lock()? {
         Ok(lock) => lock,
         Err(busy) => {
-            let e = Error::new(
-                usdcop_dr::ErrorKind::Io,
-                format!(
+            let e =
+                Error::new(
+                    usdcop_dr::ErrorKind::Io,
+                    format!(
                     "another backup --all of {repo_arg} is running ({}); not starting a second one",
                     if busy.holder.is_empty() { "holder unknown" } else { &busy.holder }
                 ),
-            )
-            .with_hint(format!(
-                "wait for it to finish (lock file {}); exit {EXIT_BUSY} means nothing was done",
-                busy.lock_file.display()
-            ));
+                )
+                .with_hint(format!(
+                    "wait for it to finish (lock file {}); exit {EXIT_BUSY} means nothing was done",
+                    busy.lock_file.display()
+                ));
             eprintln!("usdcop-dr: {e}");
             if let Some(h) = e.hint() {
                 eprintln!("usdcop-dr: hint: {h}");
@@ -422,8 +429,15 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
         humantime::format_duration(std::time::Duration::from_secs(secs.max(0.0) as u64)).to_string()
     };
     let mut t = match (&r.repository.error, r.repository.size_bytes) {
-        (Some(e), _) => format!("repository {}: UNREACHABLE: {}", r.repository.location, e.message),
-        (None, Some(size)) => format!("repository {}: reachable, {} stored", r.repository.location, human(size)),
+        (Some(e), _) => format!(
+            "repository {}: UNREACHABLE: {}",
+            r.repository.location, e.message
+        ),
+        (None, Some(size)) => format!(
+            "repository {}: reachable, {} stored",
+            r.repository.location,
+            human(size)
+        ),
         (None, None) => format!("repository {}", r.repository.location),
     };
     t += &format!("\nRPO {}; times in {}", age(r.rpo_s), r.timezone);

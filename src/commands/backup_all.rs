@@ -91,7 +91,13 @@ pub async fn run_one(
     let clock = Instant::now();
     let result = async {
         let input = input_for(&source.spec)?;
-        backup::run(repo, BackupOptions::new(source.name.clone()), input, progress).await
+        backup::run(
+            repo,
+            BackupOptions::new(source.name.clone()),
+            input,
+            progress,
+        )
+        .await
     }
     .await;
     let (ok, backup, error) = match result {
@@ -257,7 +263,10 @@ pub fn metrics_input(
 pub fn refresh_last_success(state: &mut RunState, facts: &RepositoryFacts) {
     for (name, run) in state.sources.iter_mut() {
         if let Some(f) = facts.sources.get(name) {
-            run.last_success = Some(run.last_success.map_or(f.newest_time, |t| t.max(f.newest_time)));
+            run.last_success = Some(
+                run.last_success
+                    .map_or(f.newest_time, |t| t.max(f.newest_time)),
+            );
         }
     }
 }

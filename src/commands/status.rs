@@ -126,9 +126,7 @@ pub fn report(
                         id: f.newest_id.to_string(),
                         short_id: f.newest_id.short(),
                         time: f.newest_time,
-                        age_s: now
-                            .signed_duration_since(f.newest_time)
-                            .num_milliseconds() as f64
+                        age_s: now.signed_duration_since(f.newest_time).num_milliseconds() as f64
                             / 1000.0,
                         bytes: f.newest_bytes,
                     });

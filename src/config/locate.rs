@@ -55,7 +55,11 @@ impl<'a> Located<'a> {
 
     /// A parse or type error of the toml crate, with the key it concerns
     /// when `table` (the same text parsed untyped) can tell.
-    pub(super) fn toml_error(&self, e: &toml::de::Error, table: Option<&DeTable<'_>>) -> ConfigError {
+    pub(super) fn toml_error(
+        &self,
+        e: &toml::de::Error,
+        table: Option<&DeTable<'_>>,
+    ) -> ConfigError {
         let span = e.span().unwrap_or(0..0);
         let key = table.and_then(|t| key_at(t, span.start));
         // The crate's message is one line, without the snippet it would

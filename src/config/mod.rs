@@ -239,12 +239,16 @@ pub fn parse(text: &str, file: &Path) -> Result<Settings, ConfigError> {
     // typed error, and to find secrets before any other complaint.
     let table = toml::de::DeTable::parse(text).map_err(|e| at.toml_error(&e, None))?;
     locate::find_secret(table.get_ref(), &at)?;
-    let raw: RawFile = toml::from_str(text).map_err(|e| at.toml_error(&e, Some(table.get_ref())))?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| at.toml_error(&e, Some(table.get_ref())))?;
     check(raw, &at)
 }
 
 fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
-    let repository = raw.repository.map(|r| check_repository(r, at)).transpose()?;
+    let repository = raw
+        .repository
+        .map(|r| check_repository(r, at))
+        .transpose()?;
     let objectives = match raw.objectives {
         Some(o) => check_objectives(o, at)?,
         None => Objectives::default(),
@@ -394,7 +398,11 @@ fn check_source(s: RawSource, i: usize, at: &Located<'_>) -> Result<SourceSpec, 
     };
     // Keys of other kinds: an error, not silently ignored.
     let present: [(&str, Option<std::ops::Range<usize>>, &[RawKind]); 6] = [
-        ("dsn", s.dsn.as_ref().map(|v| v.span()), &[RawKind::Postgres]),
+        (
+            "dsn",
+            s.dsn.as_ref().map(|v| v.span()),
+            &[RawKind::Postgres],
+        ),
         (
             "globals",
             s.globals.as_ref().map(|v| v.span()),
@@ -415,7 +423,11 @@ fn check_source(s: RawSource, i: usize, at: &Located<'_>) -> Result<SourceSpec, 
             s.buckets.as_ref().map(|v| v.span()),
             &[RawKind::Bucket],
         ),
-        ("paths", s.paths.as_ref().map(|v| v.span()), &[RawKind::Files]),
+        (
+            "paths",
+            s.paths.as_ref().map(|v| v.span()),
+            &[RawKind::Files],
+        ),
     ];
     for (k, span, kinds) in present {
         if let Some(span) = span {

@@ -100,7 +100,9 @@ fn an_unknown_key_names_its_line_and_key() {
 
 #[test]
 fn a_wrong_type_names_its_line_and_key() {
-    let e = err("[[source]]\nname = \"pg\"\nkind = \"postgres\"\ndsn = \"dbname=x\"\nglobals = \"yes\"\n");
+    let e = err(
+        "[[source]]\nname = \"pg\"\nkind = \"postgres\"\ndsn = \"dbname=x\"\nglobals = \"yes\"\n",
+    );
     assert_err(&e, 5, "source[0].globals", "invalid type");
     let e = err("[objectives]\nrpo = 24\n");
     assert_err(&e, 2, "objectives.rpo", "invalid type");
@@ -117,25 +119,42 @@ fn a_duplicate_source_name_names_both_lines() {
     let e = err(
         "[[source]]\nname = \"cfg\"\nkind = \"files\"\npaths = [\"/a\"]\n[[source]]\nname = \"cfg\"\nkind = \"files\"\npaths = [\"/b\"]\n",
     );
-    assert_err(&e, 6, "source[1].name", "duplicate source name \"cfg\" (first at line 2)");
+    assert_err(
+        &e,
+        6,
+        "source[1].name",
+        "duplicate source name \"cfg\" (first at line 2)",
+    );
 }
 
 #[test]
 fn secrets_written_inline_are_refused_with_where_they_go() {
     let e = err("[repository]\nurl = \"/srv/repo\"\npassword = \"hunter2\"\n");
     assert_err(&e, 3, "repository.password", "a secret written inline");
-    assert!(e.hint.as_deref().unwrap().contains("password_file"), "{e:?}");
+    assert!(
+        e.hint.as_deref().unwrap().contains("password_file"),
+        "{e:?}"
+    );
     assert!(!e.to_string().contains("hunter2"), "{e}");
 
     let e = err("[repository]\nurl = \"s3://b/p\"\naws_secret_access_key = \"abc\"\n");
-    assert_err(&e, 3, "repository.aws_secret_access_key", "a secret written inline");
+    assert_err(
+        &e,
+        3,
+        "repository.aws_secret_access_key",
+        "a secret written inline",
+    );
     assert!(e.hint.as_deref().unwrap().contains("AWS profile"), "{e:?}");
 
-    let e = err("[[source]]\nname = \"m\"\nkind = \"bucket\"\nbuckets = [\"b\"]\naccess_key = \"AKIA\"\n");
+    let e = err(
+        "[[source]]\nname = \"m\"\nkind = \"bucket\"\nbuckets = [\"b\"]\naccess_key = \"AKIA\"\n",
+    );
     assert_err(&e, 5, "source[0].access_key", "a secret written inline");
     assert!(e.hint.as_deref().unwrap().contains("AWS profile"), "{e:?}");
 
-    let e = err("[[source]]\nname = \"pg\"\nkind = \"postgres\"\nPassword = \"x\"\ndsn = \"dbname=x\"\n");
+    let e = err(
+        "[[source]]\nname = \"pg\"\nkind = \"postgres\"\nPassword = \"x\"\ndsn = \"dbname=x\"\n",
+    );
     assert_err(&e, 4, "source[0].Password", "a secret written inline");
     assert!(e.hint.as_deref().unwrap().contains("pgpass"), "{e:?}");
 
@@ -152,7 +171,10 @@ fn secrets_written_inline_are_refused_with_where_they_go() {
             "[[source]]\nname = \"pg\"\nkind = \"postgres\"\ndsn = {dsn:?}\n"
         ));
         assert_err(&e, 4, "source[0].dsn", "the DSN carries a password");
-        assert!(e.hint.as_deref().unwrap().contains("peer authentication"), "{e:?}");
+        assert!(
+            e.hint.as_deref().unwrap().contains("peer authentication"),
+            "{e:?}"
+        );
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
@@ -166,8 +188,15 @@ fn secrets_written_inline_are_refused_with_where_they_go() {
 
 #[test]
 fn keys_of_another_kind_and_missing_keys_are_errors() {
-    let e = err("[[source]]\nname = \"pg\"\nkind = \"postgres\"\ndsn = \"dbname=x\"\npaths = [\"/x\"]\n");
-    assert_err(&e, 5, "source[0].paths", "a postgres source does not take `paths`");
+    let e = err(
+        "[[source]]\nname = \"pg\"\nkind = \"postgres\"\ndsn = \"dbname=x\"\npaths = [\"/x\"]\n",
+    );
+    assert_err(
+        &e,
+        5,
+        "source[0].paths",
+        "a postgres source does not take `paths`",
+    );
     let e = err("[[source]]\nname = \"pg\"\nkind = \"postgres\"\n");
     assert_err(&e, 2, "source[0].dsn", "needs `dsn`");
     let e = err("[[source]]\nname = \"b\"\nkind = \"bucket\"\nbuckets = []\n");
