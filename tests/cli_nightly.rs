@@ -897,3 +897,61 @@ esac
         }
     }
 }
+
+/// Flags and their variables win over the file's `[repository]`; the file
+/// fills in what they leave out.
+#[test]
+fn flags_win_over_the_configuration_file() {
+    let host = Host::new(None);
+    host.write_config(
+        "24h",
+        &format!(
+            "[[source]]\nname = \"config\"\nkind = \"files\"\npaths = [{:?}]\n",
+            host.path("srv/trading").display().to_string()
+        ),
+    );
+    host.run(&["init", "--kdf-memory-kib", "1024"]).ok();
+    host.run(&["backup", "--all"]).ok();
+    // Another repository named by --repo: the file's is not touched.
+    let other = host.path("other-repo");
+    let other_s = other.to_str().unwrap();
+    host.run(&["--repo", other_s, "init", "--kdf-memory-kib", "1024"])
+        .ok();
+    let rows = host
+        .run(&["--repo", other_s, "--json", "snapshots"])
+        .ok()
+        .json();
+    assert_eq!(rows.as_array().unwrap().len(), 0, "{rows}");
+    let rows = host.run(&["--json", "snapshots"]).ok().json();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    // USDCOP_DR_PASSWORD wins over password_file.
+    let r = run_cmd(
+        host.command(&[("USDCOP_DR_PASSWORD", "wrong")], &["snapshots"]),
+        None,
+    );
+    assert_eq!(
+        r.code, 2,
+        "a wrong passphrase from the variable: {}",
+        r.stderr
+    );
+    // No --config, no variable, no /etc file: the commands that need one say so.
+    let mut c = host.command(&[], &["status"]);
+    c.env_remove("USDCOP_DR_CONFIG");
+    let r = run_cmd(c, None);
+    if !Path::new("/etc/usdcop-dr/usdcop-dr.toml").exists() {
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("status needs a configuration file"),
+            "{}",
+            r.stderr
+        );
+    }
+    // An unknown --source is refused before anything runs.
+    let r = host.run(&["backup", "--source", "nosuch"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("configured sources: config"),
+        "{}",
+        r.stderr
+    );
+}

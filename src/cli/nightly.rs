@@ -149,11 +149,8 @@ pub fn config_check(cli: &Cli, file: Option<&Path>) -> Result<i32> {
         );
         t += &format!(
             "\n  objectives: rpo {}, rto {}, times in {}",
-            humantime::format_duration(s.objectives.rpo),
-            s.objectives
-                .rto
-                .map_or("-".to_owned(), |d| humantime::format_duration(d)
-                    .to_string()),
+            duration_text(s.objectives.rpo),
+            s.objectives.rto.map_or("-".to_owned(), duration_text),
             out.timezone
         );
         if let Some(m) = &out.metrics_textfile {
@@ -423,6 +420,16 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
     Ok(r.exit_code())
 }
 
+/// A duration as operators write it: whole hours as "24h", else humantime's.
+fn duration_text(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs > 0 && secs.is_multiple_of(3600) && d.subsec_nanos() == 0 {
+        format!("{}h", secs / 3600)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
     let local = |t: &DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
     let age = |secs: f64| {
@@ -440,7 +447,11 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
         ),
         (None, None) => format!("repository {}", r.repository.location),
     };
-    t += &format!("\nRPO {}; times in {}", age(r.rpo_s), r.timezone);
+    t += &format!(
+        "\nRPO {}; times in {}",
+        duration_text(std::time::Duration::from_secs_f64(r.rpo_s)),
+        r.timezone
+    );
     t += &format!(
         "\n{:<20} {:<8} {:<10} {:<22} {:<16} {:>10}  {}",
         "SOURCE", "KIND", "STATE", "NEWEST", "AGE", "SIZE", "LAST RUN"

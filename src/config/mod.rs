@@ -383,6 +383,9 @@ fn check_objectives(o: RawObjectives, at: &Located<'_>) -> Result<Objectives, Co
     Ok(Objectives { rpo, rto, timezone })
 }
 
+/// A source key: its name, its place when written, the kinds that take it.
+type KeyUse<'a> = (&'a str, Option<std::ops::Range<usize>>, &'a [RawKind]);
+
 fn check_source(s: RawSource, i: usize, at: &Located<'_>) -> Result<SourceSpec, ConfigError> {
     let key = |k: &str| format!("source[{i}].{k}");
     let kind = *s.kind.get_ref();
@@ -397,7 +400,7 @@ fn check_source(s: RawSource, i: usize, at: &Located<'_>) -> Result<SourceSpec, 
         RawKind::Files => "paths",
     };
     // Keys of other kinds: an error, not silently ignored.
-    let present: [(&str, Option<std::ops::Range<usize>>, &[RawKind]); 6] = [
+    let present: [KeyUse<'_>; 6] = [
         (
             "dsn",
             s.dsn.as_ref().map(|v| v.span()),
