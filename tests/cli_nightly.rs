@@ -955,3 +955,53 @@ fn flags_win_over_the_configuration_file() {
         r.stderr
     );
 }
+
+/// The repository cannot be opened: no source runs, every one is reported
+/// failed, the metrics are still written (repository down, each source's
+/// last success kept from the recorded runs), and `status` says so.
+#[test]
+fn an_unreachable_repository_fails_every_source_and_keeps_the_last_success() {
+    let host = Host::new(None);
+    host.write_config(
+        "24h",
+        &format!(
+            "[[source]]\nname = \"config\"\nkind = \"files\"\npaths = [{:?}]\n",
+            host.path("srv/trading").display().to_string()
+        ),
+    );
+    host.run(&["init", "--kdf-memory-kib", "1024"]).ok();
+    let first = host.run(&["--json", "backup", "--all"]).ok().json();
+    let snapshot_time = json_time(&source(&first, "config")["backup"]["time"]);
+    std::fs::rename(host.path("repo"), host.path("repo.away")).unwrap();
+
+    let r = host.run(&["--json", "backup", "--all"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let all = r.json();
+    assert_eq!(all["repository"]["reachable"], false, "{all}");
+    assert_eq!(all["failed"], serde_json::json!(["config"]), "{all}");
+    assert!(
+        source(&all, "config")["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not started: the repository could not be opened"),
+        "{all}"
+    );
+    let m = host.metrics();
+    assert_eq!(m.get("usdcop_dr_repository_up", None), Some(0.0));
+    assert_eq!(m.get("usdcop_dr_repository_size_bytes", None), None);
+    assert_eq!(m.of("usdcop_dr_last_run_success", "config"), 0.0);
+    assert_eq!(
+        m.of("usdcop_dr_last_success_timestamp_seconds", "config"),
+        snapshot_time
+    );
+    let r = host.run(&["--json", "status"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let st = r.json();
+    assert_eq!(st["repository"]["reachable"], false, "{st}");
+    assert_eq!(source(&st, "config")["verdict"], "unknown", "{st}");
+    assert_eq!(source(&st, "config")["last_run"]["success"], false, "{st}");
+
+    std::fs::rename(host.path("repo.away"), host.path("repo")).unwrap();
+    let r = host.run(&["--json", "status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
