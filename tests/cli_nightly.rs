@@ -1005,3 +1005,57 @@ fn an_unreachable_repository_fails_every_source_and_keeps_the_last_success() {
     let r = host.run(&["--json", "status"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+/// An offsite repository on S3, reached through the file's `[repository]
+/// endpoint` and `profile` (the profile holds only the keys).
+#[test]
+fn the_repository_on_s3_comes_from_the_file() {
+    let s3 = S3Server::start(ServerKind::Moto);
+    s3.create_bucket("usdcop-dr-offsite");
+    let host = Host::new(None);
+    std::fs::write(
+        host.path(".aws/credentials"),
+        format!(
+            "[offsite]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.access_key, s3.secret_key
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        host.path(".aws/config"),
+        "[profile offsite]\nregion = us-east-1\n",
+    )
+    .unwrap();
+    let text = format!(
+        "[repository]\nurl = \"s3://usdcop-dr-offsite/prod\"\nendpoint = {:?}\nprofile = \"offsite\"\npassword_file = {:?}\n\n\
+         [metrics]\ntextfile = {:?}\n\n[[source]]\nname = \"config\"\nkind = \"files\"\npaths = [{:?}]\n",
+        s3.endpoint,
+        host.path("etc/passphrase").display().to_string(),
+        host.metrics_file().display().to_string(),
+        host.path("srv/trading").display().to_string(),
+    );
+    std::fs::write(host.config(), text).unwrap();
+    host.run(&["init", "--kdf-memory-kib", "1024"]).ok();
+    let all = host.run(&["--json", "backup", "--all"]).ok().json();
+    assert_eq!(
+        all["repository"]["location"],
+        format!("s3://usdcop-dr-offsite/prod/ at {}", s3.endpoint),
+        "the file's endpoint: {all}"
+    );
+    assert!(
+        source(&all, "config")["backup"]["requests"]["put"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{all}"
+    );
+    let st = host.run(&["--json", "status"]).ok().json();
+    assert_eq!(source(&st, "config")["verdict"], "within_rpo", "{st}");
+    assert!(st["repository"]["size_bytes"].as_u64().unwrap() > 0, "{st}");
+    let objects = s3.bucket_tool(&["keys", "usdcop-dr-offsite"]);
+    assert!(objects.to_string().contains("prod/snapshots/"), "{objects}");
+    assert_eq!(
+        host.metrics().get("usdcop_dr_repository_up", None),
+        Some(1.0)
+    );
+}
