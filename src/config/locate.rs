@@ -61,7 +61,9 @@ impl<'a> Located<'a> {
         table: Option<&DeTable<'_>>,
     ) -> ConfigError {
         let span = e.span().unwrap_or(0..0);
-        let key = table.and_then(|t| key_at(t, span.start));
+        let key = table
+            .and_then(|t| key_at(t, span.start))
+            .or_else(|| self.key_written_at(&span));
         // The crate's message is one line, without the snippet it would
         // add for Display.
         let message = e.message().trim().replace('\n', " ");
@@ -77,6 +79,38 @@ impl<'a> Located<'a> {
             message,
             hint: hint.map(str::to_owned),
         }
+    }
+}
+
+impl Located<'_> {
+    /// The key written at `span` (a duplicate key, which no parsed table
+    /// holds), under the last `[table]` header before it.
+    fn key_written_at(&self, span: &Range<usize>) -> Option<String> {
+        let written = self.text.get(span.clone())?.trim();
+        let bare = |k: &str| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        };
+        if !bare(written) {
+            return None;
+        }
+        let before = &self.text[..span.start];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let header = before[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        // A header line itself (`[repository]` twice) is its own key.
+        if self.text[line_start..].trim_start().starts_with('[') {
+            return Some(written.to_owned());
+        }
+        Some(match header {
+            Some(h) if bare(&h) => format!("{h}.{written}"),
+            _ => written.to_owned(),
+        })
     }
 }
 

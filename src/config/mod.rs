@@ -237,7 +237,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Settings, ConfigError> {
     let at = Located::new(text, file);
     // Parsed once untyped, with every key's place: to name the key of a
     // typed error, and to find secrets before any other complaint.
-    let table = toml::de::DeTable::parse(text).map_err(|e| at.toml_error(&e, None))?;
+    let table = toml::de::DeTable::parse(text).map_err(|e| {
+        // What could be read still tells which key the error is at.
+        let (partial, _) = toml::de::DeTable::parse_recoverable(text);
+        at.toml_error(&e, Some(partial.get_ref()))
+    })?;
     locate::find_secret(table.get_ref(), &at)?;
     let raw: RawFile =
         toml::from_str(text).map_err(|e| at.toml_error(&e, Some(table.get_ref())))?;

@@ -232,6 +232,18 @@ fn values_are_checked() {
 }
 
 #[test]
+fn a_duplicate_key_names_its_line_and_key() {
+    let e = err("[repository]\nurl = \"/r\"\nurl = \"/s\"\n");
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("duplicate key"), "{e}");
+    assert_eq!(e.key.as_deref(), Some("repository.url"), "{e}");
+    assert!(e.to_string().starts_with(&format!("{FILE}:3: ")), "{e}");
+    let e = err("[repository]\nurl = \"/r\"\n\n[repository]\nurl = \"/s\"\n");
+    assert_eq!(e.line, 4, "{e}");
+    assert_eq!(e.key.as_deref(), Some("repository"), "{e}");
+}
+
+#[test]
 fn a_syntax_error_names_its_line() {
     let e = err("[repository]\nurl = \"/r\"\n\n[[source]\nname = \"x\"\n");
     assert_eq!(e.line, 4, "{e}");
