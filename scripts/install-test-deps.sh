@@ -4,7 +4,9 @@
 # /opt/usdcop-dr-tools):
 #
 #   moto-venv/     a Python virtualenv with moto's S3 server (moto_server)
-#                  and boto3 (the smoke test's client)
+#                  and boto3 (the smoke test's client), and prometheus_client
+#                  (its text-format parser checks the metrics files of
+#                  tests/cli_nightly.rs)
 #   bin/garage     Garage, built from crates.io with `cargo install`
 #
 # and the PostgreSQL 15 server and client tools that tests/common/postgres.rs
@@ -21,6 +23,7 @@
 set -euo pipefail
 
 MOTO_VERSION=5.2.1
+PROMETHEUS_CLIENT_VERSION=0.26.0
 GARAGE_VERSION=2.5.0
 
 TOOLS=${USDCOP_DR_TOOLS:-/opt/usdcop-dr-tools}
@@ -75,6 +78,24 @@ else
     || die "pip install moto[s3,server]==$MOTO_VERSION failed (is PyPI reachable?)"
   moto_ok || die "moto $MOTO_VERSION was installed into $VENV but does not import (moto, flask, flask_cors, boto3)"
   say "moto $MOTO_VERSION: installed in $(( $(date +%s) - start ))s"
+fi
+
+# ---- prometheus_client (the metrics tests' parser) -----------------------
+
+promclient_ok() {
+  local v
+  v=$("$VENV/bin/python" -c 'from importlib.metadata import version; import prometheus_client.parser; print(version("prometheus_client"))' 2>/dev/null) || return 1
+  [ "$v" = "$PROMETHEUS_CLIENT_VERSION" ]
+}
+
+if promclient_ok; then
+  say "prometheus_client $PROMETHEUS_CLIENT_VERSION: already installed in $VENV"
+else
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION" \
+    || die "pip install prometheus-client==$PROMETHEUS_CLIENT_VERSION failed (is PyPI reachable?)"
+  promclient_ok || die "prometheus_client $PROMETHEUS_CLIENT_VERSION was installed into $VENV but does not import"
+  say "prometheus_client $PROMETHEUS_CLIENT_VERSION: installed in $VENV"
 fi
 
 # ---- Garage -------------------------------------------------------------

@@ -9,14 +9,17 @@
 pub mod backend;
 pub mod chunker;
 pub mod commands;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod metrics;
 pub mod pipeline;
 pub mod postgres;
 pub mod progress;
 pub mod repository;
 pub mod scratch;
 pub mod source;
+pub mod state;
 
 pub use error::{Error, ErrorKind, Result};

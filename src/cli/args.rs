@@ -17,6 +17,16 @@ Exit codes: 0 ok, 1 operational failure, 2 usage/configuration (incl. wrong pass
 130/143 stopped by SIGINT/SIGTERM (temporary decrypted files removed first)."
 )]
 pub struct Cli {
+    /// Configuration file (TOML; docs/OPERATIONS.md). Default:
+    /// /etc/usdcop-dr/usdcop-dr.toml when it exists. Flags win over it
+    #[arg(
+        long,
+        env = "USDCOP_DR_CONFIG",
+        global = true,
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    pub config: Option<PathBuf>,
     /// Repository: a directory path, file:///path or s3://bucket/prefix
     #[arg(
         long,
@@ -62,9 +72,15 @@ pub struct Cli {
 pub enum Command {
     /// Create a new repository (refuses an existing one)
     Init(InitArgs),
-    /// Back up files or a stream
+    /// Back up files, a stream, buckets, a database; or the configured
+    /// sources (--all, --source NAME)
+    Backup(BackupArgs),
+    /// Per configured source: newest snapshot, its age against the RPO, the
+    /// last run; exit 4 if a source is outside its RPO or never backed up
+    Status,
+    /// The configuration file
     #[command(subcommand)]
-    Backup(BackupCommand),
+    Config(ConfigCommand),
     /// List snapshots
     Snapshots {
         /// Only this source
@@ -80,6 +96,37 @@ pub enum Command {
     /// Repair repository metadata
     #[command(subcommand)]
     Repair(RepairCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Parse and check the file (default: --config, USDCOP_DR_CONFIG, then
+    /// /etc/usdcop-dr/usdcop-dr.toml); touches nothing else
+    Check {
+        /// The file to check
+        file: Option<PathBuf>,
+    },
+}
+
+/// `backup SOURCE-KIND …` for one ad-hoc backup, or `backup --all` /
+/// `backup --source NAME` for the configuration file's sources.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(group(
+    clap::ArgGroup::new("configured")
+        .required(true)
+        .args(["all", "sources"])
+))]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub mode: Option<BackupCommand>,
+    /// Every [[source]] of the configuration file, in turn; exit 0 only if
+    /// all succeeded (75: another `backup --all` is running)
+    #[arg(long, conflicts_with = "sources")]
+    pub all: bool,
+    /// Only this configured source (repeatable)
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,6 +1,7 @@
 //! The thin layer: flags → library options → rendered results → exit code.
 
 pub mod args;
+pub mod nightly;
 pub mod progress;
 
 use std::io::{Read, Write};
@@ -23,19 +24,24 @@ use args::{BackupCommand, Cli, Command, RepairCommand};
 
 /// Run one command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
+    if let Command::Config(args::ConfigCommand::Check { file }) = &cli.command {
+        return nightly::config_check(&cli, file.as_deref());
+    }
+    // A configuration file that does not check stops every command.
+    let settings = nightly::settings(&cli)?;
+    match &cli.command {
+        Command::Backup(args::BackupArgs {
+            mode: None,
+            sources,
+            ..
+        }) => return nightly::backup_all(&cli, settings.as_ref(), sources).await,
+        Command::Status => return nightly::status(&cli, settings.as_ref()).await,
+        _ => {}
+    }
     let progress = progress::make(cli.quiet, cli.json);
-    let repo_arg = cli.repo.clone().ok_or_else(|| {
-        Error::usage("no repository given").with_hint("pass --repo PATH or set USDCOP_DR_REPO")
-    })?;
-    let s3 = backend::s3::S3Options {
-        endpoint: cli.s3_endpoint.clone(),
-        region: cli.s3_region.clone(),
-        profile: cli.s3_profile.clone(),
-        data_storage_class: cli.s3_data_storage_class.clone(),
-        credentials: None,
-    };
+    let (repo_arg, s3) = nightly::repository(&cli, settings.as_ref())?;
     let backend = backend::open(&repo_arg, &s3).await?;
-    let password = read_password()?;
+    let password = read_password(nightly::password_file(settings.as_ref()))?;
     match cli.command {
         Command::Init(a) => {
             if password.is_empty() {
@@ -67,7 +73,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 )
             })?;
         }
-        Command::Backup(cmd) => {
+        Command::Backup(args::BackupArgs { mode: None, .. })
+        | Command::Status
+        | Command::Config(_) => unreachable!("handled above"),
+        Command::Backup(args::BackupArgs {
+            mode: Some(cmd), ..
+        }) => {
             let repo = Arc::new(Repository::open(backend, &password).await?);
             let (common, input) = match cmd {
                 BackupCommand::Files { common, paths } => (common, BackupInput::Files(paths)),
@@ -505,10 +516,29 @@ fn render_verify(r: &verify::VerifyReport) -> String {
 }
 
 /// The passphrase, from the environment or a file; never from argv.
-fn read_password() -> Result<Zeroizing<Vec<u8>>> {
+/// `config_file` is the configuration's `[repository] password_file` (and
+/// the configuration file naming it), used when neither variable is set.
+fn read_password(
+    config_file: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Zeroizing<Vec<u8>>> {
     let env = std::env::var_os("USDCOP_DR_PASSWORD");
     let file = std::env::var_os("USDCOP_DR_PASSWORD_FILE");
     match (env, file) {
+        (None, None) if config_file.is_some() => {
+            let (f, from) = config_file.expect("checked");
+            let mut bytes = std::fs::read(f).map_err(|e| {
+                Error::usage(format!(
+                    "cannot read the passphrase file {} ([repository] password_file of {}): {e}",
+                    f.display(),
+                    from.display()
+                ))
+                .with_hint("the backup user must be able to read it (docs/OPERATIONS.md, passphrase custody)")
+            })?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            Ok(Zeroizing::new(bytes))
+        }
         (Some(_), Some(_)) => Err(Error::usage(
             "both USDCOP_DR_PASSWORD and USDCOP_DR_PASSWORD_FILE are set; set only one",
         )),
@@ -525,8 +555,9 @@ fn read_password() -> Result<Zeroizing<Vec<u8>>> {
             }
             Ok(Zeroizing::new(bytes))
         }
-        (None, None) => Err(Error::usage("no repository passphrase")
-            .with_hint("set USDCOP_DR_PASSWORD or USDCOP_DR_PASSWORD_FILE")),
+        (None, None) => Err(Error::usage("no repository passphrase").with_hint(
+            "set USDCOP_DR_PASSWORD or USDCOP_DR_PASSWORD_FILE, or [repository] password_file in the configuration file",
+        )),
     }
 }
 

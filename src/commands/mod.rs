@@ -2,6 +2,7 @@
 //! The CLI parses flags into these option structs and renders the results.
 
 pub mod backup;
+pub mod backup_all;
 pub mod recover;
 pub mod repair;
 pub mod restore;
@@ -10,4 +11,5 @@ pub(crate) mod restore_fs;
 pub mod restore_postgres;
 pub mod snapshots;
 pub mod stats;
+pub mod status;
 pub mod verify;

@@ -1,0 +1,589 @@
+//! The configuration file (`usdcop-dr.toml`): parsed and checked into typed
+//! settings before anything runs. Pure: text in, [`Settings`] or a
+//! [`ConfigError`] naming file, line and key out; [`load`] is the one read.
+//!
+//! The keys are a contract (docs/OPERATIONS.md, `usdcop-dr.example.toml`):
+//! `[repository] url endpoint profile password_file`, `[objectives] rpo rto
+//! timezone`, `[metrics] textfile`, `[[source]] name kind dsn globals
+//! endpoint profile buckets paths`. Unknown keys are errors, so a typo
+//! never silently drops a setting. Later sections (retention, drills, WAL)
+//! are new optional fields of [`RawFile`] with their own typed settings.
+//!
+//! Secrets never live here: a key that looks like one (`password`,
+//! `secret_access_key`, …), a DSN with `password=` or an endpoint URL with
+//! `user:pass@` is an error saying where that secret goes instead.
+
+mod locate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::format::snapshot::SourceKind;
+
+use locate::Located;
+
+/// Where the file is looked for when neither `--config` nor
+/// `USDCOP_DR_CONFIG` names one.
+pub const DEFAULT_PATH: &str = "/etc/usdcop-dr/usdcop-dr.toml";
+/// The environment variable naming the file (as `--config` does).
+pub const ENV_VAR: &str = "USDCOP_DR_CONFIG";
+/// The RPO when `[objectives] rpo` is not set: one nightly run.
+pub const DEFAULT_RPO: Duration = Duration::from_secs(24 * 3600);
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The file it came from (as given), for messages.
+    pub file: PathBuf,
+    pub repository: Option<RepositorySettings>,
+    pub objectives: Objectives,
+    pub metrics: Option<MetricsSettings>,
+    /// In file order: `backup --all` runs them in this order.
+    pub sources: Vec<SourceSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositorySettings {
+    /// A directory path, `file:///path` or `s3://bucket/prefix`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub profile: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Objectives {
+    /// Recovery point objective: the newest snapshot of every source must
+    /// be younger than this (`status`, the alert rules).
+    pub rpo: Duration,
+    /// Recovery time objective (recorded; restore drills will measure it).
+    pub rto: Option<Duration>,
+    /// For showing times to operators (IANA name, e.g. America/Bogota).
+    pub timezone: chrono_tz::Tz,
+}
+
+impl Default for Objectives {
+    fn default() -> Self {
+        Objectives {
+            rpo: DEFAULT_RPO,
+            rto: None,
+            timezone: chrono_tz::UTC,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// node_exporter textfile collector file (`*.prom`).
+    pub textfile: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSettings {
+    pub name: String,
+    /// Line of its `name` key, for messages.
+    pub line: usize,
+    pub spec: SourceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    Postgres {
+        /// libpq DSN without a password.
+        dsn: String,
+        globals: bool,
+    },
+    Bucket {
+        endpoint: Option<String>,
+        profile: Option<String>,
+        buckets: Vec<String>,
+    },
+    Files {
+        paths: Vec<PathBuf>,
+    },
+}
+
+impl SourceSpec {
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            SourceSpec::Postgres { .. } => SourceKind::Postgres,
+            SourceSpec::Bucket { .. } => SourceKind::Bucket,
+            SourceSpec::Files { .. } => SourceKind::Files,
+        }
+    }
+}
+
+impl Settings {
+    pub fn source(&self, name: &str) -> Option<&SourceSettings> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// What is wrong with a configuration file, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no line (the file cannot be read).
+    pub line: usize,
+    /// Dotted path of the key (`source[1].dsn`), when there is one.
+    pub key: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, ": key `{k}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl From<ConfigError> for crate::Error {
+    fn from(e: ConfigError) -> Self {
+        let hint = e.hint.clone();
+        let err = crate::Error::usage(e.to_string());
+        match hint {
+            Some(h) => err.with_hint(h),
+            None => err,
+        }
+    }
+}
+
+/// Read and check the file at `path`.
+pub fn load(path: &Path) -> crate::Result<Settings> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        key: None,
+        message: format!("cannot read the configuration file: {e}"),
+        hint: Some(format!(
+            "pass --config FILE or set {ENV_VAR}; without either, {DEFAULT_PATH} is read"
+        )),
+    })?;
+    Ok(parse(&text, path)?)
+}
+
+// ---- the file as written --------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    repository: Option<RawRepository>,
+    objectives: Option<RawObjectives>,
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    source: Vec<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    url: Spanned<String>,
+    endpoint: Option<Spanned<String>>,
+    profile: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectives {
+    rpo: Option<Spanned<String>>,
+    rto: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Spanned<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum RawKind {
+    Postgres,
+    Bucket,
+    Files,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Spanned<String>,
+    kind: Spanned<RawKind>,
+    dsn: Option<Spanned<String>>,
+    globals: Option<Spanned<bool>>,
+    endpoint: Option<Spanned<String>>,
+    profile: Option<Spanned<String>>,
+    buckets: Option<Spanned<Vec<Spanned<String>>>>,
+    paths: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+// ---- parse and check --------------------------------------------------------
+
+/// Check `text` (the content of `file`) into settings.
+pub fn parse(text: &str, file: &Path) -> Result<Settings, ConfigError> {
+    let at = Located::new(text, file);
+    // Parsed once untyped, with every key's place: to name the key of a
+    // typed error, and to find secrets before any other complaint.
+    let table = toml::de::DeTable::parse(text).map_err(|e| {
+        // What could be read still tells which key the error is at.
+        let (partial, _) = toml::de::DeTable::parse_recoverable(text);
+        at.toml_error(&e, Some(partial.get_ref()))
+    })?;
+    locate::find_secret(table.get_ref(), &at)?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| at.toml_error(&e, Some(table.get_ref())))?;
+    check(raw, &at)
+}
+
+fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
+    let repository = raw
+        .repository
+        .map(|r| check_repository(r, at))
+        .transpose()?;
+    let objectives = match raw.objectives {
+        Some(o) => check_objectives(o, at)?,
+        None => Objectives::default(),
+    };
+    let metrics = raw
+        .metrics
+        .map(|m| -> Result<_, ConfigError> {
+            let p = absolute(&m.textfile, "metrics.textfile", at)?;
+            if p.extension().and_then(|e| e.to_str()) != Some("prom") {
+                return Err(at.error(
+                    m.textfile.span(),
+                    "metrics.textfile",
+                    format!("{:?} does not end in .prom", m.textfile.get_ref()),
+                    Some("node_exporter's textfile collector reads only *.prom files"),
+                ));
+            }
+            Ok(MetricsSettings { textfile: p })
+        })
+        .transpose()?;
+    let mut sources: Vec<SourceSettings> = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, s) in raw.source.into_iter().enumerate() {
+        let key = |k: &str| format!("source[{i}].{k}");
+        let name = s.name.get_ref().clone();
+        let line = at.line(s.name.span().start);
+        if let Err(e) = crate::commands::backup::validate_source_name(&name) {
+            return Err(at.error(s.name.span(), &key("name"), e.message().to_owned(), None));
+        }
+        if let Some(first) = seen.insert(name.clone(), line) {
+            return Err(at.error(
+                s.name.span(),
+                &key("name"),
+                format!("duplicate source name {name:?} (first at line {first})"),
+                Some("every [[source]] needs its own name: snapshots, status and metrics are per name"),
+            ));
+        }
+        let spec = check_source(s, i, at)?;
+        sources.push(SourceSettings { name, line, spec });
+    }
+    Ok(Settings {
+        file: at.file().to_owned(),
+        repository,
+        objectives,
+        metrics,
+        sources,
+    })
+}
+
+fn check_repository(r: RawRepository, at: &Located<'_>) -> Result<RepositorySettings, ConfigError> {
+    let url = r.url.get_ref().trim().to_owned();
+    let bad = |why: &str| {
+        at.error(
+            r.url.span(),
+            "repository.url",
+            format!("{:?} {why}", r.url.get_ref()),
+            Some("use an absolute directory path, file:///path or s3://bucket/prefix"),
+        )
+    };
+    if url.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        if rest.split('/').next().unwrap_or("").is_empty() {
+            return Err(bad("names no bucket"));
+        }
+    } else if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(bad("is not an absolute path"));
+        }
+    } else if url.contains("://") {
+        return Err(bad("has an unknown scheme"));
+    } else if !url.starts_with('/') {
+        return Err(bad(
+            "is a relative path (a cron job's working directory is not yours)",
+        ));
+    }
+    let endpoint = r
+        .endpoint
+        .map(|e| check_endpoint(&e, "repository.endpoint", at))
+        .transpose()?;
+    let profile = r
+        .profile
+        .map(|p| non_empty(&p, "repository.profile", at))
+        .transpose()?;
+    let password_file = r
+        .password_file
+        .map(|p| absolute(&p, "repository.password_file", at))
+        .transpose()?;
+    Ok(RepositorySettings {
+        url,
+        endpoint,
+        profile,
+        password_file,
+    })
+}
+
+fn check_objectives(o: RawObjectives, at: &Located<'_>) -> Result<Objectives, ConfigError> {
+    let duration = |v: &Spanned<String>, key: &str| -> Result<Duration, ConfigError> {
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(at.error(v.span(), key, "must be longer than zero".into(), None)),
+            Err(e) => Err(at.error(
+                v.span(),
+                key,
+                format!("{:?} is not a duration: {e}", v.get_ref()),
+                Some("write e.g. \"24h\", \"36h\", \"1d 12h\" or \"90m\""),
+            )),
+        }
+    };
+    let rpo = o
+        .rpo
+        .as_ref()
+        .map(|v| duration(v, "objectives.rpo"))
+        .transpose()?
+        .unwrap_or(DEFAULT_RPO);
+    let rto = o
+        .rto
+        .as_ref()
+        .map(|v| duration(v, "objectives.rto"))
+        .transpose()?;
+    let timezone = match &o.timezone {
+        None => chrono_tz::UTC,
+        Some(tz) => tz.get_ref().trim().parse::<chrono_tz::Tz>().map_err(|_| {
+            at.error(
+                tz.span(),
+                "objectives.timezone",
+                format!("{:?} is not an IANA time zone", tz.get_ref()),
+                Some("write e.g. \"America/Bogota\" or \"UTC\""),
+            )
+        })?,
+    };
+    Ok(Objectives { rpo, rto, timezone })
+}
+
+/// A source key: its name, its place when written, the kinds that take it.
+type KeyUse<'a> = (&'a str, Option<std::ops::Range<usize>>, &'a [RawKind]);
+
+fn check_source(s: RawSource, i: usize, at: &Located<'_>) -> Result<SourceSpec, ConfigError> {
+    let key = |k: &str| format!("source[{i}].{k}");
+    let kind = *s.kind.get_ref();
+    let kind_name = match kind {
+        RawKind::Postgres => "postgres",
+        RawKind::Bucket => "bucket",
+        RawKind::Files => "files",
+    };
+    let takes = match kind {
+        RawKind::Postgres => "dsn, globals",
+        RawKind::Bucket => "buckets, endpoint, profile",
+        RawKind::Files => "paths",
+    };
+    // Keys of other kinds: an error, not silently ignored.
+    let present: [KeyUse<'_>; 6] = [
+        (
+            "dsn",
+            s.dsn.as_ref().map(|v| v.span()),
+            &[RawKind::Postgres],
+        ),
+        (
+            "globals",
+            s.globals.as_ref().map(|v| v.span()),
+            &[RawKind::Postgres],
+        ),
+        (
+            "endpoint",
+            s.endpoint.as_ref().map(|v| v.span()),
+            &[RawKind::Bucket],
+        ),
+        (
+            "profile",
+            s.profile.as_ref().map(|v| v.span()),
+            &[RawKind::Bucket],
+        ),
+        (
+            "buckets",
+            s.buckets.as_ref().map(|v| v.span()),
+            &[RawKind::Bucket],
+        ),
+        (
+            "paths",
+            s.paths.as_ref().map(|v| v.span()),
+            &[RawKind::Files],
+        ),
+    ];
+    for (k, span, kinds) in present {
+        if let Some(span) = span {
+            if !kinds.contains(&kind) {
+                return Err(at.error(
+                    span,
+                    &key(k),
+                    format!("a {kind_name} source does not take `{k}`"),
+                    Some(format!("a {kind_name} source takes {takes}").as_str()),
+                ));
+            }
+        }
+    }
+    let missing = |k: &str| {
+        at.error(
+            s.name.span(),
+            &key(k),
+            format!(
+                "source {:?} (kind {kind_name}) needs `{k}`",
+                s.name.get_ref()
+            ),
+            Some(format!("a {kind_name} source takes {takes}").as_str()),
+        )
+    };
+    match kind {
+        RawKind::Postgres => {
+            let dsn = s.dsn.as_ref().ok_or_else(|| missing("dsn"))?;
+            let text = dsn.get_ref().trim();
+            if text.is_empty() {
+                return Err(at.error(dsn.span(), &key("dsn"), "is empty".into(), None));
+            }
+            if crate::postgres::Dsn::had_inline_password(text) {
+                return Err(at.error(
+                    dsn.span(),
+                    &key("dsn"),
+                    "a secret written inline: the DSN carries a password".into(),
+                    Some(locate::PG_SECRET_HINT),
+                ));
+            }
+            Ok(SourceSpec::Postgres {
+                dsn: text.to_owned(),
+                globals: s.globals.map(|g| *g.get_ref()).unwrap_or(false),
+            })
+        }
+        RawKind::Bucket => {
+            let list = s.buckets.as_ref().ok_or_else(|| missing("buckets"))?;
+            if list.get_ref().is_empty() {
+                return Err(at.error(
+                    list.span(),
+                    &key("buckets"),
+                    "is empty".into(),
+                    Some("name at least one bucket"),
+                ));
+            }
+            let mut buckets = Vec::new();
+            for b in list.get_ref() {
+                let name = b.get_ref().trim();
+                if name.is_empty() || name.contains('/') {
+                    return Err(at.error(
+                        b.span(),
+                        &key("buckets"),
+                        format!("{:?} is not a bucket name", b.get_ref()),
+                        None,
+                    ));
+                }
+                buckets.push(name.to_owned());
+            }
+            Ok(SourceSpec::Bucket {
+                endpoint: s
+                    .endpoint
+                    .as_ref()
+                    .map(|e| check_endpoint(e, &key("endpoint"), at))
+                    .transpose()?,
+                profile: s
+                    .profile
+                    .as_ref()
+                    .map(|p| non_empty(p, &key("profile"), at))
+                    .transpose()?,
+                buckets,
+            })
+        }
+        RawKind::Files => {
+            let list = s.paths.as_ref().ok_or_else(|| missing("paths"))?;
+            if list.get_ref().is_empty() {
+                return Err(at.error(
+                    list.span(),
+                    &key("paths"),
+                    "is empty".into(),
+                    Some("name at least one file or directory"),
+                ));
+            }
+            let paths = list
+                .get_ref()
+                .iter()
+                .map(|p| absolute(p, &key("paths"), at))
+                .collect::<Result<_, _>>()?;
+            Ok(SourceSpec::Files { paths })
+        }
+    }
+}
+
+fn non_empty(v: &Spanned<String>, key: &str, at: &Located<'_>) -> Result<String, ConfigError> {
+    let t = v.get_ref().trim();
+    if t.is_empty() {
+        return Err(at.error(v.span(), key, "is empty".into(), None));
+    }
+    Ok(t.to_owned())
+}
+
+fn absolute(v: &Spanned<String>, key: &str, at: &Located<'_>) -> Result<PathBuf, ConfigError> {
+    let p = PathBuf::from(v.get_ref());
+    if !p.is_absolute() {
+        return Err(at.error(
+            v.span(),
+            key,
+            format!("{:?} is not an absolute path", v.get_ref()),
+            Some("cron and systemd run jobs from another directory: write the full path"),
+        ));
+    }
+    Ok(p)
+}
+
+fn check_endpoint(v: &Spanned<String>, key: &str, at: &Located<'_>) -> Result<String, ConfigError> {
+    let t = v.get_ref().trim();
+    let Some(rest) = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"))
+    else {
+        return Err(at.error(
+            v.span(),
+            key,
+            format!("{t:?} is not an http:// or https:// URL"),
+            None,
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(at.error(
+            v.span(),
+            key,
+            "a secret written inline: the URL carries credentials (user:password@)".into(),
+            Some(locate::AWS_SECRET_HINT),
+        ));
+    }
+    if authority.is_empty() {
+        return Err(at.error(v.span(), key, format!("{t:?} names no host"), None));
+    }
+    Ok(t.to_owned())
+}
+
+#[cfg(test)]
+mod tests;
