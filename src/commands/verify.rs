@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::backend::list_all;
 use crate::crypto::Domain;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::index::IndexBlob;
 use crate::format::snapshot::Snapshot;
 use crate::format::{index as index_fmt, names, pack, Hasher, Id};
@@ -74,12 +74,29 @@ pub async fn run(
     report.packs = pack_sizes.len() as u64;
     report.chunks = index.blob_count() as u64;
     let by_pack = index.blobs_by_pack();
-    let affected = |chunks: &HashSet<Id>| affected_snapshots(&snaps, chunks);
+    // Every blob each snapshot references: its list tree nodes (every one
+    // read and checked) and its data chunks.
+    let mut refs: Vec<(Id, Vec<Id>)> = Vec::with_capacity(snaps.len());
+    for (id, s) in &snaps {
+        match repo.snapshot_blob_ids(&index, s).await {
+            Ok(ids) => refs.push((*id, ids)),
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                report.problems.push(Problem {
+                    object: names::in_dir(names::SNAPSHOTS, id),
+                    message: format!("its entry list cannot be read: {e}"),
+                    snapshots: vec![id.short()],
+                });
+                refs.push((*id, vec![]));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let affected = |chunks: &HashSet<Id>| affected_snapshots(&refs, chunks);
 
     // Chunks snapshots need but no index knows.
     let mut missing: HashSet<Id> = HashSet::new();
-    for (_, s) in &snaps {
-        missing.extend(s.chunk_ids().filter(|c| !index.contains(c)).copied());
+    for (_, ids) in &refs {
+        missing.extend(ids.iter().filter(|c| !index.contains(c)).copied());
     }
     if !missing.is_empty() {
         let unindexed: Vec<&Id> = pack_sizes.keys().filter(|p| !index.has_pack(p)).collect();
@@ -249,10 +266,10 @@ async fn load_snapshots(
     Ok(out)
 }
 
-fn affected_snapshots(snaps: &[(Id, Snapshot)], chunks: &HashSet<Id>) -> Vec<String> {
-    let set: BTreeSet<String> = snaps
+fn affected_snapshots(refs: &[(Id, Vec<Id>)], chunks: &HashSet<Id>) -> Vec<String> {
+    let set: BTreeSet<String> = refs
         .iter()
-        .filter(|(_, s)| s.chunk_ids().any(|c| chunks.contains(c)))
+        .filter(|(_, ids)| ids.iter().any(|c| chunks.contains(c)))
         .map(|(id, _)| id.short())
         .collect();
     set.into_iter().collect()

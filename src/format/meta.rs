@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::KdfParams;
 use crate::error::{Error, Result};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Content-defined chunking parameters (FastCDC 2020, normalization level 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +75,11 @@ pub struct Config {
 
 impl Config {
     pub fn check(&self) -> Result<()> {
+        if self.version == 1 {
+            return Err(Error::usage(
+                "this repository is format v1, created by an older usdcop-dr; this version reads format 2: init a new repository and back up again",
+            ));
+        }
         if self.version != FORMAT_VERSION {
             return Err(Error::usage(format!(
                 "repository format version {} is not supported by this usdcop-dr (supports {FORMAT_VERSION})",
