@@ -195,7 +195,10 @@ fn big_snapshot(n: u64) {
         let (_, _, scattered) = write_snapshot(
             &repo,
             n,
-            |i| u64::from(Id::hash(&i.to_le_bytes()).0[0] < 3 && i % 100 < 100),
+            |i| {
+                let h = Id::hash(&i.to_le_bytes()).0;
+                u64::from(u16::from_le_bytes([h[0], h[1]]) < 655)
+            },
             base + chrono::Duration::seconds(2),
         )
         .await;
@@ -421,4 +424,127 @@ impl std::io::Write for SharedBuf {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// An entry of more than 1 024 chunks keeps them in a chunk list tree;
+/// readers get the same chunk list back whichever form it is stored in.
+#[test]
+fn long_chunk_lists_go_out_of_line_and_read_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let repo = init(dir.path().join("repo")).await;
+        let ids = |n: u32, salt: u8| -> Vec<Id> {
+            (0..n)
+                .map(|i| {
+                    let mut b = [salt; 32];
+                    b[..4].copy_from_slice(&i.to_le_bytes());
+                    Id(b)
+                })
+                .collect()
+        };
+        let mut entries: Vec<Entry> = (0..4).map(|i| entry(i, 0)).collect();
+        entries[0].chunks = ids(1024, 1); // the most kept inline
+        entries[1].chunks = ids(1025, 2);
+        entries[2].chunks = ids(200_000, 3); // ~6 MiB of ids: several leaves
+        entries[3].chunks = vec![Id([9; 32]); 5000]; // the same chunk over and over
+        let mut snap = summary(Id([0; 32]), 0, Utc::now());
+        let id = backup::save_snapshot_with_entries(&repo, &mut snap, entries.clone())
+            .await
+            .unwrap();
+        let snap = repo.load_snapshot(&id).await.unwrap();
+        assert_eq!(snap.entry_count, 4);
+        let index = repo.load_index().await.unwrap();
+        // As stored: inline up to 1 024, a chunk tree beyond.
+        let mut stream = repo.entries(&index, &snap);
+        let mut stored = vec![];
+        while let Some(e) = stream.next().await.unwrap() {
+            stored.push(e);
+        }
+        assert_eq!(stored[0].chunks.len(), 1024);
+        assert!(stored[0].chunk_tree.is_none());
+        for e in &stored[1..] {
+            assert!(e.chunks.is_empty() && e.chunk_tree.is_some(), "{}", e.path);
+        }
+        for (s, e) in stored.iter().zip(&entries) {
+            assert_eq!(repo.entry_chunks(&index, s).await.unwrap(), e.chunks);
+        }
+        // Expanded by load_entries: exactly what was stored.
+        assert_eq!(repo.load_entries(&index, &snap).await.unwrap(), entries);
+        // Every referenced blob: tree nodes (indexed) and data chunks.
+        let refs = repo.snapshot_blob_ids(&index, &snap).await.unwrap();
+        let nodes: Vec<&Id> = refs.iter().filter(|r| index.contains(r)).collect();
+        assert!(nodes.len() >= 4, "{} tree nodes", nodes.len());
+        let data = refs.len() - nodes.len();
+        assert_eq!(data, 1024 + 1025 + 200_000 + 1);
+    });
+}
+
+/// Every node of every snapshot's tree is read by `verify`: a lost tree
+/// pack is reported against the snapshot, and restore refuses it.
+#[test]
+fn verify_reads_every_tree_node_and_reports_a_lost_one() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let repo = init(dir.path().join("repo")).await;
+        let s = backup::run(
+            repo.clone(),
+            BackupOptions::new("stream"),
+            BackupInput::Stream {
+                name: "dump.bin".into(),
+                reader: Box::new(Cursor::new(vec![7u8; 100_000])),
+            },
+            Arc::new(Silent),
+        )
+        .await
+        .unwrap();
+        let verify = || async {
+            usdcop_dr::commands::verify::run(repo.clone(), Default::default(), Arc::new(Silent))
+                .await
+                .unwrap()
+        };
+        let ok = verify().await;
+        assert!(ok.ok(), "{:?}", ok.problems);
+        // Remove the packs holding tree blobs (their headers say which).
+        let packs = usdcop_dr::backend::list_all(repo.backend(), "data/")
+            .await
+            .unwrap();
+        let mut removed = 0;
+        for p in packs {
+            let pid = usdcop_dr::format::names::id_of(&p.name).unwrap();
+            let header = repo.read_pack_header(&pid, p.size).await.unwrap();
+            if header
+                .iter()
+                .any(|b| b.kind == usdcop_dr::format::pack::BlobKind::Tree)
+            {
+                assert!(header
+                    .iter()
+                    .all(|b| b.kind == usdcop_dr::format::pack::BlobKind::Tree));
+                repo.backend().delete_many(&[p.name.clone()]).await.unwrap();
+                removed += 1;
+            }
+        }
+        assert_eq!(removed, 1, "tree blobs go into a pack of their own");
+        let report = verify().await;
+        let short = s.snapshot_id.short();
+        assert!(
+            report.problems.iter().any(|p| p.snapshots.contains(&short)
+                && p.message.contains("entry list cannot be read")),
+            "{:?}",
+            report.problems
+        );
+        let snap = repo.load_snapshot(&s.snapshot_id).await.unwrap();
+        let e = restore::run(
+            repo.clone(),
+            s.snapshot_id,
+            &snap,
+            RestoreOptions {
+                target: RestoreTarget::Stream(Box::new(SharedBuf::default())),
+                include: vec![],
+            },
+            Arc::new(Silent),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), usdcop_dr::ErrorKind::Integrity, "{e}");
+    });
 }

@@ -142,3 +142,29 @@ pub struct Lock {
 pub fn decode_json<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::format(what, e))
 }
+
+#[cfg(test)]
+mod format_version_tests {
+    use super::*;
+
+    #[test]
+    fn a_format_1_repository_is_refused_with_what_to_do() {
+        let mut c = Config {
+            version: FORMAT_VERSION,
+            id: "x".into(),
+            created: Utc::now(),
+            chunker: ChunkerParams::with_avg(1 << 20, 1).unwrap(),
+            compression_level: 3,
+            pack_size: 32 << 20,
+        };
+        c.check().unwrap();
+        c.version = 1;
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("format v1") && e.contains("init a new repository and back up again"),
+            "{e}"
+        );
+        c.version = 3;
+        assert!(c.check().is_err());
+    }
+}

@@ -146,7 +146,8 @@ impl<'a, T: TreeItem> TreeWalker<'a, T> {
 pub struct EntryStream<'a> {
     walker: TreeWalker<'a, Entry>,
     leaf: std::vec::IntoIter<Entry>,
-    checker: EntryChecker,
+    /// None: the caller checks the whole list itself (load_entries).
+    checker: Option<EntryChecker>,
     seen: u64,
     expected: u64,
 }
@@ -158,7 +159,7 @@ impl<'a> EntryStream<'a> {
         loop {
             if let Some(e) = self.leaf.next() {
                 self.seen += 1;
-                if let Some(problem) = self.checker.check(&e) {
+                if let Some(problem) = self.checker.as_mut().and_then(|c| c.check(&e)) {
                     return Err(unsafe_entries_error(&[problem]));
                 }
                 return Ok(Some(e));
@@ -203,7 +204,7 @@ impl Repository {
                 },
             ),
             leaf: Vec::new().into_iter(),
-            checker: EntryChecker::default(),
+            checker: Some(EntryChecker::default()),
             seen: 0,
             expected: snap.entry_count,
         }
@@ -241,6 +242,8 @@ impl Repository {
     /// any symlink entry of the snapshot, wherever it comes).
     pub async fn load_entries(&self, index: &MasterIndex, snap: &Snapshot) -> Result<Vec<Entry>> {
         let mut stream = self.entries(index, snap);
+        // Checked below over the whole list, so that every problem is named.
+        stream.checker = None;
         let mut out = Vec::with_capacity(snap.entry_count.min(1 << 20) as usize);
         while let Some(mut e) = stream.next().await? {
             if e.chunk_tree.is_some() {
