@@ -312,6 +312,7 @@ impl<T: TreeItem> TreeBuilder<T> {
 }
 
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "T: DeserializeOwned"))]
 struct RawNode<T> {
     v: u32,
     level: u32,
