@@ -446,7 +446,7 @@ mod gen {
         m.push(0);
         write(t, "bad_trailing.bin", &m);
         let mut m = one.clone();
-        m[9] = 1; // kind
+        m[9] = 2; // kind (0 data and 1 tree are the only ones)
         write(t, "bad_kind.bin", &m);
         let mut m = one.clone();
         m[10] = 2; // compression
@@ -785,7 +785,7 @@ mod gen {
         write(t, "bad_no_tree.json", &serde_json::to_vec(&v).unwrap());
         let s = String::from_utf8(min_json)
             .unwrap()
-            .replace(&id(1).to_hex(), "not-hex");
+            .replace(&id(2).to_hex(), "not-hex");
         write(t, "bad_id.json", s.as_bytes());
     }
 }
