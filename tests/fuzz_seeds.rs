@@ -626,72 +626,72 @@ mod gen {
     }
 
     fn files_entries() -> Vec<Entry> {
-    let entries = vec![
-                Entry {
-                    path: "etc".into(),
-                    kind: EntryType::Dir,
-                    mode: 0o40755,
-                    uid: 0,
-                    gid: 0,
-                    mtime_ns: 1_712_000_000_000_000_000,
-                    ctime_ns: 0,
-                    inode: 0,
-                    size: 0,
-                    sha256: None,
-                    chunks: vec![],
-                    target: None,
-                    chunk_tree: None,
-                    object: None,
-                },
-                Entry {
-                    path: "etc/hosts".into(),
-                    kind: EntryType::File,
-                    mode: 0o100644,
-                    uid: 0,
-                    gid: 0,
-                    mtime_ns: -1,
-                    ctime_ns: 1_712_000_000_000_000_001,
-                    inode: 131_077,
-                    size: 70_000,
-                    sha256: Some(id(3)),
-                    chunks: vec![id(4), id(5)],
-                    target: None,
-                    chunk_tree: None,
-                    object: None,
-                },
-                Entry {
-                    path: "srv/www/caf\u{e9} \u{1F600}.html".into(),
-                    kind: EntryType::File,
-                    mode: 0o100600,
-                    uid: 33,
-                    gid: 33,
-                    mtime_ns: i64::MAX,
-                    ctime_ns: i64::MIN,
-                    inode: u64::MAX,
-                    size: u64::MAX,
-                    sha256: Some(id(6)),
-                    chunks: vec![id(6)],
-                    target: None,
-                    chunk_tree: None,
-                    object: None,
-                },
-                Entry {
-                    path: "etc/localtime".into(),
-                    kind: EntryType::Symlink,
-                    mode: 0o120777,
-                    uid: 0,
-                    gid: 0,
-                    mtime_ns: 5,
-                    ctime_ns: 0,
-                    inode: 0,
-                    size: 0,
-                    sha256: None,
-                    chunks: vec![],
-                    target: Some("/usr/share/zoneinfo/Etc/UTC\"\\\n".into()),
-                    chunk_tree: None,
-                    object: None,
-                },
-            ];
+        let entries = vec![
+            Entry {
+                path: "etc".into(),
+                kind: EntryType::Dir,
+                mode: 0o40755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 1_712_000_000_000_000_000,
+                ctime_ns: 0,
+                inode: 0,
+                size: 0,
+                sha256: None,
+                chunks: vec![],
+                target: None,
+                chunk_tree: None,
+                object: None,
+            },
+            Entry {
+                path: "etc/hosts".into(),
+                kind: EntryType::File,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: -1,
+                ctime_ns: 1_712_000_000_000_000_001,
+                inode: 131_077,
+                size: 70_000,
+                sha256: Some(id(3)),
+                chunks: vec![id(4), id(5)],
+                target: None,
+                chunk_tree: None,
+                object: None,
+            },
+            Entry {
+                path: "srv/www/caf\u{e9} \u{1F600}.html".into(),
+                kind: EntryType::File,
+                mode: 0o100600,
+                uid: 33,
+                gid: 33,
+                mtime_ns: i64::MAX,
+                ctime_ns: i64::MIN,
+                inode: u64::MAX,
+                size: u64::MAX,
+                sha256: Some(id(6)),
+                chunks: vec![id(6)],
+                target: None,
+                chunk_tree: None,
+                object: None,
+            },
+            Entry {
+                path: "etc/localtime".into(),
+                kind: EntryType::Symlink,
+                mode: 0o120777,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 5,
+                ctime_ns: 0,
+                inode: 0,
+                size: 0,
+                sha256: None,
+                chunks: vec![],
+                target: Some("/usr/share/zoneinfo/Etc/UTC\"\\\n".into()),
+                chunk_tree: None,
+                object: None,
+            },
+        ];
         entries
     }
 
@@ -734,12 +734,19 @@ mod gen {
             "bad_both.json",
             br#"{"v":1,"level":0,"ids":[],"entries":[]}"#,
         );
-        write(t, "bad_inner_at_level_0.json", inner.replace("\"level\":1", "\"level\":0").as_bytes());
-        write(t, "bad_empty_inner.json", br#"{"v":1,"level":3,"children":[]}"#);
+        write(
+            t,
+            "bad_inner_at_level_0.json",
+            inner.replace("\"level\":1", "\"level\":0").as_bytes(),
+        );
+        write(
+            t,
+            "bad_empty_inner.json",
+            br#"{"v":1,"level":3,"children":[]}"#,
+        );
         let zero = inner.replace("\"count\":3", "\"count\":0");
         write(t, "bad_empty_child.json", zero.as_bytes());
-        let overflow = inner
-            .replace("\"count\":3", "\"count\":18446744073709551615");
+        let overflow = inner.replace("\"count\":3", "\"count\":18446744073709551615");
         write(t, "bad_count_overflow.json", overflow.as_bytes());
         write(t, "bad_truncated.json", &leaf[..leaf.len() / 2]);
     }
@@ -749,11 +756,19 @@ mod gen {
         let min = minimal_snapshot();
         let min_json = serde_json::to_vec(&min).unwrap();
         write(t, "valid_minimal.json", &min_json);
-        write(t, "valid_minimal.zst", &snapshot::encode_compressed(&min).unwrap());
+        write(
+            t,
+            "valid_minimal.zst",
+            &snapshot::encode_compressed(&min).unwrap(),
+        );
         let files = files_snapshot();
         let files_json = serde_json::to_vec_pretty(&files).unwrap();
         write(t, "valid_files.json", &files_json);
-        write(t, "valid_files.zst", &snapshot::encode_compressed(&files).unwrap());
+        write(
+            t,
+            "valid_files.zst",
+            &snapshot::encode_compressed(&files).unwrap(),
+        );
         // Not what the encoder writes: defaults left out, an unknown field,
         // escapes, a non-UTC offset and an explicit null.
         let hand = br#"{"version":2,"time":"2024-02-29T23:59:59.999999999+05:30","host":"h\u00e9","source":{"kind":"wal","name":"pg\/main"},"tree":"0000000000000000000000000000000000000000000000000000000000000000","entry_count":0,"entries":[{"path":"a\/b","type":"file","sha256":null,"extra":[1,{"x":null}]}],"totals":{"files":0,"dirs":0,"symlinks":0,"bytes":0,"chunks":0,"chunks_new":0,"bytes_stored_new":0,"files_unchanged":0},"started":"1970-01-01T00:00:00Z","duration_s":1e-7,"program_version":"","metadata":{"k":{"nested":[[[]]],"f":-0.0,"e":1E+2}},"unknown":true}"#;

@@ -160,10 +160,10 @@ fn big_snapshot(n: u64) {
         let mut stream = repo.entries(&index, snap);
         let mut i = 0u64;
         while let Some(e) = stream.next().await.unwrap() {
-            if i % 4099 == 0 {
+            if i.is_multiple_of(4099) {
                 assert_eq!(e, entry(i, 0), "entry {i}");
             }
-            if i % 50_000 == 0 {
+            if i.is_multiple_of(50_000) {
                 rss_peak = rss_peak.max(status_kib("VmRSS:"));
             }
             i += 1;
@@ -235,7 +235,7 @@ fn big_snapshot(n: u64) {
         let mut stream = repo.entries(&index, &snaps[1].1);
         let mut i = 0u64;
         while let Some(e) = stream.next().await.unwrap() {
-            if i % 997 == 0 || (start..start + k).contains(&i) && i % 17 == 0 {
+            if i.is_multiple_of(997) || (start..start + k).contains(&i) && i.is_multiple_of(17) {
                 let v = u64::from((start..start + k).contains(&i));
                 assert_eq!(e, entry(i, v), "entry {i}");
             }
@@ -519,7 +519,10 @@ fn verify_reads_every_tree_node_and_reports_a_lost_one() {
                 assert!(header
                     .iter()
                     .all(|b| b.kind == usdcop_dr::format::pack::BlobKind::Tree));
-                repo.backend().delete_many(&[p.name.clone()]).await.unwrap();
+                repo.backend()
+                    .delete_many(std::slice::from_ref(&p.name))
+                    .await
+                    .unwrap();
                 removed += 1;
             }
         }
@@ -527,8 +530,11 @@ fn verify_reads_every_tree_node_and_reports_a_lost_one() {
         let report = verify().await;
         let short = s.snapshot_id.short();
         assert!(
-            report.problems.iter().any(|p| p.snapshots.contains(&short)
-                && p.message.contains("entry list cannot be read")),
+            report
+                .problems
+                .iter()
+                .any(|p| p.snapshots.contains(&short)
+                    && p.message.contains("entry list cannot be read")),
             "{:?}",
             report.problems
         );

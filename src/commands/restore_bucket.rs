@@ -274,8 +274,7 @@ pub async fn run(
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();
     let index = repo.load_index_reporting(progress.as_ref()).await?;
-    let entries =
-        super::restore::load_entries_checked(&repo, &index, snapshot_id, snap).await?;
+    let entries = super::restore::load_entries_checked(&repo, &index, snapshot_id, snap).await?;
     // Decided from the snapshot alone, before any request to a target.
     let pairs = resolve(
         &opts.targets,

@@ -144,8 +144,7 @@ pub async fn run(
     let progress: Arc<dyn Progress> = collector.clone();
     let picture = picture_of(snap, &snapshot_id)?;
     let index = repo.load_index_reporting(progress.as_ref()).await?;
-    let entries =
-        super::restore::load_entries_checked(&repo, &index, snapshot_id, snap).await?;
+    let entries = super::restore::load_entries_checked(&repo, &index, snapshot_id, snap).await?;
     let entry = entries
         .iter()
         .find(|e| e.kind == EntryType::File && e.path != GLOBALS_ENTRY)

@@ -178,7 +178,10 @@ mod tests {
         assert_eq!(decode_header(&encode_header(&[])).unwrap(), vec![]);
         let mut tree = entry(3);
         tree.kind = BlobKind::Tree;
-        assert_eq!(decode_header(&encode_header(&[tree.clone()])).unwrap(), vec![tree]);
+        assert_eq!(
+            decode_header(&encode_header(&[tree.clone()])).unwrap(),
+            vec![tree]
+        );
         let mut bad = encode_header(&[entry(3)]);
         bad[9] = 2;
         assert!(decode_header(&bad).is_err());

@@ -388,7 +388,10 @@ mod tests {
             program_version: "x".into(),
             metadata: BTreeMap::new(),
         };
-        assert_eq!(decode_compressed(&encode_compressed(&s).unwrap()).unwrap(), s);
+        assert_eq!(
+            decode_compressed(&encode_compressed(&s).unwrap()).unwrap(),
+            s
+        );
         // A summary a reader would refuse is never written.
         let mut big = s.clone();
         big.metadata.insert(

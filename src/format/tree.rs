@@ -207,11 +207,7 @@ impl<T: TreeItem> TreeBuilder<T> {
     fn close_leaf(&mut self, last: &[u8; 32], out: &mut Vec<EncodedNode>) {
         let mut plain = Vec::with_capacity(self.leaf.len() + 48);
         plain.extend_from_slice(
-            format!(
-                "{{\"v\":{NODE_VERSION},\"level\":0,\"{}\":[",
-                T::LEAF_FIELD
-            )
-            .as_bytes(),
+            format!("{{\"v\":{NODE_VERSION},\"level\":0,\"{}\":[", T::LEAF_FIELD).as_bytes(),
         );
         plain.extend_from_slice(&self.leaf);
         plain.extend_from_slice(b"]}");
@@ -272,11 +268,8 @@ impl<T: TreeItem> TreeBuilder<T> {
         if self.leaf_items > 0 || self.total == 0 {
             // The last leaf's end is the list's end, not a key boundary:
             // it adds no inner boundary (`None`).
-            let mut plain = format!(
-                "{{\"v\":{NODE_VERSION},\"level\":0,\"{}\":[",
-                T::LEAF_FIELD
-            )
-            .into_bytes();
+            let mut plain =
+                format!("{{\"v\":{NODE_VERSION},\"level\":0,\"{}\":[", T::LEAF_FIELD).into_bytes();
             plain.extend_from_slice(&self.leaf);
             plain.extend_from_slice(b"]}");
             let node = EncodedNode {
@@ -337,7 +330,10 @@ pub fn decode_node<T: TreeItem>(
     let what = "list tree node";
     let bad = |m: String| Error::format(what, format!("node {}: {m}", id.short()));
     if plain.len() > MAX_NODE_LEN {
-        return Err(bad(format!("{} bytes, more than {MAX_NODE_LEN}", plain.len())));
+        return Err(bad(format!(
+            "{} bytes, more than {MAX_NODE_LEN}",
+            plain.len()
+        )));
     }
     let raw: RawNode<T> = serde_json::from_slice(plain).map_err(|e| bad(e.to_string()))?;
     if raw.v != NODE_VERSION {
@@ -556,7 +552,11 @@ mod tests {
         };
         s2.insert(r.id, inner.into_bytes());
         let e = collect_in_memory::<Entry>(&r, &|id| get(&s2, id)).unwrap_err();
-        assert!(e.to_string().contains("level 0 where its parent requires level 1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("level 0 where its parent requires level 1"),
+            "{e}"
+        );
         // Unknown version, missing node.
         let v2 = br#"{"v":2,"level":0,"entries":[]}"#;
         assert!(decode_node::<Entry>(v2, &leaf.id, None, None).is_err());

@@ -379,10 +379,7 @@ impl Writer {
     /// list tree of their own. Memory: one open node per level. Call
     /// before [`Self::finish`], which then indexes the tree blobs before
     /// the caller writes the snapshot. Blocking.
-    pub fn store_entry_list(
-        &self,
-        entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<StoredList> {
+    pub fn store_entry_list(&self, entries: impl IntoIterator<Item = Entry>) -> Result<StoredList> {
         let root = self.store_list(entries.into_iter().map(|mut e| {
             if e.chunks.len() > MAX_INLINE_CHUNKS {
                 let chunks = std::mem::take(&mut e.chunks);

@@ -12,7 +12,9 @@ use futures::stream::{FuturesOrdered, StreamExt};
 
 use super::{MasterIndex, Repository};
 use crate::error::{Error, Result};
-use crate::format::snapshot::{unsafe_entries, unsafe_entries_error, Entry, EntryChecker, Snapshot};
+use crate::format::snapshot::{
+    unsafe_entries, unsafe_entries_error, Entry, EntryChecker, Snapshot,
+};
 use crate::format::tree::{decode_node, ChildRef, Node, TreeItem};
 use crate::format::Id;
 
@@ -72,7 +74,10 @@ impl<'a, T: TreeItem> TreeWalker<'a, T> {
 
     /// The ids of the nodes read since the last call.
     pub fn take_visited(&mut self) -> Vec<Id> {
-        self.visited.as_mut().map(std::mem::take).unwrap_or_default()
+        self.visited
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Nodes read so far.
