@@ -90,6 +90,10 @@ pub struct BackupSummary {
     pub parent: Option<Id>,
     pub bytes_in: u64,
     pub bytes_stored_new: u64,
+    /// Stored bytes of the new nodes of the snapshot's entry list (list
+    /// tree blobs); unchanged parts of the list are shared with earlier
+    /// snapshots and cost nothing.
+    pub tree_bytes_stored_new: u64,
     pub chunks: u64,
     pub chunks_new: u64,
     pub packs_written: u64,
@@ -287,6 +291,7 @@ pub async fn run(
             parent: snapshot.parent,
             bytes_in: t.bytes,
             bytes_stored_new: w.bytes_stored_new,
+            tree_bytes_stored_new: w.tree_bytes_new,
             chunks: w.chunks,
             chunks_new: w.chunks_new,
             packs_written: w.packs,

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::backend::list_all;
 use crate::crypto::Domain;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::format::index::IndexBlob;
 use crate::format::snapshot::Snapshot;
 use crate::format::{index as index_fmt, names, pack, Hasher, Id};
@@ -78,18 +78,19 @@ pub async fn run(
     // read and checked) and its data chunks.
     let mut refs: Vec<(Id, Vec<Id>)> = Vec::with_capacity(snaps.len());
     for (id, s) in &snaps {
-        match repo.snapshot_blob_ids(&index, s).await {
-            Ok(ids) => refs.push((*id, ids)),
-            Err(e) if e.kind() == ErrorKind::Integrity => {
+        let r = repo.snapshot_blob_ids(&index, s).await?;
+        // A node that no index knows is reported with the other missing
+        // chunks below (with the repair hint); any other damage here.
+        if let Some((node, e)) = &r.unreadable {
+            if index.contains(node) {
                 report.problems.push(Problem {
                     object: names::in_dir(names::SNAPSHOTS, id),
                     message: format!("its entry list cannot be read: {e}"),
                     snapshots: vec![id.short()],
                 });
-                refs.push((*id, vec![]));
             }
-            Err(e) => return Err(e),
         }
+        refs.push((*id, r.ids));
     }
     let affected = |chunks: &HashSet<Id>| affected_snapshots(&refs, chunks);
 

@@ -574,7 +574,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(32))]
 
         #[test]
         fn any_list_round_trips(
@@ -595,7 +595,7 @@ mod tests {
         /// Changing one entry's content changes exactly the nodes on its
         /// path to the root: one per level.
         #[test]
-        fn a_changed_entry_changes_only_its_path(n in 1usize..40_000, pick in any::<prop::sample::Index>()) {
+        fn a_changed_entry_changes_only_its_path(n in 1usize..20_000, pick in any::<prop::sample::Index>()) {
             let a = entries(n);
             let mut b = a.clone();
             let i = pick.index(n);
@@ -606,7 +606,7 @@ mod tests {
 
         /// Inserting or removing one entry changes O(depth) nodes.
         #[test]
-        fn an_inserted_entry_changes_o_depth_nodes(n in 1usize..40_000, pick in any::<prop::sample::Index>()) {
+        fn an_inserted_entry_changes_o_depth_nodes(n in 1usize..20_000, pick in any::<prop::sample::Index>()) {
             let a = entries(n);
             let i = pick.index(n);
             let mut b = a.clone();

@@ -84,7 +84,7 @@ pub struct WriterStats {
 pub struct WriterTotals {
     pub chunks: u64,
     pub chunks_new: u64,
-    /// Stored bytes of new data chunks and new tree blobs.
+    /// Stored bytes of new data chunks (tree blobs: `tree_bytes_new`).
     pub bytes_stored_new: u64,
     pub packs: u64,
     pub index_objects: u64,
@@ -345,9 +345,6 @@ impl Writer {
         s.stats.tree_blobs_new.fetch_add(1, Ordering::Relaxed);
         s.stats
             .tree_bytes_new
-            .fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
-        s.stats
-            .bytes_stored_new
             .fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
         self.blobs
             .as_ref()

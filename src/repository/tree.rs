@@ -45,6 +45,8 @@ pub struct TreeWalker<'a, T> {
     peak_held: usize,
     /// Ids of the nodes read, when asked for ([`Self::record_nodes`]).
     visited: Option<Vec<Id>>,
+    /// The node whose read or decoding failed, if one did.
+    failed: Option<Id>,
     _t: PhantomData<T>,
 }
 
@@ -62,6 +64,7 @@ impl<'a, T: TreeItem> TreeWalker<'a, T> {
             nodes_read: 0,
             peak_held: 0,
             visited: None,
+            failed: None,
             _t: PhantomData,
         }
     }
@@ -118,13 +121,16 @@ impl<'a, T: TreeItem> TreeWalker<'a, T> {
                 self.stack.pop();
                 continue;
             };
+            self.failed = Some(c.id);
             let plain = plain.map_err(|e| e.context(format!("list tree node {}", c.id.short())))?;
             self.nodes_read += 1;
             if let Some(v) = self.visited.as_mut() {
                 v.push(c.id);
             }
             let count = counts_known.then_some(c.count);
-            match decode_node::<T>(&plain, &c.id, count, level)? {
+            let node = decode_node::<T>(&plain, &c.id, count, level)?;
+            self.failed = None;
+            match node {
                 Node::Leaf(items) => return Ok(Some((c.id, items))),
                 Node::Inner { level, children } => self.stack.push(Frame {
                     child_level: Some(level - 1),
@@ -265,29 +271,69 @@ impl Repository {
     }
 }
 
+/// What a snapshot references, as far as it could be read.
+#[derive(Debug)]
+pub struct BlobRefs {
+    /// Tree nodes read and data chunks named, sorted, without repeats.
+    pub ids: Vec<Id>,
+    /// The node that could not be read or was malformed (also in `ids`),
+    /// and why: the rest of the list is unknown.
+    pub unreadable: Option<(Id, Error)>,
+}
+
 impl Repository {
-    /// Every blob a snapshot references, sorted and without repeats: the
-    /// nodes of its entry tree and of its entries' chunk trees, and every
-    /// data chunk. Reading it checks every node (what `verify` needs).
-    pub async fn snapshot_blob_ids(&self, index: &MasterIndex, snap: &Snapshot) -> Result<Vec<Id>> {
+    /// Every blob a snapshot references: the nodes of its entry tree and
+    /// of its entries' chunk trees, and every data chunk. Reading it checks
+    /// every node (what `verify` needs). A node that cannot be read or is
+    /// malformed (an integrity error) ends the walk and is reported in
+    /// [`BlobRefs::unreadable`]; any other error (transport) fails.
+    pub async fn snapshot_blob_ids(
+        &self,
+        index: &MasterIndex,
+        snap: &Snapshot,
+    ) -> Result<BlobRefs> {
         let mut out = vec![];
         let mut stream = self.entries(index, snap);
         stream.walker = stream.walker.record_nodes();
-        while let Some(e) = stream.next().await? {
-            out.extend(stream.walker.take_visited());
-            out.extend(e.chunks.iter().copied());
-            if let Some(root) = e.chunk_tree {
-                let mut w = self.chunk_walker(index, root).record_nodes();
-                while let Some((_, ids)) = w.next_leaf().await? {
-                    out.extend(ids);
+        let r: Result<()> = async {
+            while let Some(e) = stream.next().await? {
+                out.extend(stream.walker.take_visited());
+                out.extend(e.chunks.iter().copied());
+                if let Some(root) = e.chunk_tree {
+                    let mut w = self.chunk_walker(index, root).record_nodes();
+                    let r = async {
+                        while let Some((_, ids)) = w.next_leaf().await? {
+                            out.extend(ids);
+                            out.extend(w.take_visited());
+                        }
+                        Ok::<_, Error>(())
+                    }
+                    .await;
                     out.extend(w.take_visited());
+                    if let Err(err) = r {
+                        stream.walker.failed = w.failed.or(Some(root));
+                        return Err(err);
+                    }
                 }
-                out.extend(w.take_visited());
             }
+            Ok(())
         }
+        .await;
         out.extend(stream.walker.take_visited());
+        let unreadable = match r {
+            Ok(()) => None,
+            Err(e) if e.kind() == crate::ErrorKind::Integrity => {
+                let node = stream.walker.failed.unwrap_or(snap.tree);
+                out.push(node);
+                Some((node, e))
+            }
+            Err(e) => return Err(e),
+        };
         out.sort_unstable();
         out.dedup();
-        Ok(out)
+        Ok(BlobRefs {
+            ids: out,
+            unreadable,
+        })
     }
 }
