@@ -227,10 +227,16 @@ fn dedup_of_a_large_stream_with_one_percent_changed() {
         again["bytes_stored_new"], 0,
         "unchanged stream stores nothing"
     );
+    // Only the new snapshot's entry list: one small leaf (the entry's
+    // mtime is the backup time), in a tree pack of its own.
+    assert!(
+        again["tree_bytes_stored_new"].as_u64().unwrap() < 64 << 10,
+        "{again}"
+    );
     assert_eq!(
         repo.objects("data").len(),
-        packs,
-        "unchanged stream adds no pack"
+        packs + 1,
+        "unchanged stream adds no data pack"
     );
 
     // Change ~1 % of the bytes in 4 places, and append 1 %. (Chunk

@@ -126,7 +126,8 @@ async fn check_chunk_sizes(repo: &Arc<Repository>, id: usdcop_dr::format::Id, le
     let snap = repo.load_snapshot(&id).await.unwrap();
     let index = repo.load_index().await.unwrap();
     let p = repo.config().chunker;
-    let chunks = &snap.entries[0].chunks;
+    let entries = repo.load_entries(&index, &snap).await.unwrap();
+    let chunks = &entries[0].chunks;
     let sizes: Vec<u32> = chunks
         .iter()
         .map(|c| index.get(c).expect("chunk indexed").raw_len)

@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::meta::LockKind;
-use crate::format::snapshot::{Snapshot, Source, SourceKind, Totals, VERSION};
+use crate::format::snapshot::{Entry, Snapshot, Source, SourceKind, Totals, VERSION};
 use crate::format::Id;
-use crate::pipeline::WriterTotals;
+use crate::pipeline::{StoredList, WriterTotals};
 use crate::pipeline::{Writer, WriterOptions};
 use crate::progress::{Collector, Progress, Warning};
 use crate::repository::lock::LockGuard;
@@ -90,6 +90,10 @@ pub struct BackupSummary {
     pub parent: Option<Id>,
     pub bytes_in: u64,
     pub bytes_stored_new: u64,
+    /// Stored bytes of the new nodes of the snapshot's entry list (list
+    /// tree blobs); unchanged parts of the list are shared with earlier
+    /// snapshots and cost nothing.
+    pub tree_bytes_stored_new: u64,
     pub chunks: u64,
     pub chunks_new: u64,
     pub packs_written: u64,
@@ -172,7 +176,10 @@ pub async fn run(
         // Loaded after the recovery, which may have indexed orphaned packs.
         let index = repo.load_index_reporting(progress.as_ref()).await?;
         let time = opts.time.unwrap_or(started);
-        let parent_snap = parent.as_ref().map(|(_, s)| s.clone());
+        let parent_entries = match &parent {
+            Some((id, s)) => parent_entries(&repo, &index, id, s).await?,
+            None => None,
+        };
         let stored = match input {
             Prepared::Postgres(session) => {
                 backup_postgres(session, &repo, index, opts.writer, time, progress.clone()).await?
@@ -184,7 +191,7 @@ pub async fn run(
                     opts.writer,
                     &selection,
                     &s3,
-                    parent_snap.as_ref(),
+                    parent_entries.as_deref(),
                     progress.clone(),
                 )
                 .await?
@@ -194,8 +201,11 @@ pub async fn run(
                 tokio::task::spawn_blocking(move || -> Result<_> {
                     let (entries, paths, totals) = match input {
                         BackupInput::Files(roots) => {
-                            let mut src =
-                                FilesSource::new(&writer, parent_snap.as_ref(), progress.as_ref());
+                            let mut src = FilesSource::new(
+                                &writer,
+                                parent_entries.as_deref(),
+                                progress.as_ref(),
+                            );
                             src.add_roots(&roots)?;
                             let paths = roots.iter().map(|p| p.display().to_string()).collect();
                             (src.entries, paths, src.totals)
@@ -219,15 +229,16 @@ pub async fn run(
                             unreachable!("handled above")
                         }
                     };
+                    let list = writer.store_entry_list(entries)?;
                     let w = writer.finish()?;
-                    Ok(Stored::new(entries, paths, totals, w))
+                    Ok(Stored::new(list, paths, totals, w))
                 })
                 .await
                 .map_err(|e| Error::io(format!("backup task failed: {e}")))??
             }
         };
         let Stored {
-            entries,
+            list,
             paths,
             totals: t,
             writer: w,
@@ -251,7 +262,8 @@ pub async fn run(
             tags: opts.tags,
             parent: parent.as_ref().map(|(id, _)| *id),
             paths,
-            entries,
+            tree: list.tree,
+            entry_count: list.count,
             totals: Totals {
                 files: t.files,
                 dirs: t.dirs,
@@ -279,6 +291,7 @@ pub async fn run(
             parent: snapshot.parent,
             bytes_in: t.bytes,
             bytes_stored_new: w.bytes_stored_new,
+            tree_bytes_stored_new: w.tree_bytes_new,
             chunks: w.chunks,
             chunks_new: w.chunks_new,
             packs_written: w.packs,
@@ -312,7 +325,7 @@ enum Prepared {
 /// What a source stored: the snapshot's entries and recorded paths, the
 /// totals, and what some sources report besides.
 struct Stored {
-    entries: Vec<crate::format::snapshot::Entry>,
+    list: StoredList,
     paths: Vec<String>,
     totals: FilesTotals,
     writer: WriterTotals,
@@ -323,13 +336,13 @@ struct Stored {
 
 impl Stored {
     fn new(
-        entries: Vec<crate::format::snapshot::Entry>,
+        list: StoredList,
         paths: Vec<String>,
         totals: FilesTotals,
         writer: WriterTotals,
     ) -> Stored {
         Stored {
-            entries,
+            list,
             paths,
             totals,
             writer,
@@ -349,7 +362,7 @@ async fn backup_postgres(
     progress: Arc<dyn Progress>,
 ) -> Result<Stored> {
     let paths = vec![format!("postgres:{}", session.database())];
-    let (entries, w, picture) = session
+    let (entries, list, w, picture) = session
         .backup(repo, index, writer_opts, time, progress)
         .await?;
     let summary = PgSummary {
@@ -370,7 +383,7 @@ async fn backup_postgres(
         bytes: entries.iter().map(|e| e.size).sum(),
         ..Default::default()
     };
-    let mut stored = Stored::new(entries, paths, totals, w);
+    let mut stored = Stored::new(list, paths, totals, w);
     stored.postgres = Some((
         summary,
         serde_json::to_value(&picture).expect("picture serializes"),
@@ -386,7 +399,7 @@ async fn backup_bucket(
     writer_opts: WriterOptions,
     selection: &crate::source::bucket::BucketSelection,
     s3: &crate::backend::s3::S3Options,
-    parent: Option<&Snapshot>,
+    parent: Option<&[Entry]>,
     progress: Arc<dyn Progress>,
 ) -> Result<Stored> {
     use crate::source::bucket;
@@ -406,16 +419,41 @@ async fn backup_bucket(
     .await;
     // Joining the pipeline threads blocks: never on a runtime thread.
     let finished = tokio::task::spawn_blocking(move || match (result, Arc::try_unwrap(writer)) {
-        (Ok(r), Ok(w)) => Ok((r, w.finish()?)),
+        (Ok((entries, totals)), Ok(w)) => {
+            let list = w.store_entry_list(entries)?;
+            Ok(((list, totals), w.finish()?))
+        }
         (Err(e), _) => Err(e),
         (Ok(_), Err(_)) => Err(Error::io("backup pipeline still in use")),
     })
     .await
     .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
-    let ((entries, totals), w) = finished?;
-    let mut stored = Stored::new(entries, selection.urls(), totals, w);
+    let ((list, totals), w) = finished?;
+    let mut stored = Stored::new(list, selection.urls(), totals, w);
     stored.source_requests = Some(src.requests());
     Ok(stored)
+}
+
+/// The entries of the parent snapshot (to skip unchanged files and
+/// objects). A parent whose entry list is damaged is not used (a warning;
+/// everything is read again); a store error fails the backup.
+async fn parent_entries(
+    repo: &Repository,
+    index: &crate::repository::MasterIndex,
+    id: &Id,
+    snap: &Snapshot,
+) -> Result<Option<Vec<Entry>>> {
+    match repo.load_entries(index, snap).await {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.kind() == crate::ErrorKind::Integrity => {
+            tracing::warn!(
+                "parent snapshot {} is unreadable, backing up without it: {e}",
+                id.short()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Source names end up in reports and filters: keep them plain.
@@ -432,4 +470,27 @@ pub fn validate_source_name(name: &str) -> Result<()> {
             "invalid source name {name:?}: use letters, digits, '-', '_' and '.'"
         )))
     }
+}
+
+/// Store `entries` as `snap`'s entry list (a list tree, through a writer
+/// of its own) and then `snap` itself; returns the new snapshot's id. For
+/// tools and tests that make a snapshot from entries they already have
+/// (no lock is taken: the caller's business).
+pub async fn save_snapshot_with_entries(
+    repo: &Arc<Repository>,
+    snap: &mut Snapshot,
+    entries: Vec<Entry>,
+) -> Result<Id> {
+    let index = repo.load_index().await?;
+    let writer = Writer::start(repo.clone(), index, WriterOptions::default())?;
+    let list = tokio::task::spawn_blocking(move || -> Result<StoredList> {
+        let list = writer.store_entry_list(entries)?;
+        writer.finish()?;
+        Ok(list)
+    })
+    .await
+    .map_err(|e| Error::io(format!("writer task failed: {e}")))??;
+    snap.tree = list.tree;
+    snap.entry_count = list.count;
+    repo.save_snapshot(snap).await
 }

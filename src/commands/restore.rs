@@ -87,19 +87,15 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreSummary> {
     let clock = Instant::now();
-    // Whoever handed us the snapshot, it is not trusted: a path that could
-    // leave the target, or an entry below one of its own symlinks, refuses
-    // the whole snapshot before anything is written.
-    snap.validate().map_err(|e| {
-        e.context(format!("snapshot {}", snapshot_id.short()))
-            .with_hint("nothing was restored; backups never write such entries, so the snapshot is damaged or was forged: restore another snapshot and run `usdcop-dr verify`")
-    })?;
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();
     let index = repo.load_index_reporting(progress.as_ref()).await?;
+    // Whoever handed us the snapshot, it is not trusted: a path that could
+    // leave the target, or an entry below one of its own symlinks, refuses
+    // the whole snapshot before anything is written (load_entries).
+    let entries = load_entries_checked(&repo, &index, snapshot_id, snap).await?;
     let reader = ChunkReader::new(repo.clone(), index);
-    let selected: Vec<&Entry> = snap
-        .entries
+    let selected: Vec<&Entry> = entries
         .iter()
         .filter(|e| included(&e.path, &opts.include))
         .collect();
@@ -387,4 +383,23 @@ fn write_err(what: &str, e: std::io::Error) -> Error {
     } else {
         err
     }
+}
+
+/// A snapshot's entries (chunk lists expanded), every path checked; an
+/// unsafe one refuses the whole snapshot, saying nothing was restored.
+pub async fn load_entries_checked(
+    repo: &Repository,
+    index: &crate::repository::MasterIndex,
+    snapshot_id: Id,
+    snap: &Snapshot,
+) -> Result<Vec<Entry>> {
+    repo.load_entries(index, snap).await.map_err(|e| {
+        let unsafe_entry = e.to_string().contains("unsafe entr");
+        let e = e.context(format!("snapshot {}", snapshot_id.short()));
+        if unsafe_entry {
+            e.with_hint("nothing was restored; backups never write such entries, so the snapshot is damaged or was forged: restore another snapshot and run `usdcop-dr verify`")
+        } else {
+            e
+        }
+    })
 }

@@ -88,9 +88,8 @@ pub struct BucketRestoreOptions {
 
 /// The buckets a snapshot holds: those of its objects and those it was
 /// asked for (`s3://bucket/prefix` in its paths, even if empty), sorted.
-pub fn buckets_of(snap: &Snapshot) -> Vec<String> {
-    let mut out: BTreeSet<String> = snap
-        .entries
+pub fn buckets_of(snap: &Snapshot, entries: &[Entry]) -> Vec<String> {
+    let mut out: BTreeSet<String> = entries
         .iter()
         .filter(|e| e.kind == EntryType::Object)
         .filter_map(|e| e.object.as_ref().map(|o| o.bucket.clone()))
@@ -274,15 +273,20 @@ pub async fn run(
     let clock = Instant::now();
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();
-    // Decided from the snapshot alone, before any request.
-    let pairs = resolve(&opts.targets, &buckets_of(snap), &snapshot_id.short())?;
+    let index = repo.load_index_reporting(progress.as_ref()).await?;
+    let entries = super::restore::load_entries_checked(&repo, &index, snapshot_id, snap).await?;
+    // Decided from the snapshot alone, before any request to a target.
+    let pairs = resolve(
+        &opts.targets,
+        &buckets_of(snap, &entries),
+        &snapshot_id.short(),
+    )?;
     let slot: HashMap<&str, usize> = pairs
         .iter()
         .enumerate()
         .map(|(i, (src, _))| (src.as_str(), i))
         .collect();
-    let selected: Vec<(usize, &Entry)> = snap
-        .entries
+    let selected: Vec<(usize, &Entry)> = entries
         .iter()
         .filter(|e| e.kind == EntryType::Object)
         .filter_map(|e| {
@@ -308,7 +312,6 @@ pub async fn run(
         true => Some(PrivateDir::create(opts.staging_dir.as_deref())?),
         false => None,
     };
-    let index = repo.load_index_reporting(progress.as_ref()).await?;
     let reader = ChunkReader::new(repo.clone(), index);
     let client = BucketClient::connect(&opts.s3, StoreRole::Target).await?;
     let mut targets = Vec::with_capacity(pairs.len());

@@ -143,8 +143,9 @@ pub async fn run(
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();
     let picture = picture_of(snap, &snapshot_id)?;
-    let entry = snap
-        .entries
+    let index = repo.load_index_reporting(progress.as_ref()).await?;
+    let entries = super::restore::load_entries_checked(&repo, &index, snapshot_id, snap).await?;
+    let entry = entries
         .iter()
         .find(|e| e.kind == EntryType::File && e.path != GLOBALS_ENTRY)
         .ok_or_else(|| {
@@ -153,7 +154,7 @@ pub async fn run(
     let globals = match opts.globals {
         false => None,
         true => Some(
-            snap.entries
+            entries
                 .iter()
                 .find(|e| e.kind == EntryType::File && e.path == GLOBALS_ENTRY)
                 .ok_or_else(|| {
@@ -204,7 +205,6 @@ pub async fn run(
     if let Some(v) = &plan.timescaledb {
         check_installed_timescaledb(&client, v, &target.dbname).await?;
     }
-    let index = repo.load_index_reporting(progress.as_ref()).await?;
     let reader = ChunkReader::new(repo.clone(), index);
     if let Some(g) = globals {
         apply_globals(&reader, g, target, progress.as_ref()).await?;

@@ -41,9 +41,9 @@ pub async fn run(repo: &Repository) -> Result<Stats> {
     let mut unique_bytes = 0u64;
     let mut seen = HashSet::new();
     for (_, s) in &snaps {
-        for id in s.chunk_ids() {
-            if seen.insert(*id) {
-                unique_bytes += index.get(id).map_or(0, |l| l.raw_len as u64);
+        for id in repo.snapshot_blob_ids(&index, s).await?.ids {
+            if seen.insert(id) {
+                unique_bytes += index.get(&id).map_or(0, |l| l.raw_len as u64);
             }
         }
     }

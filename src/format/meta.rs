@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::KdfParams;
 use crate::error::{Error, Result};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Content-defined chunking parameters (FastCDC 2020, normalization level 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +75,11 @@ pub struct Config {
 
 impl Config {
     pub fn check(&self) -> Result<()> {
+        if self.version == 1 {
+            return Err(Error::usage(
+                "this repository is format v1, created by an older usdcop-dr; this version reads format 2: init a new repository and back up again",
+            ));
+        }
         if self.version != FORMAT_VERSION {
             return Err(Error::usage(format!(
                 "repository format version {} is not supported by this usdcop-dr (supports {FORMAT_VERSION})",
@@ -136,4 +141,30 @@ pub struct Lock {
 
 pub fn decode_json<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::format(what, e))
+}
+
+#[cfg(test)]
+mod format_version_tests {
+    use super::*;
+
+    #[test]
+    fn a_format_1_repository_is_refused_with_what_to_do() {
+        let mut c = Config {
+            version: FORMAT_VERSION,
+            id: "x".into(),
+            created: Utc::now(),
+            chunker: ChunkerParams::with_avg(1 << 20, 1).unwrap(),
+            compression_level: 3,
+            pack_size: 32 << 20,
+        };
+        c.check().unwrap();
+        c.version = 1;
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("format v1") && e.contains("init a new repository and back up again"),
+            "{e}"
+        );
+        c.version = 3;
+        assert!(c.check().is_err());
+    }
 }

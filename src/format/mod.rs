@@ -8,6 +8,7 @@ pub mod index;
 pub mod meta;
 pub mod pack;
 pub mod snapshot;
+pub mod tree;
 
 pub use id::{Hasher, Id};
 

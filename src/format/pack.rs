@@ -21,10 +21,17 @@ pub const ENTRY_LEN: usize = 1 + 1 + 4 + 4 + 32;
 pub const MAX_HEADER_LEN: usize = 16 << 20;
 /// Largest stored blob (max chunk 16 MiB + zstd worst case + envelope).
 pub const MAX_BLOB_LEN: u32 = (17 << 20) + 1024;
+/// Writers close a pack before it holds this many blobs, so that its sealed
+/// header (9 + 42 bytes a blob, + 40 of envelope) stays within
+/// [`MAX_HEADER_LEN`] whatever the blobs' sizes.
+pub const MAX_PACK_BLOBS: usize = (MAX_HEADER_LEN - 9 - 64) / ENTRY_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlobKind {
+    /// A chunk of source data.
     Data = 0,
+    /// A list tree node (format/tree.rs): JSON, read by snapshots' readers.
+    Tree = 1,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,6 +57,7 @@ impl BlobKind {
     pub fn from_u8(v: u8) -> Result<Self> {
         match v {
             0 => Ok(BlobKind::Data),
+            1 => Ok(BlobKind::Tree),
             _ => Err(Error::format(
                 "pack header",
                 format!("unknown blob kind {v}"),
@@ -168,6 +176,22 @@ mod tests {
         assert_eq!(enc.len(), 9 + 5 * ENTRY_LEN);
         assert_eq!(decode_header(&enc).unwrap(), entries);
         assert_eq!(decode_header(&encode_header(&[])).unwrap(), vec![]);
+        let mut tree = entry(3);
+        tree.kind = BlobKind::Tree;
+        assert_eq!(
+            decode_header(&encode_header(&[tree.clone()])).unwrap(),
+            vec![tree]
+        );
+        let mut bad = encode_header(&[entry(3)]);
+        bad[9] = 2;
+        assert!(decode_header(&bad).is_err());
+    }
+
+    #[test]
+    fn a_full_pack_header_fits_the_reader_cap() {
+        let n = MAX_PACK_BLOBS;
+        let len = 9 + n * ENTRY_LEN + crate::crypto::OVERHEAD;
+        assert!(len <= MAX_HEADER_LEN, "{len}");
     }
 
     #[test]

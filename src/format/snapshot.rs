@@ -1,6 +1,8 @@
-//! Snapshot objects: what was backed up, when, from where, and how to put
-//! it back. Stored as a sealed box (Domain::Snapshot) of zstd-compressed
-//! JSON; the JSON shape is documented in docs/FORMAT.md.
+//! Snapshot objects: what was backed up, when, from where, and where its
+//! entry list is. Stored as a sealed box (Domain::Snapshot) of
+//! zstd-compressed JSON; the JSON shape is documented in docs/FORMAT.md.
+//! A snapshot is a small summary: its entries are a list tree of blobs
+//! (`tree`, see [`super::tree`]), so listing snapshots never reads them.
 
 use std::collections::BTreeMap;
 
@@ -11,9 +13,14 @@ use super::codec;
 use super::Id;
 use crate::error::{Error, Result};
 
-pub const VERSION: u32 = 1;
-/// Decompressed snapshot documents larger than this are refused.
-pub const MAX_PLAIN_LEN: usize = 1 << 30;
+pub const VERSION: u32 = 2;
+/// Decompressed snapshot summaries larger than this are refused (by the
+/// writer too: it never stores a snapshot a reader would refuse). Only a
+/// source's metadata (a database's picture) makes a summary big.
+pub const MAX_PLAIN_LEN: usize = 64 << 20;
+/// An entry with more chunks than this keeps them out of line, in a list
+/// tree of chunk ids (`chunk_tree`), so that every tree node stays small.
+pub const MAX_INLINE_CHUNKS: usize = 1024;
 
 /// What kind of source produced a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,6 +100,10 @@ pub struct Entry {
     pub sha256: Option<Id>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<Id>,
+    /// Root of a list tree of chunk ids, used instead of `chunks` when an
+    /// entry has more than [`MAX_INLINE_CHUNKS`] chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_tree: Option<Id>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// Bucket objects only.
@@ -142,7 +153,10 @@ pub struct Snapshot {
     /// What was asked for: paths given to `backup files`, the stdin name, …
     #[serde(default)]
     pub paths: Vec<String>,
-    pub entries: Vec<Entry>,
+    /// Root node of the entry list (a list tree of entries).
+    pub tree: Id,
+    /// How many entries the tree holds (checked against it when read).
+    pub entry_count: u64,
     pub totals: Totals,
     /// When the backup started and how long it took.
     pub started: DateTime<Utc>,
@@ -154,35 +168,73 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every chunk the snapshot needs, in entry order.
-    pub fn chunk_ids(&self) -> impl Iterator<Item = &Id> {
-        self.entries.iter().flat_map(|e| e.chunks.iter())
-    }
     pub fn validate(&self) -> Result<()> {
         if self.version != VERSION {
             return Err(Error::format(
                 "snapshot",
-                format!("unsupported version {}", self.version),
+                format!(
+                    "unsupported version {} (this usdcop-dr reads version {VERSION})",
+                    self.version
+                ),
             ));
         }
-        let problems = unsafe_entries(&self.entries);
-        if problems.is_empty() {
-            return Ok(());
+        Ok(())
+    }
+}
+
+/// The error for a list of unsafe entries (see [`unsafe_entries`]).
+pub fn unsafe_entries_error(problems: &[String]) -> Error {
+    const SHOWN: usize = 5;
+    let mut list: Vec<String> = problems.iter().take(SHOWN).cloned().collect();
+    if problems.len() > SHOWN {
+        list.push(format!("and {} more", problems.len() - SHOWN));
+    }
+    Error::format(
+        "snapshot",
+        format!(
+            "{} unsafe entr{} (a restore could write outside its target): {}",
+            problems.len(),
+            if problems.len() == 1 { "y" } else { "ies" },
+            list.join("; ")
+        ),
+    )
+}
+
+/// The per-entry checks of [`unsafe_entries`], for entries read one at a
+/// time: a safe path, and not below a symlink entry seen before. Holds the
+/// set of symlink paths only. (An entry below a symlink that comes *after*
+/// it is caught by [`unsafe_entries`] over the whole list.)
+#[derive(Debug, Default)]
+pub struct EntryChecker {
+    links: std::collections::HashSet<String>,
+}
+
+impl EntryChecker {
+    /// Why `e` must not be restored, if it must not.
+    pub fn check(&mut self, e: &Entry) -> Option<String> {
+        if !is_safe_path(&e.path) {
+            return Some(format!(
+                "entry path {:?} is absolute, empty or not normalised (`..`, `.`, `//`)",
+                e.path
+            ));
         }
-        const SHOWN: usize = 5;
-        let mut list: Vec<String> = problems.iter().take(SHOWN).cloned().collect();
-        if problems.len() > SHOWN {
-            list.push(format!("and {} more", problems.len() - SHOWN));
+        if !self.links.is_empty() {
+            let below = e
+                .path
+                .match_indices('/')
+                .map(|(i, _)| &e.path[..i])
+                .find(|ancestor| self.links.contains(*ancestor));
+            if let Some(link) = below {
+                return Some(format!(
+                    "entry {:?} lies below symlink entry {link:?}",
+                    e.path
+                ));
+            }
         }
-        Err(Error::format(
-            "snapshot",
-            format!(
-                "{} unsafe entr{} (a restore could write outside its target): {}",
-                problems.len(),
-                if problems.len() == 1 { "y" } else { "ies" },
-                list.join("; ")
-            ),
-        ))
+        if e.kind == EntryType::Symlink {
+            self.links.insert(e.path.clone());
+        }
+        None
     }
 }
 
@@ -286,8 +338,17 @@ pub fn validate_path(path: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn encode_compressed(s: &Snapshot) -> Vec<u8> {
-    codec::compress(&serde_json::to_vec(s).expect("snapshot serializes"), 3)
+/// Encode a snapshot summary; refuses one a reader would refuse.
+pub fn encode_compressed(s: &Snapshot) -> Result<Vec<u8>> {
+    let plain = serde_json::to_vec(s).expect("snapshot serializes");
+    if plain.len() > MAX_PLAIN_LEN {
+        return Err(Error::usage(format!(
+            "snapshot summary of {} bytes exceeds the {} MiB limit (its metadata is too large); no snapshot written",
+            plain.len(),
+            MAX_PLAIN_LEN >> 20
+        )));
+    }
+    Ok(codec::compress(&plain, 3))
 }
 
 pub fn decode(plain: &[u8]) -> Result<Snapshot> {
@@ -319,28 +380,30 @@ mod tests {
             tags: vec!["nightly".into()],
             parent: None,
             paths: vec!["/etc".into()],
-            entries: vec![Entry {
-                path: "etc/hosts".into(),
-                kind: EntryType::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 1,
-                ctime_ns: 2,
-                inode: 3,
-                size: 4,
-                sha256: Some(Id([1; 32])),
-                chunks: vec![Id([2; 32])],
-                target: None,
-                object: None,
-            }],
+            tree: Id([3; 32]),
+            entry_count: 7,
             totals: Totals::default(),
             started: t,
             duration_s: 1.5,
             program_version: "x".into(),
             metadata: BTreeMap::new(),
         };
-        assert_eq!(decode_compressed(&encode_compressed(&s)).unwrap(), s);
+        assert_eq!(
+            decode_compressed(&encode_compressed(&s).unwrap()).unwrap(),
+            s
+        );
+        // A summary a reader would refuse is never written.
+        let mut big = s.clone();
+        big.metadata.insert(
+            "huge".into(),
+            serde_json::Value::String("x".repeat(MAX_PLAIN_LEN)),
+        );
+        let e = encode_compressed(&big).unwrap_err();
+        assert!(e.to_string().contains("exceeds the 64 MiB limit"), "{e}");
+        // A version 1 snapshot (entries inline) is refused.
+        let mut v1 = serde_json::to_value(&s).unwrap();
+        v1["version"] = 1.into();
+        assert!(decode(&serde_json::to_vec(&v1).unwrap()).is_err());
         for bad in ["", "/abs", "a/../b", "a//b", "./a", "a/.."] {
             assert!(validate_path(bad).is_err(), "{bad:?} accepted");
         }
@@ -361,6 +424,7 @@ mod tests {
             size: 0,
             sha256: None,
             chunks: vec![],
+            chunk_tree: None,
             target: None,
             object: None,
         };
@@ -392,6 +456,12 @@ mod tests {
             "{p:?}"
         );
         assert!(p[2].contains(r#""../up""#), "{p:?}");
+        // One entry at a time: the same findings, in order.
+        let mut c = EntryChecker::default();
+        let streamed: Vec<String> = bad.iter().filter_map(|e| c.check(e)).collect();
+        assert_eq!(streamed, p);
+        let mut c = EntryChecker::default();
+        assert!(ok.iter().all(|e| c.check(e).is_none()));
     }
 
     fn percent_decode(s: &str) -> String {

@@ -4,4 +4,4 @@ pub mod reader;
 pub mod writer;
 
 pub use reader::ChunkReader;
-pub use writer::{StoredStream, Writer, WriterOptions, WriterTotals};
+pub use writer::{StoredList, StoredStream, Writer, WriterOptions, WriterTotals};

@@ -34,6 +34,8 @@ use crate::crypto::Domain;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexBlob, IndexFile, IndexPack};
 use crate::format::pack::{self, BlobKind, Compression, PackEntry};
+use crate::format::snapshot::{Entry, MAX_INLINE_CHUNKS};
+use crate::format::tree::{ChildRef, TreeBuilder, TreeItem};
 use crate::format::{codec, names, Hasher, Id};
 use crate::progress::Progress;
 use crate::repository::{MasterIndex, Repository};
@@ -73,15 +75,31 @@ pub struct WriterStats {
     pub bytes_stored_new: AtomicU64,
     pub packs: AtomicU64,
     pub index_objects: AtomicU64,
+    pub tree_blobs: AtomicU64,
+    pub tree_blobs_new: AtomicU64,
+    pub tree_bytes_new: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterTotals {
     pub chunks: u64,
     pub chunks_new: u64,
+    /// Stored bytes of new data chunks (tree blobs: `tree_bytes_new`).
     pub bytes_stored_new: u64,
     pub packs: u64,
     pub index_objects: u64,
+    /// List tree nodes written (`tree_blobs`), of which new (not already
+    /// stored), and the stored bytes of the new ones.
+    pub tree_blobs: u64,
+    pub tree_blobs_new: u64,
+    pub tree_bytes_new: u64,
+}
+
+/// Where a stored entry list is: its root node and how many entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredList {
+    pub tree: Id,
+    pub count: u64,
 }
 
 struct Job {
@@ -142,6 +160,8 @@ impl Shared {
 pub struct Writer {
     shared: Arc<Shared>,
     jobs: Option<Sender<Job>>,
+    /// Tree blobs go straight to the packer (sealed on the caller's thread).
+    blobs: Option<Sender<SealedBlob>>,
     threads: Vec<JoinHandle<()>>,
     queue_depth: usize,
     chunker_params: crate::format::meta::ChunkerParams,
@@ -211,7 +231,6 @@ impl Writer {
                 worker(s, rx, tx)
             }));
         }
-        drop(blob_tx);
         let s = shared.clone();
         let pack_size = config.pack_size as u64;
         threads.push(spawn("packer".into(), move || {
@@ -224,6 +243,7 @@ impl Writer {
         Ok(Writer {
             shared,
             jobs: Some(job_tx),
+            blobs: Some(blob_tx),
             threads,
             queue_depth: workers * 2,
             chunker_params: config.chunker,
@@ -301,13 +321,80 @@ impl Writer {
             bytes_stored_new: s.bytes_stored_new.load(Ordering::Relaxed),
             packs: s.packs.load(Ordering::Relaxed),
             index_objects: s.index_objects.load(Ordering::Relaxed),
+            tree_blobs: s.tree_blobs.load(Ordering::Relaxed),
+            tree_blobs_new: s.tree_blobs_new.load(Ordering::Relaxed),
+            tree_bytes_new: s.tree_bytes_new.load(Ordering::Relaxed),
         }
+    }
+
+    /// Store one list tree node (format/tree.rs): named by the SHA-256 of
+    /// its plaintext, deduplicated against the index and this run,
+    /// compressed, sealed and packed (into tree packs, apart from data).
+    /// Blocking: call from a blocking thread.
+    pub fn store_tree_blob(&self, plain: &[u8]) -> Result<Id> {
+        if let Some(e) = self.shared.failed() {
+            return Err(e);
+        }
+        let s = &self.shared;
+        let id = Id::hash(plain);
+        s.stats.tree_blobs.fetch_add(1, Ordering::Relaxed);
+        if s.known.contains(&id) || !s.inflight.lock().unwrap().insert(id) {
+            return Ok(id);
+        }
+        let blob = seal_blob(s, BlobKind::Tree, id, plain.to_vec());
+        s.stats.tree_blobs_new.fetch_add(1, Ordering::Relaxed);
+        s.stats
+            .tree_bytes_new
+            .fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
+        self.blobs
+            .as_ref()
+            .expect("writer not finished")
+            .send(blob)
+            .map_err(|_| self.broken())?;
+        Ok(id)
+    }
+
+    fn store_list<T: TreeItem>(
+        &self,
+        items: impl IntoIterator<Item = Result<T>>,
+    ) -> Result<ChildRef> {
+        let mut b = TreeBuilder::<T>::new();
+        for item in items {
+            for n in b.push(&item?)? {
+                self.store_tree_blob(&n.plain)?;
+            }
+        }
+        let (root, nodes) = b.finish();
+        for n in nodes {
+            self.store_tree_blob(&n.plain)?;
+        }
+        Ok(root)
+    }
+
+    /// Store a snapshot's entry list as a list tree (docs/FORMAT.md §9),
+    /// entries with more than [`MAX_INLINE_CHUNKS`] chunks getting a chunk
+    /// list tree of their own. Memory: one open node per level. Call
+    /// before [`Self::finish`], which then indexes the tree blobs before
+    /// the caller writes the snapshot. Blocking.
+    pub fn store_entry_list(&self, entries: impl IntoIterator<Item = Entry>) -> Result<StoredList> {
+        let root = self.store_list(entries.into_iter().map(|mut e| {
+            if e.chunks.len() > MAX_INLINE_CHUNKS {
+                let chunks = std::mem::take(&mut e.chunks);
+                e.chunk_tree = Some(self.store_list(chunks.into_iter().map(Ok))?.id);
+            }
+            Ok(e)
+        }))?;
+        Ok(StoredList {
+            tree: root.id,
+            count: root.count,
+        })
     }
 
     /// Drain the pipeline: last pack uploaded, last index written. Only
     /// after this returns `Ok` is everything stored referenced by an index.
     pub fn finish(mut self) -> Result<WriterTotals> {
         drop(self.jobs.take());
+        drop(self.blobs.take());
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 self.shared
@@ -325,6 +412,7 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         drop(self.jobs.take());
+        drop(self.blobs.take());
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -419,6 +507,20 @@ fn process_chunk(s: &Shared, data: Vec<u8>, blobs: &Sender<SealedBlob>) -> Resul
     if s.known.contains(&id) || !s.inflight.lock().unwrap().insert(id) {
         return Ok(id);
     }
+    let blob = seal_blob(s, BlobKind::Data, id, data);
+    s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
+    s.stats
+        .bytes_stored_new
+        .fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
+    blobs.send(blob).map_err(|_| {
+        s.failed()
+            .unwrap_or_else(|| Error::io("pack writer stopped"))
+    })?;
+    Ok(id)
+}
+
+/// Compress (when it helps) and seal one blob.
+fn seal_blob(s: &Shared, kind: BlobKind, id: Id, data: Vec<u8>) -> SealedBlob {
     let raw_len = data.len() as u32;
     let compressed = codec::compress(&data, s.compression_level);
     let (compression, inner) = if compressed.len() < data.len() {
@@ -428,21 +530,13 @@ fn process_chunk(s: &Shared, data: Vec<u8>, blobs: &Sender<SealedBlob>) -> Resul
     };
     let bytes = s.repo.key().seal(Domain::Blob, &inner);
     let entry = PackEntry {
-        kind: BlobKind::Data,
+        kind,
         compression,
         stored_len: bytes.len() as u32,
         raw_len,
         id,
     };
-    s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
-    s.stats
-        .bytes_stored_new
-        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    blobs.send(SealedBlob { entry, bytes }).map_err(|_| {
-        s.failed()
-            .unwrap_or_else(|| Error::io("pack writer stopped"))
-    })?;
-    Ok(id)
+    SealedBlob { entry, bytes }
 }
 
 struct OpenPack {
@@ -533,32 +627,39 @@ fn packer(
     dir: PathBuf,
     pack_size: u64,
 ) {
-    let mut open: Option<OpenPack> = None;
+    // One open pack per blob kind: tree blobs go into packs of their own,
+    // so that reading a snapshot's entries touches few, small packs.
+    let mut open: [Option<OpenPack>; 2] = [None, None];
     let result = (|| -> Result<()> {
         for blob in blobs.iter() {
-            let p = match open.as_mut() {
+            let slot = &mut open[blob.entry.kind as usize];
+            let p = match slot.as_mut() {
                 Some(p) => p,
-                None => open.insert(OpenPack::create(&dir)?),
+                None => slot.insert(OpenPack::create(&dir)?),
             };
             p.append(&blob.bytes)?;
             p.entries.push(blob.entry);
-            if p.len >= pack_size {
-                let done = open.take().unwrap().finish(&s)?;
+            // Closed by bytes, or by count before its header could exceed
+            // what readers accept (pack::MAX_HEADER_LEN).
+            if p.len >= pack_size || p.entries.len() >= pack::MAX_PACK_BLOBS {
+                let done = slot.take().unwrap().finish(&s)?;
                 packs
                     .send(done)
                     .map_err(|_| Error::io("pack uploader stopped"))?;
             }
         }
-        if let Some(p) = open.take() {
-            let done = p.finish(&s)?;
-            packs
-                .send(done)
-                .map_err(|_| Error::io("pack uploader stopped"))?;
+        for slot in open.iter_mut() {
+            if let Some(p) = slot.take() {
+                let done = p.finish(&s)?;
+                packs
+                    .send(done)
+                    .map_err(|_| Error::io("pack uploader stopped"))?;
+            }
         }
         Ok(())
     })();
     if let Err(e) = result {
-        if let Some(p) = open {
+        for p in open.into_iter().flatten() {
             let _ = std::fs::remove_file(&p.path);
         }
         s.fail(e);

@@ -4,6 +4,7 @@
 
 pub mod index;
 pub mod lock;
+pub mod tree;
 
 use std::sync::Arc;
 
@@ -261,7 +262,7 @@ impl Repository {
         self.save_sealed(
             names::SNAPSHOTS,
             Domain::Snapshot,
-            &snapshot::encode_compressed(snap),
+            &snapshot::encode_compressed(snap)?,
         )
         .await
     }

@@ -29,7 +29,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::backend::s3::{connect, ResumableGet, S3Backend, S3Options, StoreInfo, StoreRole};
 use crate::backend::{RequestCounts, RequestStats};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::snapshot::{object_path, Entry, EntryType, ObjectInfo, Snapshot};
+use crate::format::snapshot::{object_path, Entry, EntryType, ObjectInfo};
 use crate::pipeline::Writer;
 use crate::progress::Progress;
 use crate::source::files::FilesTotals;
@@ -220,7 +220,7 @@ pub async fn backup(
     src: &BucketClient,
     sel: &BucketSelection,
     writer: Arc<Writer>,
-    parent: Option<&Snapshot>,
+    parent: Option<&[Entry]>,
     progress: Arc<dyn Progress>,
     concurrency: usize,
 ) -> Result<(Vec<Entry>, FilesTotals)> {
@@ -239,8 +239,8 @@ pub async fn backup(
     }
     progress.set_total(listed.values().map(|o| o.size).sum());
     let parent: HashMap<(&str, &str), &Entry> = parent
-        .map(|s| {
-            s.entries
+        .map(|entries| {
+            entries
                 .iter()
                 .filter_map(|e| {
                     let o = e.object.as_ref()?;
@@ -312,6 +312,7 @@ fn entry(
         size: o.size,
         sha256: None,
         chunks: Vec::new(),
+        chunk_tree: None,
         target: None,
         object: Some(ObjectInfo {
             bucket: o.bucket.clone(),

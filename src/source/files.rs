@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::snapshot::{Entry, EntryType, Snapshot};
+use crate::format::snapshot::{Entry, EntryType};
 use crate::pipeline::Writer;
 use crate::progress::{Progress, Warning, WarningKind};
 
@@ -35,12 +35,12 @@ pub struct FilesSource<'a> {
 impl<'a> FilesSource<'a> {
     pub fn new(
         writer: &'a Writer,
-        parent: Option<&'a Snapshot>,
+        parent: Option<&'a [Entry]>,
         progress: &'a dyn Progress,
     ) -> Self {
         let parent = parent
-            .map(|s| {
-                s.entries
+            .map(|entries| {
+                entries
                     .iter()
                     .filter(|e| e.kind == EntryType::File)
                     .map(|e| (e.path.as_str(), e))
@@ -226,6 +226,7 @@ fn base_entry(path: String, kind: EntryType, m: &fs::Metadata) -> Entry {
         sha256: None,
         chunks: Vec::new(),
         target: None,
+        chunk_tree: None,
         object: None,
     }
 }

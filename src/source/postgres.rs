@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::Entry;
-use crate::pipeline::{Writer, WriterOptions, WriterTotals};
+use crate::pipeline::{StoredList, Writer, WriterOptions, WriterTotals};
 use crate::postgres::picture::{ChecksumAlgorithm, DbPicture, DUMP_FORMAT};
 use crate::postgres::tools::{self, ChildStream, PgTool};
 use crate::postgres::{inspect, Dsn};
@@ -134,7 +134,7 @@ impl Session {
         writer_opts: WriterOptions,
         time: DateTime<Utc>,
         progress: Arc<dyn Progress>,
-    ) -> Result<(Vec<Entry>, WriterTotals, DbPicture)> {
+    ) -> Result<(Vec<Entry>, StoredList, WriterTotals, DbPicture)> {
         let globals = self.pg_dumpall.as_ref().map(|t| self.globals_command(t));
         let stream = ChildStream::spawn("pg_dump", self.dump_command())?;
         let pg_dump_pid = stream.pid();
@@ -158,8 +158,9 @@ impl Session {
                     progress.as_ref(),
                 )?);
             }
+            let list = writer.store_entry_list(entries.clone())?;
             let w = writer.finish()?;
-            Ok((entries, w))
+            Ok((entries, list, w))
         });
         let client = &self.client;
         let max = self.checksum_max_rows;
@@ -182,7 +183,7 @@ impl Session {
         // awaited so that nothing keeps writing after we return.
         let mut store = std::pin::pin!(store);
         let mut look = std::pin::pin!(look);
-        let ((entries, w), (extensions, tables)) = tokio::select! {
+        let ((entries, list, w), (extensions, tables)) = tokio::select! {
             // A finished store is seen first, so pg_dump is only signalled
             // while it is still ours.
             biased;
@@ -209,7 +210,7 @@ impl Session {
         picture.extensions = extensions;
         picture.tables = tables;
         picture.globals = self.pg_dumpall.is_some();
-        Ok((entries, w, picture))
+        Ok((entries, list, w, picture))
     }
 }
 

@@ -37,6 +37,7 @@ pub fn store(
         sha256: Some(stored.sha256),
         chunks: stored.chunks,
         target: None,
+        chunk_tree: None,
         object: None,
     })
 }
