@@ -146,6 +146,8 @@ pub struct LockGuard {
 
 impl LockGuard {
     pub async fn acquire(repo: Arc<Repository>, kind: LockKind) -> Result<LockGuard> {
+        // Only writers take locks: the writer gate applies.
+        repo.check_writable()?;
         let started = Utc::now();
         let ttl = ttl();
         let built = Instant::now();

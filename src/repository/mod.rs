@@ -15,7 +15,9 @@ use tokio::sync::RwLock;
 use crate::backend::{list_all, Backend, DynBackend, Payload, PutMode};
 use crate::crypto::{self, Domain, KdfParams, Key};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::meta::{ChunkerParams, Config, KeyFile, FORMAT_VERSION};
+use crate::format::meta::{
+    ChunkerParams, Config, KeyFile, FORMAT_VERSION, READ_FEATURES, WRITER_VERSION, WRITE_FEATURES,
+};
 use crate::format::pack::Compression;
 use crate::format::snapshot::{self, Snapshot, SourceKind};
 use crate::format::{codec, index as index_fmt, names, Id};
@@ -75,6 +77,9 @@ impl Repository {
             chunker: ChunkerParams::with_avg(opts.chunk_avg_size, seed)?,
             compression_level: opts.compression_level,
             pack_size: opts.pack_size,
+            write_features: WRITE_FEATURES.iter().map(|f| f.to_string()).collect(),
+            read_features: READ_FEATURES.iter().map(|f| f.to_string()).collect(),
+            min_writer_version: WRITER_VERSION.to_owned(),
         };
         config.check()?;
         let key = Key::random();
@@ -96,6 +101,7 @@ impl Repository {
 
     /// Store a new key object that opens this repository with `passphrase`.
     pub async fn add_key(&self, passphrase: &[u8], kdf: KdfParams) -> Result<Id> {
+        self.check_writable()?;
         let salt = crypto::random_bytes::<16>();
         let kek = derive_key_blocking(passphrase.to_vec(), salt.to_vec(), kdf).await?;
         let file = KeyFile {
@@ -114,7 +120,30 @@ impl Repository {
         Ok(id)
     }
 
-    /// Open an existing repository with a passphrase.
+    /// Open an existing repository with a passphrase, for writing: as
+    /// [`Self::open`], then [`Self::check_writable`]. Every command that
+    /// writes (backup, repair, recovery, key changes, prune) opens this way
+    /// or calls `check_writable` itself before its first write.
+    pub async fn open_for_write(backend: DynBackend, passphrase: &[u8]) -> Result<Repository> {
+        let repo = Self::open(backend, passphrase).await?;
+        repo.check_writable()?;
+        Ok(repo)
+    }
+
+    /// Whether this binary may write here: it must know every feature the
+    /// config lists in `write_features` and be at least its
+    /// `min_writer_version` (docs/FORMAT.md, "The writer gate"). A usage
+    /// error naming the unknown features and the version to upgrade to
+    /// otherwise; nothing has been written when it fails.
+    pub fn check_writable(&self) -> Result<()> {
+        self.config
+            .check_writable()
+            .map_err(|e| e.context(self.backend.location()))
+    }
+
+    /// Open an existing repository with a passphrase, for reading. Refuses
+    /// a repository whose config lists a read feature this binary does not
+    /// know; writers must also pass [`Self::check_writable`].
     pub async fn open(backend: DynBackend, passphrase: &[u8]) -> Result<Repository> {
         let location = backend.location();
         let keys = list_all(backend.as_ref(), names::KEYS).await?;
@@ -179,13 +208,33 @@ impl Repository {
             &key.open(Domain::Config, &sealed)
                 .map_err(|e| e.context("config"))?,
         )?;
-        config.check()?;
+        config.check().map_err(|e| e.context(&location))?;
         Ok(Repository {
             backend,
             key,
             config,
             index: Default::default(),
         })
+    }
+
+    /// Test support, not an API: replace the stored config by this one's
+    /// JSON as changed by `edit` (e.g. to declare a feature no binary
+    /// knows), sealed with the repository's key. Takes effect at the next
+    /// open.
+    #[doc(hidden)]
+    pub async fn reseal_config_for_tests(
+        &self,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<()> {
+        let mut json = serde_json::to_value(&self.config).expect("config serializes");
+        edit(&mut json);
+        let sealed = self.key.seal(
+            Domain::Config,
+            &serde_json::to_vec(&json).expect("JSON serializes"),
+        );
+        self.backend
+            .put(names::CONFIG, sealed.into(), PutMode::Overwrite)
+            .await
     }
 
     pub fn backend(&self) -> &dyn Backend {
