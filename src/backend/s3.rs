@@ -1302,6 +1302,7 @@ impl Backend for S3Backend {
         Ok(ObjectMeta {
             name: name.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: out.last_modified().and_then(store_time),
         })
     }
 
@@ -1324,6 +1325,7 @@ impl Backend for S3Backend {
                 Some(ObjectMeta {
                     name,
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: o.last_modified().and_then(store_time),
                 })
             })
             .collect();
@@ -1406,9 +1408,7 @@ impl Backend for S3Backend {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                let initiated = u
-                    .initiated()
-                    .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                let initiated = u.initiated().and_then(store_time);
                 if !abortable_upload(&self.prefix, key, initiated, cutoff) {
                     continue;
                 }
@@ -1435,6 +1435,11 @@ impl Backend for S3Backend {
         }
         Ok(aborted)
     }
+}
+
+/// A time the store gave (its own clock).
+fn store_time(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
 }
 
 /// Whether recovery may abort the multipart upload of `key`: it must be
