@@ -66,10 +66,7 @@ fn dead_pid() -> u32 {
 fn boot_and_ns() -> (String, String) {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
-    (
-        boot.trim().to_owned(),
-        ns.to_string_lossy().into_owned(),
-    )
+    (boot.trim().to_owned(), ns.to_string_lossy().into_owned())
 }
 
 /// A live writer whose clock is 10 hours behind: its `expires` is long
@@ -117,7 +114,10 @@ fn same_hostname_other_pid_namespace_is_not_judged_by_pid() {
     });
     let lock = forge_lock(&repo, l);
     let rec = backup(&repo);
-    assert!(rec.is_null(), "a writer in another container judged dead: {rec}");
+    assert!(
+        rec.is_null(),
+        "a writer in another container judged dead: {rec}"
+    );
     assert!(lock.exists());
 }
 
@@ -127,7 +127,10 @@ fn same_hostname_without_identity_is_not_judged_by_pid() {
     let repo = TestRepo::new();
     let lock = forge_lock(&repo, lock_json(&hostname(), dead_pid(), Utc::now()));
     let rec = backup(&repo);
-    assert!(rec.is_null(), "judged dead by a pid of unknown namespace: {rec}");
+    assert!(
+        rec.is_null(),
+        "judged dead by a pid of unknown namespace: {rec}"
+    );
     assert!(lock.exists());
 }
 
@@ -137,9 +140,8 @@ fn same_hostname_without_identity_is_not_judged_by_pid() {
 #[test]
 fn same_pid_namespace_dead_or_reused_pid_is_dead() {
     let (boot, ns) = boot_and_ns();
-    let identity = |start: u64| {
-        serde_json::json!({ "boot_id": boot, "pid_ns": ns, "start_time": start })
-    };
+    let identity =
+        |start: u64| serde_json::json!({ "boot_id": boot, "pid_ns": ns, "start_time": start });
     // Gone.
     let repo = TestRepo::new();
     let mut l = lock_json(&hostname(), dead_pid(), Utc::now());

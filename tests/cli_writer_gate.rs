@@ -96,12 +96,10 @@ fn unknown_write_feature_refuses_writers_but_not_readers() {
         let e = lib.check_writable().unwrap_err();
         assert_eq!(e.exit_code(), 2, "{e}");
         let backend = lib.backend_arc();
-        let e = usdcop_dr::repository::Repository::open_for_write(
-            backend,
-            common::PASSWORD.as_bytes(),
-        )
-        .await
-        .unwrap_err();
+        let e =
+            usdcop_dr::repository::Repository::open_for_write(backend, common::PASSWORD.as_bytes())
+                .await
+                .unwrap_err();
         assert!(e.to_string().contains("prune-v9"), "{e}");
     });
 

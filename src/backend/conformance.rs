@@ -68,9 +68,13 @@ async fn put_get(b: &dyn Backend, base: &str) {
 async fn timestamps(b: &dyn Backend, base: &str) {
     let name = format!("{base}/stamped/x");
     let before = chrono::Utc::now() - chrono::Duration::minutes(5);
-    b.put(&name, Payload::Bytes(Bytes::from_static(b"t")), PutMode::Create)
-        .await
-        .unwrap();
+    b.put(
+        &name,
+        Payload::Bytes(Bytes::from_static(b"t")),
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
     let after = chrono::Utc::now() + chrono::Duration::minutes(5);
     let listed = list_all(b, &format!("{base}/stamped/"))
         .await

@@ -559,7 +559,8 @@ impl S3Backend {
                         "PUT {}: 409 ConditionalRequestConflict (attempt {attempt}), retrying",
                         self.url(name)
                     );
-                    let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=backoff / 2);
+                    let jitter =
+                        rand::Rng::gen_range(&mut rand::thread_rng(), Duration::ZERO..=backoff / 2);
                     tokio::time::sleep(backoff + jitter).await;
                     backoff = (backoff * 2).min(CONFLICT_MAX_BACKOFF);
                     attempt += 1;

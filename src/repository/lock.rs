@@ -384,7 +384,10 @@ fn holder_alive(lock: &Lock) -> bool {
     if !process_exists(lock.pid) {
         return false;
     }
-    match (&lock.process, start_time(&format!("/proc/{}/stat", lock.pid))) {
+    match (
+        &lock.process,
+        start_time(&format!("/proc/{}/stat", lock.pid)),
+    ) {
         (Some(p), Some(now)) => p.start_time == now,
         // Cannot tell: alive, the safe side.
         _ => true,
