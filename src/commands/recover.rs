@@ -49,7 +49,7 @@ pub async fn after_dead_writers(
     let judge = Judge::after_own_lock(&locks, own);
     let (dead, live): (Vec<_>, Vec<_>) = locks
         .into_iter()
-        .filter(|l| &l.id != own)
+        .filter(|l| &l.id != own && !judge.is_mine(l))
         .partition(|l| judge.holder_is_gone(l));
     if dead.is_empty() {
         return Ok(None);

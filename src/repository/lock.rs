@@ -316,6 +316,12 @@ impl Judge {
         }
     }
 
+    /// Whether `l` is a lock of this very process (never judged: a refresh
+    /// may have replaced the copy the judge knows by id).
+    pub fn is_mine(&self, l: &StoredLock) -> bool {
+        is_this_process(&l.lock, &self.host, self.me.as_ref())
+    }
+
     /// The store's "now" this judge works with, if the store gives times.
     pub fn store_now(&self) -> Option<DateTime<Utc>> {
         self.store_now
