@@ -34,9 +34,10 @@ fn forge_config(repo: &TestRepo, edit: impl FnOnce(&mut serde_json::Value)) {
 }
 
 fn push(json: &mut serde_json::Value, field: &str, value: &str) {
+    let shown = json.to_string();
     json[field]
         .as_array_mut()
-        .unwrap_or_else(|| panic!("config has no {field} list: {json}"))
+        .unwrap_or_else(|| panic!("config has no {field} list: {shown}"))
         .push(value.into());
 }
 
