@@ -217,26 +217,6 @@ impl Repository {
         })
     }
 
-    /// Test support, not an API: replace the stored config by this one's
-    /// JSON as changed by `edit` (e.g. to declare a feature no binary
-    /// knows), sealed with the repository's key. Takes effect at the next
-    /// open.
-    #[doc(hidden)]
-    pub async fn reseal_config_for_tests(
-        &self,
-        edit: impl FnOnce(&mut serde_json::Value),
-    ) -> Result<()> {
-        let mut json = serde_json::to_value(&self.config).expect("config serializes");
-        edit(&mut json);
-        let sealed = self.key.seal(
-            Domain::Config,
-            &serde_json::to_vec(&json).expect("JSON serializes"),
-        );
-        self.backend
-            .put(names::CONFIG, sealed.into(), PutMode::Overwrite)
-            .await
-    }
-
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
@@ -802,6 +782,67 @@ mod tests {
             ..Default::default()
         };
         Repository::init(backend, b"pw", &opts).await.unwrap()
+    }
+
+    /// The writer gate in the library: a config requiring a write feature
+    /// this binary does not know refuses `open_for_write`, `check_writable`
+    /// and every writing entry point (lock, repair, new key), naming the
+    /// feature; `open` for reading still works.
+    #[tokio::test]
+    async fn unknown_write_feature_refuses_every_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let mut config = repo.config().clone();
+        config.write_features.push("prune-v9".into());
+        config.min_writer_version = "99.1.0".into();
+        let sealed = repo
+            .key()
+            .seal(Domain::Config, &serde_json::to_vec(&config).unwrap());
+        repo.backend()
+            .put(names::CONFIG, sealed.into(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let backend = repo.backend_arc();
+        let e = Repository::open_for_write(backend.clone(), b"pw")
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("prune-v9"), "{e}");
+        assert!(e.hint().unwrap().contains("≥ 99.1.0"), "{:?}", e.hint());
+        let repo = Arc::new(Repository::open(backend, b"pw").await.unwrap());
+        let gated = |e: Error| assert!(e.to_string().contains("prune-v9"), "{e}");
+        gated(repo.check_writable().unwrap_err());
+        gated(
+            lock::LockGuard::acquire(repo.clone(), crate::format::meta::LockKind::Backup)
+                .await
+                .err()
+                .unwrap(),
+        );
+        gated(
+            crate::commands::repair::index(repo.clone())
+                .await
+                .unwrap_err(),
+        );
+        gated(
+            repo.add_key(
+                b"other",
+                KdfParams {
+                    m_cost_kib: 1024,
+                    t_cost: 1,
+                    p_cost: 1,
+                },
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert!(list_all(repo.backend(), names::LOCKS)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            list_all(repo.backend(), names::KEYS).await.unwrap().len(),
+            1
+        );
     }
 
     /// An object named by its content found already stored (an earlier
