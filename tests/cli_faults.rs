@@ -38,6 +38,7 @@ fn delta(after: FaultCounts, before: FaultCounts) -> FaultCounts {
         reset: after.reset - before.reset,
         cut_body: after.cut_body - before.cut_body,
         reset_after: after.reset_after - before.reset_after,
+        conflict: after.conflict - before.conflict,
     }
 }
 
@@ -665,4 +666,78 @@ fn lost_write_answers_do_not_fail_the_backup_on_moto() {
 #[test]
 fn lost_write_answers_do_not_fail_the_backup_on_garage() {
     lost_write_answers_do_not_fail_the_backup(ServerKind::Garage);
+}
+
+/// S3 answers `409 ConditionalRequestConflict` to a conditional PUT while
+/// another conditional write of that name is in progress: the object is
+/// not stored (not yet, or maybe never). It is not "already exists": the
+/// PUT is retried, and only what the store finally says counts. Every
+/// pack, lock, index and snapshot object's first PUT is answered 409 here
+/// (by the proxy, not forwarded): the backup still succeeds, every pack the
+/// index names is really stored, and restore and `verify --read-data` pass.
+#[test]
+fn conflicting_conditional_writes_are_retried_not_counted_as_stored() {
+    let server = S3Server::start(ServerKind::Moto);
+    server.create_bucket("backups");
+    let repo = "s3://backups/conflict";
+    cli(
+        &server,
+        &server.endpoint,
+        repo,
+        &[
+            "init",
+            "--kdf-memory-kib",
+            "1024",
+            "--chunk-avg-size",
+            "262144",
+            "--pack-size",
+            "1048576",
+        ],
+        None,
+    )
+    .ok();
+    const CONFLICT: &[&str] = &[
+        "/backups/conflict/data/",
+        "/backups/conflict/locks/",
+        "/backups/conflict/index/",
+        "/backups/conflict/snapshots/",
+    ];
+    let proxy = FaultProxy::start(
+        &server.endpoint,
+        FaultRates::conflict_on_first_put(CONFLICT),
+        1,
+    );
+    let stream = random_bytes(5 << 20, 409);
+    let b = cli(
+        &server,
+        &proxy.endpoint,
+        repo,
+        &[
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "pg",
+            "--stdin-name",
+            "db.dump",
+        ],
+        Some(&stream),
+    )
+    .ok()
+    .json();
+    let c = proxy.counts();
+    eprintln!("backup {b}; {c:?}");
+    let packs = b["packs_written"].as_u64().unwrap();
+    assert!(packs >= 4, "{b}");
+    // Every pack, the lock, the index and the snapshot met a 409 first.
+    assert!(c.conflict >= packs + 3, "{c:?}");
+    assert_eq!(snapshot_count(&server, repo), 1);
+    let direct = |args: &[&str]| cli(&server, &server.endpoint, repo, args, None);
+    let restored = direct(&["restore", "--snapshot", "latest", "--stdout"])
+        .ok()
+        .stdout;
+    assert!(restored == stream, "restored stream differs");
+    let v = direct(&["--json", "verify", "--read-data"]).ok().json();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    assert!(v["packs"].as_u64().unwrap() >= 4, "{v}");
 }

@@ -705,6 +705,7 @@ fn sum(a: FaultCounts, b: FaultCounts) -> FaultCounts {
         reset: a.reset + b.reset,
         cut_body: a.cut_body + b.cut_body,
         reset_after: a.reset_after + b.reset_after,
+        conflict: a.conflict + b.conflict,
     }
 }
 

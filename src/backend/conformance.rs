@@ -20,6 +20,7 @@ pub async fn run(b: &dyn Backend) {
     ranges(b, &base).await;
     file_payload(b, &base).await;
     listing(b, &base).await;
+    timestamps(b, &base).await;
     deletes(b, &base).await;
 }
 
@@ -59,6 +60,43 @@ async fn put_get(b: &dyn Backend, base: &str) {
         .await
         .unwrap();
     assert_eq!(b.get(&empty).await.unwrap().len(), 0, "empty objects exist");
+}
+
+/// Listings and HEAD carry the store's modification time, the same in
+/// both (to the second: S3 listings have whole seconds); locks are judged
+/// by it. On loopback the store's clock is this host's, give or take.
+async fn timestamps(b: &dyn Backend, base: &str) {
+    let name = format!("{base}/stamped/x");
+    let before = chrono::Utc::now() - chrono::Duration::minutes(5);
+    b.put(
+        &name,
+        Payload::Bytes(Bytes::from_static(b"t")),
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    let after = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let listed = list_all(b, &format!("{base}/stamped/"))
+        .await
+        .unwrap()
+        .pop()
+        .and_then(|o| o.last_modified)
+        .expect("a listing gives the store's modification time");
+    let headed = b
+        .head(&name)
+        .await
+        .unwrap()
+        .last_modified
+        .expect("HEAD gives the store's modification time");
+    assert!(
+        (before..after).contains(&listed),
+        "modification time {listed} is now"
+    );
+    assert_eq!(
+        listed.timestamp(),
+        headed.timestamp(),
+        "listing and HEAD agree on the modification time"
+    );
 }
 
 async fn create_is_atomic(b: &dyn Backend, base: &str) {

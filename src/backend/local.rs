@@ -103,31 +103,38 @@ impl LocalBackend {
         };
         let mut names = Vec::new();
         walk(&base, dir_part, &mut names).map_err(|e| io_err(e, prefix))?;
-        names.retain(|(n, _)| {
+        names.retain(|(n, _, _)| {
             n.starts_with(prefix) && !(dir_part.is_empty() && n.starts_with("tmp/"))
         });
         names.sort();
         if let Some(t) = &token {
-            names.retain(|(n, _)| n > t);
+            names.retain(|(n, _, _)| n > t);
         }
         let more = names.len() > PAGE;
         names.truncate(PAGE);
         let next = if more {
-            names.last().map(|(n, _)| n.clone())
+            names.last().map(|(n, _, _)| n.clone())
         } else {
             None
         };
         Ok(ListPage {
             objects: names
                 .into_iter()
-                .map(|(name, size)| ObjectMeta { name, size })
+                .map(|(name, size, last_modified)| ObjectMeta {
+                    name,
+                    size,
+                    last_modified,
+                })
                 .collect(),
             next,
         })
     }
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) -> std::io::Result<()> {
+/// Name, size and modification time (the filesystem's clock) of each file.
+type Listed = (String, u64, Option<DateTime<Utc>>);
+
+fn walk(dir: &Path, rel: &str, out: &mut Vec<Listed>) -> std::io::Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -145,10 +152,15 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) -> std::io::Result<
         if ft.is_dir() {
             walk(&ent.path(), &rel_name, out)?;
         } else if ft.is_file() {
-            out.push((rel_name, ent.metadata()?.len()));
+            let m = ent.metadata()?;
+            out.push((rel_name, m.len(), mtime(&m)));
         }
     }
     Ok(())
+}
+
+fn mtime(m: &fs::Metadata) -> Option<DateTime<Utc>> {
+    m.modified().ok().map(DateTime::<Utc>::from)
 }
 
 /// Write a new temp file in `dir` with `fill`, fsync it, return its path.
@@ -250,6 +262,7 @@ impl Backend for LocalBackend {
             Ok(ObjectMeta {
                 name,
                 size: m.len(),
+                last_modified: mtime(&m),
             })
         })
         .await

@@ -9,8 +9,9 @@
 //!   if the name exists, and never replaces it. With [`PutMode::Overwrite`]
 //!   it replaces. Content-addressed names make overwrite harmless.
 //! - `get`/`get_range`/`head` of a missing object fail with `ErrorKind::NotFound`.
-//! - `list` returns every object under a prefix exactly once, with sizes,
-//!   in pages; temporary files of unfinished writes are never listed.
+//! - `list` returns every object under a prefix exactly once, with sizes
+//!   and (where the store keeps them) modification times by the store's
+//!   clock, in pages; temporary files of unfinished writes are never listed.
 //! - `delete` of a missing object is not an error.
 
 pub mod conformance;
@@ -69,6 +70,11 @@ pub enum PutMode {
 pub struct ObjectMeta {
     pub name: String,
     pub size: u64,
+    /// When the store last wrote the object, by the store's own clock (S3
+    /// `LastModified`, whole seconds; a local file's mtime), when the
+    /// store says. Locks are judged by it rather than by the writer's
+    /// clock (docs/FORMAT.md, "Locks").
+    pub last_modified: Option<DateTime<Utc>>,
 }
 
 /// One page of a listing; pass `next` back to get the following page.

@@ -49,6 +49,11 @@ const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_SIZE: u64 = 8 << 20;
 const PART_CONCURRENCY: usize = 4;
 const MAX_ATTEMPTS: u32 = 6;
+/// Attempts of a PUT answered `409 ConditionalRequestConflict`, and the
+/// back-off between them (doubling, plus up to half again of jitter).
+const CONFLICT_ATTEMPTS: u32 = 6;
+const CONFLICT_BACKOFF: Duration = Duration::from_millis(100);
+const CONFLICT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Region of a store that names none (S3 needs one to sign with; custom
 /// stores mostly accept this one).
 const DEFAULT_REGION: &str = "us-east-1";
@@ -497,23 +502,7 @@ impl S3Backend {
 
     async fn put_bytes(&self, name: &str, data: Bytes, mode: PutMode) -> Result<()> {
         let len = data.len() as u64;
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.key(name))
-            .content_length(len as i64)
-            .body(ByteStream::from(data));
-        if mode == PutMode::Create {
-            req = req.if_none_match("*");
-        }
-        if let Some(sc) = self.storage_class_for(name) {
-            req = req.storage_class(sc);
-        }
-        inc(&self.stats.put, 1);
-        req.send().await.map_err(|e| self.map_err(e, name, "PUT"))?;
-        inc(&self.stats.bytes_up, len);
-        Ok(())
+        self.put_single(name, PutBody::Bytes(data), len, mode).await
     }
 
     async fn put_file(
@@ -524,19 +513,35 @@ impl S3Backend {
         mode: PutMode,
     ) -> Result<()> {
         if len <= MULTIPART_THRESHOLD {
-            let body = ByteStream::read_from()
-                .path(path)
-                .length(Length::Exact(len))
-                .build()
-                .await
-                .map_err(|e| Error::io(format!("reading spool file {}: {e}", path.display())))?;
+            return self.put_single(name, PutBody::File(path), len, mode).await;
+        }
+        self.multipart(name, path, len, mode, None).await
+    }
+
+    /// One PutObject (`If-None-Match: *` for a create), sent again after a
+    /// `409 ConditionalRequestConflict`: that answer means another
+    /// conditional write of this name is in progress, so nothing is stored
+    /// yet and nothing can be concluded. The retry (bounded, with
+    /// exponential back-off and jitter) gets the store's real answer: the
+    /// object stored, or `412` (it exists: `AlreadyExists`). The SDK's own
+    /// retries do not cover 409.
+    async fn put_single(
+        &self,
+        name: &str,
+        body: PutBody<'_>,
+        len: u64,
+        mode: PutMode,
+    ) -> Result<()> {
+        let mut backoff = CONFLICT_BACKOFF;
+        let mut attempt = 1;
+        loop {
             let mut req = self
                 .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(self.key(name))
                 .content_length(len as i64)
-                .body(body);
+                .body(body.stream(len).await?);
             if mode == PutMode::Create {
                 req = req.if_none_match("*");
             }
@@ -544,11 +549,25 @@ impl S3Backend {
                 req = req.storage_class(sc);
             }
             inc(&self.stats.put, 1);
-            req.send().await.map_err(|e| self.map_err(e, name, "PUT"))?;
-            inc(&self.stats.bytes_up, len);
-            return Ok(());
+            match req.send().await {
+                Ok(_) => {
+                    inc(&self.stats.bytes_up, len);
+                    return Ok(());
+                }
+                Err(e) if is_write_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
+                    tracing::debug!(
+                        "PUT {}: 409 ConditionalRequestConflict (attempt {attempt}), retrying",
+                        self.url(name)
+                    );
+                    let jitter =
+                        rand::Rng::gen_range(&mut rand::thread_rng(), Duration::ZERO..=backoff / 2);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(CONFLICT_MAX_BACKOFF);
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.map_err(e, name, "PUT")),
+            }
         }
-        self.multipart(name, path, len, mode, None).await
     }
 
     /// Write (overwrite) one object with a content type and user metadata:
@@ -1040,6 +1059,35 @@ impl ResumableGet {
     }
 }
 
+/// A PutObject's body, built again for each attempt (a file is re-read).
+enum PutBody<'a> {
+    Bytes(Bytes),
+    File(&'a std::path::Path),
+}
+
+impl PutBody<'_> {
+    async fn stream(&self, len: u64) -> Result<ByteStream> {
+        match self {
+            PutBody::Bytes(b) => Ok(ByteStream::from(b.clone())),
+            PutBody::File(path) => ByteStream::read_from()
+                .path(path)
+                .length(Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| Error::io(format!("reading spool file {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// `409 ConditionalRequestConflict`: a concurrent conditional write of the
+/// same name is in progress; the request did nothing and may be repeated.
+fn is_write_conflict<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    e.raw_response().is_some_and(|r| r.status().as_u16() == 409)
+        && e.code() == Some("ConditionalRequestConflict")
+}
+
 /// Turn an SDK failure into one clear error line naming the object
 /// (`what`), the store (role, endpoint, credentials) and the likely cause.
 /// Shared by the repository backend and the bucket source.
@@ -1117,10 +1165,17 @@ pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
         (404, _) | (_, "NoSuchKey") | (_, "NotFound") => {
             Error::not_found(format!("object {name} not found ({what})"))
         }
-        (412, _) | (409, "ConditionalRequestConflict") => Error::new(
+        (412, _) => Error::new(
             ErrorKind::AlreadyExists,
             format!("object {name} already exists ({what})"),
         ),
+        // Not "already exists": another conditional write of this name is
+        // in progress and this one did nothing (`put_single` retries it).
+        (409, "ConditionalRequestConflict") => Error::io(format!(
+            "S3 {op} {what}: another conditional write of this object was in progress \
+             on every attempt (409 ConditionalRequestConflict)"
+        ))
+        .with_hint("another process keeps writing the same object; run again later"),
         // The key itself is refused: unknown key id or wrong secret.
         _ if key_refused(status, &code, &message) => Error::io(format!(
             "{store} refused access key {} ({}): {} ({op} {what})",
@@ -1248,6 +1303,7 @@ impl Backend for S3Backend {
         Ok(ObjectMeta {
             name: name.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: out.last_modified().and_then(store_time),
         })
     }
 
@@ -1270,6 +1326,7 @@ impl Backend for S3Backend {
                 Some(ObjectMeta {
                     name,
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: o.last_modified().and_then(store_time),
                 })
             })
             .collect();
@@ -1352,9 +1409,7 @@ impl Backend for S3Backend {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                let initiated = u
-                    .initiated()
-                    .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                let initiated = u.initiated().and_then(store_time);
                 if !abortable_upload(&self.prefix, key, initiated, cutoff) {
                     continue;
                 }
@@ -1381,6 +1436,11 @@ impl Backend for S3Backend {
         }
         Ok(aborted)
     }
+}
+
+/// A time the store gave (its own clock).
+fn store_time(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
 }
 
 /// Whether recovery may abort the multipart upload of `key`: it must be

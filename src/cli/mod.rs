@@ -79,7 +79,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Backup(args::BackupArgs {
             mode: Some(cmd), ..
         }) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(Repository::open_for_write(backend, &password).await?);
             let (common, input) = match cmd {
                 BackupCommand::Files { common, paths } => (common, BackupInput::Files(paths)),
                 BackupCommand::Stdin { common, stdin_name } => {
@@ -388,7 +388,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Repair(RepairCommand::Index) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(Repository::open_for_write(backend, &password).await?);
             let r = repair::index(repo).await?;
             emit(cli.json, &r, || {
                 let mut t = format!(

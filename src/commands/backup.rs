@@ -136,6 +136,10 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<BackupSummary> {
     validate_source_name(&opts.source)?;
+    // Before anything is written (lock, recovery, packs): a binary that
+    // does not implement every write feature the repository requires
+    // must not write into it (docs/FORMAT.md, "The writer gate").
+    repo.check_writable()?;
     // Sources report warnings as they go; the summary carries them all.
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();

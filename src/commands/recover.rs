@@ -5,7 +5,8 @@
 //! files) and packs it completed. Of those packs, the ones its last index
 //! flush covered are already indexed and simply deduplicated against; the
 //! ones uploaded after that flush are unindexed. When the next backup finds
-//! such a dead lock (expired, or from this host with its process gone) and
+//! such a dead lock (expired by the store's clock, or from this host's
+//! pid namespace with its process gone: `lock::Judge`) and
 //! no other writer is alive, it aborts the unfinished writes, indexes the
 //! orphaned packs from their own headers (as `repair index` does, so their
 //! chunks are reused instead of uploaded again) and deletes the dead locks.
@@ -22,7 +23,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::format::{names, Id};
-use crate::repository::lock::{all_locks, holder_is_gone};
+use crate::repository::lock::{all_locks, Judge};
 use crate::repository::Repository;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -40,12 +41,16 @@ pub async fn after_dead_writers(
     repo: &Arc<Repository>,
     own: &Id,
 ) -> Result<Option<RecoveryReport>> {
-    let now = Utc::now();
+    // It may write (abort uploads, an index object, delete locks).
+    repo.check_writable()?;
+    // Listed after our own lock was stored: its store timestamp is the
+    // store's "now", against which the others' ages are judged.
     let locks = all_locks(repo).await?;
+    let judge = Judge::after_own_lock(&locks, own);
     let (dead, live): (Vec<_>, Vec<_>) = locks
         .into_iter()
-        .filter(|(id, _)| id != own)
-        .partition(|(_, l)| holder_is_gone(l, now));
+        .filter(|l| &l.id != own && !judge.is_mine(l))
+        .partition(|l| judge.holder_is_gone(l));
     if dead.is_empty() {
         return Ok(None);
     }
@@ -53,23 +58,27 @@ pub async fn after_dead_writers(
         dead_locks: dead.len() as u64,
         ..Default::default()
     };
-    if let Some((_, l)) = live.first() {
+    if let Some(l) = live.first() {
         tracing::info!(
             "{} abandoned lock(s) found; clean-up left for a later run because {} (pid {}) is still writing",
             dead.len(),
-            l.host,
-            l.pid
+            l.lock.host,
+            l.lock.pid
         );
         report.deferred = true;
         return Ok(Some(report));
     }
-    // Abort only writes started before the cut-off: a dead writer began
-    // none after its lock expired (a writer must stop once its lock
-    // lapses), and a writer that started after we listed the locks (so unseen
-    // above) began its writes after `now`. Younger writes survive.
+    // Abort only writes started before the cut-off, by the store's clock
+    // (an upload's `Initiated`, a temp file's mtime): a dead writer began
+    // none after its lock expired (a writer stops before its lock lapses),
+    // and a writer that started after we listed the locks (so unseen above)
+    // stored its lock, and began its writes, after our own lock was stored
+    // (`store_now`). Younger writes survive. Without store timestamps, the
+    // writers' own `expires` and this host's clock are the best we have.
+    let now = judge.store_now().unwrap_or_else(Utc::now);
     let cutoff = dead
         .iter()
-        .map(|(_, l)| l.expires)
+        .map(|l| judge.store_expiry(l).unwrap_or(l.lock.expires))
         .max()
         .map_or(now, |e| e.min(now));
     report.unfinished_writes_aborted = repo.backend().abort_unfinished_writes(cutoff).await?;
@@ -77,7 +86,7 @@ pub async fn after_dead_writers(
     report.packs_indexed = reindexed.packs_reindexed;
     let names: Vec<String> = dead
         .iter()
-        .map(|(id, _)| names::in_dir(names::LOCKS, id))
+        .map(|l| names::in_dir(names::LOCKS, &l.id))
         .collect();
     repo.backend().delete_many(&names).await?;
     tracing::info!(

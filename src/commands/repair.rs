@@ -28,6 +28,8 @@ pub struct RepairReport {
 }
 
 pub async fn index(repo: Arc<Repository>) -> Result<RepairReport> {
+    // It writes an index object: the writer gate applies.
+    repo.check_writable()?;
     let index = repo.load_index().await?;
     let packs = list_all(repo.backend(), names::DATA).await?;
     let mut report = RepairReport {

@@ -8,6 +8,27 @@ use crate::error::{Error, Result};
 
 pub const FORMAT_VERSION: u32 = 2;
 
+/// Features a writer must implement to write into a repository, all of
+/// which this binary implements. A new repository's config lists them
+/// (`write_features`); a binary that finds one it does not know there
+/// refuses to write (docs/FORMAT.md, "The writer gate").
+/// - `lock-lease`: a writer stops, and writes no snapshot, once its last
+///   stored lock copy is older than TTL − TTL/3.
+/// - `store-time-locks`: locks record their TTL (`ttl_s`) and are judged
+///   by the store's timestamps, not by the writer's clock; unfinished
+///   uploads are aborted by a store-clock cut-off.
+/// - `lock-identity`: a lock records the holder's boot id, pid namespace
+///   and process start time; pid liveness is used only when all match.
+pub const WRITE_FEATURES: &[&str] = &["lock-lease", "store-time-locks", "lock-identity"];
+
+/// Features a reader must implement to read a repository; all known here.
+/// None yet: format 1 is read by every binary that knows the version.
+pub const READ_FEATURES: &[&str] = &[];
+
+/// This binary's version, recorded as `min_writer_version` of new
+/// repositories and compared with it when writing.
+pub const WRITER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Content-defined chunking parameters (FastCDC 2020, normalization level 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
@@ -71,6 +92,19 @@ pub struct Config {
     pub compression_level: i32,
     /// Packs are closed once they reach this many bytes.
     pub pack_size: u32,
+    /// Features every writer must implement ([`WRITE_FEATURES`]): a binary
+    /// that does not know one of them refuses to write here.
+    #[serde(default)]
+    pub write_features: Vec<String>,
+    /// Features every reader must implement ([`READ_FEATURES`]): a binary
+    /// that does not know one of them refuses to open the repository.
+    #[serde(default)]
+    pub read_features: Vec<String>,
+    /// The oldest usdcop-dr version that may write here (semver): named in
+    /// the refusal, and an older binary refuses to write even when it
+    /// knows every listed feature.
+    #[serde(default)]
+    pub min_writer_version: String,
 }
 
 impl Config {
@@ -88,6 +122,15 @@ impl Config {
             .with_hint("upgrade usdcop-dr"));
         }
         self.chunker.check()?;
+        let unknown = unknown(&self.read_features, READ_FEATURES);
+        if !unknown.is_empty() {
+            return Err(Error::usage(format!(
+                "this repository needs read features that usdcop-dr {WRITER_VERSION} does not \
+                 know: {}; it refuses to read it",
+                unknown.join(", ")
+            ))
+            .with_hint(self.upgrade_hint(false)));
+        }
         if !(1 << 20..=1 << 30).contains(&self.pack_size)
             || !(-7..=22).contains(&self.compression_level)
         {
@@ -98,6 +141,72 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// The gate every writer passes before writing anything (backup,
+    /// repair, recovery, new keys, prune): the binary must know every
+    /// feature in `write_features` and be at least `min_writer_version`.
+    /// A usage error (exit 2) naming what is missing otherwise.
+    pub fn check_writable(&self) -> Result<()> {
+        let unknown = unknown(&self.write_features, WRITE_FEATURES);
+        if !unknown.is_empty() {
+            return Err(Error::usage(format!(
+                "this repository needs write features that usdcop-dr {WRITER_VERSION} does not \
+                 know: {}; it refuses to write to it",
+                unknown.join(", ")
+            ))
+            .with_hint(self.upgrade_hint(true)));
+        }
+        if let Some(min) = self.min_writer()? {
+            let ours = semver::Version::parse(WRITER_VERSION).expect("own version is semver");
+            if ours < min {
+                return Err(Error::usage(format!(
+                    "this repository may only be written by usdcop-dr {min} or later; \
+                     this is {WRITER_VERSION}, which refuses to write to it"
+                ))
+                .with_hint(self.upgrade_hint(true)));
+            }
+        }
+        Ok(())
+    }
+
+    fn min_writer(&self) -> Result<Option<semver::Version>> {
+        if self.min_writer_version.is_empty() {
+            return Ok(None);
+        }
+        semver::Version::parse(&self.min_writer_version)
+            .map(Some)
+            .map_err(|e| {
+                Error::format(
+                    "config",
+                    format!("min_writer_version {:?}: {e}", self.min_writer_version),
+                )
+            })
+    }
+
+    /// "upgrade usdcop-dr to ≥ X" (X: `min_writer_version`, when recorded).
+    fn upgrade_hint(&self, writing: bool) -> String {
+        let to = match self.min_writer_version.as_str() {
+            "" => "a version that knows these features".to_owned(),
+            v => format!("≥ {v}"),
+        };
+        let reading = if writing {
+            "; reading (`snapshots`, `restore`, `verify`) still works with this version"
+        } else {
+            ""
+        };
+        format!("upgrade usdcop-dr to {to}{reading}")
+    }
+}
+
+/// Entries of `listed` not in `known`, in their listed order.
+fn unknown<'a>(listed: &'a [String], known: &[&str]) -> Vec<&'a str> {
+    listed
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !known.contains(f))
+        .collect()
 }
 
 /// A key object: the master key sealed with a passphrase-derived key.
@@ -137,6 +246,31 @@ pub struct Lock {
     pub expires: DateTime<Utc>,
     /// Random, so that two refreshes in one second are distinct objects.
     pub nonce: String,
+    /// How long this copy stays valid after the store wrote it (seconds).
+    /// A judge compares the lock object's store timestamp plus this with
+    /// the store's "now", so that no two hosts' clocks are ever compared;
+    /// `expires` (the writer's clock) is the fallback for stores that give
+    /// no timestamps (docs/FORMAT.md, "Locks").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    /// The holding process, comparable only within one pid namespace on
+    /// one boot: with `host` and `pid`, lets a judge on the same host and
+    /// in the same namespace tell a dead holder from a live one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessIdentity>,
+}
+
+/// Who holds a lock, precisely enough to check on the same machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// `/proc/sys/kernel/random/boot_id`: changes at every boot.
+    pub boot_id: String,
+    /// The pid namespace (`readlink /proc/self/ns/pid`, e.g.
+    /// `pid:[4026531836]`): pids are only comparable within one.
+    pub pid_ns: String,
+    /// The process's start time (clock ticks after boot, field 22 of
+    /// `/proc/<pid>/stat`): a reused pid has another.
+    pub start_time: u64,
 }
 
 pub fn decode_json<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T> {

@@ -1,7 +1,9 @@
 //! Lock objects that expire by themselves.
 //!
 //! A running backup writes `locks/<id>` (kind `backup`) and rewrites it every
-//! [`REFRESH`]; each copy says when it stops meaning anything ([`TTL`] later).
+//! [`REFRESH`]; each copy stops meaning anything [`TTL`] after the store
+//! wrote it, judged by the store's timestamps ([`Judge`]), never by
+//! comparing the writer's clock with the judge's.
 //! Nothing ever waits for a lock and no lock needs a human to remove it: a
 //! crashed process's lock simply expires. The (later) prune reads live
 //! backup locks to decide when condemned packs may really be deleted; see
@@ -25,7 +27,7 @@ use tokio::task::JoinHandle;
 use super::Repository;
 use crate::crypto::Domain;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::meta::{Lock, LockKind};
+use crate::format::meta::{Lock, LockKind, ProcessIdentity};
 use crate::format::{names, Id};
 
 pub const TTL: Duration = Duration::from_secs(30 * 60);
@@ -146,6 +148,8 @@ pub struct LockGuard {
 
 impl LockGuard {
     pub async fn acquire(repo: Arc<Repository>, kind: LockKind) -> Result<LockGuard> {
+        // Only writers take locks: the writer gate applies.
+        repo.check_writable()?;
         let started = Utc::now();
         let ttl = ttl();
         let built = Instant::now();
@@ -239,43 +243,208 @@ async fn write_lock(
         started,
         expires: Utc::now() + chrono::Duration::from_std(ttl).expect("TTL fits"),
         nonce: hex::encode(crate::crypto::random_bytes::<8>()),
+        ttl_s: Some(ttl.as_secs().max(1)),
+        process: own_identity().cloned(),
     };
-    let plain = serde_json::to_vec(&lock).expect("lock serializes");
+    save_lock(repo, &lock).await
+}
+
+async fn save_lock(repo: &Repository, lock: &Lock) -> Result<Id> {
+    let plain = serde_json::to_vec(lock).expect("lock serializes");
     repo.save_sealed(names::LOCKS, Domain::Lock, &plain).await
 }
 
-/// Locks that have not expired at `now`.
-pub async fn live_locks(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<(Id, Lock)>> {
+/// Test support, not an API: store `lock` as a lock object as it is (e.g.
+/// with an `expires` from a clock hours off), as another process would.
+#[doc(hidden)]
+pub async fn save_lock_for_tests(repo: &Repository, lock: &Lock) -> Result<Id> {
+    save_lock(repo, lock).await
+}
+
+/// A lock object as listed: its id, content and the store's timestamp.
+#[derive(Debug, Clone)]
+pub struct StoredLock {
+    pub id: Id,
+    pub lock: Lock,
+    /// When the store wrote it, by the store's clock (if the store says).
+    pub stored: Option<DateTime<Utc>>,
+}
+
+/// Judges other processes' locks: expired or not by the store's clock,
+/// holder gone or not by process identity. Built from a listing of the
+/// locks taken after the judge stored its own lock, so that "now" can be
+/// read off the store's clock: the timestamp of that own lock object is a
+/// store time no later than the listing (docs/FORMAT.md, "Locks").
+#[derive(Debug, Clone)]
+pub struct Judge {
+    /// The store's clock at (no later than) the listing: the newest
+    /// timestamp of the judge's own lock objects in it.
+    store_now: Option<DateTime<Utc>>,
+    /// The judge's own clock, for the fallback by `expires`.
+    local_now: DateTime<Utc>,
+    host: String,
+    me: Option<ProcessIdentity>,
+}
+
+impl Judge {
+    /// `locks`: every lock, listed after the judge's own lock `own` was
+    /// stored (it is among them unless a refresh replaced it meanwhile;
+    /// the replacement, also this process's, then serves).
+    pub fn after_own_lock(locks: &[StoredLock], own: &Id) -> Judge {
+        let me = own_identity().cloned();
+        let host = super::hostname();
+        let store_now = locks
+            .iter()
+            .filter(|l| &l.id == own || is_this_process(&l.lock, &host, me.as_ref()))
+            .filter_map(|l| l.stored)
+            .max();
+        Judge {
+            store_now,
+            local_now: Utc::now(),
+            host,
+            me,
+        }
+    }
+
+    /// A judge at explicit times (tests, and stores without timestamps).
+    pub fn at(store_now: Option<DateTime<Utc>>, local_now: DateTime<Utc>) -> Judge {
+        Judge {
+            store_now,
+            local_now,
+            host: super::hostname(),
+            me: own_identity().cloned(),
+        }
+    }
+
+    /// Whether `l` is a lock of this very process (never judged: a refresh
+    /// may have replaced the copy the judge knows by id).
+    pub fn is_mine(&self, l: &StoredLock) -> bool {
+        is_this_process(&l.lock, &self.host, self.me.as_ref())
+    }
+
+    /// The store's "now" this judge works with, if the store gives times.
+    pub fn store_now(&self) -> Option<DateTime<Utc>> {
+        self.store_now
+    }
+
+    /// When `l` stops meaning anything, by the store's clock: its store
+    /// timestamp plus its TTL. `None` if the store gave no timestamp or
+    /// the lock records no TTL (then only [`Self::expired`]'s fallback
+    /// applies).
+    pub fn store_expiry(&self, l: &StoredLock) -> Option<DateTime<Utc>> {
+        let ttl = chrono::Duration::try_seconds(i64::try_from(l.lock.ttl_s?).ok()?)?;
+        l.stored?.checked_add_signed(ttl)
+    }
+
+    /// Whether `l` has expired: by the store's clock when both its
+    /// timestamp and "now" are known; otherwise (a store without
+    /// timestamps) by its `expires` against this host's clock.
+    pub fn expired(&self, l: &StoredLock) -> bool {
+        match (self.store_expiry(l), self.store_now) {
+            (Some(expiry), Some(now)) => expiry <= now,
+            _ => l.lock.expires <= self.local_now,
+        }
+    }
+
+    /// Whether `l`'s holder is certainly gone: the lock expired, or the
+    /// holder ran in this very pid namespace on this boot (same host, boot
+    /// id and namespace) and its process no longer exists or is another
+    /// process with the same pid (its start time differs). A lock from
+    /// another host, container or boot, or without identity, is judged by
+    /// age alone: its pid means nothing here.
+    pub fn holder_is_gone(&self, l: &StoredLock) -> bool {
+        self.expired(l) || (self.same_pid_space(&l.lock) && !holder_alive(&l.lock))
+    }
+
+    fn same_pid_space(&self, lock: &Lock) -> bool {
+        match (&lock.process, &self.me) {
+            (Some(theirs), Some(mine)) => {
+                lock.host == self.host
+                    && theirs.boot_id == mine.boot_id
+                    && theirs.pid_ns == mine.pid_ns
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_this_process(lock: &Lock, host: &str, me: Option<&ProcessIdentity>) -> bool {
+    lock.host == host
+        && lock.pid == std::process::id()
+        && me.is_some()
+        && lock.process.as_ref() == me
+}
+
+/// Locks that have not expired in `judge`'s eyes.
+pub async fn live_locks(repo: &Repository, judge: &Judge) -> Result<Vec<StoredLock>> {
     Ok(all_locks(repo)
         .await?
         .into_iter()
-        .filter(|(_, l)| l.expires > now)
+        .filter(|l| !judge.expired(l))
         .collect())
 }
 
-/// Whether a lock's holder is certainly gone: the lock expired, or it was
-/// taken on this host by a process that no longer exists. A lock from
-/// another host is only ever judged by its expiry; a reused pid makes a
-/// dead holder look alive, which errs on the safe side.
-pub fn holder_is_gone(lock: &Lock, now: DateTime<Utc>) -> bool {
-    lock.expires <= now || (lock.host == super::hostname() && !process_exists(lock.pid))
+/// Whether the holder of `lock` (in our pid namespace) still runs: its pid
+/// exists and, where readable, has the recorded start time.
+fn holder_alive(lock: &Lock) -> bool {
+    if !process_exists(lock.pid) {
+        return false;
+    }
+    match (
+        &lock.process,
+        start_time(&format!("/proc/{}/stat", lock.pid)),
+    ) {
+        (Some(p), Some(now)) => p.start_time == now,
+        // Cannot tell: alive, the safe side.
+        _ => true,
+    }
 }
 
 fn process_exists(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
+    if pid <= 0 {
+        return false;
+    }
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Every lock object, expired or not, skipping ones deleted while we read
-/// them (released) and damaged ones (reported). Any other failure to read
-/// one (a transport error, a timeout, a refused request) is an error: a
-/// live lock that cannot be read must not look like no lock at all, or a
-/// clean-up or prune would act as if its writer were gone.
-pub async fn all_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
+/// This process's identity ([`ProcessIdentity`]), or `None` where `/proc`
+/// does not tell (another OS, /proc not mounted): its locks are then
+/// judged by age only.
+pub fn own_identity() -> Option<&'static ProcessIdentity> {
+    static ME: std::sync::OnceLock<Option<ProcessIdentity>> = std::sync::OnceLock::new();
+    ME.get_or_init(|| {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        Some(ProcessIdentity {
+            boot_id: boot_id.trim().to_owned(),
+            pid_ns: pid_ns.to_string_lossy().into_owned(),
+            start_time: start_time("/proc/self/stat")?,
+        })
+    })
+    .as_ref()
+}
+
+/// Field 22 (`starttime`) of a `/proc/<pid>/stat` file.
+fn start_time(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces
+    // and parentheses itself: count from after the last ')' (field 3).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Every lock object, expired or not, with its store timestamp, skipping
+/// ones deleted while we read them (released) and damaged ones (reported).
+/// Any other failure to read one (a transport error, a timeout, a refused
+/// request) is an error: a live lock that cannot be read must not look
+/// like no lock at all, or a clean-up or prune would act as if its writer
+/// were gone.
+pub async fn all_locks(repo: &Repository) -> Result<Vec<StoredLock>> {
     let mut out = Vec::new();
     for obj in crate::backend::list_all(repo.backend(), names::LOCKS).await? {
         let Some(id) = names::id_of(&obj.name) else {
@@ -292,7 +461,11 @@ pub async fn all_locks(repo: &Repository) -> Result<Vec<(Id, Lock)>> {
             Err(e) => return Err(e.context(format!("reading lock {}", obj.name))),
         };
         match crate::format::meta::decode_json::<Lock>("lock", &plain) {
-            Ok(lock) => out.push((id, lock)),
+            Ok(lock) => out.push(StoredLock {
+                id,
+                lock,
+                stored: obj.last_modified,
+            }),
             Err(e) => tracing::warn!("skipping damaged lock {}: {e}", obj.name),
         }
     }
@@ -377,12 +550,13 @@ mod tests {
             .unwrap();
         let id = guard.id().await;
         assert_eq!(all_locks(&repo).await.unwrap().len(), 1);
+        let judge = Judge::at(None, Utc::now());
 
         backend.failing.store(true, Ordering::SeqCst);
         let e = all_locks(&repo).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Io, "{e}");
         assert!(e.to_string().contains(&id.to_string()), "{e}");
-        assert!(live_locks(&repo, Utc::now()).await.is_err());
+        assert!(live_locks(&repo, &judge).await.is_err());
         backend.failing.store(false, Ordering::SeqCst);
 
         // A damaged lock object is skipped, not fatal.
@@ -392,9 +566,59 @@ mod tests {
             .await
             .unwrap();
         let locks = all_locks(&repo).await.unwrap();
-        assert_eq!(locks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [id]);
+        assert_eq!(locks.iter().map(|l| l.id).collect::<Vec<_>>(), [id]);
         guard.release().await.unwrap();
         assert!(all_locks(&repo).await.unwrap().is_empty());
+    }
+
+    /// Expiry is decided by the store's clock (the lock object's timestamp
+    /// plus its TTL against the judge's own lock's timestamp), whatever
+    /// the writer's clock put in `expires`; `expires` only when the store
+    /// gives no times.
+    #[test]
+    fn expiry_by_the_store_clock_with_expires_as_fallback() {
+        let now = Utc::now();
+        let h = chrono::Duration::hours;
+        let lock = |expires, stored| StoredLock {
+            id: Id([1; 32]),
+            lock: Lock {
+                version: 1,
+                kind: LockKind::Backup,
+                host: "elsewhere".into(),
+                pid: 1,
+                started: now,
+                expires,
+                nonce: "n".into(),
+                ttl_s: Some(1800),
+                process: None,
+            },
+            stored,
+        };
+        let judge = Judge::at(Some(now), now);
+        // A writer 10 h ahead, stored 2 h ago: expired 90 minutes ago.
+        let ahead = lock(now + h(10), Some(now - h(2)));
+        assert!(judge.expired(&ahead) && judge.holder_is_gone(&ahead));
+        assert_eq!(
+            judge.store_expiry(&ahead),
+            Some(now - h(2) + chrono::Duration::minutes(30))
+        );
+        // A writer 10 h behind, stored just now: live.
+        let behind = lock(now - h(10), Some(now));
+        assert!(!judge.expired(&behind) && !judge.holder_is_gone(&behind));
+        // No store timestamp, or no store "now": `expires` decides.
+        assert!(judge.expired(&lock(now - chrono::Duration::seconds(1), None)));
+        assert!(!Judge::at(None, now).expired(&ahead));
+    }
+
+    #[test]
+    fn own_identity_reads_proc() {
+        let me = own_identity().expect("Linux /proc");
+        assert!(me.pid_ns.starts_with("pid:["), "{me:?}");
+        assert_eq!(me.boot_id.len(), 36, "{me:?}");
+        assert_eq!(
+            start_time(&format!("/proc/{}/stat", std::process::id())),
+            Some(me.start_time)
+        );
     }
 
     fn lease(age: Duration, ttl: Duration) -> Lease {

@@ -16,7 +16,9 @@ use tokio::sync::RwLock;
 use crate::backend::{list_all, Backend, DynBackend, Payload, PutMode};
 use crate::crypto::{self, Domain, KdfParams, Key};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::meta::{ChunkerParams, Config, KeyFile, FORMAT_VERSION};
+use crate::format::meta::{
+    ChunkerParams, Config, KeyFile, FORMAT_VERSION, READ_FEATURES, WRITER_VERSION, WRITE_FEATURES,
+};
 use crate::format::pack::Compression;
 use crate::format::snapshot::{self, Snapshot, SourceKind};
 use crate::format::{codec, index as index_fmt, names, Id};
@@ -76,6 +78,9 @@ impl Repository {
             chunker: ChunkerParams::with_avg(opts.chunk_avg_size, seed)?,
             compression_level: opts.compression_level,
             pack_size: opts.pack_size,
+            write_features: WRITE_FEATURES.iter().map(|f| f.to_string()).collect(),
+            read_features: READ_FEATURES.iter().map(|f| f.to_string()).collect(),
+            min_writer_version: WRITER_VERSION.to_owned(),
         };
         config.check()?;
         let key = Key::random();
@@ -97,6 +102,7 @@ impl Repository {
 
     /// Store a new key object that opens this repository with `passphrase`.
     pub async fn add_key(&self, passphrase: &[u8], kdf: KdfParams) -> Result<Id> {
+        self.check_writable()?;
         let salt = crypto::random_bytes::<16>();
         let kek = derive_key_blocking(passphrase.to_vec(), salt.to_vec(), kdf).await?;
         let file = KeyFile {
@@ -115,7 +121,30 @@ impl Repository {
         Ok(id)
     }
 
-    /// Open an existing repository with a passphrase.
+    /// Open an existing repository with a passphrase, for writing: as
+    /// [`Self::open`], then [`Self::check_writable`]. Every command that
+    /// writes (backup, repair, recovery, key changes, prune) opens this way
+    /// or calls `check_writable` itself before its first write.
+    pub async fn open_for_write(backend: DynBackend, passphrase: &[u8]) -> Result<Repository> {
+        let repo = Self::open(backend, passphrase).await?;
+        repo.check_writable()?;
+        Ok(repo)
+    }
+
+    /// Whether this binary may write here: it must know every feature the
+    /// config lists in `write_features` and be at least its
+    /// `min_writer_version` (docs/FORMAT.md, "The writer gate"). A usage
+    /// error naming the unknown features and the version to upgrade to
+    /// otherwise; nothing has been written when it fails.
+    pub fn check_writable(&self) -> Result<()> {
+        self.config
+            .check_writable()
+            .map_err(|e| e.context(self.backend.location()))
+    }
+
+    /// Open an existing repository with a passphrase, for reading. Refuses
+    /// a repository whose config lists a read feature this binary does not
+    /// know; writers must also pass [`Self::check_writable`].
     pub async fn open(backend: DynBackend, passphrase: &[u8]) -> Result<Repository> {
         let location = backend.location();
         let keys = list_all(backend.as_ref(), names::KEYS).await?;
@@ -180,7 +209,7 @@ impl Repository {
             &key.open(Domain::Config, &sealed)
                 .map_err(|e| e.context("config"))?,
         )?;
-        config.check()?;
+        config.check().map_err(|e| e.context(&location))?;
         Ok(Repository {
             backend,
             key,
@@ -754,6 +783,67 @@ mod tests {
             ..Default::default()
         };
         Repository::init(backend, b"pw", &opts).await.unwrap()
+    }
+
+    /// The writer gate in the library: a config requiring a write feature
+    /// this binary does not know refuses `open_for_write`, `check_writable`
+    /// and every writing entry point (lock, repair, new key), naming the
+    /// feature; `open` for reading still works.
+    #[tokio::test]
+    async fn unknown_write_feature_refuses_every_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let mut config = repo.config().clone();
+        config.write_features.push("prune-v9".into());
+        config.min_writer_version = "99.1.0".into();
+        let sealed = repo
+            .key()
+            .seal(Domain::Config, &serde_json::to_vec(&config).unwrap());
+        repo.backend()
+            .put(names::CONFIG, sealed.into(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let backend = repo.backend_arc();
+        let e = Repository::open_for_write(backend.clone(), b"pw")
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("prune-v9"), "{e}");
+        assert!(e.hint().unwrap().contains("≥ 99.1.0"), "{:?}", e.hint());
+        let repo = Arc::new(Repository::open(backend, b"pw").await.unwrap());
+        let gated = |e: Error| assert!(e.to_string().contains("prune-v9"), "{e}");
+        gated(repo.check_writable().unwrap_err());
+        gated(
+            lock::LockGuard::acquire(repo.clone(), crate::format::meta::LockKind::Backup)
+                .await
+                .err()
+                .unwrap(),
+        );
+        gated(
+            crate::commands::repair::index(repo.clone())
+                .await
+                .unwrap_err(),
+        );
+        gated(
+            repo.add_key(
+                b"other",
+                KdfParams {
+                    m_cost_kib: 1024,
+                    t_cost: 1,
+                    p_cost: 1,
+                },
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert!(list_all(repo.backend(), names::LOCKS)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            list_all(repo.backend(), names::KEYS).await.unwrap().len(),
+            1
+        );
     }
 
     /// An object named by its content found already stored (an earlier

@@ -38,6 +38,11 @@
 //!     request on a path, so that the client's retry gets the server's
 //!     real answer to a repeated request.
 //!     Other requests drawn for this fault pass unharmed (not counted).
+//!   - `conflict_first_put`: the first PutObject of each object under one
+//!     of these paths is answered `409 ConditionalRequestConflict` (what S3
+//!     says while another conditional write of that name is in progress)
+//!     and not forwarded: the object is not stored. Later PUTs of that
+//!     object pass. Independent of the rates above.
 //! - [`FaultProxy::counts`] tells how many faults were really injected.
 //! - Stopped on drop (connections still open end on their own when the
 //!   client or the server closes them).
@@ -77,6 +82,10 @@ pub struct FaultRates {
     /// path and the names of the query's parameters: a multipart upload
     /// loses its create's, its first part's and its complete's answers).
     pub lost_answer_once: bool,
+    /// Answer the first PutObject (PUT without `uploadId`) of each object
+    /// whose path starts with one of these `409 ConditionalRequestConflict`,
+    /// without forwarding it.
+    pub conflict_first_put: Option<&'static [&'static str]>,
 }
 
 impl FaultRates {
@@ -90,6 +99,7 @@ impl FaultRates {
         reset_after: 0.0,
         lost_answer_paths: None,
         lost_answer_once: false,
+        conflict_first_put: None,
     };
 
     /// The rates of issue 8: 5 % `503 SlowDown`, 3 % resets before the
@@ -112,6 +122,16 @@ impl FaultRates {
             reset_after: 1.0,
             lost_answer_paths: Some(paths),
             lost_answer_once: true,
+            ..FaultRates::NONE
+        }
+    }
+
+    /// The first PutObject of each object under one of `paths` is answered
+    /// `409 ConditionalRequestConflict` (not forwarded); nothing else is
+    /// harmed.
+    pub fn conflict_on_first_put(paths: &'static [&'static str]) -> FaultRates {
+        FaultRates {
+            conflict_first_put: Some(paths),
             ..FaultRates::NONE
         }
     }
@@ -142,6 +162,8 @@ pub struct FaultCounts {
     pub cut_body: u64,
     /// Answers read from the server and not relayed (connection reset).
     pub reset_after: u64,
+    /// PUTs answered `409 ConditionalRequestConflict`.
+    pub conflict: u64,
 }
 
 #[derive(Default)]
@@ -153,6 +175,7 @@ struct Counters {
     reset: AtomicU64,
     cut_body: AtomicU64,
     reset_after: AtomicU64,
+    conflict: AtomicU64,
 }
 
 /// Called (on the proxy's thread) with the request path after a body was
@@ -169,6 +192,8 @@ struct Shared {
     on_cut: Option<OnCut>,
     /// Paths whose answer was already lost (`lost_answer_once`).
     lost: Mutex<HashSet<String>>,
+    /// Paths whose first PUT was already answered 409.
+    conflicted: Mutex<HashSet<String>>,
 }
 
 pub struct FaultProxy {
@@ -229,6 +254,19 @@ impl Shared {
 }
 
 impl Shared {
+    /// Whether this request is the first PutObject of an object under
+    /// `conflict_first_put` (it is then answered 409).
+    fn conflicts(&self, req: &Head) -> bool {
+        let Some(paths) = self.rates.conflict_first_put else {
+            return false;
+        };
+        let (path, query) = req.second.split_once('?').unwrap_or((&req.second, ""));
+        req.first.eq_ignore_ascii_case("PUT")
+            && !query.contains("uploadId")
+            && paths.iter().any(|p| path.starts_with(p))
+            && self.conflicted.lock().unwrap().insert(path.to_owned())
+    }
+
     /// Whether a request drawn for `reset_after` loses its answer: a write
     /// under `lost_answer_paths` (when given), once per kind of request on
     /// a path when `lost_answer_once`.
@@ -299,6 +337,7 @@ impl FaultProxy {
             counters: Counters::default(),
             on_cut,
             lost: Mutex::new(HashSet::new()),
+            conflicted: Mutex::new(HashSet::new()),
         });
         let s = shared.clone();
         let accept = std::thread::Builder::new()
@@ -337,6 +376,7 @@ impl FaultProxy {
             reset: l(&c.reset),
             cut_body: l(&c.cut_body),
             reset_after: l(&c.reset_after),
+            conflict: l(&c.conflict),
         }
     }
 }
@@ -541,15 +581,37 @@ fn reset(stream: TcpStream) {
 }
 
 fn slow_down(req: &Head, n: u64) -> Vec<u8> {
+    s3_error(
+        req,
+        n,
+        "503 Slow Down",
+        "SlowDown",
+        "Please reduce your request rate.",
+    )
+}
+
+fn conflict(req: &Head, n: u64) -> Vec<u8> {
+    s3_error(
+        req,
+        n,
+        "409 Conflict",
+        "ConditionalRequestConflict",
+        "A conflicting conditional operation is currently in progress against this resource. \
+         Please try again.",
+    )
+}
+
+/// An S3 error answer: `status` ("503 Slow Down"), XML body with `code`.
+fn s3_error(req: &Head, n: u64, status: &str, code: &str, message: &str) -> Vec<u8> {
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
-         <Message>Please reduce your request rate.</Message><Resource>{}</Resource>\
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>{message}</Message><Resource>{}</Resource>\
          <RequestId>faultproxy-{n}</RequestId></Error>",
         req.second.split('?').next().unwrap_or("")
     );
     let head_only = req.first.eq_ignore_ascii_case("HEAD");
     let mut out = format!(
-        "HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\n\
+        "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\n\
          x-amz-request-id: faultproxy-{n}\r\ncontent-length: {}\r\n\r\n",
         body.len()
     )
@@ -582,6 +644,19 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
         let fault = s.fault(n);
         let req_body = request_body(&req);
         let client_closes = req.has_token("connection", "close");
+        if s.conflicts(&req) {
+            if req.has_token("expect", "100-continue") {
+                to_client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            }
+            relay_body(&req_body, &mut from_client, &mut io::sink())?;
+            s.counters.conflict.fetch_add(1, Ordering::SeqCst);
+            to_client.write_all(&conflict(&req, n))?;
+            to_client.flush()?;
+            if client_closes {
+                return Ok(());
+            }
+            continue;
+        }
         if matches!(fault, Fault::SlowDown | Fault::Reset) {
             if req.has_token("expect", "100-continue") {
                 to_client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
