@@ -229,7 +229,12 @@ fn corrupt_byte_inside_a_coalesced_read_fails_only_its_file() {
     let target = tempfile::tempdir().unwrap();
     let r = f.restore(&f.server.endpoint, target.path());
     assert_eq!(r.code, 3, "exit 3 for damaged data: {}", r.stderr);
-    let out = r.json();
+    // The summary, then the error object.
+    let out: serde_json::Value = serde_json::Deserializer::from_slice(&r.stdout)
+        .into_iter()
+        .next()
+        .expect("a summary on stdout")
+        .expect("the summary is JSON");
     let failed = out["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 1, "{out}");
     assert!(
@@ -268,7 +273,9 @@ fn span_cut_short_is_resumed() {
     );
     let target = tempfile::tempdir().unwrap();
     f.restore(&proxy.endpoint, target.path()).ok();
-    assert_eq!(proxy.counts().cut_body, 6, "pack reads were cut");
+    // (Concurrent reads may pass the limit's check together: one or two more.)
+    let cuts = proxy.counts().cut_body;
+    assert!(cuts >= 6, "pack reads were cut: {cuts}");
     assert_eq!(f.differing(target.path()), Vec::<String>::new());
 }
 

@@ -182,10 +182,6 @@ pub struct PgBackupArgs {
     /// --globals-only, without password hashes), for restores onto a fresh server
     #[arg(long)]
     pub globals: bool,
-    /// Ranged reads in flight from the repository (default: 32 for an S3
-    /// repository, CPUs + 2 for a local one)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub read_concurrency: Option<u16>,
 }
 
 #[derive(Args, Debug)]

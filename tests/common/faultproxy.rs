@@ -83,6 +83,9 @@ pub struct FaultRates {
     /// path and the names of the query's parameters: a multipart upload
     /// loses its create's, its first part's and its complete's answers).
     pub lost_answer_once: bool,
+    /// Hold every request this long before it is answered or forwarded:
+    /// the round trip of a distant store (benchmarks, not tests).
+    pub delay: Duration,
 }
 
 impl FaultRates {
