@@ -18,6 +18,7 @@
 #                    in the work directory each run)
 #   BENCH_RESTIC=0   leave restic out (default: restic's restore of the same data)
 #   BENCH_SKIP_BUILD=1  do not run cargo build --release
+#   LATENCY_PROXY_BIN   the relay (default: target/release/examples/latency_proxy, built here)
 #   BENCH_KEEP=1     keep the work directory
 #   USDCOP_DR_TOOLS  where Garage is installed (default /opt/usdcop-dr-tools; bin/garage)
 #
@@ -54,8 +55,8 @@ if [[ -z "${USDCOP_DR_BINS:-}" ]]; then
         (cd "$REPO_ROOT" && cargo build --release >&2) || die "cargo build --release failed"
     fi
 fi
-PROXY_BIN="$REPO_ROOT/target/release/examples/latency_proxy"
-if [[ "${BENCH_SKIP_BUILD:-0}" != 1 || ! -x "$PROXY_BIN" ]]; then
+PROXY_BIN="${LATENCY_PROXY_BIN:-$REPO_ROOT/target/release/examples/latency_proxy}"
+if [[ -z "${LATENCY_PROXY_BIN:-}" && ( "${BENCH_SKIP_BUILD:-0}" != 1 || ! -x "$PROXY_BIN" ) ]]; then
     log "building the latency relay (cargo build --release --example latency_proxy)"
     (cd "$REPO_ROOT" && cargo build --release --example latency_proxy >&2) || die "building latency_proxy failed"
 fi

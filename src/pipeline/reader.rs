@@ -46,9 +46,9 @@ pub const DEFAULT_S3_READ_CONCURRENCY: usize = 32;
 pub const DEFAULT_MAX_GAP: u64 = 256 << 10;
 /// One coalesced read covers at most this many stored bytes, and its
 /// chunks at most this many decoded bytes.
-pub const DEFAULT_MAX_SPAN: u64 = 16 << 20;
+pub const DEFAULT_MAX_SPAN: u64 = 8 << 20;
 /// Stored plus decoded bytes of the spans in flight or waiting to be taken.
-pub const DEFAULT_READ_BUDGET: u64 = 256 << 20;
+pub const DEFAULT_READ_BUDGET: u64 = 128 << 20;
 
 /// CPUs available to this process.
 pub fn cores() -> usize {
