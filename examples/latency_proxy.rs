@@ -17,8 +17,7 @@ use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(upstream), Some(ms)) = (args.get(1), args.get(2).and_then(|s| s.parse().ok()))
-    else {
+    let (Some(upstream), Some(ms)) = (args.get(1), args.get(2).and_then(|s| s.parse().ok())) else {
         eprintln!("usage: latency_proxy UPSTREAM_URL DELAY_MS");
         std::process::exit(2);
     };

@@ -245,7 +245,10 @@ fn corrupt_byte_inside_a_coalesced_read_fails_only_its_file() {
     let err = failed[0]["error"].as_str().unwrap();
     assert!(err.contains("chunk") && err.contains("pack"), "{err}");
     assert!(
-        r.stderr.contains(&format!("not restored: {}", victim_path.trim_start_matches('/'))),
+        r.stderr.contains(&format!(
+            "not restored: {}",
+            victim_path.trim_start_matches('/')
+        )),
         "{}",
         r.stderr
     );

@@ -257,7 +257,10 @@ async fn restore_tree(
                 .and_then(|c| index.get(c).map(|l| (index.pack_id(&l), l.offset)))
         });
     }
-    let ids: Vec<Id> = files.iter().flat_map(|e| e.chunks.iter().copied()).collect();
+    let ids: Vec<Id> = files
+        .iter()
+        .flat_map(|e| e.chunks.iter().copied())
+        .collect();
     let mut chunks = reader.stream(ids);
     let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS_AT_ONCE));
     let mut committing = tokio::task::JoinSet::new();
@@ -272,9 +275,10 @@ async fn restore_tree(
             }
         };
         for _ in &e.chunks {
-            let chunk = chunks.next().await.unwrap_or_else(|| {
-                Err(Error::io("the chunk reader stopped early".to_owned()))
-            });
+            let chunk = chunks
+                .next()
+                .await
+                .unwrap_or_else(|| Err(Error::io("the chunk reader stopped early".to_owned())));
             let Some((tmp, hasher, n)) = out.as_mut() else {
                 continue; // this file failed: its other chunks are not needed
             };

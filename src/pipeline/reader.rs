@@ -298,8 +298,12 @@ impl ChunkReader {
     async fn read(&self, p: Planned) -> Vec<Result<Bytes>> {
         let span = match p {
             Planned::Missing(id) => {
-                return vec![Err(Error::integrity(format!("chunk {id} is not in the index"))
-                    .with_hint("run `usdcop-dr verify` to see which index or pack is missing"))]
+                return vec![Err(Error::integrity(format!(
+                    "chunk {id} is not in the index"
+                ))
+                .with_hint(
+                    "run `usdcop-dr verify` to see which index or pack is missing",
+                ))]
             }
             Planned::Span(s) => s,
         };
@@ -478,7 +482,10 @@ mod tests {
     #[test]
     fn neighbours_in_one_pack_are_read_together() {
         let ix = index(&[
-            (0, &[(1, 0, 100), (2, 100, 100), (3, 200, 100), (4, 10_000, 100)]),
+            (
+                0,
+                &[(1, 0, 100), (2, 100, 100), (3, 200, 100), (4, 10_000, 100)],
+            ),
             (1, &[(5, 0, 50)]),
         ]);
         // 1–3 adjacent; 4 beyond the gap; 5 in another pack.
@@ -500,9 +507,12 @@ mod tests {
     #[test]
     fn repeats_are_read_once_and_handed_out_at_each_place() {
         let ix = index(&[(0, &[(1, 0, 100), (2, 100, 100)])]);
-        let p: Vec<Planned> =
-            Planner::new([1, 2, 1, 1, 2].map(id).into_iter(), ix.clone(), &opts(0, 1 << 20))
-                .collect();
+        let p: Vec<Planned> = Planner::new(
+            [1, 2, 1, 1, 2].map(id).into_iter(),
+            ix.clone(),
+            &opts(0, 1 << 20),
+        )
+        .collect();
         assert_eq!(p.len(), 1);
         let Planned::Span(s) = &p[0] else { panic!() };
         assert_eq!(s.blobs.len(), 2);
@@ -512,7 +522,10 @@ mod tests {
 
     #[test]
     fn spans_are_capped_and_backward_neighbours_join() {
-        let ix = index(&[(0, &[(1, 0, 100), (2, 100, 100), (3, 200, 100), (4, 300, 100)])]);
+        let ix = index(&[(
+            0,
+            &[(1, 0, 100), (2, 100, 100), (3, 200, 100), (4, 300, 100)],
+        )]);
         // At most 250 bytes a span.
         assert_eq!(
             plan(&ix, &[1, 2, 3, 4], opts(0, 250)),
