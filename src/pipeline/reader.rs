@@ -429,7 +429,10 @@ mod tests {
     }
 
     /// Packs of blobs: (pack number, [(blob number, offset, stored_len)]).
-    fn index(packs: &[(u32, &[(u32, u32, u32)])]) -> Arc<MasterIndex> {
+    /// (blob number, offset, stored_len)
+    type Blobs<'a> = &'a [(u32, u32, u32)];
+
+    fn index(packs: &[(u32, Blobs<'_>)]) -> Arc<MasterIndex> {
         let mut m = MasterIndex::default();
         for (p, blobs) in packs {
             m.add_pack(
