@@ -251,6 +251,7 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
             usdcop_dr::commands::restore::RestoreOptions {
                 target: usdcop_dr::commands::restore::RestoreTarget::Dir(target.clone()),
                 include: vec![],
+                read_concurrency: None,
             },
             Arc::new(usdcop_dr::progress::Silent),
         )

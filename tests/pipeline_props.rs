@@ -80,6 +80,7 @@ async fn restore_stream(
         RestoreOptions {
             target: RestoreTarget::Stream(out),
             include: vec![],
+            read_concurrency: None,
         },
         Arc::new(Silent),
     )

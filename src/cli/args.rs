@@ -271,6 +271,10 @@ pub struct RestoreArgs {
     /// Only restore these paths (as stored in the snapshot; repeatable)
     #[arg(long = "path")]
     pub paths: Vec<String>,
+    /// Ranged reads in flight from the repository (default: 32 for an S3
+    /// repository, CPUs + 2 for a local one)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub read_concurrency: Option<u16>,
 }
 
 /// Snapshot kinds, as `snapshots` shows them.
@@ -330,6 +334,10 @@ pub struct RestorePostgresArgs {
     /// with `backup postgres --globals`); existing ones give warnings
     #[arg(long)]
     pub globals: bool,
+    /// Ranged reads in flight from the repository (default: 32 for an S3
+    /// repository, CPUs + 2 for a local one)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub read_concurrency: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -373,6 +381,10 @@ pub struct RestoreBucketArgs {
     /// there per run; default: the temp directory)
     #[arg(long, value_name = "DIR")]
     pub staging_dir: Option<PathBuf>,
+    /// Ranged reads in flight from the repository (default: 32 for an S3
+    /// repository, CPUs + 2 for a local one)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub read_concurrency: Option<u16>,
 }
 
 #[derive(Args, Debug)]

@@ -204,6 +204,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     overwrite: a.overwrite,
                     staging_dir: a.staging_dir,
                     s3: a.store.options(),
+                    read_concurrency: a.read_concurrency.map(usize::from),
                 },
                 progress,
             )
@@ -278,6 +279,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     no_owner: a.no_owner,
                     pg_restore: a.pg_restore,
                     globals: a.globals,
+                    read_concurrency: a.read_concurrency.map(usize::from),
                 },
                 progress,
             )
@@ -331,6 +333,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 RestoreOptions {
                     target,
                     include: a.paths,
+                    read_concurrency: a.read_concurrency.map(usize::from),
                 },
                 progress,
             )

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot, SourceKind};
 use crate::format::{Hasher, Id};
-use crate::pipeline::ChunkReader;
+use crate::pipeline::{off_runtime, ChunkReader, ReadOptions};
 use crate::progress::{Collector, Progress, Warning};
 use crate::repository::Repository;
 use crate::source::postgres::GLOBALS_ENTRY;
@@ -42,6 +42,8 @@ pub struct RestoreOptions {
     pub target: RestoreTarget,
     /// Only entries at or under these paths (relative, as in the snapshot).
     pub include: Vec<String>,
+    /// Ranged reads in flight (`--read-concurrency`; default by store).
+    pub read_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,7 +96,11 @@ pub async fn run(
     // leave the target, or an entry below one of its own symlinks, refuses
     // the whole snapshot before anything is written (load_entries).
     let entries = load_entries_checked(&repo, &index, snapshot_id, snap).await?;
-    let reader = ChunkReader::new(repo.clone(), index);
+    let reader = ChunkReader::with_options(
+        repo.clone(),
+        index,
+        ReadOptions::for_location(&repo.backend().location(), opts.read_concurrency),
+    );
     let selected: Vec<&Entry> = entries
         .iter()
         .filter(|e| included(&e.path, &opts.include))
@@ -198,12 +204,10 @@ fn included(path: &str, include: &[String]) -> bool {
         })
 }
 
-/// Files up to this size are restored [`SMALL_FILES_AT_ONCE`] at a time
-/// (a bucket snapshot holds thousands of them, and each costs a request's
-/// latency plus an fsync); larger ones one after the other, each with its
-/// own parallel chunk reads, which keeps memory bounded.
-const SMALL_FILE: u64 = 1 << 20;
-const SMALL_FILES_AT_ONCE: usize = 16;
+/// Files whose temporary copy is being synced, given its metadata and
+/// renamed into place at once (each fsync waits for the disk; many small
+/// files must not wait for one another).
+const COMMITS_AT_ONCE: usize = 16;
 
 async fn restore_tree(
     reader: &ChunkReader,
@@ -212,64 +216,136 @@ async fn restore_tree(
     progress: Arc<dyn Progress>,
     summary: &mut RestoreSummary,
 ) -> Result<()> {
-    let dir =
-        Arc::new(TargetDir::open(target).map_err(|e| write_err(&target.display().to_string(), e))?);
+    let dir = Arc::new(
+        off_runtime(|| TargetDir::open(target))
+            .map_err(|e| write_err(&target.display().to_string(), e))?,
+    );
     let is_root = unsafe { libc::geteuid() } == 0;
     let mut dirs_failed = std::collections::HashSet::new();
-    for e in entries.iter().filter(|e| e.kind == EntryType::Dir) {
-        match dir.dir(&e.path, true) {
-            Ok(_) => summary.dirs += 1,
-            Err(err) => {
-                failed(&e.path, err, progress.as_ref(), summary)?;
-                dirs_failed.insert(e.path.as_str());
+    off_runtime(|| -> Result<()> {
+        for e in entries.iter().filter(|e| e.kind == EntryType::Dir) {
+            match dir.dir(&e.path, true) {
+                Ok(_) => summary.dirs += 1,
+                Err(err) => {
+                    failed(&e.path, err, progress.as_ref(), summary)?;
+                    dirs_failed.insert(e.path.as_str());
+                }
             }
         }
-    }
-    // Bucket objects restore into a directory as plain files.
-    let (small, large): (Vec<&Entry>, Vec<&Entry>) = entries
+        Ok(())
+    })?;
+    // Bucket objects restore into a directory as plain files. All files'
+    // chunks are read as one stream, so that the reader can coalesce
+    // neighbouring chunks of many small files into one ranged read and
+    // keep its full depth of reads in flight across file boundaries. In
+    // the order of their first chunk in the repository (pack, offset):
+    // files backed up together are read together.
+    let mut files: Vec<&Entry> = entries
         .iter()
         .copied()
         .filter(|e| matches!(e.kind, EntryType::File | EntryType::Object))
-        .partition(|e| e.size <= SMALL_FILE);
-    let mut done = futures::stream::iter(small)
-        .map(|e| {
-            let (reader, e, dir) = (reader.clone(), e.clone(), dir.clone());
-            let progress = progress.clone();
-            tokio::spawn(async move {
-                progress.set_item(&e.path);
-                let r = restore_file(&reader, &e, &dir, is_root, progress.as_ref()).await;
-                (e.path, r)
-            })
-        })
-        .buffer_unordered(SMALL_FILES_AT_ONCE);
-    while let Some(joined) = done.next().await {
-        let (path, r) = joined.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
-        record(&path, r, progress.as_ref(), summary)?;
+        .collect();
+    {
+        let index = reader.index();
+        files.sort_by_cached_key(|e| {
+            e.chunks
+                .first()
+                .and_then(|c| index.get(c).map(|l| (index.pack_id(&l), l.offset)))
+        });
     }
-    for e in large {
+    let ids: Vec<Id> = files
+        .iter()
+        .flat_map(|e| e.chunks.iter().copied())
+        .collect();
+    let mut chunks = reader.stream(ids);
+    let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS_AT_ONCE));
+    let mut committing = tokio::task::JoinSet::new();
+    for e in files {
         progress.set_item(&e.path);
-        let r = restore_file(reader, e, &dir, is_root, progress.as_ref()).await;
-        record(&e.path, r, progress.as_ref(), summary)?;
-    }
-    // Symlinks after every file and directory (not needed for safety any
-    // more, since no write follows a link, but a link never points at a
-    // half-restored tree).
-    for e in entries.iter().filter(|e| e.kind == EntryType::Symlink) {
-        match dir.symlink(&e.path, e.target.as_deref().unwrap_or(""), meta(e, is_root)) {
-            Ok(()) => summary.symlinks += 1,
-            Err(err) => failed(&e.path, err, progress.as_ref(), summary)?,
+        // Removed again if anything below fails (TempFile's Drop).
+        let mut out = match off_runtime(|| dir.create_file(&e.path)) {
+            Ok(tmp) => Some((tmp, Hasher::new(), 0u64)),
+            Err(err) => {
+                failed(&e.path, err, progress.as_ref(), summary)?;
+                None
+            }
+        };
+        for _ in &e.chunks {
+            let chunk = chunks
+                .next()
+                .await
+                .unwrap_or_else(|| Err(Error::io("the chunk reader stopped early".to_owned())));
+            let Some((tmp, hasher, n)) = out.as_mut() else {
+                continue; // this file failed: its other chunks are not needed
+            };
+            let written = chunk.and_then(|c| {
+                off_runtime(|| {
+                    hasher.update(&c);
+                    tmp.file().write_all(&c)
+                })
+                .map_err(|err| write_err(&tmp.temp_path().display().to_string(), err))?;
+                Ok(c.len() as u64)
+            });
+            match written {
+                Ok(len) => {
+                    *n += len;
+                    progress.add_bytes(len);
+                }
+                Err(err) => {
+                    off_runtime(|| drop(out.take()));
+                    failed(&e.path, err, progress.as_ref(), summary)?;
+                }
+            }
         }
-    }
-    // Directory metadata last, deepest first, so writing children does not
-    // bump the restored mtimes.
-    for e in entries.iter().rev().filter(|e| e.kind == EntryType::Dir) {
-        if dirs_failed.contains(e.path.as_str()) {
+        let Some((tmp, hasher, n)) = out else {
+            continue;
+        };
+        if let Err(err) = check_content(e, n, hasher) {
+            off_runtime(|| drop(tmp));
+            failed(&e.path, err, progress.as_ref(), summary)?;
             continue;
         }
-        if let Err(err) = dir.set_dir_meta(&e.path, meta(e, is_root)) {
-            failed(&e.path, err, progress.as_ref(), summary)?;
+        // Synced, given its metadata and renamed on the blocking pool,
+        // while the next files are written.
+        let permit = commits.clone().acquire_owned().await.expect("never closed");
+        let (path, m) = (e.path.clone(), meta(e, is_root));
+        committing.spawn_blocking(move || {
+            let r = tmp.commit(m).map(|()| n);
+            drop(permit);
+            (path, r)
+        });
+        while let Some(done) = committing.try_join_next() {
+            let (path, r) = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
+            record(&path, r, progress.as_ref(), summary)?;
         }
     }
+    while let Some(done) = committing.join_next().await {
+        let (path, r) = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
+        record(&path, r, progress.as_ref(), summary)?;
+    }
+    drop(chunks);
+    off_runtime(|| -> Result<()> {
+        // Symlinks after every file and directory (not needed for safety
+        // any more, since no write follows a link, but a link never points
+        // at a half-restored tree).
+        for e in entries.iter().filter(|e| e.kind == EntryType::Symlink) {
+            match dir.symlink(&e.path, e.target.as_deref().unwrap_or(""), meta(e, is_root)) {
+                Ok(()) => summary.symlinks += 1,
+                Err(err) => failed(&e.path, err, progress.as_ref(), summary)?,
+            }
+        }
+        // Directory metadata last, deepest first, so writing children does
+        // not bump the restored mtimes.
+        for e in entries.iter().rev().filter(|e| e.kind == EntryType::Dir) {
+            if dirs_failed.contains(e.path.as_str()) {
+                continue;
+            }
+            if let Err(err) = dir.set_dir_meta(&e.path, meta(e, is_root)) {
+                failed(&e.path, err, progress.as_ref(), summary)?;
+            }
+        }
+        Ok(())
+    })?;
     summary.failed.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(())
 }
@@ -327,25 +403,8 @@ fn failed(
     Ok(())
 }
 
-async fn restore_file(
-    reader: &ChunkReader,
-    e: &Entry,
-    dir: &TargetDir,
-    is_root: bool,
-    progress: &dyn Progress,
-) -> Result<u64> {
-    // Removed again if anything below fails (TempFile's Drop).
-    let mut tmp = dir.create_file(&e.path)?;
-    let shown = tmp.temp_path().display().to_string();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.file());
-    let n = copy_entry(reader, e, &mut out, progress).await?;
-    out.flush().map_err(|err| write_err(&shown, err))?;
-    drop(out);
-    tmp.commit(meta(e, is_root))?;
-    Ok(n)
-}
-
 /// Stream one entry's chunks into `out`, checking the whole-content hash.
+/// Hashing and writing run off the runtime's threads ([`off_runtime`]).
 pub(crate) async fn copy_entry(
     reader: &ChunkReader,
     e: &Entry,
@@ -357,19 +416,27 @@ pub(crate) async fn copy_entry(
     let mut chunks = reader.stream(e.chunks.clone());
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
-        hasher.update(&chunk);
-        out.write_all(&chunk)
-            .map_err(|err| write_err(&e.path, err))?;
+        off_runtime(|| {
+            hasher.update(&chunk);
+            out.write_all(&chunk)
+        })
+        .map_err(|err| write_err(&e.path, err))?;
         n += chunk.len() as u64;
         progress.add_bytes(chunk.len() as u64);
     }
+    check_content(e, n, hasher)?;
+    Ok(n)
+}
+
+/// The restored content's length and SHA-256 against the snapshot's.
+fn check_content(e: &Entry, n: u64, hasher: Hasher) -> Result<()> {
     if n != e.size || e.sha256.is_some_and(|h| h != hasher.finish()) {
         return Err(Error::integrity(format!(
             "{}: restored content does not match the snapshot's checksum ({n} of {} bytes)",
             e.path, e.size
         )));
     }
-    Ok(n)
+    Ok(())
 }
 
 fn write_err(what: &str, e: std::io::Error) -> Error {

@@ -38,7 +38,7 @@ use crate::backend::{Payload, RequestCounts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
 use crate::format::{Hasher, Id};
-use crate::pipeline::ChunkReader;
+use crate::pipeline::{off_runtime, ChunkReader, ReadOptions};
 use crate::progress::{Collector, Progress, Warning};
 use crate::repository::Repository;
 use crate::scratch::PrivateDir;
@@ -84,6 +84,8 @@ pub struct BucketRestoreOptions {
     /// The target store: endpoint, region, profile (or the AWS chain),
     /// apart from the repository's.
     pub s3: S3Options,
+    /// Ranged reads in flight from the repository (`--read-concurrency`).
+    pub read_concurrency: Option<usize>,
 }
 
 /// The buckets a snapshot holds: those of its objects and those it was
@@ -312,7 +314,11 @@ pub async fn run(
         true => Some(PrivateDir::create(opts.staging_dir.as_deref())?),
         false => None,
     };
-    let reader = ChunkReader::new(repo.clone(), index);
+    let reader = ChunkReader::with_options(
+        repo.clone(),
+        index,
+        ReadOptions::for_location(&repo.backend().location(), opts.read_concurrency),
+    );
     let client = BucketClient::connect(&opts.s3, StoreRole::Target).await?;
     let mut targets = Vec::with_capacity(pairs.len());
     for (source, bucket) in pairs {
@@ -516,15 +522,19 @@ async fn read_content(
         let mut mem = BytesMut::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            hasher.update(&chunk);
             n += chunk.len() as u64;
             progress.add_bytes(chunk.len() as u64);
-            match &mut file {
-                Some(f) => f
-                    .write_all(&chunk)
-                    .map_err(|err| Error::io(format!("writing spool file: {err}")))?,
-                None => mem.extend_from_slice(&chunk),
-            }
+            off_runtime(|| {
+                hasher.update(&chunk);
+                match &mut file {
+                    Some(f) => f.write_all(&chunk),
+                    None => {
+                        mem.extend_from_slice(&chunk);
+                        Ok(())
+                    }
+                }
+            })
+            .map_err(|err| Error::io(format!("writing spool file: {err}")))?;
         }
         if n != e.size || e.sha256.is_some_and(|h| h != hasher.finish()) {
             return Err(Error::integrity(format!(
@@ -534,7 +544,7 @@ async fn read_content(
         }
         Ok(match (file, &spool) {
             (Some(f), Some(p)) => {
-                f.into_inner()
+                off_runtime(|| f.into_inner())
                     .map_err(|err| Error::io(format!("writing spool file: {err}")))?;
                 Payload::File {
                     path: p.clone(),

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
 use crate::format::Id;
-use crate::pipeline::ChunkReader;
+use crate::pipeline::{ChunkReader, ReadOptions};
 use crate::postgres::picture::{self, DbPicture, Difference, TablePicture};
 use crate::postgres::{inspect, tools, Dsn};
 use crate::progress::{Collector, Progress, Warning, WarningKind};
@@ -40,6 +40,8 @@ pub struct PgRestoreOptions {
     /// --globals`) before the restore; errors such as "role already
     /// exists" become warnings.
     pub globals: bool,
+    /// Ranged reads in flight from the repository (`--read-concurrency`).
+    pub read_concurrency: Option<usize>,
 }
 
 /// What will be done, decided from the snapshot's picture and the options
@@ -205,7 +207,11 @@ pub async fn run(
     if let Some(v) = &plan.timescaledb {
         check_installed_timescaledb(&client, v, &target.dbname).await?;
     }
-    let reader = ChunkReader::new(repo.clone(), index);
+    let reader = ChunkReader::with_options(
+        repo.clone(),
+        index,
+        ReadOptions::for_location(&repo.backend().location(), opts.read_concurrency),
+    );
     if let Some(g) = globals {
         apply_globals(&reader, g, target, progress.as_ref()).await?;
     }
@@ -581,6 +587,7 @@ mod tests {
             no_owner: true,
             pg_restore: None,
             globals: false,
+            read_concurrency: None,
         }
     }
 

@@ -3,5 +3,5 @@
 pub mod reader;
 pub mod writer;
 
-pub use reader::ChunkReader;
+pub use reader::{off_runtime, ChunkReader, ReadOptions};
 pub use writer::{StoredList, StoredStream, Writer, WriterOptions, WriterTotals};

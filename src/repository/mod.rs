@@ -543,27 +543,19 @@ impl Repository {
 
     /// Read one chunk back: ranged get, authenticate, decompress, and check
     /// that its SHA-256 is its id. Wrong bytes never leave this function.
+    /// (Restores read through `pipeline::ChunkReader`, which coalesces
+    /// neighbouring chunks into one read.)
     pub async fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Bytes> {
         let loc = index.get(id).ok_or_else(|| {
             Error::integrity(format!("chunk {id} is not in the index"))
                 .with_hint("run `usdcop-dr verify` to see which index or pack is missing")
         })?;
         let pack = index.pack_id(&loc);
-        let name = names::pack(&pack);
         let stored = self
-            .backend
-            .get_range(&name, loc.offset as u64, loc.stored_len as u64)
-            .await
-            .map_err(|e| {
-                if e.kind() == ErrorKind::NotFound {
-                    Error::integrity(format!(
-                        "pack {name} holding chunk {} is missing",
-                        id.short()
-                    ))
-                } else {
-                    e
-                }
-            })?;
+            .read_pack_range(&pack, loc.offset as u64, loc.stored_len as u64, || {
+                format!("chunk {}", id.short())
+            })
+            .await?;
         let key = self.key.clone();
         let id = *id;
         tokio::task::spawn_blocking(move || {
@@ -571,8 +563,32 @@ impl Repository {
         })
         .await
         .map_err(|e| Error::io(format!("decode task failed: {e}")))?
-        .map_err(|e| e.context(format!("pack {name}")))
+        .map_err(|e| e.context(format!("pack {}", names::pack(&pack))))
         .map(Bytes::from)
+    }
+
+    /// `len` stored bytes of pack `pack` from `offset` (one ranged read;
+    /// nothing checked yet: every blob in them goes through [`decode_blob`]).
+    /// A missing pack is an integrity error naming `holding()`, the chunks
+    /// the read was for.
+    pub async fn read_pack_range(
+        &self,
+        pack: &Id,
+        offset: u64,
+        len: u64,
+        holding: impl FnOnce() -> String,
+    ) -> Result<Bytes> {
+        let name = names::pack(pack);
+        self.backend
+            .get_range(&name, offset, len)
+            .await
+            .map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::integrity(format!("pack {name} holding {} is missing", holding()))
+                } else {
+                    e
+                }
+            })
     }
 }
 

@@ -30,6 +30,9 @@
 //!     Content-Length, then only part of the body (0–90 %), then close the
 //!     connection. Other requests drawn for this fault pass unharmed (and
 //!     are not counted).
+//!   - `delay` (not a fault): every request waits this long before it is
+//!     answered or forwarded, as over a long round trip
+//!     (`examples/latency_proxy.rs`, `scripts/bench-restore-latency.sh`).
 //!   - `reset_after`: forward the request, read the server's whole answer,
 //!     then reset the client's connection instead of relaying it: the
 //!     request took effect, its answer is lost (a PUT stored, the client
@@ -72,6 +75,9 @@ pub struct FaultRates {
     pub cut_listings: bool,
     /// Cut no more bodies after this many (`None`: no limit).
     pub cut_limit: Option<u64>,
+    /// Cut only bodies of GETs whose path (`/bucket/key`, no query)
+    /// starts with one of these (`None`: any).
+    pub cut_paths: Option<&'static [&'static str]>,
     /// Reset the connection after the server answered (the answer is lost).
     pub reset_after: f64,
     /// `reset_after` only for writes (PUT: PutObject, UploadPart; POST:
@@ -86,6 +92,9 @@ pub struct FaultRates {
     /// whose path starts with one of these `409 ConditionalRequestConflict`,
     /// without forwarding it.
     pub conflict_first_put: Option<&'static [&'static str]>,
+    /// Hold every request this long before it is answered or forwarded:
+    /// the round trip of a distant store (benchmarks, not tests).
+    pub delay: Duration,
 }
 
 impl FaultRates {
@@ -96,11 +105,21 @@ impl FaultRates {
         cut_body: 0.0,
         cut_listings: true,
         cut_limit: None,
+        cut_paths: None,
         reset_after: 0.0,
         lost_answer_paths: None,
         lost_answer_once: false,
         conflict_first_put: None,
+        delay: Duration::ZERO,
     };
+
+    /// No faults, only `delay` added to every request (a store far away).
+    pub fn latency(delay: Duration) -> FaultRates {
+        FaultRates {
+            delay,
+            ..FaultRates::NONE
+        }
+    }
 
     /// The rates of issue 8: 5 % `503 SlowDown`, 3 % resets before the
     /// answer, 3 % GET bodies cut short. No answers lost after the fact
@@ -642,6 +661,9 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
             s.counters.gets.fetch_add(1, Ordering::SeqCst);
         }
         let fault = s.fault(n);
+        if !s.rates.delay.is_zero() {
+            std::thread::sleep(s.rates.delay);
+        }
         let req_body = request_body(&req);
         let client_closes = req.has_token("connection", "close");
         if s.conflicts(&req) {
@@ -716,6 +738,10 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
         let cuttable = is_get
             && (200..300).contains(&status)
             && (s.rates.cut_listings || !is_listing(&req.second))
+            && s.rates.cut_paths.is_none_or(|paths| {
+                let path = req.second.split('?').next().unwrap_or("");
+                paths.iter().any(|p| path.starts_with(p))
+            })
             && s.rates
                 .cut_limit
                 .is_none_or(|limit| s.counters.cut_body.load(Ordering::SeqCst) < limit);
