@@ -91,6 +91,12 @@ impl LocalBackend {
         sync_dir(parent).map_err(|e| io_err(e, name))
     }
 
+    /// One page: a walk in name order that skips every directory whose
+    /// names all sort at or before `token` (or outside `prefix`) and stops
+    /// after `PAGE + 1` names. A page costs its own names plus the entries
+    /// of the directories on the way to `token` (data/xx/ holds 1/256 of
+    /// the packs), so a whole listing is linear in the number of objects,
+    /// where walking everything for each page was quadratic.
     fn list_blocking(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -101,15 +107,15 @@ impl LocalBackend {
         } else {
             self.path(dir_part)?
         };
-        let mut names = Vec::new();
-        walk(&base, dir_part, &mut names).map_err(|e| io_err(e, prefix))?;
-        names.retain(|(n, _)| {
-            n.starts_with(prefix) && !(dir_part.is_empty() && n.starts_with("tmp/"))
-        });
-        names.sort();
-        if let Some(t) = &token {
-            names.retain(|(n, _)| n > t);
-        }
+        let mut walk = SortedWalk {
+            prefix,
+            after: token.as_deref(),
+            skip_tmp: dir_part.is_empty(),
+            out: Vec::with_capacity(PAGE + 1),
+            limit: PAGE + 1,
+        };
+        walk.dir(&base, dir_part).map_err(|e| io_err(e, prefix))?;
+        let mut names = walk.out;
         let more = names.len() > PAGE;
         names.truncate(PAGE);
         let next = if more {
@@ -127,28 +133,76 @@ impl LocalBackend {
     }
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) -> std::io::Result<()> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for ent in rd {
-        let ent = ent?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let rel_name = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
+/// A depth-first walk yielding file names in byte order of the full name.
+struct SortedWalk<'a> {
+    prefix: &'a str,
+    /// Only names after this one (the previous page's last).
+    after: Option<&'a str>,
+    /// Leave out the root's `tmp/`.
+    skip_tmp: bool,
+    out: Vec<(String, u64)>,
+    limit: usize,
+}
+
+impl SortedWalk<'_> {
+    fn dir(&mut self, dir: &Path, rel: &str) -> std::io::Result<()> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         };
-        let ft = ent.file_type()?;
-        if ft.is_dir() {
-            walk(&ent.path(), &rel_name, out)?;
-        } else if ft.is_file() {
-            out.push((rel_name, ent.metadata()?.len()));
+        // Sort key: the full name, with a `/` after a directory's, so that
+        // `a.x` (0x2E) comes before everything in `a/` (0x2F) as in a
+        // sorted list of full names.
+        let mut entries = vec![];
+        for ent in rd {
+            let ent = ent?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let mut key = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = ent.file_type()?;
+            if ft.is_dir() {
+                key.push('/');
+            } else if !ft.is_file() {
+                continue;
+            }
+            entries.push((key, ent));
         }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, ent) in entries {
+            if self.out.len() >= self.limit {
+                break;
+            }
+            if let Some(dir_key) = key.strip_suffix('/') {
+                // Every name below starts with `key`: skip the directory if
+                // all of them sort at or before `after`, or none can match.
+                let all_before = self
+                    .after
+                    .is_some_and(|a| key.as_str() < a && !a.starts_with(&key));
+                let outside = !(key.starts_with(self.prefix) || self.prefix.starts_with(&key));
+                if all_before || outside || (self.skip_tmp && key == "tmp/") {
+                    continue;
+                }
+                let dir_key = dir_key.to_owned();
+                self.dir(&ent.path(), &dir_key)?;
+            } else {
+                if self.after.is_some_and(|a| key.as_str() <= a) || !key.starts_with(self.prefix) {
+                    continue;
+                }
+                let len = match ent.metadata() {
+                    Ok(m) => m.len(),
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                self.out.push((key, len));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Write a new temp file in `dir` with `fill`, fsync it, return its path.
@@ -315,5 +369,97 @@ impl Backend for LocalBackend {
             Ok(n)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paged listings return every name once, in byte order of the full
+    /// name (a file `a.x` before the directory `a/`'s names), whatever the
+    /// prefix, and leave out the root's `tmp/`.
+    #[test]
+    fn pages_are_sorted_complete_and_resume_after_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path()).unwrap();
+        let mut all = vec![];
+        let mut add = |name: String, size: usize| {
+            let p = dir.path().join(&name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, vec![0u8; size]).unwrap();
+            all.push((name, size as u64));
+        };
+        for i in 0..2500 {
+            add(format!("data/{:02x}/{i:06}", i % 7), i % 5);
+        }
+        for n in ["d/a.x", "d/a/b", "d/a/c/d", "d/a-", "d/a0", "d/ab", "data.x", "z"] {
+            add(n.to_owned(), 1);
+        }
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp/x.tmp"), b"t").unwrap();
+        all.sort();
+        let list = |prefix: &str| {
+            let mut got = vec![];
+            let mut token = None;
+            let mut pages = 0;
+            loop {
+                let page = b.list_blocking(prefix, token.take()).unwrap();
+                pages += 1;
+                assert!(page.objects.len() <= PAGE);
+                got.extend(page.objects.into_iter().map(|o| (o.name, o.size)));
+                match page.next {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+            (got, pages)
+        };
+        for prefix in ["", "data/", "data/0", "data/03/", "d/a", "d/a/", "data", "nothing/"] {
+            let want: Vec<_> = all.iter().filter(|n| n.0.starts_with(prefix)).cloned().collect();
+            let (got, pages) = list(prefix);
+            assert_eq!(got, want, "prefix {prefix:?}");
+            assert_eq!(pages, want.len().max(1).div_ceil(PAGE), "prefix {prefix:?}");
+        }
+    }
+
+    /// 1 M objects in `data/xx/` (256 directories), listed in full: the
+    /// figure for docs/BENCHMARKS.md. `cargo test --release --lib
+    /// local_list_million -- --ignored --nocapture` (USDCOP_DR_LIST_OBJECTS
+    /// sets the count).
+    #[test]
+    #[ignore]
+    fn local_list_million() {
+        let n: usize = std::env::var("USDCOP_DR_LIST_OBJECTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..256 {
+            fs::create_dir_all(dir.path().join(format!("data/{d:02x}"))).unwrap();
+        }
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let id = crate::format::Id::hash(&i.to_le_bytes()).to_hex();
+            File::create(dir.path().join(format!("data/{}/{id}", &id[..2]))).unwrap();
+        }
+        eprintln!("created {n} files in {:.1?}", t.elapsed());
+        let b = LocalBackend::new(dir.path()).unwrap();
+        let t = std::time::Instant::now();
+        let (mut count, mut pages, mut token) = (0, 0, None);
+        loop {
+            let page = b.list_blocking("data/", token.take()).unwrap();
+            count += page.objects.len();
+            pages += 1;
+            match page.next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        eprintln!(
+            "listed {count} objects in {pages} pages in {:.2?}",
+            t.elapsed()
+        );
+        assert_eq!(count, n);
     }
 }

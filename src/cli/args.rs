@@ -85,7 +85,12 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum RepairCommand {
     /// Rebuild index entries for packs that no index lists (reads pack headers)
-    Index,
+    Index {
+        /// Then rewrite all index objects as few (each under the size cap)
+        /// and delete the ones replaced
+        #[arg(long)]
+        compact: bool,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -376,16 +376,33 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 return Ok(3);
             }
         }
-        Command::Repair(RepairCommand::Index) => {
+        Command::Repair(RepairCommand::Index { compact }) => {
             let repo = Arc::new(Repository::open(backend, &password).await?);
-            let r = repair::index(repo).await?;
+            let r = if compact {
+                repair::index_and_compact(repo).await?
+            } else {
+                repair::index(repo).await?
+            };
             emit(cli.json, &r, || {
                 let mut t = format!(
                     "{} packs, {} not in any index; re-indexed {} packs ({} chunks)",
                     r.packs, r.packs_unindexed, r.packs_reindexed, r.chunks_recovered
                 );
-                if let Some(id) = r.index_written {
-                    t += &format!("; wrote index {}", id.short());
+                if !r.index_written.is_empty() {
+                    let ids: Vec<String> = r.index_written.iter().map(|i| i.short()).collect();
+                    t += &format!("; wrote index {}", ids.join(", "));
+                }
+                if let Some(c) = &r.compaction {
+                    t += &format!(
+                        "\ncompacted {} of {} index objects into {} ({} chunks)",
+                        c.objects_replaced,
+                        c.objects_before,
+                        c.written.len(),
+                        c.blobs
+                    );
+                    for (name, why) in &c.left_alone {
+                        t += &format!("\nleft alone {name}: {why}");
+                    }
                 }
                 for (name, why) in &r.unreadable {
                     t += &format!("\nDAMAGED {name}: {why}");

@@ -2,6 +2,7 @@
 //! repositories, stores and loads sealed objects, snapshots and indexes,
 //! and reads blobs back with end-to-end checks.
 
+pub mod compact;
 pub mod index;
 pub mod lock;
 
@@ -19,10 +20,13 @@ use crate::format::meta::{ChunkerParams, Config, KeyFile, FORMAT_VERSION};
 use crate::format::pack::Compression;
 use crate::format::snapshot::{self, Snapshot, SourceKind};
 use crate::format::{codec, index as index_fmt, names, Id};
-pub use index::{BlobLocation, MasterIndex};
+pub use index::{BlobLocation, MasterIndex, MasterIndexBuilder};
 
 /// Parallel metadata loads (index and snapshot objects).
-const LOAD_CONCURRENCY: usize = 16;
+pub(crate) const LOAD_CONCURRENCY: usize = 16;
+/// How often loading the index re-lists `index/` when listed objects
+/// vanish before they are read (concurrent compactions).
+pub const INDEX_RELIST_ROUNDS: usize = 3;
 /// Key objects tried before giving up on a passphrase.
 const MAX_KEYS: usize = 64;
 
@@ -434,75 +438,135 @@ impl Repository {
     /// them from their own headers, and `verify` reports the object as a
     /// problem (exit 3). Any other error (transport, permission) still
     /// fails: a flaky store must not silently hide index entries.
+    ///
+    /// An index object that another loaded object supersedes is left out
+    /// (its content is in the superseding object or in objects stored
+    /// before it). An object listed but gone when fetched was deleted by a
+    /// concurrent compaction after it stored the objects replacing it: the
+    /// listing is re-read and the new objects loaded, up to
+    /// [`INDEX_RELIST_ROUNDS`] times.
     pub async fn load_index_reporting(
         &self,
         progress: &dyn crate::progress::Progress,
     ) -> Result<Arc<MasterIndex>> {
-        use crate::progress::{Warning, WarningKind};
-        let objs = list_all(self.backend(), names::INDEX).await?;
-        let mut skipped = vec![];
-        let mut good = vec![];
-        for o in objs {
-            match names::id_of(&o.name) {
-                Some(id) => good.push((id, o.name)),
-                None => skipped.push(Warning::new(
-                    WarningKind::SkippedObject,
-                    o.name,
-                    format!(
-                        "stray object ({} bytes) in index/, not an index object: ignored",
-                        o.size
-                    ),
-                )),
-            }
-        }
-        let loaded: Vec<(Id, String, Result<index_fmt::IndexFile>)> = futures::stream::iter(good)
-            .map(|(id, name)| async move {
-                let r = async {
-                    let plain = self.load_sealed(&name, Domain::Index).await?;
-                    index_fmt::decode_compressed(&plain)
-                        .map_err(|e| e.context(format!("index {name}")))
-                }
-                .await;
-                (id, name, r)
-            })
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .collect()
-            .await;
-        let mut files = Vec::with_capacity(loaded.len());
-        for (id, name, r) in loaded {
-            match r {
-                Ok(f) => files.push((id, f)),
-                Err(e) if e.kind() == ErrorKind::Integrity => skipped.push(Warning::new(
-                    WarningKind::SkippedObject,
-                    name,
-                    format!(
-                        "damaged index object skipped ({e}); `usdcop-dr repair index` \
-                         re-indexes the packs it listed, `usdcop-dr verify` reports it"
-                    ),
-                )),
-                Err(e) => return Err(e),
-            }
-        }
-        // Deterministic order whatever order the loads finished in.
-        files.sort_by_key(|f| f.0);
-        skipped.sort_by(|a, b| a.path.cmp(&b.path));
-        for w in &skipped {
-            progress.warning(w);
-        }
-        let mut master = MasterIndex::default();
-        for (id, f) in &files {
-            master.add_file(Some(*id), f);
-        }
-        let master = Arc::new(master);
+        let master = Arc::new(self.build_index(progress).await?);
         *self.index.write().await = master.clone();
         Ok(master)
+    }
+
+    async fn build_index(&self, progress: &dyn crate::progress::Progress) -> Result<MasterIndex> {
+        use crate::progress::{Warning, WarningKind};
+        use std::collections::{BTreeMap, HashSet};
+        let mut builder = index::MasterIndexBuilder::new(true);
+        let mut skipped: BTreeMap<String, Warning> = BTreeMap::new();
+        let mut done: HashSet<Id> = HashSet::new();
+        let mut gone: Vec<(Id, String)> = vec![];
+        for round in 0.. {
+            let objs = list_all(self.backend(), names::INDEX).await?;
+            let mut todo = vec![];
+            let mut estimate = 0u64;
+            for o in objs {
+                match names::id_of(&o.name) {
+                    Some(id) if done.contains(&id) => {}
+                    Some(id) => {
+                        estimate += o.size;
+                        todo.push((id, o.name));
+                    }
+                    None => {
+                        let w = Warning::new(
+                            WarningKind::SkippedObject,
+                            o.name.clone(),
+                            format!(
+                                "stray object ({} bytes) in index/, not an index object: ignored",
+                                o.size
+                            ),
+                        );
+                        skipped.insert(o.name, w);
+                    }
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
+            if round > INDEX_RELIST_ROUNDS {
+                let names: Vec<&str> = gone.iter().map(|g| g.1.as_str()).collect();
+                return Err(Error::not_found(format!(
+                    "index objects keep vanishing while being loaded ({})",
+                    names.join(", ")
+                ))
+                .with_hint("another process is deleting index objects; retry when it is done"));
+            }
+            // Deterministic pack order whatever order the loads finish in.
+            todo.sort();
+            // Stored index objects are zstd-compressed 46-byte records of
+            // which the 32-byte ids do not compress: `size / 40` blobs is
+            // close, and growing past it is amortised.
+            builder.reserve((estimate / 40) as usize);
+            gone.clear();
+            let mut loads = futures::stream::iter(todo)
+                .map(|(id, name)| async move {
+                    let r = async {
+                        let plain = self.load_sealed(&name, Domain::Index).await?;
+                        codec::decompress(&plain, index_fmt::MAX_PLAIN_LEN, "index")
+                    }
+                    .await;
+                    (id, name, r)
+                })
+                .buffered(LOAD_CONCURRENCY);
+            while let Some((id, name, r)) = loads.next().await {
+                let r = r.and_then(|plain| {
+                    builder
+                        .add_plain(id, &plain)
+                        .map_err(|e| e.context(format!("index {name}")))
+                });
+                match r {
+                    Ok(()) => {
+                        done.insert(id);
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => gone.push((id, name)),
+                    Err(e) if e.kind() == ErrorKind::Integrity => {
+                        done.insert(id);
+                        let w = Warning::new(
+                            WarningKind::SkippedObject,
+                            name.clone(),
+                            format!(
+                                "damaged index object skipped ({e}); `usdcop-dr repair index` \
+                                 re-indexes the packs it listed, `usdcop-dr verify` reports it"
+                            ),
+                        );
+                        skipped.insert(name, w);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if gone.is_empty() {
+                break;
+            }
+            tracing::debug!(
+                "{} index object(s) vanished while loading (a concurrent compaction); listing again",
+                gone.len()
+            );
+        }
+        for w in skipped.values() {
+            progress.warning(w);
+        }
+        Ok(builder.finish())
     }
 
     pub async fn index(&self) -> Arc<MasterIndex> {
         self.index.read().await.clone()
     }
 
+    /// Store one index object. Callers split first (`index_fmt::split`):
+    /// an object over the readers' cap is refused here, never stored.
     pub async fn save_index(&self, file: &index_fmt::IndexFile) -> Result<Id> {
+        if file.encoded_len() > index_fmt::MAX_PLAIN_LEN {
+            return Err(Error::usage(format!(
+                "index object of {} bytes exceeds the readers' cap of {} bytes (not stored)",
+                file.encoded_len(),
+                index_fmt::MAX_PLAIN_LEN
+            )));
+        }
         self.save_sealed(
             names::INDEX,
             Domain::Index,
