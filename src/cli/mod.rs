@@ -22,6 +22,17 @@ use zeroize::Zeroizing;
 use args::{BackupCommand, Cli, Command, RepairCommand};
 
 /// Run one command; returns the process exit code.
+/// Open the repository, with the local cache under `cache` if given.
+async fn open_repo(
+    backend: backend::DynBackend,
+    password: &[u8],
+    cache: Option<&std::path::Path>,
+) -> Result<Repository> {
+    let mut repo = Repository::open(backend, password).await?;
+    repo.set_cache(cache);
+    Ok(repo)
+}
+
 pub async fn run(cli: Cli) -> Result<i32> {
     let progress = progress::make(cli.quiet, cli.json);
     let repo_arg = cli.repo.clone().ok_or_else(|| {
@@ -36,6 +47,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
     };
     let backend = backend::open(&repo_arg, &s3).await?;
     let password = read_password()?;
+    // The local cache of the master index (docs/ARCHITECTURE.md, "Local cache").
+    let cache = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir
+            .clone()
+            .or_else(usdcop_dr::repository::cache::default_base)
+    };
     match cli.command {
         Command::Init(a) => {
             if password.is_empty() {
@@ -68,7 +87,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             })?;
         }
         Command::Backup(cmd) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let (common, input) = match cmd {
                 BackupCommand::Files { common, paths } => (common, BackupInput::Files(paths)),
                 BackupCommand::Stdin { common, stdin_name } => {
@@ -138,7 +157,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             fail_on_warnings(&s.warnings, &format!("snapshot {}", s.snapshot_id.short()))?;
         }
         Command::Snapshots { source } => {
-            let repo = Repository::open(backend, &password).await?;
+            let repo = open_repo(backend, &password, cache.as_deref()).await?;
             let rows = snapshots::list(&repo, source.as_deref()).await?;
             emit(cli.json, &rows, || {
                 let mut t = format!(
@@ -179,7 +198,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         .collect::<Result<_>>()?,
                 ),
             };
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let (id, snap) = repo
                 .find_snapshot_of(&a.snapshot, a.source.as_deref(), Some(SourceKind::Bucket))
                 .await?;
@@ -250,7 +269,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             ..
         }) => {
             let target = dsn_from_flag(&a.target_dsn, "--target-dsn", "USDCOP_DR_PG_TARGET_DSN")?;
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let (id, snap) = repo
                 .find_snapshot_of(&a.snapshot, a.source.as_deref(), Some(SourceKind::Postgres))
                 .await?;
@@ -298,7 +317,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Restore(a) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let kind = a.kind.map(|k| match k {
                 args::SnapshotKind::Files => SourceKind::Files,
                 args::SnapshotKind::Stdin => SourceKind::Stdin,
@@ -354,7 +373,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Verify(a) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let percent = if a.read_data {
                 100.0
             } else {
@@ -377,7 +396,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Repair(RepairCommand::Index { compact }) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let r = if compact {
                 repair::index_and_compact(repo).await?
             } else {
@@ -414,7 +433,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Stats => {
-            let repo = Repository::open(backend, &password).await?;
+            let repo = open_repo(backend, &password, cache.as_deref()).await?;
             let s = stats::run(&repo).await?;
             emit(cli.json, &s, || {
                 format!(

@@ -2,6 +2,7 @@
 //! repositories, stores and loads sealed objects, snapshots and indexes,
 //! and reads blobs back with end-to-end checks.
 
+pub mod cache;
 pub mod compact;
 pub mod index;
 pub mod lock;
@@ -56,6 +57,8 @@ pub struct Repository {
     key: Key,
     config: Config,
     index: RwLock<Arc<MasterIndex>>,
+    /// The local cache of the master index, if enabled ([`Self::set_cache`]).
+    cache: Option<cache::Cache>,
 }
 
 impl Repository {
@@ -87,6 +90,7 @@ impl Repository {
             key,
             config,
             index: Default::default(),
+            cache: None,
         };
         // The config is the repository's anchor: created atomically, first.
         let sealed = repo.key.seal(
@@ -189,7 +193,21 @@ impl Repository {
             key,
             config,
             index: Default::default(),
+            cache: None,
         })
+    }
+
+    /// Keep a local cache of the master index under `base` (see
+    /// [`cache`]); `None` turns it off (the default). A cache directory
+    /// that cannot be created turns it off with a warning.
+    pub fn set_cache(&mut self, base: Option<&std::path::Path>) {
+        self.cache = base.and_then(|b| match cache::Cache::open(b, &self.config.id) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("local cache disabled: {e}");
+                None
+            }
+        });
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -449,23 +467,97 @@ impl Repository {
         &self,
         progress: &dyn crate::progress::Progress,
     ) -> Result<Arc<MasterIndex>> {
-        let master = Arc::new(self.build_index(progress).await?);
+        let (master, covered, save) = self.build_index(progress).await?;
+        let master = Arc::new(master);
+        if let (Some(c), true) = (&self.cache, save) {
+            let (c, key, m) = (c.clone(), self.key.clone(), master.clone());
+            let saved = tokio::task::spawn_blocking(move || c.save_index(&key, &m, &covered))
+                .await
+                .map_err(|e| Error::io(format!("cache task failed: {e}")))?;
+            if let Err(e) = saved {
+                tracing::warn!("could not update the local index cache: {e}");
+            }
+        }
         *self.index.write().await = master.clone();
         Ok(master)
     }
 
-    async fn build_index(&self, progress: &dyn crate::progress::Progress) -> Result<MasterIndex> {
+    /// Build the master index, from the local cache when it still fits.
+    /// Returns it with the ids of the objects it covers and whether the
+    /// cache needs writing.
+    async fn build_index(
+        &self,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<(MasterIndex, Vec<Id>, bool)> {
+        let mut cached = None;
+        if let Some(c) = &self.cache {
+            let (c, key) = (c.clone(), self.key.clone());
+            let loaded = tokio::task::spawn_blocking(move || {
+                let r = c.load_index(&key);
+                if r.is_err() {
+                    c.clear_index();
+                }
+                r
+            })
+            .await
+            .map_err(|e| Error::io(format!("cache task failed: {e}")))?;
+            match loaded {
+                Ok(x) => cached = x,
+                Err(e) => tracing::warn!("ignoring the local index cache (rebuilt): {e}"),
+            }
+        }
+        let had_cache = cached.is_some();
+        match self.build_index_from(progress, cached).await? {
+            Some((m, covered, new)) => Ok((m, covered, !had_cache || new > 0)),
+            None => {
+                tracing::info!("the local index cache is out of date; rebuilding it");
+                let (m, covered, _) = self
+                    .build_index_from(progress, None)
+                    .await?
+                    .expect("no cache, no restart");
+                Ok((m, covered, true))
+            }
+        }
+    }
+
+    /// Returns `None` when `cached` turned out unusable (a new index
+    /// object supersedes an object it covers), else the index, the objects
+    /// it covers, and how many were read from the store.
+    async fn build_index_from(
+        &self,
+        progress: &dyn crate::progress::Progress,
+        cached: Option<(MasterIndex, Vec<Id>)>,
+    ) -> Result<Option<(MasterIndex, Vec<Id>, usize)>> {
         use crate::progress::{Warning, WarningKind};
         use std::collections::{BTreeMap, HashSet};
-        let mut builder = index::MasterIndexBuilder::new(true);
         let mut skipped: BTreeMap<String, Warning> = BTreeMap::new();
         let mut done: HashSet<Id> = HashSet::new();
+        let mut covered: Vec<Id> = vec![];
         let mut gone: Vec<(Id, String)> = vec![];
+        let mut objs = list_all(self.backend(), names::INDEX).await?;
+        let mut from_cache: HashSet<Id> = HashSet::new();
+        let mut builder = match cached {
+            Some((index, ids)) => {
+                let listed: HashSet<Id> = objs.iter().filter_map(|o| names::id_of(&o.name)).collect();
+                if ids.iter().all(|id| listed.contains(id)) {
+                    from_cache = ids.iter().copied().collect();
+                    done = from_cache.clone();
+                    covered = ids;
+                    index::MasterIndexBuilder::from_index(index, true)
+                } else {
+                    index::MasterIndexBuilder::new(true)
+                }
+            }
+            None => index::MasterIndexBuilder::new(true),
+        };
+        let mut fetched = 0;
         for round in 0.. {
-            let objs = list_all(self.backend(), names::INDEX).await?;
+            if round > 0 {
+                objs = list_all(self.backend(), names::INDEX).await?;
+            }
             let mut todo = vec![];
             let mut estimate = 0u64;
-            for o in objs {
+            for o in std::mem::take(&mut objs) {
                 match names::id_of(&o.name) {
                     Some(id) if done.contains(&id) => {}
                     Some(id) => {
@@ -522,6 +614,8 @@ impl Repository {
                 match r {
                     Ok(()) => {
                         done.insert(id);
+                        covered.push(id);
+                        fetched += 1;
                     }
                     Err(e) if e.kind() == ErrorKind::NotFound => gone.push((id, name)),
                     Err(e) if e.kind() == ErrorKind::Integrity => {
@@ -547,10 +641,14 @@ impl Repository {
                 gone.len()
             );
         }
+        if builder.superseded().iter().any(|id| from_cache.contains(id)) {
+            return Ok(None);
+        }
         for w in skipped.values() {
             progress.warning(w);
         }
-        Ok(builder.finish())
+        covered.sort();
+        Ok(Some((builder.finish(), covered, fetched)))
     }
 
     pub async fn index(&self) -> Arc<MasterIndex> {
