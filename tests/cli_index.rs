@@ -4,6 +4,8 @@
 //! checks the snapshots still restore byte for byte and `verify` passes.
 
 mod common;
+#[path = "common/servers.rs"]
+mod servers;
 
 use std::sync::Arc;
 
@@ -90,8 +92,16 @@ fn repair_index_compact_rewrites_many_objects_as_few() {
         .ok()
         .json();
     let c = &r["compaction"];
-    assert_eq!(c["objects_before"].as_u64(), Some(before.len() as u64), "{r}");
-    assert_eq!(c["objects_replaced"].as_u64(), Some(before.len() as u64), "{r}");
+    assert_eq!(
+        c["objects_before"].as_u64(),
+        Some(before.len() as u64),
+        "{r}"
+    );
+    assert_eq!(
+        c["objects_replaced"].as_u64(),
+        Some(before.len() as u64),
+        "{r}"
+    );
     assert_eq!(c["written"].as_array().unwrap().len(), 1, "{r}");
     let after = repo.objects("index");
     assert_eq!(after.len(), 1);
@@ -147,4 +157,79 @@ fn backup_compacts_many_small_index_objects() {
     // stores nothing new.
     let s3 = repo.backup_stdin("db", "d.dump", &first);
     assert_eq!(s3["chunks_new"].as_u64(), Some(0), "{s3}");
+}
+
+/// Issue 9 "must show": a no-change nightly backup of a files source with
+/// a warm local cache reads no index object from a real S3 server (moto):
+/// against the same backup without the cache, it makes exactly one GET
+/// less per index object (the others are the snapshot and lock reads).
+#[test]
+fn warm_cache_nightly_backup_reads_no_index_objects_from_s3() {
+    let server = servers::S3Server::start(servers::ServerKind::Moto);
+    server.create_bucket("backups");
+    let repo = "s3://backups/nightly";
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut c = common::command(std::path::Path::new(repo));
+        c.envs(server.env())
+            .env("USDCOP_DR_CACHE_DIR", cache.path())
+            .args(args);
+        common::run_cmd(c, None).ok()
+    };
+    run(&[
+        "init",
+        "--kdf-memory-kib",
+        "1024",
+        "--chunk-avg-size",
+        "65536",
+        "--pack-size",
+        "1048576",
+    ]);
+    let src = cache.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let backup = |extra: &[&str]| {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "backup",
+            "files",
+            "--source",
+            "files",
+            src.to_str().unwrap(),
+        ]);
+        run(&args).json()
+    };
+    // Five days of changes: several index objects.
+    for day in 0..5u64 {
+        std::fs::write(
+            src.join(format!("day{day}.bin")),
+            random_bytes(1_500_000, 40 + day),
+        )
+        .unwrap();
+        backup(&[]);
+    }
+    let listing = run(&["--json", "stats"]).json();
+    let index_objects = listing["index_objects"].as_u64().unwrap();
+    assert!(index_objects >= 5, "{listing}");
+    // The cache is warm after the last backup's load: it covers every
+    // object but those that backup wrote. One more no-change run catches up.
+    backup(&[]);
+    let cold = backup(&["--no-cache"]);
+    let warm = backup(&[]);
+    for b in [&cold, &warm] {
+        assert_eq!(b["chunks_new"].as_u64(), Some(0), "{b}");
+        assert_eq!(b["index_objects_written"].as_u64(), Some(0), "{b}");
+    }
+    let (c, w) = (&cold["requests"], &warm["requests"]);
+    let get = |r: &serde_json::Value| r["get"].as_u64().unwrap();
+    eprintln!("no-change backup, {index_objects} index objects: cold {c}, warm {w}");
+    // One more snapshot exists for the warm run (the cold run's): one
+    // more snapshot GET for the parent lookup.
+    assert_eq!(get(c) + 1 - get(w), index_objects, "cold {c}\nwarm {w}");
+    // Writes: the lock and the snapshot only.
+    assert_eq!(w["multipart"].as_u64(), Some(0), "{w}");
+    assert!(w["put"].as_u64().unwrap() <= 3, "{w}");
+    // And the cache holds nothing readable: no chunk id or pack name in clear.
+    let files = common::files_under(cache.path());
+    assert!(files.iter().any(|f| f.ends_with("index")), "{files:?}");
 }

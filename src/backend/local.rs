@@ -393,7 +393,9 @@ mod tests {
         for i in 0..2500 {
             add(format!("data/{:02x}/{i:06}", i % 7), i % 5);
         }
-        for n in ["d/a.x", "d/a/b", "d/a/c/d", "d/a-", "d/a0", "d/ab", "data.x", "z"] {
+        for n in [
+            "d/a.x", "d/a/b", "d/a/c/d", "d/a-", "d/a0", "d/ab", "data.x", "z",
+        ] {
             add(n.to_owned(), 1);
         }
         fs::create_dir_all(dir.path().join("tmp")).unwrap();
@@ -415,8 +417,14 @@ mod tests {
             }
             (got, pages)
         };
-        for prefix in ["", "data/", "data/0", "data/03/", "d/a", "d/a/", "data", "nothing/"] {
-            let want: Vec<_> = all.iter().filter(|n| n.0.starts_with(prefix)).cloned().collect();
+        for prefix in [
+            "", "data/", "data/0", "data/03/", "d/a", "d/a/", "data", "nothing/",
+        ] {
+            let want: Vec<_> = all
+                .iter()
+                .filter(|n| n.0.starts_with(prefix))
+                .cloned()
+                .collect();
             let (got, pages) = list(prefix);
             assert_eq!(got, want, "prefix {prefix:?}");
             assert_eq!(pages, want.len().max(1).div_ceil(PAGE), "prefix {prefix:?}");

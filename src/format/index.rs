@@ -322,13 +322,23 @@ mod tests {
     fn split_respects_cap_and_keeps_everything() {
         let input = packs(7, 23);
         let supersedes: Vec<Id> = (0..5u8).map(|i| Id([100 + i; 32])).collect();
-        for cap in [HEADER_LEN + PACK_LEN + BLOB_LEN + 5 * 32, 300, 1000, 4096, 1 << 20] {
+        for cap in [
+            HEADER_LEN + PACK_LEN + BLOB_LEN + 5 * 32,
+            300,
+            1000,
+            4096,
+            1 << 20,
+        ] {
             let out = split(input.clone(), supersedes.clone(), cap).unwrap();
             let mut blobs: Vec<(Id, IndexBlob)> = vec![];
             for (i, f) in out.iter().enumerate() {
                 let enc = encode(f);
                 assert_eq!(enc.len(), f.encoded_len());
-                assert!(enc.len() <= cap, "object of {} bytes over cap {cap}", enc.len());
+                assert!(
+                    enc.len() <= cap,
+                    "object of {} bytes over cap {cap}",
+                    enc.len()
+                );
                 assert_eq!(decode(&enc).unwrap(), *f);
                 if i + 1 < out.len() {
                     assert!(f.supersedes.is_empty());
@@ -336,7 +346,10 @@ mod tests {
                     assert_eq!(f.supersedes, supersedes);
                 }
                 for p in &f.packs {
-                    assert!(!p.blobs.is_empty() || input.iter().any(|q| q.id == p.id && q.blobs.is_empty()));
+                    assert!(
+                        !p.blobs.is_empty()
+                            || input.iter().any(|q| q.id == p.id && q.blobs.is_empty())
+                    );
                     blobs.extend(p.blobs.iter().map(|b| (p.id, b.clone())));
                 }
             }

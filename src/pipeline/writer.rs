@@ -624,7 +624,8 @@ fn flush_index(s: &Shared, force: bool) -> Result<()> {
     s.check_lease()?;
     // A few packs are far below the cap; split anyway, so that no writer
     // can make an object the readers refuse.
-    for file in crate::format::index::split(packs, vec![], crate::format::index::TARGET_PLAIN_LEN)? {
+    for file in crate::format::index::split(packs, vec![], crate::format::index::TARGET_PLAIN_LEN)?
+    {
         s.rt.block_on(s.repo.save_index(&file))
             .map_err(|e| e.context("writing index object"))?;
         s.stats.index_objects.fetch_add(1, Ordering::Relaxed);

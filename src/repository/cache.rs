@@ -35,7 +35,11 @@ const COVER_MAGIC: &[u8; 8] = b"UDRCOVR1";
 
 /// Where the cache lives, from the environment.
 pub fn default_base() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("USDCOP_DR_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("usdcop-dr")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("usdcop-dr")))
@@ -311,7 +315,10 @@ mod tests {
         cache.save_index(&key, &m, &covered).unwrap();
         let (back, cov) = cache.load_index(&key).unwrap().unwrap();
         assert_eq!(cov, covered);
-        assert_eq!(back.iter().collect::<Vec<_>>(), m.iter().collect::<Vec<_>>());
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            m.iter().collect::<Vec<_>>()
+        );
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(cache.dir()), 0o700);
         assert_eq!(mode(&cache.index_path()), 0o600);

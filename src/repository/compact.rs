@@ -213,7 +213,7 @@ mod tests {
             };
             if let Some((victim, replacement, bytes)) = due {
                 self.inner
-                    .put(&replacement, bytes.into(), PutMode::Create)
+                    .put(&replacement, Payload::Bytes(bytes), PutMode::Create)
                     .await?;
                 self.inner.delete_many(&[victim]).await?;
             }
@@ -318,10 +318,12 @@ mod tests {
         let s_name = names::in_dir(names::INDEX, &is);
         let s_bytes = backend.inner.get(&s_name).await.unwrap();
         backend.inner.delete_many(&[s_name.clone()]).await.unwrap();
-        *backend.plan.lock().unwrap() =
-            Some((names::in_dir(names::INDEX, &ia), s_name, s_bytes));
+        *backend.plan.lock().unwrap() = Some((names::in_dir(names::INDEX, &ia), s_name, s_bytes));
         let index = repo.load_index().await.unwrap();
-        assert!(backend.plan.lock().unwrap().is_none(), "the race did not happen");
+        assert!(
+            backend.plan.lock().unwrap().is_none(),
+            "the race did not happen"
+        );
         let want: BTreeSet<Id> = ids(&a).union(&ids(&b)).copied().collect();
         let got: BTreeSet<Id> = index.iter().map(|(id, _)| id).collect();
         assert_eq!(got, want);

@@ -154,11 +154,7 @@ impl MasterIndex {
 
     /// Every blob, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (Id, BlobLocation)> + '_ {
-        let buckets = if self.buckets.is_empty() {
-            0
-        } else {
-            BUCKETS
-        };
+        let buckets = if self.buckets.is_empty() { 0 } else { BUCKETS };
         (0..buckets).flat_map(move |p| {
             let (lo, hi) = (self.buckets[p] as usize, self.buckets[p + 1] as usize);
             (lo..hi).map(move |i| {
@@ -327,7 +323,9 @@ impl MasterIndex {
             }
         }
         if m.packs_sorted.iter().any(|&p| p as usize >= m.packs.len())
-            || m.packs_sorted.windows(2).any(|w| m.packs[w[0] as usize] >= m.packs[w[1] as usize])
+            || m.packs_sorted
+                .windows(2)
+                .any(|w| m.packs[w[0] as usize] >= m.packs[w[1] as usize])
             || m.pack_index
                 .iter()
                 .any(|&o| o != NO_OBJECT && o as usize >= m.objects.len())
@@ -431,6 +429,8 @@ impl MasterIndexBuilder {
             ..
         } = index;
         let n = flat.len() / REC;
+        flat.truncate(n * REC);
+        flat.reserve_exact(n * (BUILD_REC - REC));
         flat.resize(n * BUILD_REC, 0);
         if !buckets.is_empty() {
             // From the back: a record's destination never overlaps a record
@@ -439,7 +439,8 @@ impl MasterIndexBuilder {
             for p in (0..BUCKETS).rev() {
                 for i in (buckets[p] as usize..buckets[p + 1] as usize).rev() {
                     flat.copy_within(i * REC..(i + 1) * REC, i * BUILD_REC + 2);
-                    flat[i * BUILD_REC..i * BUILD_REC + 2].copy_from_slice(&(p as u16).to_be_bytes());
+                    flat[i * BUILD_REC..i * BUILD_REC + 2]
+                        .copy_from_slice(&(p as u16).to_be_bytes());
                 }
             }
         }
@@ -755,7 +756,13 @@ mod tests {
             let loc = m.get(id).expect("present");
             assert_eq!(m.pack_id(&loc), *pack);
             assert_eq!(
-                (loc.offset, loc.stored_len, loc.raw_len, loc.compression, loc.kind),
+                (
+                    loc.offset,
+                    loc.stored_len,
+                    loc.raw_len,
+                    loc.compression,
+                    loc.kind
+                ),
                 (x.offset, x.stored_len, x.raw_len, x.compression, x.kind)
             );
             assert!(m.has_pack(pack));
@@ -803,7 +810,8 @@ mod tests {
         let back = MasterIndex::read_from(&mut &buf[..], buf.len() as u64).unwrap();
         assert_eq!(back.iter().collect::<Vec<_>>(), all);
         assert_eq!(back.packs(), m.packs());
-        assert!(MasterIndex::read_from(&mut &buf[..], buf.len() as u64 - 1).is_err());
+        assert!(MasterIndex::read_from(&mut &buf[..buf.len() - 1], buf.len() as u64).is_err());
+        assert!(MasterIndex::read_from(&mut &buf[..], 1000).is_err());
         for at in [3, 20, 60, 100 * REC + 70, buf.len() - 40] {
             let mut bad = buf.clone();
             bad[at] ^= 0x80;
@@ -816,7 +824,8 @@ mod tests {
         }
         let mut b = MasterIndexBuilder::from_index(back, true);
         let extra = file(7, 2, 100);
-        b.add_plain(Id::hash(b"x"), &index_fmt::encode(&extra)).unwrap();
+        b.add_plain(Id::hash(b"x"), &index_fmt::encode(&extra))
+            .unwrap();
         let m2 = b.finish();
         assert_eq!(m2.blob_count(), all.len() + 200);
         for (id, loc) in &all {
@@ -913,7 +922,8 @@ mod bench {
             let plain = index_fmt::encode(&f);
             assert!(plain.len() <= index_fmt::TARGET_PLAIN_LEN);
             drop(f);
-            b.add_plain(Id::hash(&object.to_be_bytes()), &plain).unwrap();
+            b.add_plain(Id::hash(&object.to_be_bytes()), &plain)
+                .unwrap();
             object += 1;
         }
         let m = b.finish();

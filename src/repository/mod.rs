@@ -538,7 +538,8 @@ impl Repository {
         let mut from_cache: HashSet<Id> = HashSet::new();
         let mut builder = match cached {
             Some((index, ids)) => {
-                let listed: HashSet<Id> = objs.iter().filter_map(|o| names::id_of(&o.name)).collect();
+                let listed: HashSet<Id> =
+                    objs.iter().filter_map(|o| names::id_of(&o.name)).collect();
                 if ids.iter().all(|id| listed.contains(id)) {
                     from_cache = ids.iter().copied().collect();
                     done = from_cache.clone();
@@ -641,7 +642,11 @@ impl Repository {
                 gone.len()
             );
         }
-        if builder.superseded().iter().any(|id| from_cache.contains(id)) {
+        if builder
+            .superseded()
+            .iter()
+            .any(|id| from_cache.contains(id))
+        {
             return Ok(None);
         }
         for w in skipped.values() {
