@@ -651,6 +651,10 @@ impl MasterIndexBuilder {
             counts[p + 1] += counts[p];
         }
         let buckets = if n == 0 { vec![] } else { counts };
+        let (mut packs, mut pack_index, mut objects) = (packs, pack_index, objects);
+        packs.shrink_to_fit();
+        pack_index.shrink_to_fit();
+        objects.shrink_to_fit();
         let mut packs_sorted: Vec<u32> = (0..packs.len() as u32)
             .filter(|&p| pack_listed.as_ref().is_none_or(|l| l[p as usize]))
             .collect();
@@ -892,7 +896,7 @@ mod bench {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10_000_000);
         let per_pack = 32u64;
-        let per_object = 180_000u64;
+        let per_object = 170_000u64;
         let rss0 = rss_kib("VmRSS:");
         let t = std::time::Instant::now();
         let mut b = MasterIndexBuilder::default();
