@@ -92,7 +92,7 @@ pub struct IndexSplitter {
 impl IndexSplitter {
     /// `cap` must leave room for the header, one pack and one blob.
     pub fn new(cap: usize) -> Result<Self> {
-        if cap < HEADER_LEN + PACK_LEN + BLOB_LEN || cap > MAX_PLAIN_LEN {
+        if !(HEADER_LEN + PACK_LEN + BLOB_LEN..=MAX_PLAIN_LEN).contains(&cap) {
             return Err(Error::usage(format!(
                 "index object size cap {cap} out of range ({}..={MAX_PLAIN_LEN})",
                 HEADER_LEN + PACK_LEN + BLOB_LEN
@@ -309,7 +309,7 @@ mod tests {
                         offset: b * 10,
                         stored_len: 10,
                         raw_len: 10,
-                        id: Id::hash(&[p as u8, b as u8, (b >> 8) as u8]),
+                        id: Id::hash(&[p, b as u8, (b >> 8) as u8]),
                     })
                     .collect(),
             })

@@ -317,7 +317,11 @@ mod tests {
         let is = repo.save_index(&s).await.unwrap();
         let s_name = names::in_dir(names::INDEX, &is);
         let s_bytes = backend.inner.get(&s_name).await.unwrap();
-        backend.inner.delete_many(&[s_name.clone()]).await.unwrap();
+        backend
+            .inner
+            .delete_many(std::slice::from_ref(&s_name))
+            .await
+            .unwrap();
         *backend.plan.lock().unwrap() = Some((names::in_dir(names::INDEX, &ia), s_name, s_bytes));
         let index = repo.load_index().await.unwrap();
         assert!(

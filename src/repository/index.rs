@@ -13,7 +13,7 @@
 //!       63..88  stored_len (< 2^25)          121..123 blob kind
 //! ```
 //!
-//! Lookups are a binary search inside one bucket. About 47 bytes a chunk
+//! Lookups are a binary search inside one bucket. About 47.4 bytes a chunk
 //! all told (measured: docs/BENCHMARKS.md), against 60–105 for a hash map.
 //!
 //! Built by [`MasterIndexBuilder`]: index objects are decoded straight into
@@ -677,7 +677,7 @@ mod tests {
     fn blob(id: Id, offset: u32, kind: BlobKind) -> IndexBlob {
         IndexBlob {
             kind,
-            compression: if offset % 2 == 0 {
+            compression: if offset.is_multiple_of(2) {
                 Compression::Zstd
             } else {
                 Compression::None
@@ -731,7 +731,7 @@ mod tests {
         ] {
             assert_eq!(BlobLocation::unpack(&loc.pack_bits()), loc);
         }
-        assert!(crate::format::pack::MAX_BLOB_LEN < 1 << 25);
+        const { assert!(crate::format::pack::MAX_BLOB_LEN < 1 << 25) };
     }
 
     /// Every blob added is found with its exact location, absent ids are
