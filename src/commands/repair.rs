@@ -49,7 +49,9 @@ pub async fn index_and_compact(repo: Arc<Repository>) -> Result<RepairReport> {
 
 /// [`index`] with index objects of at most `cap` plaintext bytes.
 pub async fn index_with(repo: Arc<Repository>, cap: usize) -> Result<RepairReport> {
-    let index = repo.load_index().await?;
+    // The store's index objects, not the local cache: an object damaged
+    // since it was cached must count as missing here.
+    let index = repo.load_index_from_store().await?;
     let packs = list_all(repo.backend(), names::DATA).await?;
     let mut report = RepairReport {
         packs: packs.len() as u64,

@@ -467,7 +467,23 @@ impl Repository {
         &self,
         progress: &dyn crate::progress::Progress,
     ) -> Result<Arc<MasterIndex>> {
-        let (master, covered, save) = self.build_index(progress).await?;
+        self.load_index_with(progress, true).await
+    }
+
+    /// Load the master index from the store's index objects alone, never
+    /// from the local cache (which is then refreshed): for `repair index`
+    /// and recovery, which must see what the store holds now (an index
+    /// object damaged in place after it was cached, say).
+    pub async fn load_index_from_store(&self) -> Result<Arc<MasterIndex>> {
+        self.load_index_with(&LogWarnings, false).await
+    }
+
+    async fn load_index_with(
+        &self,
+        progress: &dyn crate::progress::Progress,
+        use_cache: bool,
+    ) -> Result<Arc<MasterIndex>> {
+        let (master, covered, save) = self.build_index(progress, use_cache).await?;
         let master = Arc::new(master);
         if let (Some(c), true) = (&self.cache, save) {
             let (c, key, m) = (c.clone(), self.key.clone(), master.clone());
@@ -488,9 +504,10 @@ impl Repository {
     async fn build_index(
         &self,
         progress: &dyn crate::progress::Progress,
+        use_cache: bool,
     ) -> Result<(MasterIndex, Vec<Id>, bool)> {
         let mut cached = None;
-        if let Some(c) = &self.cache {
+        if let (Some(c), true) = (&self.cache, use_cache) {
             let (c, key) = (c.clone(), self.key.clone());
             let loaded = tokio::task::spawn_blocking(move || {
                 let r = c.load_index(&key);
