@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,7 +23,17 @@ const PAGE: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// The sorted entries of the last few directories a paged listing
+    /// read, so that its next pages do not read them again (cleared when a
+    /// listing starts: a new listing always sees the directory as it is).
+    dirs: Arc<Mutex<Vec<(PathBuf, Arc<Vec<DirEnt>>)>>>,
 }
+
+/// A directory entry: sort key (full name, `/` after a directory's),
+/// file name, is a directory.
+type DirEnt = (String, std::ffi::OsString, bool);
+/// Directories kept by [`LocalBackend::dirs`] (root, `data/`, `data/xx/`, spare).
+const DIRS_KEPT: usize = 4;
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
@@ -30,7 +41,10 @@ impl LocalBackend {
         if root.as_os_str().is_empty() {
             return Err(Error::usage("empty repository path"));
         }
-        Ok(LocalBackend { root })
+        Ok(LocalBackend {
+            root,
+            dirs: Default::default(),
+        })
     }
 
     fn path(&self, name: &str) -> Result<PathBuf> {
@@ -107,7 +121,11 @@ impl LocalBackend {
         } else {
             self.path(dir_part)?
         };
+        if token.is_none() {
+            self.dirs.lock().unwrap().clear();
+        }
         let mut walk = SortedWalk {
+            dirs: &self.dirs,
             prefix,
             after: token.as_deref(),
             skip_tmp: dir_part.is_empty(),
@@ -135,6 +153,7 @@ impl LocalBackend {
 
 /// A depth-first walk yielding file names in byte order of the full name.
 struct SortedWalk<'a> {
+    dirs: &'a Mutex<Vec<(PathBuf, Arc<Vec<DirEnt>>)>>,
     prefix: &'a str,
     /// Only names after this one (the previous page's last).
     after: Option<&'a str>,
@@ -145,10 +164,17 @@ struct SortedWalk<'a> {
 }
 
 impl SortedWalk<'_> {
-    fn dir(&mut self, dir: &Path, rel: &str) -> std::io::Result<()> {
+    /// `dir`'s entries, sorted: from the listing's earlier pages if it
+    /// read them, else read now.
+    fn entries(&mut self, dir: &Path, rel: &str) -> std::io::Result<Arc<Vec<DirEnt>>> {
+        if self.after.is_some() {
+            if let Some((_, e)) = self.dirs.lock().unwrap().iter().find(|(d, _)| d == dir) {
+                return Ok(e.clone());
+            }
+        }
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
             Err(e) => return Err(e),
         };
         // Sort key: the full name, with a `/` after a directory's, so that
@@ -157,9 +183,10 @@ impl SortedWalk<'_> {
         let mut entries = vec![];
         for ent in rd {
             let ent = ent?;
-            let name = ent.file_name().to_string_lossy().into_owned();
+            let file_name = ent.file_name();
+            let name = file_name.to_string_lossy();
             let mut key = if rel.is_empty() {
-                name
+                name.into_owned()
             } else {
                 format!("{rel}/{name}")
             };
@@ -169,36 +196,58 @@ impl SortedWalk<'_> {
             } else if !ft.is_file() {
                 continue;
             }
-            entries.push((key, ent));
+            entries.push((key, file_name, ft.is_dir()));
         }
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, ent) in entries {
+        let entries = Arc::new(entries);
+        let mut dirs = self.dirs.lock().unwrap();
+        dirs.retain(|(d, _)| d != dir);
+        if dirs.len() >= DIRS_KEPT {
+            dirs.remove(0);
+        }
+        dirs.push((dir.to_owned(), entries.clone()));
+        Ok(entries)
+    }
+
+    fn dir(&mut self, dir: &Path, rel: &str) -> std::io::Result<()> {
+        let entries = self.entries(dir, rel)?;
+        // Start after `after`, or at the directory `after` is inside (the
+        // entry just before: no sibling sorts between `a/` and `a/…`).
+        let mut start = 0;
+        if let Some(a) = self.after {
+            start = entries.partition_point(|e| e.0.as_str() <= a);
+            if start > 0 && entries[start - 1].2 && a.starts_with(entries[start - 1].0.as_str()) {
+                start -= 1;
+            }
+        }
+        for (key, name, is_dir) in &entries[start..] {
             if self.out.len() >= self.limit {
                 break;
             }
-            if let Some(dir_key) = key.strip_suffix('/') {
+            if *is_dir {
+                let dir_key = key.strip_suffix('/').unwrap_or(key);
                 // Every name below starts with `key`: skip the directory if
                 // all of them sort at or before `after`, or none can match.
                 let all_before = self
                     .after
-                    .is_some_and(|a| key.as_str() < a && !a.starts_with(&key));
-                let outside = !(key.starts_with(self.prefix) || self.prefix.starts_with(&key));
+                    .is_some_and(|a| key.as_str() < a && !a.starts_with(key.as_str()));
+                let outside =
+                    !(key.starts_with(self.prefix) || self.prefix.starts_with(key.as_str()));
                 if all_before || outside || (self.skip_tmp && key == "tmp/") {
                     continue;
                 }
-                let dir_key = dir_key.to_owned();
-                self.dir(&ent.path(), &dir_key)?;
+                self.dir(&dir.join(name), dir_key)?;
             } else {
                 if self.after.is_some_and(|a| key.as_str() <= a) || !key.starts_with(self.prefix) {
                     continue;
                 }
-                let len = match ent.metadata() {
+                let len = match fs::symlink_metadata(dir.join(name)) {
                     Ok(m) => m.len(),
                     // Deleted since the directory was read.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
-                self.out.push((key, len));
+                self.out.push((key.clone(), len));
             }
         }
         Ok(())
