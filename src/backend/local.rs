@@ -26,12 +26,14 @@ pub struct LocalBackend {
     /// The sorted entries of the last few directories a paged listing
     /// read, so that its next pages do not read them again (cleared when a
     /// listing starts: a new listing always sees the directory as it is).
-    dirs: Arc<Mutex<Vec<(PathBuf, Arc<Vec<DirEnt>>)>>>,
+    dirs: Arc<Mutex<DirsRead>>,
 }
 
 /// A directory entry: sort key (full name, `/` after a directory's),
 /// file name, is a directory.
 type DirEnt = (String, std::ffi::OsString, bool);
+/// Directories read by a listing, with their sorted entries.
+type DirsRead = Vec<(PathBuf, Arc<Vec<DirEnt>>)>;
 /// Directories kept by [`LocalBackend::dirs`] (root, `data/`, `data/xx/`, spare).
 const DIRS_KEPT: usize = 4;
 
@@ -153,7 +155,7 @@ impl LocalBackend {
 
 /// A depth-first walk yielding file names in byte order of the full name.
 struct SortedWalk<'a> {
-    dirs: &'a Mutex<Vec<(PathBuf, Arc<Vec<DirEnt>>)>>,
+    dirs: &'a Mutex<DirsRead>,
     prefix: &'a str,
     /// Only names after this one (the previous page's last).
     after: Option<&'a str>,
