@@ -30,6 +30,8 @@ pub enum Domain {
     Config,
     Lock,
     MasterKey,
+    /// The local cache (never stored in a repository).
+    Cache,
 }
 
 impl Domain {
@@ -42,6 +44,7 @@ impl Domain {
             Domain::Config => b"usdcop-dr/v1/config",
             Domain::Lock => b"usdcop-dr/v1/lock",
             Domain::MasterKey => b"usdcop-dr/v1/master-key",
+            Domain::Cache => b"usdcop-dr/v1/local-cache",
         }
     }
 }

@@ -117,7 +117,10 @@ fn stray_and_damaged_index_objects_are_skipped_and_repaired() {
     // `repair index`, which itself must not stop at the damaged objects.
     let bytes = std::fs::read(&real_index[0]).unwrap();
     std::fs::write(&real_index[0], &bytes[..bytes.len() / 2]).unwrap();
-    let broken = repo.run(&["restore", "--snapshot", &id1, "--stdout"]);
+    // (`--no-cache`: the local cache still holds what the object said
+    // before it was damaged in place; `repair index` and `verify` never
+    // trust it.)
+    let broken = repo.run(&["--no-cache", "restore", "--snapshot", &id1, "--stdout"]);
     assert_ne!(broken.code, 0, "restore without the first snapshot's index");
     let r = repo.run(&["--json", "repair", "index"]).ok();
     let rj = r.json();

@@ -389,6 +389,7 @@ fn listing_and_restoring_latest_read_no_entry_lists() {
             RestoreOptions {
                 target: RestoreTarget::Stream(Box::new(out.clone())),
                 include: vec![],
+                read_concurrency: None,
             },
             Arc::new(Silent),
         )
@@ -548,6 +549,7 @@ fn verify_reads_every_tree_node_and_reports_a_lost_one() {
             RestoreOptions {
                 target: RestoreTarget::Stream(Box::new(SharedBuf::default())),
                 include: vec![],
+                read_concurrency: None,
             },
             Arc::new(Silent),
         )

@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,7 +23,19 @@ const PAGE: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// The sorted entries of the last few directories a paged listing
+    /// read, so that its next pages do not read them again (cleared when a
+    /// listing starts: a new listing always sees the directory as it is).
+    dirs: Arc<Mutex<DirsRead>>,
 }
+
+/// A directory entry: sort key (full name, `/` after a directory's),
+/// file name, is a directory.
+type DirEnt = (String, std::ffi::OsString, bool);
+/// Directories read by a listing, with their sorted entries.
+type DirsRead = Vec<(PathBuf, Arc<Vec<DirEnt>>)>;
+/// Directories kept by [`LocalBackend::dirs`] (root, `data/`, `data/xx/`, spare).
+const DIRS_KEPT: usize = 4;
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
@@ -30,7 +43,10 @@ impl LocalBackend {
         if root.as_os_str().is_empty() {
             return Err(Error::usage("empty repository path"));
         }
-        Ok(LocalBackend { root })
+        Ok(LocalBackend {
+            root,
+            dirs: Default::default(),
+        })
     }
 
     fn path(&self, name: &str) -> Result<PathBuf> {
@@ -91,6 +107,12 @@ impl LocalBackend {
         sync_dir(parent).map_err(|e| io_err(e, name))
     }
 
+    /// One page: a walk in name order that skips every directory whose
+    /// names all sort at or before `token` (or outside `prefix`) and stops
+    /// after `PAGE + 1` names. A page costs its own names plus the entries
+    /// of the directories on the way to `token` (data/xx/ holds 1/256 of
+    /// the packs), so a whole listing is linear in the number of objects,
+    /// where walking everything for each page was quadratic.
     fn list_blocking(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -101,15 +123,19 @@ impl LocalBackend {
         } else {
             self.path(dir_part)?
         };
-        let mut names = Vec::new();
-        walk(&base, dir_part, &mut names).map_err(|e| io_err(e, prefix))?;
-        names.retain(|(n, _, _)| {
-            n.starts_with(prefix) && !(dir_part.is_empty() && n.starts_with("tmp/"))
-        });
-        names.sort();
-        if let Some(t) = &token {
-            names.retain(|(n, _, _)| n > t);
+        if token.is_none() {
+            self.dirs.lock().unwrap().clear();
         }
+        let mut walk = SortedWalk {
+            dirs: &self.dirs,
+            prefix,
+            after: token.as_deref(),
+            skip_tmp: dir_part.is_empty(),
+            out: Vec::with_capacity(PAGE + 1),
+            limit: PAGE + 1,
+        };
+        walk.dir(&base, dir_part).map_err(|e| io_err(e, prefix))?;
+        let mut names = walk.out;
         let more = names.len() > PAGE;
         names.truncate(PAGE);
         let next = if more {
@@ -134,29 +160,107 @@ impl LocalBackend {
 /// Name, size and modification time (the filesystem's clock) of each file.
 type Listed = (String, u64, Option<DateTime<Utc>>);
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<Listed>) -> std::io::Result<()> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for ent in rd {
-        let ent = ent?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let rel_name = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        let ft = ent.file_type()?;
-        if ft.is_dir() {
-            walk(&ent.path(), &rel_name, out)?;
-        } else if ft.is_file() {
-            let m = ent.metadata()?;
-            out.push((rel_name, m.len(), mtime(&m)));
+/// A depth-first walk yielding file names in byte order of the full name.
+struct SortedWalk<'a> {
+    dirs: &'a Mutex<DirsRead>,
+    prefix: &'a str,
+    /// Only names after this one (the previous page's last).
+    after: Option<&'a str>,
+    /// Leave out the root's `tmp/`.
+    skip_tmp: bool,
+    out: Vec<Listed>,
+    limit: usize,
+}
+
+impl SortedWalk<'_> {
+    /// `dir`'s entries, sorted: from the listing's earlier pages if it
+    /// read them, else read now.
+    fn entries(&mut self, dir: &Path, rel: &str) -> std::io::Result<Arc<Vec<DirEnt>>> {
+        if self.after.is_some() {
+            if let Some((_, e)) = self.dirs.lock().unwrap().iter().find(|(d, _)| d == dir) {
+                return Ok(e.clone());
+            }
         }
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(e),
+        };
+        // Sort key: the full name, with a `/` after a directory's, so that
+        // `a.x` (0x2E) comes before everything in `a/` (0x2F) as in a
+        // sorted list of full names.
+        let mut entries = vec![];
+        for ent in rd {
+            let ent = ent?;
+            let file_name = ent.file_name();
+            let name = file_name.to_string_lossy();
+            let mut key = if rel.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = ent.file_type()?;
+            if ft.is_dir() {
+                key.push('/');
+            } else if !ft.is_file() {
+                continue;
+            }
+            entries.push((key, file_name, ft.is_dir()));
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let entries = Arc::new(entries);
+        let mut dirs = self.dirs.lock().unwrap();
+        dirs.retain(|(d, _)| d != dir);
+        if dirs.len() >= DIRS_KEPT {
+            dirs.remove(0);
+        }
+        dirs.push((dir.to_owned(), entries.clone()));
+        Ok(entries)
     }
-    Ok(())
+
+    fn dir(&mut self, dir: &Path, rel: &str) -> std::io::Result<()> {
+        let entries = self.entries(dir, rel)?;
+        // Start after `after`, or at the directory `after` is inside (the
+        // entry just before: no sibling sorts between `a/` and `a/…`).
+        let mut start = 0;
+        if let Some(a) = self.after {
+            start = entries.partition_point(|e| e.0.as_str() <= a);
+            if start > 0 && entries[start - 1].2 && a.starts_with(entries[start - 1].0.as_str()) {
+                start -= 1;
+            }
+        }
+        for (key, name, is_dir) in &entries[start..] {
+            if self.out.len() >= self.limit {
+                break;
+            }
+            if *is_dir {
+                let dir_key = key.strip_suffix('/').unwrap_or(key);
+                // Every name below starts with `key`: skip the directory if
+                // all of them sort at or before `after`, or none can match.
+                let all_before = self
+                    .after
+                    .is_some_and(|a| key.as_str() < a && !a.starts_with(key.as_str()));
+                let outside =
+                    !(key.starts_with(self.prefix) || self.prefix.starts_with(key.as_str()));
+                if all_before || outside || (self.skip_tmp && key == "tmp/") {
+                    continue;
+                }
+                self.dir(&dir.join(name), dir_key)?;
+            } else {
+                if self.after.is_some_and(|a| key.as_str() <= a) || !key.starts_with(self.prefix) {
+                    continue;
+                }
+                let (len, modified) = match fs::symlink_metadata(dir.join(name)) {
+                    Ok(m) => (m.len(), mtime(&m)),
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                self.out.push((key.clone(), len, modified));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn mtime(m: &fs::Metadata) -> Option<DateTime<Utc>> {
@@ -328,5 +432,105 @@ impl Backend for LocalBackend {
             Ok(n)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paged listings return every name once, in byte order of the full
+    /// name (a file `a.x` before the directory `a/`'s names), whatever the
+    /// prefix, and leave out the root's `tmp/`.
+    #[test]
+    fn pages_are_sorted_complete_and_resume_after_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path()).unwrap();
+        let mut all = vec![];
+        let mut add = |name: String, size: usize| {
+            let p = dir.path().join(&name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, vec![0u8; size]).unwrap();
+            all.push((name, size as u64));
+        };
+        for i in 0..2500 {
+            add(format!("data/{:02x}/{i:06}", i % 7), i % 5);
+        }
+        for n in [
+            "d/a.x", "d/a/b", "d/a/c/d", "d/a-", "d/a0", "d/ab", "data.x", "z",
+        ] {
+            add(n.to_owned(), 1);
+        }
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp/x.tmp"), b"t").unwrap();
+        all.sort();
+        let list = |prefix: &str| {
+            let mut got = vec![];
+            let mut token = None;
+            let mut pages = 0;
+            loop {
+                let page = b.list_blocking(prefix, token.take()).unwrap();
+                pages += 1;
+                assert!(page.objects.len() <= PAGE);
+                got.extend(page.objects.into_iter().map(|o| (o.name, o.size)));
+                match page.next {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+            (got, pages)
+        };
+        for prefix in [
+            "", "data/", "data/0", "data/03/", "d/a", "d/a/", "data", "nothing/",
+        ] {
+            let want: Vec<_> = all
+                .iter()
+                .filter(|n| n.0.starts_with(prefix))
+                .cloned()
+                .collect();
+            let (got, pages) = list(prefix);
+            assert_eq!(got, want, "prefix {prefix:?}");
+            assert_eq!(pages, want.len().max(1).div_ceil(PAGE), "prefix {prefix:?}");
+        }
+    }
+
+    /// 1 M objects in `data/xx/` (256 directories), listed in full: the
+    /// figure for docs/BENCHMARKS.md. `cargo test --release --lib
+    /// local_list_million -- --ignored --nocapture` (USDCOP_DR_LIST_OBJECTS
+    /// sets the count).
+    #[test]
+    #[ignore]
+    fn local_list_million() {
+        let n: usize = std::env::var("USDCOP_DR_LIST_OBJECTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..256 {
+            fs::create_dir_all(dir.path().join(format!("data/{d:02x}"))).unwrap();
+        }
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let id = crate::format::Id::hash(&i.to_le_bytes()).to_hex();
+            File::create(dir.path().join(format!("data/{}/{id}", &id[..2]))).unwrap();
+        }
+        eprintln!("created {n} files in {:.1?}", t.elapsed());
+        let b = LocalBackend::new(dir.path()).unwrap();
+        let t = std::time::Instant::now();
+        let (mut count, mut pages, mut token) = (0, 0, None);
+        loop {
+            let page = b.list_blocking("data/", token.take()).unwrap();
+            count += page.objects.len();
+            pages += 1;
+            match page.next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        eprintln!(
+            "listed {count} objects in {pages} pages in {:.2?}",
+            t.elapsed()
+        );
+        assert_eq!(count, n);
     }
 }

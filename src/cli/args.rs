@@ -55,6 +55,14 @@ pub struct Cli {
     /// Storage class for data packs in S3 (e.g. STANDARD_IA)
     #[arg(long, env = "USDCOP_DR_S3_DATA_STORAGE_CLASS", global = true)]
     pub s3_data_storage_class: Option<String>,
+    /// Local cache directory (default: $XDG_CACHE_HOME/usdcop-dr, else
+    /// ~/.cache/usdcop-dr); holds the decoded index, sealed with the
+    /// repository key
+    #[arg(long, env = "USDCOP_DR_CACHE_DIR", global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use no local cache: read every index object from the repository
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// Machine-readable JSON on stdout (shapes documented in docs/CLI.md)
     #[arg(long, global = true)]
     pub json: bool,
@@ -132,7 +140,12 @@ pub struct BackupArgs {
 #[derive(Subcommand, Debug)]
 pub enum RepairCommand {
     /// Rebuild index entries for packs that no index lists (reads pack headers)
-    Index,
+    Index {
+        /// Then rewrite all index objects as few (each under the size cap)
+        /// and delete the ones replaced
+        #[arg(long)]
+        compact: bool,
+    },
 }
 
 #[derive(Args, Debug)]

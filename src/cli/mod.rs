@@ -23,6 +23,40 @@ use zeroize::Zeroizing;
 use args::{BackupCommand, Cli, Command, RepairCommand};
 
 /// Run one command; returns the process exit code.
+/// Open the repository, with the local cache under `cache` if given.
+async fn open_repo(
+    backend: backend::DynBackend,
+    password: &[u8],
+    cache: Option<&std::path::Path>,
+) -> Result<Repository> {
+    let mut repo = Repository::open(backend, password).await?;
+    repo.set_cache(cache);
+    Ok(repo)
+}
+
+/// [`open_repo`] for commands that write: the writer gate applies.
+async fn open_repo_for_write(
+    backend: backend::DynBackend,
+    password: &[u8],
+    cache: Option<&std::path::Path>,
+) -> Result<Repository> {
+    let mut repo = Repository::open_for_write(backend, password).await?;
+    repo.set_cache(cache);
+    Ok(repo)
+}
+
+/// Where the local cache lives (`--cache-dir`, `USDCOP_DR_CACHE_DIR`, the
+/// user's cache directory), or `None` with `--no-cache`.
+pub fn cache_base(cli: &Cli) -> Option<std::path::PathBuf> {
+    if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir
+            .clone()
+            .or_else(usdcop_dr::repository::cache::default_base)
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<i32> {
     if let Command::Config(args::ConfigCommand::Check { file }) = &cli.command {
         return nightly::config_check(&cli, file.as_deref());
@@ -42,6 +76,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let (repo_arg, s3) = nightly::repository(&cli, settings.as_ref())?;
     let backend = backend::open(&repo_arg, &s3).await?;
     let password = read_password(nightly::password_file(settings.as_ref()))?;
+    // The local cache of the master index (docs/ARCHITECTURE.md, "Local cache").
+    let cache = cache_base(&cli);
     match cli.command {
         Command::Init(a) => {
             if password.is_empty() {
@@ -79,7 +115,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Backup(args::BackupArgs {
             mode: Some(cmd), ..
         }) => {
-            let repo = Arc::new(Repository::open_for_write(backend, &password).await?);
+            let repo = Arc::new(open_repo_for_write(backend, &password, cache.as_deref()).await?);
             let (common, input) = match cmd {
                 BackupCommand::Files { common, paths } => (common, BackupInput::Files(paths)),
                 BackupCommand::Stdin { common, stdin_name } => {
@@ -149,7 +185,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             fail_on_warnings(&s.warnings, &format!("snapshot {}", s.snapshot_id.short()))?;
         }
         Command::Snapshots { source } => {
-            let repo = Repository::open(backend, &password).await?;
+            let repo = open_repo(backend, &password, cache.as_deref()).await?;
             let rows = snapshots::list(&repo, source.as_deref()).await?;
             emit(cli.json, &rows, || {
                 let mut t = format!(
@@ -190,7 +226,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         .collect::<Result<_>>()?,
                 ),
             };
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let (id, snap) = repo
                 .find_snapshot_of(&a.snapshot, a.source.as_deref(), Some(SourceKind::Bucket))
                 .await?;
@@ -262,7 +298,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             ..
         }) => {
             let target = dsn_from_flag(&a.target_dsn, "--target-dsn", "USDCOP_DR_PG_TARGET_DSN")?;
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let (id, snap) = repo
                 .find_snapshot_of(&a.snapshot, a.source.as_deref(), Some(SourceKind::Postgres))
                 .await?;
@@ -311,7 +347,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Restore(a) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let kind = a.kind.map(|k| match k {
                 args::SnapshotKind::Files => SourceKind::Files,
                 args::SnapshotKind::Stdin => SourceKind::Stdin,
@@ -368,7 +404,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Verify(a) => {
-            let repo = Arc::new(Repository::open(backend, &password).await?);
+            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
             let percent = if a.read_data {
                 100.0
             } else {
@@ -390,16 +426,33 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 return Ok(3);
             }
         }
-        Command::Repair(RepairCommand::Index) => {
-            let repo = Arc::new(Repository::open_for_write(backend, &password).await?);
-            let r = repair::index(repo).await?;
+        Command::Repair(RepairCommand::Index { compact }) => {
+            let repo = Arc::new(open_repo_for_write(backend, &password, cache.as_deref()).await?);
+            let r = if compact {
+                repair::index_and_compact(repo).await?
+            } else {
+                repair::index(repo).await?
+            };
             emit(cli.json, &r, || {
                 let mut t = format!(
                     "{} packs, {} not in any index; re-indexed {} packs ({} chunks)",
                     r.packs, r.packs_unindexed, r.packs_reindexed, r.chunks_recovered
                 );
-                if let Some(id) = r.index_written {
-                    t += &format!("; wrote index {}", id.short());
+                if !r.index_written.is_empty() {
+                    let ids: Vec<String> = r.index_written.iter().map(|i| i.short()).collect();
+                    t += &format!("; wrote index {}", ids.join(", "));
+                }
+                if let Some(c) = &r.compaction {
+                    t += &format!(
+                        "\ncompacted {} of {} index objects into {} ({} chunks)",
+                        c.objects_replaced,
+                        c.objects_before,
+                        c.written.len(),
+                        c.blobs
+                    );
+                    for (name, why) in &c.left_alone {
+                        t += &format!("\nleft alone {name}: {why}");
+                    }
                 }
                 for (name, why) in &r.unreadable {
                     t += &format!("\nDAMAGED {name}: {why}");
@@ -411,7 +464,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Stats => {
-            let repo = Repository::open(backend, &password).await?;
+            let repo = open_repo(backend, &password, cache.as_deref()).await?;
             let s = stats::run(&repo).await?;
             emit(cli.json, &s, || {
                 format!(

@@ -90,7 +90,9 @@ async fn open_repository(cli: &Cli, settings: &Settings) -> Result<(String, Repo
     let backend = backend::open(&repo_arg, &s3).await?;
     let location = backend.location();
     let password = read_password(password_file(Some(settings)))?;
-    Ok((location, Repository::open(backend, &password).await?))
+    let mut repo = Repository::open(backend, &password).await?;
+    repo.set_cache(super::cache_base(cli).as_deref());
+    Ok((location, repo))
 }
 
 // ---- config check ---------------------------------------------------------

@@ -287,6 +287,19 @@ pub async fn run(
         // may have aborted its uploads or condemned its packs meanwhile.
         lease.check()?;
         let snapshot_id = repo.save_snapshot(&snapshot).await?;
+        // Every backup adds small index objects; once there are many, merge
+        // them (under this backup's lock and lease). The snapshot is stored:
+        // a failure here only leaves the objects as they were.
+        let compaction = crate::repository::compact::CompactOptions::auto();
+        match crate::repository::compact::compact(&repo, &compaction, Some(&lease)).await {
+            Ok(r) if r.objects_replaced > 0 => tracing::info!(
+                "compacted {} small index objects into {}",
+                r.objects_replaced,
+                r.written.len()
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("index compaction failed (the snapshot is stored): {e}"),
+        }
         Ok(BackupSummary {
             snapshot_id,
             time,

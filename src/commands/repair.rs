@@ -2,8 +2,12 @@
 //!
 //! Packs carry their own encrypted header, so a lost or damaged index
 //! object costs nothing but this scan. Only packs that no index lists are
-//! read (two small ranged reads each); the result is one new index object.
-//! Nothing is deleted.
+//! read (two small ranged reads each); the result is new index objects,
+//! each under the readers' size cap. Nothing is deleted.
+//!
+//! `repair index --compact` then rewrites all index objects as few (see
+//! [`crate::repository::compact`]): the superseded ones are deleted after
+//! their union is stored.
 
 use std::sync::Arc;
 
@@ -12,8 +16,9 @@ use serde::Serialize;
 
 use crate::backend::list_all;
 use crate::error::Result;
-use crate::format::index::{IndexBlob, IndexFile, IndexPack};
+use crate::format::index::{self as index_fmt, IndexBlob, IndexPack};
 use crate::format::{names, pack, Id};
+use crate::repository::compact::{compact, CompactOptions, CompactReport};
 use crate::repository::Repository;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -22,15 +27,33 @@ pub struct RepairReport {
     pub packs_unindexed: u64,
     pub packs_reindexed: u64,
     pub chunks_recovered: u64,
-    pub index_written: Option<Id>,
+    /// Index objects written for the re-indexed packs.
+    pub index_written: Vec<Id>,
+    /// What `--compact` did, when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<CompactReport>,
     /// Packs whose header could not be read (damaged): name and reason.
     pub unreadable: Vec<(String, String)>,
 }
 
 pub async fn index(repo: Arc<Repository>) -> Result<RepairReport> {
-    // It writes an index object: the writer gate applies.
+    index_with(repo, index_fmt::TARGET_PLAIN_LEN).await
+}
+
+/// `repair index --compact`: re-index, then compact every index object.
+pub async fn index_and_compact(repo: Arc<Repository>) -> Result<RepairReport> {
+    let mut report = index(repo.clone()).await?;
+    report.compaction = Some(compact(&repo, &CompactOptions::all(), None).await?);
+    Ok(report)
+}
+
+/// [`index`] with index objects of at most `cap` plaintext bytes.
+pub async fn index_with(repo: Arc<Repository>, cap: usize) -> Result<RepairReport> {
+    // The store's index objects, not the local cache: an object damaged
+    // since it was cached must count as missing here.
+    // It writes index objects: the writer gate applies.
     repo.check_writable()?;
-    let index = repo.load_index().await?;
+    let index = repo.load_index_from_store().await?;
     let packs = list_all(repo.backend(), names::DATA).await?;
     let mut report = RepairReport {
         packs: packs.len() as u64,
@@ -50,7 +73,7 @@ pub async fn index(repo: Arc<Repository>) -> Result<RepairReport> {
         .buffer_unordered(8)
         .collect()
         .await;
-    let mut file = IndexFile::default();
+    let mut packs_found = vec![];
     for (id, r) in results {
         match r {
             Ok(entries) => {
@@ -70,13 +93,15 @@ pub async fn index(repo: Arc<Repository>) -> Result<RepairReport> {
                     .collect();
                 report.chunks_recovered += blobs.len() as u64;
                 report.packs_reindexed += 1;
-                file.packs.push(IndexPack { id, blobs });
+                packs_found.push(IndexPack { id, blobs });
             }
             Err(e) => report.unreadable.push((names::pack(&id), e.to_string())),
         }
     }
-    if !file.packs.is_empty() {
-        report.index_written = Some(repo.save_index(&file).await?);
+    // Deterministic output whatever order the reads finished in.
+    packs_found.sort_by_key(|p| p.id);
+    for file in index_fmt::split(packs_found, vec![], cap)? {
+        report.index_written.push(repo.save_index(&file).await?);
     }
     Ok(report)
 }

@@ -22,7 +22,7 @@ use crate::format::index::IndexBlob;
 use crate::format::snapshot::Snapshot;
 use crate::format::{index as index_fmt, names, pack, Hasher, Id};
 use crate::progress::Progress;
-use crate::repository::{decode_blob, MasterIndex, Repository};
+use crate::repository::{decode_blob, MasterIndex, MasterIndexBuilder, Repository};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyOptions {
@@ -205,7 +205,7 @@ pub async fn run(
 }
 
 async fn load_indexes(repo: &Repository, report: &mut VerifyReport) -> Result<MasterIndex> {
-    let mut master = MasterIndex::default();
+    let mut master = MasterIndexBuilder::new(true);
     for obj in list_all(repo.backend(), names::INDEX).await? {
         // A stray object (an S3 console folder object `index/`, an NFS
         // silly-rename file) is no index and no damage: a warning, as in
@@ -237,7 +237,7 @@ async fn load_indexes(repo: &Repository, report: &mut VerifyReport) -> Result<Ma
             }),
         }
     }
-    Ok(master)
+    Ok(master.finish())
 }
 
 async fn load_snapshots(

@@ -290,6 +290,9 @@ mod format_version_tests {
             chunker: ChunkerParams::with_avg(1 << 20, 1).unwrap(),
             compression_level: 3,
             pack_size: 32 << 20,
+            write_features: vec![],
+            read_features: vec![],
+            min_writer_version: String::new(),
         };
         c.check().unwrap();
         c.version = 1;

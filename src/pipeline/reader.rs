@@ -433,10 +433,9 @@ mod tests {
     type Blobs<'a> = &'a [(u32, u32, u32)];
 
     fn index(packs: &[(u32, Blobs<'_>)]) -> Arc<MasterIndex> {
-        let mut m = MasterIndex::default();
+        let mut m = crate::repository::index::MasterIndexBuilder::default();
         for (p, blobs) in packs {
             m.add_pack(
-                None,
                 &IndexPack {
                     id: id(1_000_000 + p),
                     blobs: blobs
@@ -453,7 +452,7 @@ mod tests {
                 },
             );
         }
-        Arc::new(m)
+        Arc::new(m.finish())
     }
 
     fn opts(gap: u64, span: u64) -> ReadOptions {

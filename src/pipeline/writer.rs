@@ -32,7 +32,7 @@ use crate::backend::Payload;
 use crate::chunker::Chunker;
 use crate::crypto::Domain;
 use crate::error::{Error, Result};
-use crate::format::index::{IndexBlob, IndexFile, IndexPack};
+use crate::format::index::{IndexBlob, IndexPack};
 use crate::format::pack::{self, BlobKind, Compression, PackEntry};
 use crate::format::snapshot::{Entry, MAX_INLINE_CHUNKS};
 use crate::format::tree::{ChildRef, TreeBuilder, TreeItem};
@@ -723,13 +723,14 @@ fn flush_index(s: &Shared, force: bool) -> Result<()> {
     };
     // Packs left unindexed are orphans the next backup's recovery indexes.
     s.check_lease()?;
-    let file = IndexFile {
-        supersedes: vec![],
-        packs,
-    };
-    s.rt.block_on(s.repo.save_index(&file))
-        .map_err(|e| e.context("writing index object"))?;
-    s.stats.index_objects.fetch_add(1, Ordering::Relaxed);
+    // A few packs are far below the cap; split anyway, so that no writer
+    // can make an object the readers refuse.
+    for file in crate::format::index::split(packs, vec![], crate::format::index::TARGET_PLAIN_LEN)?
+    {
+        s.rt.block_on(s.repo.save_index(&file))
+            .map_err(|e| e.context("writing index object"))?;
+        s.stats.index_objects.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 //! repositories, stores and loads sealed objects, snapshots and indexes,
 //! and reads blobs back with end-to-end checks.
 
+pub mod cache;
+pub mod compact;
 pub mod index;
 pub mod lock;
 pub mod tree;
@@ -22,10 +24,13 @@ use crate::format::meta::{
 use crate::format::pack::Compression;
 use crate::format::snapshot::{self, Snapshot, SourceKind};
 use crate::format::{codec, index as index_fmt, names, Id};
-pub use index::{BlobLocation, MasterIndex};
+pub use index::{BlobLocation, MasterIndex, MasterIndexBuilder};
 
 /// Parallel metadata loads (index and snapshot objects).
-const LOAD_CONCURRENCY: usize = 16;
+pub(crate) const LOAD_CONCURRENCY: usize = 16;
+/// How often loading the index re-lists `index/` when listed objects
+/// vanish before they are read (concurrent compactions).
+pub const INDEX_RELIST_ROUNDS: usize = 3;
 /// Key objects tried before giving up on a passphrase.
 const MAX_KEYS: usize = 64;
 
@@ -55,6 +60,8 @@ pub struct Repository {
     key: Key,
     config: Config,
     index: RwLock<Arc<MasterIndex>>,
+    /// The local cache of the master index, if enabled ([`Self::set_cache`]).
+    cache: Option<cache::Cache>,
 }
 
 impl Repository {
@@ -89,6 +96,7 @@ impl Repository {
             key,
             config,
             index: Default::default(),
+            cache: None,
         };
         // The config is the repository's anchor: created atomically, first.
         let sealed = repo.key.seal(
@@ -215,7 +223,21 @@ impl Repository {
             key,
             config,
             index: Default::default(),
+            cache: None,
         })
+    }
+
+    /// Keep a local cache of the master index under `base` (see
+    /// [`cache`]); `None` turns it off (the default). A cache directory
+    /// that cannot be created turns it off with a warning.
+    pub fn set_cache(&mut self, base: Option<&std::path::Path>) {
+        self.cache = base.and_then(|b| match cache::Cache::open(b, &self.config.id) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("local cache disabled: {e}");
+                None
+            }
+        });
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -464,75 +486,237 @@ impl Repository {
     /// them from their own headers, and `verify` reports the object as a
     /// problem (exit 3). Any other error (transport, permission) still
     /// fails: a flaky store must not silently hide index entries.
+    ///
+    /// An index object that another loaded object supersedes is left out
+    /// (its content is in the superseding object or in objects stored
+    /// before it). An object listed but gone when fetched was deleted by a
+    /// concurrent compaction after it stored the objects replacing it: the
+    /// listing is re-read and the new objects loaded, up to
+    /// [`INDEX_RELIST_ROUNDS`] times.
     pub async fn load_index_reporting(
         &self,
         progress: &dyn crate::progress::Progress,
     ) -> Result<Arc<MasterIndex>> {
-        use crate::progress::{Warning, WarningKind};
-        let objs = list_all(self.backend(), names::INDEX).await?;
-        let mut skipped = vec![];
-        let mut good = vec![];
-        for o in objs {
-            match names::id_of(&o.name) {
-                Some(id) => good.push((id, o.name)),
-                None => skipped.push(Warning::new(
-                    WarningKind::SkippedObject,
-                    o.name,
-                    format!(
-                        "stray object ({} bytes) in index/, not an index object: ignored",
-                        o.size
-                    ),
-                )),
-            }
-        }
-        let loaded: Vec<(Id, String, Result<index_fmt::IndexFile>)> = futures::stream::iter(good)
-            .map(|(id, name)| async move {
-                let r = async {
-                    let plain = self.load_sealed(&name, Domain::Index).await?;
-                    index_fmt::decode_compressed(&plain)
-                        .map_err(|e| e.context(format!("index {name}")))
-                }
-                .await;
-                (id, name, r)
-            })
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .collect()
-            .await;
-        let mut files = Vec::with_capacity(loaded.len());
-        for (id, name, r) in loaded {
-            match r {
-                Ok(f) => files.push((id, f)),
-                Err(e) if e.kind() == ErrorKind::Integrity => skipped.push(Warning::new(
-                    WarningKind::SkippedObject,
-                    name,
-                    format!(
-                        "damaged index object skipped ({e}); `usdcop-dr repair index` \
-                         re-indexes the packs it listed, `usdcop-dr verify` reports it"
-                    ),
-                )),
-                Err(e) => return Err(e),
-            }
-        }
-        // Deterministic order whatever order the loads finished in.
-        files.sort_by_key(|f| f.0);
-        skipped.sort_by(|a, b| a.path.cmp(&b.path));
-        for w in &skipped {
-            progress.warning(w);
-        }
-        let mut master = MasterIndex::default();
-        for (id, f) in &files {
-            master.add_file(Some(*id), f);
-        }
+        self.load_index_with(progress, true).await
+    }
+
+    /// Load the master index from the store's index objects alone, never
+    /// from the local cache (which is then refreshed): for `repair index`
+    /// and recovery, which must see what the store holds now (an index
+    /// object damaged in place after it was cached, say).
+    pub async fn load_index_from_store(&self) -> Result<Arc<MasterIndex>> {
+        self.load_index_with(&LogWarnings, false).await
+    }
+
+    async fn load_index_with(
+        &self,
+        progress: &dyn crate::progress::Progress,
+        use_cache: bool,
+    ) -> Result<Arc<MasterIndex>> {
+        let (master, covered, save) = self.build_index(progress, use_cache).await?;
         let master = Arc::new(master);
+        if let (Some(c), true) = (&self.cache, save) {
+            let (c, key, m) = (c.clone(), self.key.clone(), master.clone());
+            let saved = tokio::task::spawn_blocking(move || c.save_index(&key, &m, &covered))
+                .await
+                .map_err(|e| Error::io(format!("cache task failed: {e}")))?;
+            if let Err(e) = saved {
+                tracing::warn!("could not update the local index cache: {e}");
+            }
+        }
         *self.index.write().await = master.clone();
         Ok(master)
+    }
+
+    /// Build the master index, from the local cache when it still fits.
+    /// Returns it with the ids of the objects it covers and whether the
+    /// cache needs writing.
+    async fn build_index(
+        &self,
+        progress: &dyn crate::progress::Progress,
+        use_cache: bool,
+    ) -> Result<(MasterIndex, Vec<Id>, bool)> {
+        let mut cached = None;
+        if let (Some(c), true) = (&self.cache, use_cache) {
+            let (c, key) = (c.clone(), self.key.clone());
+            let loaded = tokio::task::spawn_blocking(move || {
+                let r = c.load_index(&key);
+                if r.is_err() {
+                    c.clear_index();
+                }
+                r
+            })
+            .await
+            .map_err(|e| Error::io(format!("cache task failed: {e}")))?;
+            match loaded {
+                Ok(x) => cached = x,
+                Err(e) => tracing::warn!("ignoring the local index cache (rebuilt): {e}"),
+            }
+        }
+        let had_cache = cached.is_some();
+        match self.build_index_from(progress, cached).await? {
+            Some((m, covered, new)) => Ok((m, covered, !had_cache || new > 0)),
+            None => {
+                tracing::info!("the local index cache is out of date; rebuilding it");
+                let (m, covered, _) = self
+                    .build_index_from(progress, None)
+                    .await?
+                    .expect("no cache, no restart");
+                Ok((m, covered, true))
+            }
+        }
+    }
+
+    /// Returns `None` when `cached` turned out unusable (a new index
+    /// object supersedes an object it covers), else the index, the objects
+    /// it covers, and how many were read from the store.
+    async fn build_index_from(
+        &self,
+        progress: &dyn crate::progress::Progress,
+        cached: Option<(MasterIndex, Vec<Id>)>,
+    ) -> Result<Option<(MasterIndex, Vec<Id>, usize)>> {
+        use crate::progress::{Warning, WarningKind};
+        use std::collections::{BTreeMap, HashSet};
+        let mut skipped: BTreeMap<String, Warning> = BTreeMap::new();
+        let mut done: HashSet<Id> = HashSet::new();
+        let mut covered: Vec<Id> = vec![];
+        let mut gone: Vec<(Id, String)> = vec![];
+        let mut objs = list_all(self.backend(), names::INDEX).await?;
+        let mut from_cache: HashSet<Id> = HashSet::new();
+        let mut builder = match cached {
+            Some((index, ids)) => {
+                let listed: HashSet<Id> =
+                    objs.iter().filter_map(|o| names::id_of(&o.name)).collect();
+                if ids.iter().all(|id| listed.contains(id)) {
+                    from_cache = ids.iter().copied().collect();
+                    done = from_cache.clone();
+                    covered = ids;
+                    index::MasterIndexBuilder::from_index(index, true)
+                } else {
+                    index::MasterIndexBuilder::new(true)
+                }
+            }
+            None => index::MasterIndexBuilder::new(true),
+        };
+        let mut fetched = 0;
+        for round in 0.. {
+            if round > 0 {
+                objs = list_all(self.backend(), names::INDEX).await?;
+            }
+            let mut todo = vec![];
+            let mut estimate = 0u64;
+            for o in std::mem::take(&mut objs) {
+                match names::id_of(&o.name) {
+                    Some(id) if done.contains(&id) => {}
+                    Some(id) => {
+                        estimate += o.size;
+                        todo.push((id, o.name));
+                    }
+                    None => {
+                        let w = Warning::new(
+                            WarningKind::SkippedObject,
+                            o.name.clone(),
+                            format!(
+                                "stray object ({} bytes) in index/, not an index object: ignored",
+                                o.size
+                            ),
+                        );
+                        skipped.insert(o.name, w);
+                    }
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
+            if round > INDEX_RELIST_ROUNDS {
+                let names: Vec<&str> = gone.iter().map(|g| g.1.as_str()).collect();
+                return Err(Error::not_found(format!(
+                    "index objects keep vanishing while being loaded ({})",
+                    names.join(", ")
+                ))
+                .with_hint("another process is deleting index objects; retry when it is done"));
+            }
+            // Deterministic pack order whatever order the loads finish in.
+            todo.sort();
+            // Stored index objects are zstd-compressed 46-byte records of
+            // which the 32-byte ids do not compress: `size / 40` blobs is
+            // close, and growing past it is amortised.
+            builder.reserve((estimate / 40) as usize);
+            gone.clear();
+            let mut loads = futures::stream::iter(todo)
+                .map(|(id, name)| async move {
+                    let r = async {
+                        let plain = self.load_sealed(&name, Domain::Index).await?;
+                        codec::decompress(&plain, index_fmt::MAX_PLAIN_LEN, "index")
+                    }
+                    .await;
+                    (id, name, r)
+                })
+                .buffered(LOAD_CONCURRENCY);
+            while let Some((id, name, r)) = loads.next().await {
+                let r = r.and_then(|plain| {
+                    builder
+                        .add_plain(id, &plain)
+                        .map_err(|e| e.context(format!("index {name}")))
+                });
+                match r {
+                    Ok(()) => {
+                        done.insert(id);
+                        covered.push(id);
+                        fetched += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => gone.push((id, name)),
+                    Err(e) if e.kind() == ErrorKind::Integrity => {
+                        done.insert(id);
+                        let w = Warning::new(
+                            WarningKind::SkippedObject,
+                            name.clone(),
+                            format!(
+                                "damaged index object skipped ({e}); `usdcop-dr repair index` \
+                                 re-indexes the packs it listed, `usdcop-dr verify` reports it"
+                            ),
+                        );
+                        skipped.insert(name, w);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if gone.is_empty() {
+                break;
+            }
+            tracing::debug!(
+                "{} index object(s) vanished while loading (a concurrent compaction); listing again",
+                gone.len()
+            );
+        }
+        if builder
+            .superseded()
+            .iter()
+            .any(|id| from_cache.contains(id))
+        {
+            return Ok(None);
+        }
+        for w in skipped.values() {
+            progress.warning(w);
+        }
+        covered.sort();
+        Ok(Some((builder.finish(), covered, fetched)))
     }
 
     pub async fn index(&self) -> Arc<MasterIndex> {
         self.index.read().await.clone()
     }
 
+    /// Store one index object. Callers split first (`index_fmt::split`):
+    /// an object over the readers' cap is refused here, never stored.
     pub async fn save_index(&self, file: &index_fmt::IndexFile) -> Result<Id> {
+        if file.encoded_len() > index_fmt::MAX_PLAIN_LEN {
+            return Err(Error::usage(format!(
+                "index object of {} bytes exceeds the readers' cap of {} bytes (not stored)",
+                file.encoded_len(),
+                index_fmt::MAX_PLAIN_LEN
+            )));
+        }
         self.save_sealed(
             names::INDEX,
             Domain::Index,

@@ -49,6 +49,12 @@ pub fn command(repo: &Path) -> Command {
     c.env_remove("USDCOP_DR_PASSWORD_FILE")
         .env_remove("USDCOP_DR_REPO")
         .env("USDCOP_DR_PASSWORD", PASSWORD)
+        // The local index cache: out of the user's home (repository ids
+        // are random, so tests never share an entry).
+        .env(
+            "USDCOP_DR_CACHE_DIR",
+            std::env::temp_dir().join("usdcop-dr-test-cache"),
+        )
         .arg("--repo")
         .arg(repo);
     c
