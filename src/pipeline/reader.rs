@@ -435,22 +435,20 @@ mod tests {
     fn index(packs: &[(u32, Blobs<'_>)]) -> Arc<MasterIndex> {
         let mut m = crate::repository::index::MasterIndexBuilder::default();
         for (p, blobs) in packs {
-            m.add_pack(
-                &IndexPack {
-                    id: id(1_000_000 + p),
-                    blobs: blobs
-                        .iter()
-                        .map(|&(b, offset, stored_len)| IndexBlob {
-                            kind: BlobKind::Data,
-                            compression: Compression::None,
-                            offset,
-                            stored_len,
-                            raw_len: stored_len,
-                            id: id(b),
-                        })
-                        .collect(),
-                },
-            );
+            m.add_pack(&IndexPack {
+                id: id(1_000_000 + p),
+                blobs: blobs
+                    .iter()
+                    .map(|&(b, offset, stored_len)| IndexBlob {
+                        kind: BlobKind::Data,
+                        compression: Compression::None,
+                        offset,
+                        stored_len,
+                        raw_len: stored_len,
+                        id: id(b),
+                    })
+                    .collect(),
+            });
         }
         Arc::new(m.finish())
     }
