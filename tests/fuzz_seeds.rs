@@ -514,7 +514,7 @@ mod gen {
                     blobs: vec![IndexBlob {
                         kind: BlobKind::Data,
                         compression: Compression::None,
-                        offset: u32::MAX - MAX_BLOB_LEN,
+                        offset: index::MAX_OFFSET - MAX_BLOB_LEN,
                         stored_len: MAX_BLOB_LEN,
                         raw_len: u32::MAX,
                         id: Id([0xab; 32]),

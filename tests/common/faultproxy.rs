@@ -78,6 +78,9 @@ pub struct FaultRates {
     /// Cut only bodies of GETs whose path (`/bucket/key`, no query)
     /// starts with one of these (`None`: any).
     pub cut_paths: Option<&'static [&'static str]>,
+    /// Cut only bodies of at least this many bytes (a test about large
+    /// reads leaves the small ones, e.g. list tree nodes, alone).
+    pub cut_min_len: Option<u64>,
     /// Reset the connection after the server answered (the answer is lost).
     pub reset_after: f64,
     /// `reset_after` only for writes (PUT: PutObject, UploadPart; POST:
@@ -106,6 +109,7 @@ impl FaultRates {
         cut_listings: true,
         cut_limit: None,
         cut_paths: None,
+        cut_min_len: None,
         reset_after: 0.0,
         lost_answer_paths: None,
         lost_answer_once: false,
@@ -745,7 +749,13 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
             && s.rates
                 .cut_limit
                 .is_none_or(|limit| s.counters.cut_body.load(Ordering::SeqCst) < limit);
-        if let (Fault::Cut(fraction), true, Body::Length(len)) = (fault, cuttable, &body) {
+        let long_enough = match &body {
+            Body::Length(len) => s.rates.cut_min_len.is_none_or(|min| *len >= min),
+            _ => true,
+        };
+        if let (Fault::Cut(fraction), true, Body::Length(len)) =
+            (fault, cuttable && long_enough, &body)
+        {
             let keep = (*len as f64 * fraction) as u64;
             copy_exact(&mut from_up, &mut to_client, keep)?;
             to_client.flush()?;
