@@ -180,10 +180,15 @@ pub async fn run(
         // Loaded after the recovery, which may have indexed orphaned packs.
         let index = repo.load_index_reporting(progress.as_ref()).await?;
         let time = opts.time.unwrap_or(started);
-        let parent_entries = match &parent {
-            Some((id, s)) => parent_entries(&repo, &index, id, s).await?,
-            None => None,
+        // The bucket source still takes the parent's entries whole; the
+        // files source streams them (a merge-join in walk order).
+        let parent_entries = match (&parent, &input) {
+            (Some((id, s)), Prepared::Input(BackupInput::Bucket { .. })) => {
+                parent_entries(&repo, &index, id, s).await?
+            }
+            _ => None,
         };
+        let parent_snap = parent.as_ref().map(|(id, s)| (*id, s.clone()));
         let stored = match input {
             Prepared::Postgres(session) => {
                 backup_postgres(session, &repo, index, opts.writer, time, progress.clone()).await?
@@ -200,20 +205,32 @@ pub async fn run(
                 )
                 .await?
             }
+            Prepared::Input(BackupInput::Files(roots)) => {
+                let writer = Writer::start(repo.clone(), index.clone(), opts.writer)?;
+                let repo = repo.clone();
+                let rt = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || -> Result<_> {
+                    let (list, totals) = backup_files_streaming(
+                        &writer,
+                        &repo,
+                        &index,
+                        parent_snap.as_ref(),
+                        &roots,
+                        &rt,
+                        progress.as_ref(),
+                    )?;
+                    let paths = roots.iter().map(|p| p.display().to_string()).collect();
+                    let w = writer.finish()?;
+                    Ok(Stored::new(list, paths, totals, w))
+                })
+                .await
+                .map_err(|e| Error::io(format!("backup task failed: {e}")))??
+            }
             Prepared::Input(input) => {
                 let writer = Writer::start(repo.clone(), index, opts.writer)?;
                 tokio::task::spawn_blocking(move || -> Result<_> {
                     let (entries, paths, totals) = match input {
-                        BackupInput::Files(roots) => {
-                            let mut src = FilesSource::new(
-                                &writer,
-                                parent_entries.as_deref(),
-                                progress.as_ref(),
-                            );
-                            src.add_roots(&roots)?;
-                            let paths = roots.iter().map(|p| p.display().to_string()).collect();
-                            (src.entries, paths, src.totals)
-                        }
+                        BackupInput::Files(_) => unreachable!("handled above"),
                         BackupInput::Stream { name, reader } => {
                             let entry = crate::source::stdin::store(
                                 &writer,
@@ -449,6 +466,68 @@ async fn backup_bucket(
     let mut stored = Stored::new(list, selection.urls(), totals, w);
     stored.source_requests = Some(src.requests());
     Ok(stored)
+}
+
+/// The files source with bounded memory: the directory walk runs in a
+/// thread of its own and hands each entry through a bounded channel to the
+/// list tree builder (never a `Vec` of the whole run), and the parent's
+/// entries are streamed from its tree and merge-joined with the walk
+/// (never a map of the whole parent). A parent whose entry list turns out
+/// damaged stops being used (a warning; the rest is read again); a store
+/// error fails the backup.
+fn backup_files_streaming(
+    writer: &Writer,
+    repo: &Repository,
+    index: &crate::repository::MasterIndex,
+    parent: Option<&(Id, Snapshot)>,
+    roots: &[PathBuf],
+    rt: &tokio::runtime::Handle,
+    progress: &dyn Progress,
+) -> Result<(crate::pipeline::StoredList, FilesTotals)> {
+    use crate::source::files::{MergeCursor, NoParent, ParentLookup};
+    let (tx, rx) = crossbeam_channel::bounded::<Entry>(1024);
+    std::thread::scope(|scope| {
+        let walk = scope.spawn(move || -> Result<FilesTotals> {
+            let mut stream = parent.map(|(_, s)| repo.entries(index, s));
+            let mut broken = false;
+            let mut cursor = MergeCursor::new(|| {
+                let Some(stream) = stream.as_mut().filter(|_| !broken) else {
+                    return Ok(None);
+                };
+                match rt.block_on(stream.next()) {
+                    Ok(e) => Ok(e),
+                    Err(e) if e.kind() == crate::ErrorKind::Integrity => {
+                        broken = true;
+                        tracing::warn!(
+                            "parent snapshot {} is unreadable, backing up the rest without it: {e}",
+                            parent.map(|(id, _)| id.short()).unwrap_or_default()
+                        );
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            });
+            let mut none = NoParent;
+            let lookup: &mut dyn ParentLookup = if parent.is_some() {
+                &mut cursor
+            } else {
+                &mut none
+            };
+            let mut send = |e: Entry| {
+                tx.send(e)
+                    .map_err(|_| Error::io("the entry list builder stopped"))
+            };
+            let mut src = FilesSource::new(writer, lookup, progress, &mut send);
+            src.add_roots(roots)?;
+            Ok(src.totals)
+        });
+        let list = writer.store_entry_list(rx);
+        // The walk's own error first: a list cut short by it is never used.
+        let totals = walk
+            .join()
+            .map_err(|_| Error::io("the directory walk panicked"))??;
+        Ok((list?, totals))
+    })
 }
 
 /// The entries of the parent snapshot (to skip unchanged files and

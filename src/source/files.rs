@@ -5,7 +5,6 @@
 //! file whose size, mtime, ctime and inode equal the parent snapshot's is
 //! not read again: its chunk list is reused (if the chunks are still stored).
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
@@ -24,34 +23,89 @@ pub struct FilesTotals {
     pub files_unchanged: u64,
 }
 
+/// Where the entries of the run go, in walk order (a channel into the
+/// list tree builder, or a `Vec` in tests): never all held at once.
+pub type EntrySink<'a> = &'a mut dyn FnMut(Entry) -> Result<()>;
+
+/// The parent snapshot's entries, looked up in walk order: a merge-join
+/// with a cursor over the parent's list (streamed from its tree), so the
+/// parent is never held whole. Lookups must come in increasing
+/// [`walk_order`]; one out of order just finds nothing (the file is read
+/// again), which costs time, never correctness.
+pub trait ParentLookup {
+    fn find(&mut self, path: &str) -> Result<Option<Entry>>;
+}
+
+/// No parent snapshot.
+pub struct NoParent;
+impl ParentLookup for NoParent {
+    fn find(&mut self, _: &str) -> Result<Option<Entry>> {
+        Ok(None)
+    }
+}
+
+/// The order of the directory walk: paths compared component by component
+/// (a directory's children, sorted by name, come right after it).
+pub fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// A merge cursor over entries given in walk order by `next`.
+pub struct MergeCursor<F: FnMut() -> Result<Option<Entry>>> {
+    next: F,
+    current: Option<Entry>,
+    done: bool,
+}
+
+impl<F: FnMut() -> Result<Option<Entry>>> MergeCursor<F> {
+    pub fn new(next: F) -> Self {
+        MergeCursor {
+            next,
+            current: None,
+            done: false,
+        }
+    }
+}
+
+impl<F: FnMut() -> Result<Option<Entry>>> ParentLookup for MergeCursor<F> {
+    fn find(&mut self, path: &str) -> Result<Option<Entry>> {
+        loop {
+            if self.current.is_none() && !self.done {
+                self.current = (self.next)()?;
+                self.done = self.current.is_none();
+            }
+            let Some(cur) = &self.current else {
+                return Ok(None);
+            };
+            match walk_order(&cur.path, path) {
+                std::cmp::Ordering::Less => self.current = None,
+                std::cmp::Ordering::Equal => return Ok(self.current.take()),
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+}
+
 pub struct FilesSource<'a> {
     writer: &'a Writer,
-    parent: HashMap<&'a str, &'a Entry>,
+    parent: &'a mut dyn ParentLookup,
     progress: &'a dyn Progress,
-    pub entries: Vec<Entry>,
+    sink: EntrySink<'a>,
     pub totals: FilesTotals,
 }
 
 impl<'a> FilesSource<'a> {
     pub fn new(
         writer: &'a Writer,
-        parent: Option<&'a [Entry]>,
+        parent: &'a mut dyn ParentLookup,
         progress: &'a dyn Progress,
+        sink: EntrySink<'a>,
     ) -> Self {
-        let parent = parent
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter(|e| e.kind == EntryType::File)
-                    .map(|e| (e.path.as_str(), e))
-                    .collect()
-            })
-            .unwrap_or_default();
         FilesSource {
             writer,
             parent,
             progress,
-            entries: Vec::new(),
+            sink,
             totals: FilesTotals::default(),
         }
     }
@@ -85,8 +139,7 @@ impl<'a> FilesSource<'a> {
     fn add(&mut self, path: &Path, rel: String, meta: fs::Metadata) -> Result<()> {
         let ft = meta.file_type();
         if ft.is_dir() {
-            self.entries
-                .push(base_entry(rel.clone(), EntryType::Dir, &meta));
+            (self.sink)(base_entry(rel.clone(), EntryType::Dir, &meta))?;
             self.totals.dirs += 1;
             let mut children: Vec<_> = fs::read_dir(path)
                 .map_err(|e| source_err(path, e))?
@@ -117,7 +170,7 @@ impl<'a> FilesSource<'a> {
             let target = fs::read_link(path).map_err(|e| source_err(path, e))?;
             let mut e = base_entry(rel, EntryType::Symlink, &meta);
             e.target = Some(target.to_string_lossy().into_owned());
-            self.entries.push(e);
+            (self.sink)(e)?;
             self.totals.symlinks += 1;
         } else if ft.is_file() {
             self.add_file(path, rel, &meta)?;
@@ -151,21 +204,25 @@ impl<'a> FilesSource<'a> {
     fn add_file(&mut self, path: &Path, rel: String, meta: &fs::Metadata) -> Result<()> {
         self.progress.set_item(&rel);
         let mut entry = base_entry(rel, EntryType::File, meta);
-        if let Some(old) = self.parent.get(entry.path.as_str()) {
+        let old = self.parent.find(&entry.path)?;
+        if let Some(old) = old.filter(|o| o.kind == EntryType::File) {
             let same = old.size == entry.size
                 && old.mtime_ns == entry.mtime_ns
                 && old.ctime_ns == entry.ctime_ns
                 && old.inode == entry.inode
                 && old.sha256.is_some()
+                // A chunk list kept out of line (a file of > 1,024 chunks)
+                // is not expanded by the streaming lookup: read it again.
+                && old.chunk_tree.is_none()
                 && old.chunks.iter().all(|c| self.writer.has_chunk(c));
             if same {
                 entry.sha256 = old.sha256;
-                entry.chunks = old.chunks.clone();
+                entry.chunks = old.chunks;
                 self.totals.files += 1;
                 self.totals.files_unchanged += 1;
                 self.totals.bytes += entry.size;
                 self.progress.add_bytes(entry.size);
-                self.entries.push(entry);
+                (self.sink)(entry)?;
                 return Ok(());
             }
         }
@@ -207,7 +264,7 @@ impl<'a> FilesSource<'a> {
         entry.chunks = stored.chunks;
         self.totals.files += 1;
         self.totals.bytes += entry.size;
-        self.entries.push(entry);
+        (self.sink)(entry)?;
         Ok(())
     }
 }
@@ -267,4 +324,63 @@ fn entry_path(abs: &Path) -> Result<String> {
         ));
     }
     Ok(rel)
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryType::File,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            sha256: None,
+            chunks: vec![],
+            chunk_tree: None,
+            target: None,
+            object: None,
+        }
+    }
+
+    /// The walk visits a directory's children right after it, sorted by
+    /// name: `a/b/c` before `a.x` although `.` sorts before `/` bytewise.
+    #[test]
+    fn walk_order_is_the_directory_walk_order() {
+        let walk = ["a", "a/b", "a/b/c", "a/z", "a.x", "ab", "b/c"];
+        for w in walk.windows(2) {
+            assert_eq!(walk_order(w[0], w[1]), std::cmp::Ordering::Less, "{w:?}");
+        }
+    }
+
+    /// Lookups in walk order find every parent entry that is still there,
+    /// skipping removed ones and not finding new ones; a lookup out of
+    /// order finds nothing (the file is read again), never a wrong entry.
+    #[test]
+    fn merge_cursor_finds_parent_entries_in_walk_order() {
+        let parent = ["a", "a/b", "a/b/c", "a/gone", "a/z", "a.x", "b/c"];
+        let mut it = parent.iter().map(|p| entry(p));
+        let mut cursor = MergeCursor::new(|| Ok(it.next()));
+        for (path, found) in [
+            ("a/b/c", true),
+            ("a/new", false),
+            ("a/z", true),
+            ("a.x", true),
+            ("a/b", false), // out of order: passed already
+            ("b/c", true),
+            ("c", false),
+        ] {
+            let got = cursor.find(path).unwrap();
+            assert_eq!(got.is_some(), found, "{path}");
+            if let Some(e) = got {
+                assert_eq!(e.path, path);
+            }
+        }
+    }
 }
