@@ -404,7 +404,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Verify(a) => {
-            let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
+            // Verify reads what the store holds, never a cached copy.
+            let repo = Arc::new(open_repo(backend, &password, None).await?);
             let percent = if a.read_data {
                 100.0
             } else {

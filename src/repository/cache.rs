@@ -154,6 +154,63 @@ impl Cache {
     pub fn clear_index(&self) {
         let _ = fs::remove_file(self.index_path());
     }
+
+    /// Where a copy of the immutable, content-named object `name` (a
+    /// snapshot summary) is kept: its stored (sealed) bytes, never
+    /// plaintext. `None` for names that are not `<dir>/<64 hex>`.
+    fn object_path(&self, name: &str) -> Option<PathBuf> {
+        let (dir, hex) = name.split_once('/')?;
+        let ok = !dir.is_empty()
+            && dir.bytes().all(|b| b.is_ascii_lowercase())
+            && hex.len() == 64
+            && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| self.dir.join(dir).join(hex))
+    }
+
+    /// The cached stored bytes of `name`, if any. The caller checks them
+    /// against the name (and authenticates them) before use.
+    pub fn load_object(&self, name: &str) -> Option<Vec<u8>> {
+        fs::read(self.object_path(name)?).ok()
+    }
+
+    /// Keep the stored bytes of `name` (atomically, 0600).
+    pub fn save_object(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let Some(path) = self.object_path(name) else {
+            return Ok(());
+        };
+        let dir = path.parent().expect("object path has a parent");
+        let write = || -> std::io::Result<()> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            let tmp = dir.join(format!(
+                ".{}.tmp",
+                hex::encode(crate::crypto::random_bytes::<8>())
+            ));
+            let result = (|| {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(bytes)?;
+                fs::rename(&tmp, &path)
+            })();
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result
+        };
+        write().map_err(|e| Error::io(format!("caching {}: {e}", path.display())))
+    }
+
+    /// Forget a cached object (found damaged).
+    pub fn remove_object(&self, name: &str) {
+        if let Some(p) = self.object_path(name) {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 /// Writes a stream as sealed frames: `len:u32le || seal(n:u64le || last:u8 || data)`.

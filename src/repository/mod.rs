@@ -320,7 +320,33 @@ impl Repository {
 
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let name = names::in_dir(names::SNAPSHOTS, id);
-        let plain = self.load_sealed(&name, Domain::Snapshot).await?;
+        // Snapshot objects never change: a copy in the local cache saves
+        // the GET (the parent lookup and `snapshots` read every summary).
+        // The copy is checked like the stored object; a bad one is dropped.
+        if let Some(cache) = &self.cache {
+            if let Some(bytes) = cache.load_object(&name) {
+                let plain = check_name(&name, &bytes)
+                    .and_then(|()| self.key.open(Domain::Snapshot, &bytes));
+                match plain.and_then(|p| snapshot::decode_compressed(&p)) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        tracing::warn!("dropping the cached copy of {name}: {e}");
+                        cache.remove_object(&name);
+                    }
+                }
+            }
+        }
+        let bytes = self.backend.get(&name).await?;
+        check_name(&name, &bytes)?;
+        let plain = self
+            .key
+            .open(Domain::Snapshot, &bytes)
+            .map_err(|e| e.context(format!("object {name}")))?;
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.save_object(&name, &bytes) {
+                tracing::debug!("could not cache {name}: {e}");
+            }
+        }
         snapshot::decode_compressed(&plain)
             .map_err(|e| e.context(format!("snapshot {}", id.short())))
     }
