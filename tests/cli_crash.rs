@@ -149,10 +149,12 @@ fn killed_multipart_backup_leaves_nothing_the_next_backup_does_not_clean() {
     )
     .ok();
 
-    // A kill can land between two uploads; try until one lands inside.
+    // A kill can land between two uploads (more often on a loaded
+    // machine, where an upload may finish between the poll that saw it
+    // and the kill); try until one lands inside.
     let mut fed = 0;
     let mut pending = vec![];
-    for _ in 0..3 {
+    for _ in 0..6 {
         fed = kill_mid_upload(&server);
         pending = settled_uploads(&server);
         if !pending.is_empty() {

@@ -20,10 +20,9 @@ use super::index::MasterIndexBuilder;
 use super::lock::Lease;
 use super::Repository;
 use crate::backend::list_all;
-use crate::crypto::Domain;
 use crate::error::{ErrorKind, Result};
 use crate::format::index::{self as index_fmt, IndexSplitter};
-use crate::format::{codec, names, Id};
+use crate::format::{names, Id};
 
 /// An index object whose stored size is below this is "small": the
 /// automatic compaction merges only these, so a large repository's full
@@ -109,11 +108,7 @@ pub async fn compact(
     let mut replaced: Vec<(Id, String)> = vec![];
     let mut loads = futures::stream::iter(candidates)
         .map(|(id, name)| async move {
-            let r = async {
-                let plain = repo.load_sealed(&name, Domain::Index).await?;
-                codec::decompress(&plain, index_fmt::MAX_PLAIN_LEN, "index")
-            }
-            .await;
+            let r = repo.load_index_plain(&name).await;
             (id, name, r)
         })
         .buffered(super::LOAD_CONCURRENCY);
@@ -291,11 +286,9 @@ mod tests {
     }
 
     async fn load_plain(repo: &Repository, id: &Id) -> Vec<u8> {
-        let sealed = repo
-            .load_sealed(&names::in_dir(names::INDEX, id), Domain::Index)
+        repo.load_index_plain(&names::in_dir(names::INDEX, id))
             .await
-            .unwrap();
-        codec::decompress(&sealed, index_fmt::MAX_PLAIN_LEN, "index").unwrap()
+            .unwrap()
     }
 
     /// An index object listed but deleted before it is read (a concurrent

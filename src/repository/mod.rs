@@ -671,11 +671,7 @@ impl Repository {
             gone.clear();
             let mut loads = futures::stream::iter(todo)
                 .map(|(id, name)| async move {
-                    let r = async {
-                        let plain = self.load_sealed(&name, Domain::Index).await?;
-                        codec::decompress(&plain, index_fmt::MAX_PLAIN_LEN, "index")
-                    }
-                    .await;
+                    let r = self.load_index_plain(&name).await;
                     (id, name, r)
                 })
                 .buffered(LOAD_CONCURRENCY);
@@ -735,6 +731,13 @@ impl Repository {
 
     /// Store one index object. Callers split first (`index_fmt::split`):
     /// an object over the readers' cap is refused here, never stored.
+    /// An index object's plaintext: fetched, name-checked, authenticated
+    /// and decompressed (at most the reader cap).
+    pub(crate) async fn load_index_plain(&self, name: &str) -> Result<Vec<u8>> {
+        let plain = self.load_sealed(name, Domain::Index).await?;
+        codec::decompress(&plain, index_fmt::MAX_PLAIN_LEN, "index")
+    }
+
     pub async fn save_index(&self, file: &index_fmt::IndexFile) -> Result<Id> {
         if file.encoded_len() > index_fmt::MAX_PLAIN_LEN {
             return Err(Error::usage(format!(
