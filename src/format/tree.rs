@@ -204,23 +204,26 @@ impl<T: TreeItem> TreeBuilder<T> {
         Ok(out)
     }
 
-    fn close_leaf(&mut self, last: &[u8; 32], out: &mut Vec<EncodedNode>) {
+    /// Encode the open leaf as a node and empty it.
+    fn take_leaf(&mut self) -> (EncodedNode, ChildRef) {
         let mut plain = Vec::with_capacity(self.leaf.len() + 48);
         plain.extend_from_slice(
             format!("{{\"v\":{NODE_VERSION},\"level\":0,\"{}\":[", T::LEAF_FIELD).as_bytes(),
         );
         plain.extend_from_slice(&self.leaf);
         plain.extend_from_slice(b"]}");
-        let node = EncodedNode {
-            id: Id::hash(&plain),
-            plain,
-        };
+        let id = Id::hash(&plain);
         let r = ChildRef {
-            id: node.id,
+            id,
             count: self.leaf_items as u64,
         };
         self.leaf.clear();
         self.leaf_items = 0;
+        (EncodedNode { id, plain }, r)
+    }
+
+    fn close_leaf(&mut self, last: &[u8; 32], out: &mut Vec<EncodedNode>) {
+        let (node, r) = self.take_leaf();
         out.push(node);
         self.add_child(1, r, Some(last), out);
     }
@@ -268,18 +271,7 @@ impl<T: TreeItem> TreeBuilder<T> {
         if self.leaf_items > 0 || self.total == 0 {
             // The last leaf's end is the list's end, not a key boundary:
             // it adds no inner boundary (`None`).
-            let mut plain =
-                format!("{{\"v\":{NODE_VERSION},\"level\":0,\"{}\":[", T::LEAF_FIELD).into_bytes();
-            plain.extend_from_slice(&self.leaf);
-            plain.extend_from_slice(b"]}");
-            let node = EncodedNode {
-                id: Id::hash(&plain),
-                plain,
-            };
-            let r = ChildRef {
-                id: node.id,
-                count: self.leaf_items as u64,
-            };
+            let (node, r) = self.take_leaf();
             out.push(node);
             if self.total == 0 {
                 return (r, out);
