@@ -30,6 +30,8 @@ pub enum Domain {
     Config,
     Lock,
     MasterKey,
+    /// Prune's record of condemned packs (`condemned/<id>`).
+    Condemned,
     /// The local cache (never stored in a repository).
     Cache,
 }
@@ -44,6 +46,7 @@ impl Domain {
             Domain::Config => b"usdcop-dr/v1/config",
             Domain::Lock => b"usdcop-dr/v1/lock",
             Domain::MasterKey => b"usdcop-dr/v1/master-key",
+            Domain::Condemned => b"usdcop-dr/v1/condemned",
             Domain::Cache => b"usdcop-dr/v1/local-cache",
         }
     }

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Source,
     /// The operation was interrupted.
     Interrupted,
+    /// Another process is doing the same work (another prune): exit 75
+    /// (EX_TEMPFAIL), which systemd and cron wrappers treat as "try later".
+    Busy,
 }
 
 #[derive(Debug)]
@@ -95,6 +98,7 @@ impl Error {
         match self.kind {
             ErrorKind::Usage => 2,
             ErrorKind::Integrity => 3,
+            ErrorKind::Busy => 75,
             _ => 1,
         }
     }

@@ -46,6 +46,8 @@ pub struct MetricsInput {
     pub repository_up: bool,
     /// Bytes stored in the repository (packs, indexes, snapshots), when known.
     pub repository_size_bytes: Option<u64>,
+    /// The last prune, when one is recorded.
+    pub last_prune: Option<crate::state::LastPrune>,
 }
 
 fn ts(t: &DateTime<Utc>) -> f64 {
@@ -128,6 +130,42 @@ pub fn render(input: &MetricsInput) -> Result<String> {
             "Bytes stored in the repository (packs, indexes, snapshots)",
         )?
         .set(size as f64);
+    }
+    if let Some(p) = &input.last_prune {
+        for (name, help, v) in [
+            (
+                "usdcop_dr_last_prune_success",
+                "1 if the last prune succeeded, 0 if it failed",
+                if p.success { 1.0 } else { 0.0 },
+            ),
+            (
+                "usdcop_dr_last_prune_timestamp_seconds",
+                "Start time of the last prune",
+                ts(&p.started),
+            ),
+            (
+                "usdcop_dr_last_prune_duration_seconds",
+                "Duration of the last prune",
+                p.duration_s,
+            ),
+            (
+                "usdcop_dr_last_prune_snapshots_removed",
+                "Snapshots the last prune removed",
+                p.snapshots_removed as f64,
+            ),
+            (
+                "usdcop_dr_last_prune_freed_bytes",
+                "Bytes of packs the last prune deleted",
+                p.bytes_freed as f64,
+            ),
+            (
+                "usdcop_dr_last_prune_condemned_bytes",
+                "Bytes of packs the last prune condemned (deleted by a later prune)",
+                p.bytes_condemned as f64,
+            ),
+        ] {
+            gauge(&r, name, help)?.set(v);
+        }
     }
     for s in &input.sources {
         let labels = [s.name.as_str(), s.kind.as_str()];
@@ -244,6 +282,15 @@ mod tests {
             ],
             repository_up: true,
             repository_size_bytes: Some(12345),
+            last_prune: Some(crate::state::LastPrune {
+                started: t("2026-12-02T03:00:00Z"),
+                success: true,
+                duration_s: 2.0,
+                snapshots_removed: 4,
+                bytes_freed: 1000,
+                bytes_condemned: 500,
+                error: None,
+            }),
         };
         let text = render(&input).unwrap();
         for line in [
@@ -251,6 +298,9 @@ mod tests {
             "usdcop_dr_last_success_timestamp_seconds{kind=\"postgres\",source=\"pg-usdcop\"} 1796090400.5",
             "usdcop_dr_last_success_timestamp_seconds{kind=\"files\",source=\"config\"} 0",
             "usdcop_dr_last_run_success{kind=\"postgres\",source=\"pg-usdcop\"} 0",
+            "usdcop_dr_last_prune_success 1",
+            "usdcop_dr_last_prune_freed_bytes 1000",
+            "usdcop_dr_last_prune_snapshots_removed 4",
             "usdcop_dr_last_duration_seconds{kind=\"postgres\",source=\"pg-usdcop\"} 1.25",
             "usdcop_dr_snapshots{kind=\"postgres\",source=\"pg-usdcop\"} 3",
             "usdcop_dr_rpo_seconds{kind=\"files\",source=\"config\"} 86400",

@@ -49,6 +49,23 @@ pub struct RunState {
     pub version: u32,
     pub repository: String,
     pub sources: BTreeMap<String, LastRun>,
+    /// The last `prune` (or `forget`) that was not a dry run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune: Option<LastPrune>,
+}
+
+/// The last prune's result (metrics, `status`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastPrune {
+    pub started: DateTime<Utc>,
+    pub success: bool,
+    pub duration_s: f64,
+    pub snapshots_removed: u64,
+    /// Bytes of packs deleted.
+    pub bytes_freed: u64,
+    /// Bytes of packs condemned (freed by a later run).
+    pub bytes_condemned: u64,
+    pub error: Option<String>,
 }
 
 /// One source's last `backup --all` (or `backup --source`) run.
@@ -139,6 +156,7 @@ impl StateStore {
                     version: VERSION,
                     repository: self.repository.clone(),
                     sources: BTreeMap::new(),
+                    last_prune: None,
                 })
             }
             Err(e) => return Err(Error::io(format!("cannot read {}: {e}", path.display()))),

@@ -104,6 +104,26 @@ pub enum Command {
     /// Repair repository metadata
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Apply the retention policies: remove the snapshots they drop (the
+    /// space is freed by `prune`)
+    Forget(PruneArgs),
+    /// Apply the retention policies and free the space no kept snapshot
+    /// uses (two phases: packs are condemned, then deleted by a later run
+    /// after `[retention] grace`); never blocks a backup
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Decide and report; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also write the report as Markdown to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Repack a pack when at least this percentage of it is unused
+    #[arg(long, value_name = "PERCENT", default_value_t = 50.0)]
+    pub repack_unused: f64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -70,6 +70,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             ..
         }) => return nightly::backup_all(&cli, settings.as_ref(), sources).await,
         Command::Status => return nightly::status(&cli, settings.as_ref()).await,
+        Command::Forget(_) | Command::Prune(_) => {
+            return Err(Error::usage("prune: retention policies are not wired yet"))
+        }
         _ => {}
     }
     let progress = progress::make(cli.quiet, cli.json);
@@ -110,6 +113,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             })?;
         }
         Command::Backup(args::BackupArgs { mode: None, .. })
+        | Command::Forget(_)
+        | Command::Prune(_)
         | Command::Status
         | Command::Config(_) => unreachable!("handled above"),
         Command::Backup(args::BackupArgs {
@@ -429,11 +434,19 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Repair(RepairCommand::Index { compact }) => {
             let repo = Arc::new(open_repo_for_write(backend, &password, cache.as_deref()).await?);
+            // A writer like a backup: prune sees it live and waits for it.
+            let lock = usdcop_dr::repository::lock::LockGuard::acquire(
+                repo.clone(),
+                usdcop_dr::format::meta::LockKind::Backup,
+            )
+            .await?;
             let r = if compact {
-                repair::index_and_compact(repo).await?
+                repair::index_and_compact(repo).await
             } else {
-                repair::index(repo).await?
+                repair::index(repo).await
             };
+            let _ = lock.release().await;
+            let r = r?;
             emit(cli.json, &r, || {
                 let mut t = format!(
                     "{} packs, {} not in any index; re-indexed {} packs ({} chunks)",
@@ -672,16 +685,5 @@ pub fn report_error(e: &Error, json: bool) {
 }
 
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    usdcop_dr::progress::human_bytes(bytes)
 }

@@ -34,7 +34,7 @@ pub fn settings(cli: &Cli) -> Result<Option<Settings>> {
     }
 }
 
-fn require<'a>(settings: Option<&'a Settings>, what: &str) -> Result<&'a Settings> {
+pub fn require<'a>(settings: Option<&'a Settings>, what: &str) -> Result<&'a Settings> {
     settings.ok_or_else(|| {
         Error::usage(format!("{what} needs a configuration file, and none was found"))
             .with_hint(format!(
@@ -85,7 +85,7 @@ pub fn password_file(settings: Option<&Settings>) -> Option<(&Path, &Path)> {
     Some((f, s.file.as_path()))
 }
 
-async fn open_repository(cli: &Cli, settings: &Settings) -> Result<(String, Repository)> {
+pub async fn open_repository(cli: &Cli, settings: &Settings) -> Result<(String, Repository)> {
     let (repo_arg, s3) = repository(cli, Some(settings))?;
     let backend = backend::open(&repo_arg, &s3).await?;
     let location = backend.location();
@@ -488,6 +488,25 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
             size,
             last
         );
+    }
+    match &r.last_prune {
+        None => t += "\nlast prune: none recorded",
+        Some(p) if p.success => {
+            t += &format!(
+                "\nlast prune: ok {}, {} snapshots removed, {} freed, {} condemned",
+                local(&p.started),
+                p.snapshots_removed,
+                human(p.bytes_freed),
+                human(p.bytes_condemned)
+            )
+        }
+        Some(p) => {
+            t += &format!(
+                "\nlast prune: FAILED {}: {}",
+                local(&p.started),
+                p.error.as_deref().unwrap_or("")
+            )
+        }
     }
     let late: Vec<&str> = r
         .sources

@@ -177,14 +177,23 @@ pub async fn run(
     opts.writer.lease = Some(lease.clone());
     let result = async {
         let recovery = super::recover::after_dead_writers(&repo, &lock.id().await).await?;
+        // Prune's condemned packs, read after our lock was stored and
+        // before the index (docs/FORMAT.md §12): never deduplicated against.
+        let condemned = crate::repository::gc::load_condemned(&repo).await?;
+        for (name, why) in &condemned.damaged {
+            progress.warn(&format!("condemned record {name} is damaged ({why}): ignored"));
+        }
         // Loaded after the recovery, which may have indexed orphaned packs.
-        let index = repo.load_index_reporting(progress.as_ref()).await?;
+        let full_index = repo.load_index_reporting(progress.as_ref()).await?;
+        // What the writer deduplicates against; the parent is read
+        // through the full index (its nodes may sit in a condemned pack).
+        let index = crate::repository::gc::for_writer(&full_index, &condemned);
         let time = opts.time.unwrap_or(started);
         // The bucket source still takes the parent's entries whole; the
         // files source streams them (a merge-join in walk order).
         let parent_entries = match (&parent, &input) {
             (Some((id, s)), Prepared::Input(BackupInput::Bucket { .. })) => {
-                parent_entries(&repo, &index, id, s).await?
+                parent_entries(&repo, &full_index, id, s).await?
             }
             _ => None,
         };
@@ -207,6 +216,7 @@ pub async fn run(
             }
             Prepared::Input(BackupInput::Files(roots)) => {
                 let writer = Writer::start(repo.clone(), index.clone(), opts.writer)?;
+                let index = full_index.clone();
                 let repo = repo.clone();
                 let rt = tokio::runtime::Handle::current();
                 tokio::task::spawn_blocking(move || -> Result<_> {
@@ -307,15 +317,21 @@ pub async fn run(
         // Every backup adds small index objects; once there are many, merge
         // them (under this backup's lock and lease). The snapshot is stored:
         // a failure here only leaves the objects as they were.
+        // Only when no pack was condemned at our start: then no prune can
+        // delete a pack while we run (we were live at any condemnation
+        // since), so we never copy entries of a pack being deleted into a
+        // new index object (docs/FORMAT.md §12).
         let compaction = crate::repository::compact::CompactOptions::auto();
-        match crate::repository::compact::compact(&repo, &compaction, Some(&lease)).await {
-            Ok(r) if r.objects_replaced > 0 => tracing::info!(
-                "compacted {} small index objects into {}",
-                r.objects_replaced,
-                r.written.len()
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("index compaction failed (the snapshot is stored): {e}"),
+        if condemned.is_empty() {
+            match crate::repository::compact::compact(&repo, &compaction, Some(&lease)).await {
+                Ok(r) if r.objects_replaced > 0 => tracing::info!(
+                    "compacted {} small index objects into {}",
+                    r.objects_replaced,
+                    r.written.len()
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("index compaction failed (the snapshot is stored): {e}"),
+            }
         }
         Ok(BackupSummary {
             snapshot_id,
@@ -577,7 +593,9 @@ pub async fn save_snapshot_with_entries(
     snap: &mut Snapshot,
     entries: Vec<Entry>,
 ) -> Result<Id> {
+    let condemned = crate::repository::gc::load_condemned(repo).await?;
     let index = repo.load_index().await?;
+    let index = crate::repository::gc::for_writer(&index, &condemned);
     let writer = Writer::start(repo.clone(), index, WriterOptions::default())?;
     let list = tokio::task::spawn_blocking(move || -> Result<StoredList> {
         let list = writer.store_entry_list(entries)?;

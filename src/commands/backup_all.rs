@@ -255,6 +255,7 @@ pub fn metrics_input(
         sources,
         repository_up,
         repository_size_bytes: facts.map(|f| f.size_bytes),
+        last_prune: state.last_prune.clone(),
     }
 }
 

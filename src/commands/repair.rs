@@ -34,16 +34,28 @@ pub struct RepairReport {
     pub compaction: Option<CompactReport>,
     /// Packs whose header could not be read (damaged): name and reason.
     pub unreadable: Vec<(String, String)>,
+    /// Unindexed packs left alone because prune condemned them.
+    pub packs_condemned: u64,
+    /// `--compact` not done: prune has condemned packs and compacts itself.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub compaction_deferred: bool,
 }
 
 pub async fn index(repo: Arc<Repository>) -> Result<RepairReport> {
     index_with(repo, index_fmt::TARGET_PLAIN_LEN).await
 }
 
-/// `repair index --compact`: re-index, then compact every index object.
+/// `repair index --compact`: re-index, then compact every index object —
+/// unless prune has condemned packs: then compaction is prune's (a writer
+/// must never copy the entries of a pack being deleted, docs/FORMAT.md §12).
 pub async fn index_and_compact(repo: Arc<Repository>) -> Result<RepairReport> {
+    let condemned = crate::repository::gc::load_condemned(&repo).await?;
     let mut report = index(repo.clone()).await?;
-    report.compaction = Some(compact(&repo, &CompactOptions::all(), None).await?);
+    if condemned.is_empty() {
+        report.compaction = Some(compact(&repo, &CompactOptions::all(), None).await?);
+    } else {
+        report.compaction_deferred = true;
+    }
     Ok(report)
 }
 
@@ -53,6 +65,9 @@ pub async fn index_with(repo: Arc<Repository>, cap: usize) -> Result<RepairRepor
     // since it was cached must count as missing here.
     // It writes index objects: the writer gate applies.
     repo.check_writable()?;
+    // Condemned packs are never indexed again (docs/FORMAT.md §12): read
+    // before the listing, so a pack deleted after this read is not listed.
+    let condemned = crate::repository::gc::load_condemned(&repo).await?.packs();
     let index = repo.load_index_from_store().await?;
     let packs = list_all(repo.backend(), names::DATA).await?;
     let mut report = RepairReport {
@@ -63,6 +78,11 @@ pub async fn index_with(repo: Arc<Repository>, cap: usize) -> Result<RepairRepor
         .iter()
         .filter_map(|o| Some((names::id_of(&o.name)?, o.size)))
         .filter(|(id, _)| !index.has_pack(id))
+        .filter(|(id, _)| {
+            let c = condemned.contains(id);
+            report.packs_condemned += c as u64;
+            !c
+        })
         .collect();
     report.packs_unindexed = todo.len() as u64;
     let results: Vec<_> = futures::stream::iter(todo)

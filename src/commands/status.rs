@@ -85,6 +85,8 @@ pub struct StatusReport {
     pub timezone: String,
     pub repository: RepositoryStatus,
     pub sources: Vec<SourceStatus>,
+    /// The last prune recorded on this host (not a dry run).
+    pub last_prune: Option<crate::state::LastPrune>,
     /// Every source within its RPO (and the repository reachable).
     pub ok: bool,
 }
@@ -165,6 +167,7 @@ pub fn report(
             size_bytes: size,
         },
         sources: statuses,
+        last_prune: state.last_prune.clone(),
         ok,
     }
 }

@@ -19,7 +19,11 @@ pub const FORMAT_VERSION: u32 = 2;
 ///   uploads are aborted by a store-clock cut-off.
 /// - `lock-identity`: a lock records the holder's boot id, pid namespace
 ///   and process start time; pid liveness is used only when all match.
-pub const WRITE_FEATURES: &[&str] = &["lock-lease", "store-time-locks", "lock-identity"];
+/// - `prune-v1`: a writer stores its lock (with a `holder` id that stays
+///   the same across refreshes) before it reads `condemned/`, then the
+///   index; it never deduplicates against, indexes or compacts a condemned
+///   pack (docs/FORMAT.md §12, "Prune").
+pub const WRITE_FEATURES: &[&str] = &["lock-lease", "store-time-locks", "lock-identity", "prune-v1"];
 
 /// Features a reader must implement to read a repository; all known here.
 /// None yet: format 1 is read by every binary that knows the version.
@@ -149,21 +153,28 @@ impl Config {
     /// feature in `write_features` and be at least `min_writer_version`.
     /// A usage error (exit 2) naming what is missing otherwise.
     pub fn check_writable(&self) -> Result<()> {
-        let unknown = unknown(&self.write_features, WRITE_FEATURES);
+        self.check_writable_by(WRITE_FEATURES, WRITER_VERSION)
+    }
+
+    /// [`Self::check_writable`] for a writer that knows `known` and is
+    /// version `version` (an older binary, in tests).
+    pub fn check_writable_by(&self, known: &[&str], version: &str) -> Result<()> {
+        let unknown = unknown(&self.write_features, known);
         if !unknown.is_empty() {
             return Err(Error::usage(format!(
-                "this repository needs write features that usdcop-dr {WRITER_VERSION} does not \
+                "this repository needs write features that usdcop-dr {version} does not \
                  know: {}; it refuses to write to it",
                 unknown.join(", ")
             ))
             .with_hint(self.upgrade_hint(true)));
         }
         if let Some(min) = self.min_writer()? {
-            let ours = semver::Version::parse(WRITER_VERSION).expect("own version is semver");
+            let ours = semver::Version::parse(version)
+                .map_err(|e| Error::usage(format!("writer version {version:?}: {e}")))?;
             if ours < min {
                 return Err(Error::usage(format!(
                     "this repository may only be written by usdcop-dr {min} or later; \
-                     this is {WRITER_VERSION}, which refuses to write to it"
+                     this is {version}, which refuses to write to it"
                 ))
                 .with_hint(self.upgrade_hint(true)));
             }
@@ -246,6 +257,11 @@ pub struct Lock {
     pub expires: DateTime<Utc>,
     /// Random, so that two refreshes in one second are distinct objects.
     pub nonce: String,
+    /// Random, chosen when the lock is first taken and the same in every
+    /// refresh: identifies the holder across its lock copies (prune
+    /// records which holders were live when it condemned packs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
     /// How long this copy stays valid after the store wrote it (seconds).
     /// A judge compares the lock object's store timestamp plus this with
     /// the store's "now", so that no two hosts' clocks are ever compared;
@@ -303,5 +319,16 @@ mod format_version_tests {
         );
         c.version = 3;
         assert!(c.check().is_err());
+    }
+}
+
+impl Lock {
+    /// Who holds this lock, the same in all its copies: `holder`, or (for
+    /// a lock written without one) host, pid and start together.
+    pub fn holder_key(&self) -> String {
+        match &self.holder {
+            Some(h) => h.clone(),
+            None => format!("{}/{}/{}", self.host, self.pid, self.started.to_rfc3339()),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! docs/FORMAT.md is the prose version of this module.
 
 pub mod codec;
+pub mod condemned;
 pub mod id;
 pub mod index;
 pub mod meta;
@@ -23,6 +24,7 @@ pub mod names {
     pub const SNAPSHOTS: &str = "snapshots/";
     pub const KEYS: &str = "keys/";
     pub const LOCKS: &str = "locks/";
+    pub const CONDEMNED: &str = "condemned/";
 
     pub fn pack(id: &Id) -> String {
         let hex = id.to_hex();

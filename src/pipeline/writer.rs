@@ -354,6 +354,24 @@ impl Writer {
         Ok(id)
     }
 
+    /// Store a blob as it is already sealed (prune's repack copies the
+    /// stored bytes of a blob it has just decoded and checked, without
+    /// sealing it again), deduplicated like any other. Blocking.
+    pub fn copy_sealed_blob(&self, entry: PackEntry, bytes: Vec<u8>) -> Result<()> {
+        if let Some(e) = self.shared.failed() {
+            return Err(e);
+        }
+        let s = &self.shared;
+        if s.known.contains(&entry.id) || !s.inflight.lock().unwrap().insert(entry.id) {
+            return Ok(());
+        }
+        self.blobs
+            .as_ref()
+            .expect("writer not finished")
+            .send(SealedBlob { entry, bytes })
+            .map_err(|_| self.broken())
+    }
+
     fn store_list<T: TreeItem>(
         &self,
         items: impl IntoIterator<Item = Result<T>>,

@@ -41,6 +41,9 @@ pub struct CompactOptions {
     pub min_objects: usize,
     /// Plaintext size cap of each object written.
     pub cap: usize,
+    /// Packs whose entries are left out of the objects written (prune:
+    /// packs about to be deleted, packs already gone).
+    pub drop_packs: std::collections::HashSet<Id>,
 }
 
 impl CompactOptions {
@@ -50,6 +53,7 @@ impl CompactOptions {
             all: true,
             min_objects: 2,
             cap: index_fmt::TARGET_PLAIN_LEN,
+            drop_packs: Default::default(),
         }
     }
     /// After a backup: the small objects, when there are many.
@@ -58,6 +62,7 @@ impl CompactOptions {
             all: false,
             min_objects: AUTO_COMPACT_OBJECTS + 1,
             cap: index_fmt::TARGET_PLAIN_LEN,
+            drop_packs: Default::default(),
         }
     }
 }
@@ -144,6 +149,9 @@ pub async fn compact(
     // Each object is stored as soon as it is complete; the last one,
     // carrying `supersedes`, last.
     for p in union.pack_iter() {
+        if opts.drop_packs.contains(&p.id) {
+            continue;
+        }
         for f in splitter.push(p) {
             check()?;
             report.written.push(repo.save_index(&f).await?);

@@ -196,6 +196,21 @@ impl MasterIndex {
         Id(id)
     }
 
+    /// The same index without the blobs of `packs` (a writer's view: it
+    /// never deduplicates against a condemned pack). A chunk whose kept
+    /// location was in one of them is absent here even when another pack
+    /// holds a copy: the writer stores it again, the safe side.
+    pub fn without_packs(&self, packs: &HashSet<Id>) -> MasterIndex {
+        let mut b = MasterIndexBuilder::new(false);
+        b.reserve(self.blob_count());
+        for p in self.pack_iter() {
+            if !packs.contains(&p.id) {
+                b.add_pack(&p);
+            }
+        }
+        b.finish()
+    }
+
     /// All blobs, grouped by pack, as index entries (for verify).
     pub fn blobs_by_pack(&self) -> HashMap<Id, Vec<IndexBlob>> {
         let mut out: HashMap<Id, Vec<IndexBlob>> = HashMap::new();
@@ -393,6 +408,8 @@ pub struct MasterIndexBuilder {
     spans: Vec<Span>,
     superseded: HashSet<Id>,
     honour_supersedes: bool,
+    /// Packs whose copy of a chunk is kept only when no other pack has one.
+    disfavored: HashSet<Id>,
 }
 
 impl Default for MasterIndexBuilder {
@@ -412,7 +429,14 @@ impl MasterIndexBuilder {
             spans: vec![],
             superseded: HashSet::new(),
             honour_supersedes,
+            disfavored: HashSet::new(),
         }
+    }
+
+    /// When a chunk is in several packs, keep a location outside `packs`
+    /// if there is one (prune: a condemned pack's copy is the last resort).
+    pub fn disfavor(&mut self, packs: HashSet<Id>) {
+        self.disfavored = packs;
     }
 
     /// Continue from a built index (the local cache): its records are
@@ -470,6 +494,7 @@ impl MasterIndexBuilder {
             spans: vec![],
             superseded: HashSet::new(),
             honour_supersedes,
+            disfavored: HashSet::new(),
         }
     }
 
@@ -603,6 +628,7 @@ impl MasterIndexBuilder {
             spans,
             superseded,
             honour_supersedes,
+            disfavored,
             ..
         } = self;
         let mut pack_listed: Option<Vec<bool>> = None;
@@ -627,7 +653,18 @@ impl MasterIndexBuilder {
             }
             pack_listed = Some(listed);
         }
-        recs.sort_unstable();
+        if disfavored.is_empty() {
+            recs.sort_unstable();
+        } else {
+            let bad: Vec<bool> = packs.iter().map(|p| disfavored.contains(p)).collect();
+            let bad_rec = |r: &[u8; BUILD_REC]| bad[BlobLocation::unpack(&r[32..]).pack as usize];
+            recs.sort_unstable_by(|a, b| {
+                a[..32]
+                    .cmp(&b[..32])
+                    .then_with(|| bad_rec(a).cmp(&bad_rec(b)))
+                    .then_with(|| a.cmp(b))
+            });
+        }
         recs.dedup_by(|a, b| a[..32] == b[..32]);
         let n = recs.len();
         // Reinterpret the build array as bytes, then compact each 48-byte

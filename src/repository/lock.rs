@@ -141,6 +141,7 @@ impl Lease {
 
 pub struct LockGuard {
     repo: Arc<Repository>,
+    holder: String,
     current: Arc<Mutex<Id>>,
     lease: Lease,
     refresher: JoinHandle<()>,
@@ -153,7 +154,8 @@ impl LockGuard {
         let started = Utc::now();
         let ttl = ttl();
         let built = Instant::now();
-        let id = write_lock(&repo, kind, started, ttl).await?;
+        let holder = hex::encode(crate::crypto::random_bytes::<8>());
+        let id = write_lock(&repo, kind, started, ttl, &holder).await?;
         let current = Arc::new(Mutex::new(id));
         let lease = Lease::new(built, ttl, current.clone());
         let refresher = tokio::spawn(refresh_loop(
@@ -162,9 +164,11 @@ impl LockGuard {
             started,
             current.clone(),
             lease.clone(),
+            holder.clone(),
         ));
         Ok(LockGuard {
             repo,
+            holder,
             current,
             lease,
             refresher,
@@ -175,6 +179,11 @@ impl LockGuard {
     /// others may judge this holder dead.
     pub fn lease(&self) -> Lease {
         self.lease.clone()
+    }
+
+    /// This holder's id, the same in every copy of its lock.
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// The lock object's current id (it changes at every refresh).
@@ -206,12 +215,13 @@ async fn refresh_loop(
     started: DateTime<Utc>,
     current: Arc<Mutex<Id>>,
     lease: Lease,
+    holder: String,
 ) {
     let every = refresh_interval();
     loop {
         tokio::time::sleep(every).await;
         let built = Instant::now();
-        match write_lock(&repo, kind, started, lease.ttl).await {
+        match write_lock(&repo, kind, started, lease.ttl, &holder).await {
             Ok(new) => {
                 lease.stored(built);
                 let old = std::mem::replace(&mut *current.lock().await, new);
@@ -234,6 +244,7 @@ async fn write_lock(
     kind: LockKind,
     started: DateTime<Utc>,
     ttl: Duration,
+    holder: &str,
 ) -> Result<Id> {
     let lock = Lock {
         version: 1,
@@ -245,6 +256,7 @@ async fn write_lock(
         nonce: hex::encode(crate::crypto::random_bytes::<8>()),
         ttl_s: Some(ttl.as_secs().max(1)),
         process: own_identity().cloned(),
+        holder: Some(holder.to_owned()),
     };
     save_lock(repo, &lock).await
 }
@@ -591,6 +603,7 @@ mod tests {
                 nonce: "n".into(),
                 ttl_s: Some(1800),
                 process: None,
+                holder: None,
             },
             stored,
         };

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod compact;
+pub mod gc;
 pub mod index;
 pub mod lock;
 pub mod tree;
@@ -318,6 +319,15 @@ impl Repository {
         .await
     }
 
+    /// Drop the local cache's copies of snapshots that were removed.
+    pub fn forget_cached_snapshots(&self, ids: &[Id]) {
+        if let Some(cache) = &self.cache {
+            for id in ids {
+                cache.remove_object(&names::in_dir(names::SNAPSHOTS, id));
+            }
+        }
+    }
+
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let name = names::in_dir(names::SNAPSHOTS, id);
         // Snapshot objects never change: a copy in the local cache saves
@@ -580,12 +590,12 @@ impl Repository {
             }
         }
         let had_cache = cached.is_some();
-        match self.build_index_from(progress, cached).await? {
+        match self.build_index_from(progress, cached, None).await? {
             Some((m, covered, new)) => Ok((m, covered, !had_cache || new > 0)),
             None => {
                 tracing::info!("the local index cache is out of date; rebuilding it");
                 let (m, covered, _) = self
-                    .build_index_from(progress, None)
+                    .build_index_from(progress, None, None)
                     .await?
                     .expect("no cache, no restart");
                 Ok((m, covered, true))
@@ -600,6 +610,7 @@ impl Repository {
         &self,
         progress: &dyn crate::progress::Progress,
         cached: Option<(MasterIndex, Vec<Id>)>,
+        disfavor: Option<std::collections::HashSet<Id>>,
     ) -> Result<Option<(MasterIndex, Vec<Id>, usize)>> {
         use crate::progress::{Warning, WarningKind};
         use std::collections::{BTreeMap, HashSet};
@@ -624,6 +635,9 @@ impl Repository {
             }
             None => index::MasterIndexBuilder::new(true),
         };
+        if let Some(d) = disfavor {
+            builder.disfavor(d);
+        }
         let mut fetched = 0;
         for round in 0.. {
             if round > 0 {
@@ -723,6 +737,21 @@ impl Repository {
         }
         covered.sort();
         Ok(Some((builder.finish(), covered, fetched)))
+    }
+
+    /// The master index from the store's objects (never the cache, which
+    /// is left as it is), each chunk located outside `disfavor` when any
+    /// copy is: prune's view, where a condemned pack's copy is the last
+    /// resort.
+    pub async fn load_index_preferring(
+        &self,
+        disfavor: std::collections::HashSet<Id>,
+    ) -> Result<MasterIndex> {
+        let (m, _, _) = self
+            .build_index_from(&LogWarnings, None, Some(disfavor))
+            .await?
+            .expect("no cache, no restart");
+        Ok(m)
     }
 
     pub async fn index(&self) -> Arc<MasterIndex> {
@@ -1012,6 +1041,22 @@ mod tests {
             ..Default::default()
         };
         Repository::init(backend, b"pw", &opts).await.unwrap()
+    }
+
+    /// A writer from before prune (it knows the lock features but not
+    /// `prune-v1`: it would deduplicate against condemned packs) is
+    /// refused by a repository created now, naming the feature; this
+    /// binary is not.
+    #[tokio::test]
+    async fn a_writer_without_the_prune_protocol_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        assert!(repo.config().write_features.iter().any(|f| f == "prune-v1"));
+        repo.check_writable().unwrap();
+        let old = ["lock-lease", "store-time-locks", "lock-identity"];
+        let e = repo.config().check_writable_by(&old, "0.1.0").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        assert!(e.to_string().contains("prune-v1"), "{e}");
     }
 
     /// The writer gate in the library: a config requiring a write feature
