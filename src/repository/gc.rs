@@ -166,6 +166,9 @@ impl Default for GcOptions {
 
 /// A pack is repacked when at least half of it is unused.
 pub const DEFAULT_REPACK_UNUSED: f64 = 0.5;
+/// ... and at least this many bytes of it: copying a small pack's few
+/// live blobs into yet another pack would win nothing.
+pub const MIN_REPACK_UNUSED: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PackLine {
@@ -374,7 +377,8 @@ pub async fn collect(
         } else if u == 0 {
             Reason::Unreferenced
         } else {
-            if size > 0 && (size - u.min(size)) as f64 / size as f64 >= opts.repack_unused {
+            let unused = size - u.min(size);
+            if unused >= MIN_REPACK_UNUSED && unused as f64 / size as f64 >= opts.repack_unused {
                 repack.push(*p);
             }
             continue;

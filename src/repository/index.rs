@@ -905,6 +905,35 @@ mod tests {
             assert!(m.contains(&c.packs[0].blobs[3].id));
         }
     }
+
+    /// A chunk in two packs is located outside the disfavored pack
+    /// whichever it is; `without_packs` drops a pack's blobs.
+    #[test]
+    fn disfavored_copies_are_the_last_resort() {
+        let a = file(1, 1, 20);
+        let mut b = file(2, 1, 20);
+        // Pack b holds a copy of every chunk of pack a, and its own.
+        b.packs[0].blobs.extend(a.packs[0].blobs.iter().cloned());
+        let (pa, pb) = (a.packs[0].id, b.packs[0].id);
+        let shared = a.packs[0].blobs[5].id;
+        for (bad, want) in [(pa, pb), (pb, pa)] {
+            let mut m = MasterIndexBuilder::new(true);
+            m.add_file(Some(Id([1; 32])), &a);
+            m.add_file(Some(Id([2; 32])), &b);
+            m.disfavor([bad].into());
+            let m = m.finish();
+            assert_eq!(m.pack_id(&m.get(&shared).unwrap()), want);
+            assert_eq!(m.blob_count(), 40);
+        }
+        let mut m = MasterIndexBuilder::new(true);
+        m.add_file(Some(Id([1; 32])), &a);
+        m.add_file(Some(Id([2; 32])), &b);
+        m.disfavor([pa].into());
+        let w = m.finish().without_packs(&[pb].into());
+        // Everything located in b (all 40) is gone, a's copies were not kept.
+        assert_eq!(w.blob_count(), 0);
+        assert!(!w.has_pack(&pb));
+    }
 }
 
 /// The figure for docs/BENCHMARKS.md: heap bytes per chunk of the master
