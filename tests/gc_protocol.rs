@@ -108,3 +108,38 @@ fn a_snapshot_needing_a_condemned_pack_reprieves_it() {
     t.run(&["verify", "--read-data"]).ok();
     assert_eq!(t.restore_stdout(&a), x);
 }
+
+/// A pack no index lists (left by a killed backup) is condemned, `repair
+/// index` does not index it again while it is, and the next prune
+/// deletes it.
+#[test]
+fn an_orphan_pack_is_condemned_not_resurrected_then_deleted() {
+    let t = TestRepo::new();
+    let x = common::random_bytes(500_000, 4);
+    let a = t.backup_stdin("s", "x.bin", &x)["snapshot_id"].as_str().unwrap().to_owned();
+    // An orphan under a pack's name (its content is not even a pack: a
+    // re-index would fail on it, which is how we see it is not tried).
+    let orphan = common::random_bytes(300_000, 9);
+    let id = usdcop_dr::format::Id::hash(&orphan);
+    let path = t.path.join(names::pack(&id));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &orphan).unwrap();
+    common::runtime().block_on(async {
+        let repo = Arc::new(t.open_lib().await);
+        let first = prune(&repo).await;
+        assert_eq!(first.condemned.len(), 1, "{first:?}");
+        assert_eq!(first.condemned[0].pack, id);
+        assert_eq!(first.condemned[0].reason, "unindexed");
+    });
+    let r = t.run(&["--json", "repair", "index"]).ok().json();
+    assert_eq!(r["packs_condemned"], 1, "{r}");
+    assert_eq!(r["packs_reindexed"], 0, "{r}");
+    common::runtime().block_on(async {
+        let repo = Arc::new(t.open_lib().await);
+        let second = prune(&repo).await;
+        assert_eq!(second.deleted.len(), 1, "{second:?}");
+    });
+    assert!(!path.exists());
+    t.run(&["verify", "--read-data"]).ok();
+    assert_eq!(t.restore_stdout(&a), x);
+}

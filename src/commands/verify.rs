@@ -146,7 +146,21 @@ pub async fn run(
             });
         }
     }
-    let unindexed = pack_sizes.keys().filter(|p| !index.has_pack(p)).count();
+    // Prune's records: a damaged one stops prune, so it is a problem;
+    // packs they condemn are known garbage, not "left by a backup".
+    let condemned = crate::repository::gc::load_condemned(&repo).await?;
+    for (name, why) in &condemned.damaged {
+        report.problems.push(Problem {
+            object: name.clone(),
+            message: format!("damaged condemned record: {why}; prune deletes nothing while it is"),
+            snapshots: vec![],
+        });
+    }
+    let condemned = condemned.packs();
+    let unindexed = pack_sizes
+        .keys()
+        .filter(|p| !index.has_pack(p) && !condemned.contains(p))
+        .count();
     if unindexed > 0 && missing.is_empty() {
         report.warnings.push(crate::progress::Warning::new(
             crate::progress::WarningKind::UnindexedPacks,
