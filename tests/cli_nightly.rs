@@ -659,7 +659,11 @@ fn config_check_checks_the_policy_folder() {
     .unwrap();
     let r = check();
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("extra.toml:2: key `policy[0].sources`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("extra.toml:2: key `policy[0].sources`"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("files.toml:"), "{}", r.stderr);
     // A negative count: its line and key.
     std::fs::write(
@@ -670,7 +674,8 @@ fn config_check_checks_the_policy_folder() {
     let r = check();
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("extra.toml:4: key `policy[0].keep_daily`: negative count -1"),
+        r.stderr
+            .contains("extra.toml:4: key `policy[0].keep_daily`: negative count -1"),
         "{}",
         r.stderr
     );

@@ -454,11 +454,7 @@ fn check_retention(r: RawRetention, at: &Located<'_>) -> Result<RetentionSetting
         }
         // Relative to this file's folder, not to the working directory
         // of whoever runs the command.
-        out.policies = at
-            .file()
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(text);
+        out.policies = at.file().parent().unwrap_or(Path::new("")).join(text);
     }
     if let Some(g) = &r.grace {
         // "0s" is allowed: tests and small repositories reclaim at once.

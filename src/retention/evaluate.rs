@@ -81,23 +81,50 @@ pub enum Reason {
     /// The newest snapshot of its source (no policy overrides this).
     Newest,
     /// Younger than `[retention] min_age` (no policy overrides this).
-    MinAge { min_age: String },
+    MinAge {
+        min_age: String,
+    },
     /// No policy covers its source: everything is kept.
-    Uncovered { source: String },
+    Uncovered {
+        source: String,
+    },
     /// `keep_last`: the n-th newest.
-    Last { n: u32 },
+    Last {
+        n: u32,
+    },
     /// The newest of the n-th newest hour with snapshots.
-    Hourly { n: u32, bucket: String },
-    Daily { n: u32, bucket: String },
-    Weekly { n: u32, bucket: String },
-    Monthly { n: u32, bucket: String },
-    Yearly { n: u32, bucket: String },
+    Hourly {
+        n: u32,
+        bucket: String,
+    },
+    Daily {
+        n: u32,
+        bucket: String,
+    },
+    Weekly {
+        n: u32,
+        bucket: String,
+    },
+    Monthly {
+        n: u32,
+        bucket: String,
+    },
+    Yearly {
+        n: u32,
+        bucket: String,
+    },
     /// `keep_within`.
-    Within { within: String },
+    Within {
+        within: String,
+    },
     /// `keep_tags`: the first of the policy's tags the snapshot carries.
-    Tag { tag: String },
+    Tag {
+        tag: String,
+    },
     /// `pitr_window`: a point-in-time window still needs it.
-    Pitr { window: String },
+    Pitr {
+        window: String,
+    },
 }
 
 impl fmt::Display for Reason {

@@ -48,7 +48,8 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>> {
     })?;
     let mut files = Vec::new();
     for e in entries {
-        let e = e.map_err(|e| Error::from(e).context(format!("policy folder {}", dir.display())))?;
+        let e =
+            e.map_err(|e| Error::from(e).context(format!("policy folder {}", dir.display())))?;
         let path = e.path();
         if path.extension().and_then(|x| x.to_str()) == Some("toml") && path.is_file() {
             files.push(path);

@@ -412,7 +412,11 @@ pub fn parse_file(text: &str, file: &Path) -> Result<Vec<Policy>, PolicyError> {
     Ok(out)
 }
 
-fn toml_error(at: &Located<'_>, e: &toml::de::Error, table: Option<&toml::de::DeTable<'_>>) -> PolicyError {
+fn toml_error(
+    at: &Located<'_>,
+    e: &toml::de::Error,
+    table: Option<&toml::de::DeTable<'_>>,
+) -> PolicyError {
     let mut err = at.toml_error(e, table);
     if err.message.starts_with("unknown field") {
         err.hint = Some(KEYS_HINT.into());
@@ -474,22 +478,16 @@ fn check_policy(
         let Some(v) = v else { return Ok(None) };
         let hint = Some("write a count of 0 or more, or \"all\"");
         match v.get_ref() {
-            toml::Value::Integer(n) if *n < 0 => Err(at.error(
-                v.span(),
-                &key(k),
-                format!("negative count {n}"),
-                hint,
-            )),
+            toml::Value::Integer(n) if *n < 0 => {
+                Err(at.error(v.span(), &key(k), format!("negative count {n}"), hint))
+            }
             toml::Value::Integer(n) => u32::try_from(*n)
                 .map(|n| Some(Count::N(n)))
                 .map_err(|_| at.error(v.span(), &key(k), format!("count {n} is too large"), hint)),
             toml::Value::String(s) if s.trim() == "all" => Ok(Some(Count::All)),
-            toml::Value::String(s) => Err(at.error(
-                v.span(),
-                &key(k),
-                format!("{s:?} is not a count"),
-                hint,
-            )),
+            toml::Value::String(s) => {
+                Err(at.error(v.span(), &key(k), format!("{s:?} is not a count"), hint))
+            }
             other => Err(at.error(
                 v.span(),
                 &key(k),
@@ -513,7 +511,12 @@ fn check_policy(
             for tag in t.get_ref() {
                 let s = tag.get_ref().trim();
                 if s.is_empty() {
-                    return Err(at.error(tag.span(), &key("keep_tags"), "an empty tag".into(), None));
+                    return Err(at.error(
+                        tag.span(),
+                        &key("keep_tags"),
+                        "an empty tag".into(),
+                        None,
+                    ));
                 }
                 tags.push(s.to_owned());
             }

@@ -34,7 +34,10 @@ fn example_sources() -> Vec<(String, SourceKind)> {
     .source_kinds()
 }
 
-fn parse_set(files: &[(&str, &str)], srcs: &[(String, SourceKind)]) -> Result<PolicySet, PolicyError> {
+fn parse_set(
+    files: &[(&str, &str)],
+    srcs: &[(String, SourceKind)],
+) -> Result<PolicySet, PolicyError> {
     let files: Vec<(PathBuf, String)> = files
         .iter()
         .map(|(n, t)| (file(n), t.to_string()))
@@ -144,14 +147,35 @@ fn the_issues_shape_parses() {
 #[test]
 fn unknown_keys_and_wrong_types_name_file_line_and_key() {
     let e = err("[[policy]]\nsources = [\"a\"]\nkeep_daly = 7\n");
-    assert_err(&e, "p.toml", 3, "policy[0].keep_daly", "unknown field `keep_daly`");
-    assert!(e.hint.as_deref().unwrap().contains("policies/README.md"), "{e:?}");
+    assert_err(
+        &e,
+        "p.toml",
+        3,
+        "policy[0].keep_daly",
+        "unknown field `keep_daly`",
+    );
+    assert!(
+        e.hint.as_deref().unwrap().contains("policies/README.md"),
+        "{e:?}"
+    );
     let e = err("[[policy]]\nsources = [\"a\"]\nkeep_last = 1\n[[policy]]\nsources = [\"b\"]\nkeep_daily = 1.5\n");
-    assert_err(&e, "p.toml", 6, "policy[1].keep_daily", "invalid type: float");
+    assert_err(
+        &e,
+        "p.toml",
+        6,
+        "policy[1].keep_daily",
+        "invalid type: float",
+    );
     let e = err("[[policy]]\nsources = \"a\"\nkeep_last = 1\n");
     assert_err(&e, "p.toml", 2, "policy[0].sources", "invalid type");
     let e = err("[[policy]]\nsources = [\"a\"]\nkinds = [\"mysql\"]\nkeep_last = 1\n");
-    assert_err(&e, "p.toml", 3, "policy[0].kinds", "unknown variant `mysql`");
+    assert_err(
+        &e,
+        "p.toml",
+        3,
+        "policy[0].kinds",
+        "unknown variant `mysql`",
+    );
     let e = err("[[policy]]\nsources = [\"a\"]\nkeep_within = 48\n");
     assert_err(&e, "p.toml", 3, "policy[0].keep_within", "invalid type");
     let e = err("[[policy]]\nsources = [\"a\"]\nkeep_weekly = \"many\"\n");
@@ -171,13 +195,25 @@ fn bad_values_name_file_line_and_key() {
     let e = err("[[policy]]\nsources = [\"a\"]\nkeep_monthly = 99999999999\n");
     assert_err(&e, "p.toml", 3, "policy[0].keep_monthly", "too large");
     let e = err("[[policy]]\nsources = [\"a\"]\nkeep_within = \"2 fortnights\"\n");
-    assert_err(&e, "p.toml", 3, "policy[0].keep_within", "is not a duration");
+    assert_err(
+        &e,
+        "p.toml",
+        3,
+        "policy[0].keep_within",
+        "is not a duration",
+    );
     let e = err("[[policy]]\nsources = [\"a\"]\npitr_window = \"0s\"\n");
     assert_err(&e, "p.toml", 3, "policy[0].pitr_window", "longer than zero");
     let e = err("[[policy]]\nsources = [\"pg/*\"]\nkeep_last = 1\n");
     assert_err(&e, "p.toml", 2, "policy[0].sources", "'/' is not allowed");
     let e = err("[[policy]]\nsources = [\"[ab]\"]\nkeep_last = 1\n");
-    assert_err(&e, "p.toml", 2, "policy[0].sources", "not a source name or glob");
+    assert_err(
+        &e,
+        "p.toml",
+        2,
+        "policy[0].sources",
+        "not a source name or glob",
+    );
     let e = err("[[policy]]\nsources = []\nkeep_last = 1\n");
     assert_err(&e, "p.toml", 2, "policy[0].sources", "is empty");
     let e = err("[[policy]]\nsources = [\"a\"]\nkinds = []\nkeep_last = 1\n");
@@ -212,26 +248,59 @@ fn policies_are_checked_against_the_configured_sources() {
 
     // A policy that matches no configured source.
     let typo = "[[policy]]\nsources = [\"confg\"]\nkeep_daily = 90\n";
-    let e = parse_set(&[("a.toml", db), ("b.toml", files), ("c.toml", typo)], &srcs).unwrap_err();
-    assert_err(&e, "c.toml", 2, "policy[0].sources", "matches no configured source");
+    let e = parse_set(
+        &[("a.toml", db), ("b.toml", files), ("c.toml", typo)],
+        &srcs,
+    )
+    .unwrap_err();
+    assert_err(
+        &e,
+        "c.toml",
+        2,
+        "policy[0].sources",
+        "matches no configured source",
+    );
     assert!(e.message.contains("pg-usdcop (postgres)"), "{e}");
     // Right name, wrong kind: matches nothing either.
     let kind = "[[policy]]\nsources = [\"config\"]\nkinds = [\"bucket\"]\nkeep_daily = 90\n";
-    let e = parse_set(&[("a.toml", db), ("b.toml", files), ("c.toml", kind)], &srcs).unwrap_err();
-    assert_err(&e, "c.toml", 2, "policy[0].sources", "matches no configured source");
+    let e = parse_set(
+        &[("a.toml", db), ("b.toml", files), ("c.toml", kind)],
+        &srcs,
+    )
+    .unwrap_err();
+    assert_err(
+        &e,
+        "c.toml",
+        2,
+        "policy[0].sources",
+        "matches no configured source",
+    );
 
     // Two policies claiming one source: both named with file and line.
     let all = "# every source\n\n[[policy]]\nsources = [\"*\"]\nkeep_last = 5\n";
     let e = parse_set(&[("a.toml", db), ("b.toml", files), ("z.toml", all)], &srcs).unwrap_err();
-    assert_err(&e, "z.toml", 4, "policy[0].sources", "claimed by two policies");
+    assert_err(
+        &e,
+        "z.toml",
+        4,
+        "policy[0].sources",
+        "claimed by two policies",
+    );
     assert!(e.message.contains(&format!("{DIR}/a.toml:2")), "{e}");
     assert!(e.message.contains(&format!("{DIR}/z.toml:4")), "{e}");
 
     // A configured source no policy covers: named, with the folder.
     let e = parse_set(&[("a.toml", db)], &srcs).unwrap_err();
     assert_eq!(e.file, Path::new(DIR), "{e}");
-    assert!(e.message.contains("source \"config\" (files) is covered by no policy"), "{e}");
-    assert!(e.hint.as_deref().unwrap().contains("kinds = [\"files\"]"), "{e:?}");
+    assert!(
+        e.message
+            .contains("source \"config\" (files) is covered by no policy"),
+        "{e}"
+    );
+    assert!(
+        e.hint.as_deref().unwrap().contains("kinds = [\"files\"]"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -253,10 +322,17 @@ fn load_reads_only_toml_files_sorted_by_name() {
     let names: Vec<_> = set.policies.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["a.toml#1", "b.toml#1"]);
     // A policy error is a usage error that names the file.
-    std::fs::write(dir.path().join("c.toml"), "[[policy]]\nsources = [\"a\"]\nkeep_last = -1\n").unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[[policy]]\nsources = [\"a\"]\nkeep_last = -1\n",
+    )
+    .unwrap();
     let e = load(dir.path(), &srcs).unwrap_err();
     assert_eq!(e.kind(), crate::ErrorKind::Usage);
-    assert!(e.message().contains("c.toml:3: key `policy[0].keep_last`"), "{e}");
+    assert!(
+        e.message().contains("c.toml:3: key `policy[0].keep_last`"),
+        "{e}"
+    );
     // A missing folder: not found, with a hint.
     let e = load(&dir.path().join("nope"), &srcs).unwrap_err();
     assert_eq!(e.kind(), crate::ErrorKind::NotFound);
@@ -359,7 +435,10 @@ fn bogota_evening_is_that_days_daily_bucket() {
     assert_eq!(kept(&d), [false, true, true]);
     assert_eq!(
         d[1].reasons,
-        [Reason::Daily { n: 2, bucket: "2026-11-30".into() }]
+        [Reason::Daily {
+            n: 2,
+            bucket: "2026-11-30".into()
+        }]
     );
     assert_eq!(d[1].reasons[0].to_string(), "daily #2 (2026-11-30)");
     // Taken in UTC instead, 02:00 would be Tuesday's and Monday noon kept.
@@ -382,12 +461,25 @@ fn rules_no_policy_overrides() {
     let set = set_of("[[policy]]\nsources = [\"pg\"]\nkeep_tags = [\"release\"]\n");
     let d = evaluate(&snaps, &set, now, tz, Duration::from_secs(3600));
     assert_eq!(kept(&d), [false, false, true, true, true, true]);
-    assert_eq!(d[2].reasons, [Reason::MinAge { min_age: "1h".into() }]);
+    assert_eq!(
+        d[2].reasons,
+        [Reason::MinAge {
+            min_age: "1h".into()
+        }]
+    );
     assert_eq!(d[3].reasons[0], Reason::Newest);
     assert_eq!(d[3].reasons[0].to_string(), "newest of its source");
     assert_eq!(d[2].reasons[0].to_string(), "younger than min_age 1h");
-    assert_eq!(d[4].reasons, [Reason::Uncovered { source: "adhoc".into() }]);
-    assert_eq!(d[4].reasons[0].to_string(), "no policy covers source adhoc: kept");
+    assert_eq!(
+        d[4].reasons,
+        [Reason::Uncovered {
+            source: "adhoc".into()
+        }]
+    );
+    assert_eq!(
+        d[4].reasons[0].to_string(),
+        "no policy covers source adhoc: kept"
+    );
     assert_eq!(d[5].reasons[0], Reason::Newest);
     assert!(d[0].reasons.is_empty());
     // Output in input order, whatever it is.
@@ -415,11 +507,22 @@ fn last_within_tags_and_counted_buckets() {
         "[[policy]]\nsources = [\"pg\"]\nkeep_last = 3\nkeep_daily = 2\nkeep_within = \"36h\"\nkeep_tags = [\"x\", \"release\"]\nkeep_monthly = \"all\"\n",
     );
     let d = evaluate(&snaps, &set, now, tz, Duration::ZERO);
-    let show = |i: usize| d[i].reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    let show = |i: usize| {
+        d[i].reasons
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+    };
     // Newest: 9 Dec 18:00.
     assert_eq!(
         show(17),
-        ["newest of its source", "last #1", "daily #1 (2026-12-09)", "monthly #1 (2026-12)", "within 36h"]
+        [
+            "newest of its source",
+            "last #1",
+            "daily #1 (2026-12-09)",
+            "monthly #1 (2026-12)",
+            "within 36h"
+        ]
     );
     assert_eq!(show(16), ["last #2", "within 36h"]);
     assert_eq!(show(15), ["last #3", "daily #2 (2026-12-08)", "within 36h"]);
@@ -466,7 +569,13 @@ fn the_hour_dst_repeats_is_one_hourly_bucket() {
         snap(3, "pg", SourceKind::Postgres, next),
     ];
     let set = set_of("[[policy]]\nsources = [\"pg\"]\nkeep_hourly = 10\n");
-    let d = evaluate(&snaps, &set, utc("2026-10-26T00:00:00Z"), tz, Duration::ZERO);
+    let d = evaluate(
+        &snaps,
+        &set,
+        utc("2026-10-26T00:00:00Z"),
+        tz,
+        Duration::ZERO,
+    );
     assert_eq!(kept(&d), [false, true, true]);
     assert_eq!(d[1].reasons[0].to_string(), "hourly #2 (2026-10-25 01h)");
 }
@@ -478,7 +587,12 @@ fn pitr_window_keeps_the_window_and_its_base_for_wal_only() {
     let mk = |kind| {
         (1..=9u32)
             .map(|day| {
-                snap(day, "pg", kind, Utc.with_ymd_and_hms(2026, 12, day, 0, 0, 0).unwrap())
+                snap(
+                    day,
+                    "pg",
+                    kind,
+                    Utc.with_ymd_and_hms(2026, 12, day, 0, 0, 0).unwrap(),
+                )
             })
             .collect::<Vec<_>>()
     };
@@ -489,7 +603,9 @@ fn pitr_window_keeps_the_window_and_its_base_for_wal_only() {
         kept(&d),
         [false, false, false, false, false, false, true, true, true]
     );
-    assert!(d[6].reasons.contains(&Reason::Pitr { window: "72h".into() }));
+    assert!(d[6].reasons.contains(&Reason::Pitr {
+        window: "72h".into()
+    }));
     assert_eq!(d[6].reasons[0].to_string(), "pitr window 72h");
     // Not a point-in-time kind: the window does not apply.
     let d = evaluate(&mk(SourceKind::Postgres), &set, now, tz, Duration::ZERO);
@@ -515,7 +631,10 @@ fn the_report_renders_per_source() {
     assert_eq!((groups[1].kept, groups[1].removed), (1, 1));
     assert_eq!(groups[1].snapshots[0].id, id(2));
     let md = render_markdown(&groups, tz);
-    assert!(md.contains("### pg (postgres)\n\npolicy `db`: 1 kept, 1 removed"), "{md}");
+    assert!(
+        md.contains("### pg (postgres)\n\npolicy `db`: 1 kept, 1 removed"),
+        "{md}"
+    );
     assert!(md.contains("no policy: kept whole"), "{md}");
     assert!(md.contains("| snapshot | time (America/Bogota) |"), "{md}");
     assert!(
@@ -702,9 +821,13 @@ fn oracle(
         }
         type KeyFn = fn(DateTime<chrono_tz::Tz>) -> (i32, u32, u32, u32);
         let buckets: [(&str, Option<Count>, KeyFn); 5] = [
-            ("hourly", r.keep_hourly, |l| (l.year(), l.month(), l.day(), l.hour())),
+            ("hourly", r.keep_hourly, |l| {
+                (l.year(), l.month(), l.day(), l.hour())
+            }),
             ("daily", r.keep_daily, |l| (l.year(), l.month(), l.day(), 0)),
-            ("weekly", r.keep_weekly, |l| (l.iso_week().year(), l.iso_week().week(), 0, 0)),
+            ("weekly", r.keep_weekly, |l| {
+                (l.iso_week().year(), l.iso_week().week(), 0, 0)
+            }),
             ("monthly", r.keep_monthly, |l| (l.year(), l.month(), 0, 0)),
             ("yearly", r.keep_yearly, |l| (l.year(), 0, 0, 0)),
         ];
@@ -777,8 +900,19 @@ fn check_against_oracle(
         prop_assert_eq!(s.id, d.id);
         prop_assert_eq!(d.keep, !d.reasons.is_empty());
         let got: BTreeSet<&str> = d.reasons.iter().map(rule_name).collect();
-        prop_assert_eq!(got.len(), d.reasons.len(), "a rule named twice: {:?}", d.reasons);
-        prop_assert_eq!(&got, &expected[&s.id], "snapshot {:?} at {}", s.source_name, s.time);
+        prop_assert_eq!(
+            got.len(),
+            d.reasons.len(),
+            "a rule named twice: {:?}",
+            d.reasons
+        );
+        prop_assert_eq!(
+            &got,
+            &expected[&s.id],
+            "snapshot {:?} at {}",
+            s.source_name,
+            s.time
+        );
     }
     Ok(())
 }
@@ -927,6 +1061,9 @@ proptest! {
 #[test]
 fn before_saturates() {
     let now = utc("2026-12-02T12:00:00Z");
-    assert_eq!(before(now, Duration::from_secs(3600)), Some(utc("2026-12-02T11:00:00Z")));
+    assert_eq!(
+        before(now, Duration::from_secs(3600)),
+        Some(utc("2026-12-02T11:00:00Z"))
+    );
     assert_eq!(before(now, Duration::from_secs(u64::MAX)), None);
 }
