@@ -41,8 +41,8 @@ pub const ENV_VAR: &str = "USDCOP_DR_CONFIG";
 pub const DEFAULT_RPO: Duration = Duration::from_secs(24 * 3600);
 /// `[retention] grace` when not set: 23 h, so that a nightly prune finds
 /// the packs the previous night condemned past their grace (a day minus an
-/// hour of slack for a run that starts a little earlier), while a backup
-/// that was running at that time has long ended (docs/OPERATIONS.md).
+/// hour of slack for a run that starts a little earlier), well above the
+/// lock TTL (docs/OPERATIONS.md, "Retention policies").
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(23 * 3600);
 /// `[retention] min_age` when not set: snapshots younger are always kept.
 pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
