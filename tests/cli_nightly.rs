@@ -659,12 +659,15 @@ fn config_check_checks_the_policy_folder() {
     .unwrap();
     let r = check();
     assert_eq!(r.code, 2, "{}", r.stderr);
+    // Files are read in name order: extra.toml first, files.toml second.
     assert!(
-        r.stderr.contains("extra.toml:2: key `policy[0].sources`"),
+        r.stderr.contains(
+            "files.toml:8: key `policy[0].sources`: source \"config\" (files) is claimed by two policies"
+        ),
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("files.toml:"), "{}", r.stderr);
+    assert!(r.stderr.contains("extra.toml:2"), "{}", r.stderr);
     // A negative count: its line and key.
     std::fs::write(
         policies.join("extra.toml"),
