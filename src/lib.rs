@@ -1,7 +1,8 @@
 //! usdcop-dr: streaming, deduplicated, encrypted, content-addressed backups.
 //!
 //! Layers, from pure to I/O (docs/ARCHITECTURE.md has the picture):
-//! `format`, `chunker`, `crypto` are pure; `backend` is the storage seam;
+//! `format`, `chunker`, `crypto`, `config` and `retention` are pure (but
+//! for their one read of files); `backend` is the storage seam;
 //! `repository` ties keys, index, snapshots and locks together; `pipeline`
 //! moves bytes; `source` reads what is backed up; `commands` are the
 //! operations the CLI (in `src/main.rs` and `cli/`) exposes.
@@ -18,6 +19,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod progress;
 pub mod repository;
+pub mod retention;
 pub mod scratch;
 pub mod source;
 pub mod state;

@@ -614,6 +614,76 @@ fn config_check_validates_the_shipped_example() {
     assert_eq!(v["rpo_s"], 86400.0);
 }
 
+/// `config check` also checks the policy folder next to the file when it
+/// exists: the shipped policies cover the example's three sources; a bad
+/// policy fails the check with its file, line and key.
+#[test]
+fn config_check_checks_the_policy_folder() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("usdcop-dr.toml");
+    std::fs::copy(root.join("usdcop-dr.example.toml"), &config).unwrap();
+    let check = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
+        c.env_remove("USDCOP_DR_CONFIG")
+            .args(["--json", "config", "check"])
+            .arg(&config);
+        run_cmd(c, None)
+    };
+    // No folder yet: still ok, and it says so.
+    let v = check().ok().json();
+    assert_eq!(v["retention"]["policies_found"], false, "{v}");
+    assert_eq!(v["retention"]["grace_s"], 23.0 * 3600.0, "{v}");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for f in ["database.toml", "buckets.toml", "files.toml", "README.md"] {
+        std::fs::copy(root.join("policies").join(f), policies.join(f)).unwrap();
+    }
+    let v = check().ok().json();
+    assert_eq!(v["retention"]["policies_found"], true, "{v}");
+    assert_eq!(v["retention"]["policies"], 3, "{v}");
+    assert_eq!(v["retention"]["sources_covered"], 3, "{v}");
+    // Human output says how many.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
+    c.env_remove("USDCOP_DR_CONFIG")
+        .args(["config", "check"])
+        .arg(&config);
+    let out = run_cmd(c, None).ok().stdout_str();
+    assert!(out.contains("retention: 3 policies in"), "{out}");
+    assert!(out.contains("covering 3 of 3 source(s)"), "{out}");
+    // A source claimed twice: exit 2, both places named.
+    std::fs::write(
+        policies.join("extra.toml"),
+        "[[policy]]\nsources = [\"config\"]\nkeep_last = 5\n",
+    )
+    .unwrap();
+    let r = check();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    // Files are read in name order: extra.toml first, files.toml second.
+    assert!(
+        r.stderr.contains(
+            "files.toml:8: key `policy[0].sources`: source \"config\" (files) is claimed by two policies"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("extra.toml:2"), "{}", r.stderr);
+    // A negative count: its line and key.
+    std::fs::write(
+        policies.join("extra.toml"),
+        "[[policy]]\nsources = [\"nothing\"]\n\nkeep_daily = -1\n",
+    )
+    .unwrap();
+    let r = check();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("extra.toml:4: key `policy[0].keep_daily`: negative count -1"),
+        "{}",
+        r.stderr
+    );
+}
+
 /// A second `backup --all` of the same repository while one runs: it says
 /// so and exits 75, doing nothing; once the first is gone, runs start again.
 #[test]

@@ -10,8 +10,9 @@ use serde::Serialize;
 use usdcop_dr::backend;
 use usdcop_dr::commands::backup_all::{self, ErrorReport, SourceRun};
 use usdcop_dr::commands::status;
-use usdcop_dr::config::{self, Settings, SourceSettings};
+use usdcop_dr::config::{self, duration_text, Settings, SourceSettings};
 use usdcop_dr::repository::Repository;
+use usdcop_dr::retention;
 use usdcop_dr::state::StateStore;
 use usdcop_dr::{Error, Result};
 
@@ -106,7 +107,19 @@ struct CheckOut {
     rto_s: Option<f64>,
     timezone: String,
     metrics_textfile: Option<PathBuf>,
+    retention: CheckRetention,
     sources: Vec<CheckSource>,
+}
+
+#[derive(Serialize)]
+struct CheckRetention {
+    policies_dir: PathBuf,
+    /// Whether the folder exists (checked when it does).
+    policies_found: bool,
+    policies: usize,
+    sources_covered: usize,
+    grace_s: f64,
+    min_age_s: f64,
 }
 
 #[derive(Serialize)]
@@ -123,6 +136,15 @@ pub fn config_check(cli: &Cli, file: Option<&Path>) -> Result<i32> {
         .or_else(|| cli.config.clone())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let s = config::load(&path)?;
+    // The policies are checked against the sources when their folder is
+    // there; prune refuses to run without it.
+    let dir = &s.retention.policies;
+    let configured = s.source_kinds();
+    let policies = if dir.is_dir() {
+        Some(retention::load(dir, &configured)?)
+    } else {
+        None
+    };
     let out = CheckOut {
         file: path.clone(),
         ok: true,
@@ -131,6 +153,14 @@ pub fn config_check(cli: &Cli, file: Option<&Path>) -> Result<i32> {
         rto_s: s.objectives.rto.map(|d| d.as_secs_f64()),
         timezone: s.objectives.timezone.name().to_owned(),
         metrics_textfile: s.metrics.as_ref().map(|m| m.textfile.clone()),
+        retention: CheckRetention {
+            policies_dir: dir.clone(),
+            policies_found: policies.is_some(),
+            policies: policies.as_ref().map_or(0, |p| p.policies.len()),
+            sources_covered: policies.as_ref().map_or(0, |p| p.covered(&configured)),
+            grace_s: s.retention.grace.as_secs_f64(),
+            min_age_s: s.retention.min_age.as_secs_f64(),
+        },
         sources: s
             .sources
             .iter()
@@ -158,6 +188,27 @@ pub fn config_check(cli: &Cli, file: Option<&Path>) -> Result<i32> {
         if let Some(m) = &out.metrics_textfile {
             t += &format!("\n  metrics: {}", m.display());
         }
+        let r = &out.retention;
+        t += &if r.policies_found {
+            format!(
+                "\n  retention: {} polic{} in {}, covering {} of {} source(s)",
+                r.policies,
+                if r.policies == 1 { "y" } else { "ies" },
+                r.policies_dir.display(),
+                r.sources_covered,
+                out.sources.len()
+            )
+        } else {
+            format!(
+                "\n  retention: no policy folder {} (prune needs it)",
+                r.policies_dir.display()
+            )
+        };
+        t += &format!(
+            ", grace {}, min_age {}",
+            duration_text(s.retention.grace),
+            duration_text(s.retention.min_age)
+        );
         t += &format!("\n  {} source(s):", out.sources.len());
         for x in &out.sources {
             t += &format!("\n    {} ({}, line {})", x.name, x.kind, x.line);
@@ -420,16 +471,6 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
     let tz = s.objectives.timezone;
     emit(cli.json, &r, || render_status(&r, tz))?;
     Ok(r.exit_code())
-}
-
-/// A duration as operators write it: whole hours as "24h", else humantime's.
-fn duration_text(d: std::time::Duration) -> String {
-    let secs = d.as_secs();
-    if secs > 0 && secs.is_multiple_of(3600) && d.subsec_nanos() == 0 {
-        format!("{}h", secs / 3600)
-    } else {
-        humantime::format_duration(d).to_string()
-    }
 }
 
 fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {

@@ -1,5 +1,6 @@
-//! Places in the file: byte spans to lines, and to the dotted key they
-//! belong to; and the search for secrets written inline.
+//! Places in a file of settings: byte spans to lines, and to the dotted key
+//! they belong to; and the search for secrets written inline. Shared by the
+//! configuration file and the retention policy files (`crate::retention`).
 
 use std::ops::Range;
 use std::path::Path;
@@ -20,16 +21,16 @@ pub struct Located<'a> {
 }
 
 impl<'a> Located<'a> {
-    pub(super) fn new(text: &'a str, file: &'a Path) -> Self {
+    pub(crate) fn new(text: &'a str, file: &'a Path) -> Self {
         Located { text, file }
     }
 
-    pub(super) fn file(&self) -> &Path {
+    pub(crate) fn file(&self) -> &Path {
         self.file
     }
 
     /// 1-based line of byte `offset`.
-    pub(super) fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
         1 + self.text.as_bytes()[..end]
             .iter()
@@ -37,7 +38,7 @@ impl<'a> Located<'a> {
             .count()
     }
 
-    pub(super) fn error(
+    pub(crate) fn error(
         &self,
         span: Range<usize>,
         key: &str,
@@ -55,7 +56,7 @@ impl<'a> Located<'a> {
 
     /// A parse or type error of the toml crate, with the key it concerns
     /// when `table` (the same text parsed untyped) can tell.
-    pub(super) fn toml_error(
+    pub(crate) fn toml_error(
         &self,
         e: &toml::de::Error,
         table: Option<&DeTable<'_>>,
@@ -120,7 +121,7 @@ fn contains(span: &Range<usize>, offset: usize) -> bool {
 
 /// The dotted path (`source[1].dsn`) of the innermost key whose name or
 /// value holds `offset`.
-pub(super) fn key_at(table: &DeTable<'_>, offset: usize) -> Option<String> {
+pub(crate) fn key_at(table: &DeTable<'_>, offset: usize) -> Option<String> {
     let mut best: Option<(usize, String)> = None;
     walk(table, "", &mut |path, key, value| {
         for span in [key.span(), value.span()] {

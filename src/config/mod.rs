@@ -4,16 +4,21 @@
 //!
 //! The keys are a contract (docs/OPERATIONS.md, `usdcop-dr.example.toml`):
 //! `[repository] url endpoint profile password_file`, `[objectives] rpo rto
-//! timezone`, `[metrics] textfile`, `[[source]] name kind dsn globals
-//! endpoint profile buckets paths`. Unknown keys are errors, so a typo
-//! never silently drops a setting. Later sections (retention, drills, WAL)
-//! are new optional fields of [`RawFile`] with their own typed settings.
+//! timezone`, `[metrics] textfile`, `[retention] policies grace min_age`,
+//! `[[source]] name kind dsn globals endpoint profile buckets paths`.
+//! Unknown keys are errors, so a typo never silently drops a setting. Later
+//! sections (drills, WAL) are new optional fields of [`RawFile`] with their
+//! own typed settings.
+//!
+//! [`locate`] (spans to lines and dotted keys) and [`duration`] are shared
+//! with the other files of settings people write (`policies/*.toml`, see
+//! `crate::retention`), so that their errors and durations read the same.
 //!
 //! Secrets never live here: a key that looks like one (`password`,
 //! `secret_access_key`, …), a DSN with `password=` or an endpoint URL with
 //! `user:pass@` is an error saying where that secret goes instead.
 
-mod locate;
+pub(crate) mod locate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,7 +30,7 @@ use toml::Spanned;
 
 use crate::format::snapshot::SourceKind;
 
-use locate::Located;
+pub(crate) use locate::Located;
 
 /// Where the file is looked for when neither `--config` nor
 /// `USDCOP_DR_CONFIG` names one.
@@ -34,6 +39,15 @@ pub const DEFAULT_PATH: &str = "/etc/usdcop-dr/usdcop-dr.toml";
 pub const ENV_VAR: &str = "USDCOP_DR_CONFIG";
 /// The RPO when `[objectives] rpo` is not set: one nightly run.
 pub const DEFAULT_RPO: Duration = Duration::from_secs(24 * 3600);
+/// `[retention] grace` when not set: 23 h, so that a nightly prune finds
+/// the packs the previous night condemned past their grace (a day minus an
+/// hour of slack for a run that starts a little earlier), well above the
+/// lock TTL (docs/OPERATIONS.md, "Retention policies").
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(23 * 3600);
+/// `[retention] min_age` when not set: snapshots younger are always kept.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
+/// `[retention] policies` when not set: this directory next to the file.
+pub const DEFAULT_POLICIES_DIR: &str = "policies";
 
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +57,7 @@ pub struct Settings {
     pub repository: Option<RepositorySettings>,
     pub objectives: Objectives,
     pub metrics: Option<MetricsSettings>,
+    pub retention: RetentionSettings,
     /// In file order: `backup --all` runs them in this order.
     pub sources: Vec<SourceSettings>,
 }
@@ -83,6 +98,32 @@ pub struct MetricsSettings {
     pub textfile: PathBuf,
 }
 
+/// `[retention]`: where the policies are and the ages prune respects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// The folder of policy files (`*.toml`); a relative path written in
+    /// the file is resolved against the file's directory.
+    pub policies: PathBuf,
+    /// How long a condemned pack waits before a later prune deletes it.
+    pub grace: Duration,
+    /// Snapshots younger than this are always kept.
+    pub min_age: Duration,
+}
+
+impl RetentionSettings {
+    /// The defaults for a configuration file at `file`.
+    pub fn defaults_for(file: &Path) -> Self {
+        RetentionSettings {
+            policies: file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(DEFAULT_POLICIES_DIR),
+            grace: DEFAULT_GRACE,
+            min_age: DEFAULT_MIN_AGE,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
     pub name: String,
@@ -121,6 +162,15 @@ impl SourceSpec {
 impl Settings {
     pub fn source(&self, name: &str) -> Option<&SourceSettings> {
         self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// Every configured source as (name, kind), in file order: what the
+    /// retention policies are checked against.
+    pub fn source_kinds(&self) -> Vec<(String, SourceKind)> {
+        self.sources
+            .iter()
+            .map(|s| (s.name.clone(), s.spec.kind()))
+            .collect()
     }
 }
 
@@ -182,8 +232,17 @@ struct RawFile {
     repository: Option<RawRepository>,
     objectives: Option<RawObjectives>,
     metrics: Option<RawMetrics>,
+    retention: Option<RawRetention>,
     #[serde(default)]
     source: Vec<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    policies: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
+    min_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +331,10 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
             Ok(MetricsSettings { textfile: p })
         })
         .transpose()?;
+    let retention = match raw.retention {
+        Some(r) => check_retention(r, at)?,
+        None => RetentionSettings::defaults_for(at.file()),
+    };
     let mut sources: Vec<SourceSettings> = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (i, s) in raw.source.into_iter().enumerate() {
@@ -297,6 +360,7 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
         repository,
         objectives,
         metrics,
+        retention,
         sources,
     })
 }
@@ -350,18 +414,7 @@ fn check_repository(r: RawRepository, at: &Located<'_>) -> Result<RepositorySett
 }
 
 fn check_objectives(o: RawObjectives, at: &Located<'_>) -> Result<Objectives, ConfigError> {
-    let duration = |v: &Spanned<String>, key: &str| -> Result<Duration, ConfigError> {
-        match humantime::parse_duration(v.get_ref().trim()) {
-            Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => Err(at.error(v.span(), key, "must be longer than zero".into(), None)),
-            Err(e) => Err(at.error(
-                v.span(),
-                key,
-                format!("{:?} is not a duration: {e}", v.get_ref()),
-                Some("write e.g. \"24h\", \"36h\", \"1d 12h\" or \"90m\""),
-            )),
-        }
-    };
+    let duration = |v: &Spanned<String>, key: &str| positive_duration(v, key, at);
     let rpo = o
         .rpo
         .as_ref()
@@ -385,6 +438,74 @@ fn check_objectives(o: RawObjectives, at: &Located<'_>) -> Result<Objectives, Co
         })?,
     };
     Ok(Objectives { rpo, rto, timezone })
+}
+
+fn check_retention(r: RawRetention, at: &Located<'_>) -> Result<RetentionSettings, ConfigError> {
+    let mut out = RetentionSettings::defaults_for(at.file());
+    if let Some(p) = &r.policies {
+        let text = p.get_ref().trim();
+        if text.is_empty() {
+            return Err(at.error(
+                p.span(),
+                "retention.policies",
+                "is empty".into(),
+                Some("name the folder of policy files, or leave the key out for the `policies` folder next to this file"),
+            ));
+        }
+        // Relative to this file's folder, not to the working directory
+        // of whoever runs the command.
+        out.policies = at.file().parent().unwrap_or(Path::new("")).join(text);
+    }
+    if let Some(g) = &r.grace {
+        // "0s" is allowed: tests and small repositories reclaim at once.
+        out.grace = duration(g, "retention.grace", at)?;
+    }
+    if let Some(m) = &r.min_age {
+        out.min_age = duration(m, "retention.min_age", at)?;
+    }
+    Ok(out)
+}
+
+/// A duration as people write it in the files of settings ("24h", "30d",
+/// "1d 12h", "90m", "0s"): humantime's syntax, one parser for the
+/// configuration and the policies.
+pub(crate) fn duration(
+    v: &Spanned<String>,
+    key: &str,
+    at: &Located<'_>,
+) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+        at.error(
+            v.span(),
+            key,
+            format!("{:?} is not a duration: {e}", v.get_ref()),
+            Some("write e.g. \"24h\", \"30d\", \"1d 12h\" or \"90m\""),
+        )
+    })
+}
+
+/// [`duration`], longer than zero.
+pub(crate) fn positive_duration(
+    v: &Spanned<String>,
+    key: &str,
+    at: &Located<'_>,
+) -> Result<Duration, ConfigError> {
+    let d = duration(v, key, at)?;
+    if d.is_zero() {
+        return Err(at.error(v.span(), key, "must be longer than zero".into(), None));
+    }
+    Ok(d)
+}
+
+/// A duration for people, short: "48h" when it is whole hours, else
+/// humantime's form ("1h 30m", "0s").
+pub fn duration_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs > 0 && secs.is_multiple_of(3600) && d.subsec_nanos() == 0 {
+        format!("{}h", secs / 3600)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
 }
 
 /// A source key: its name, its place when written, the kinds that take it.

@@ -92,10 +92,13 @@ fn an_unknown_key_names_its_line_and_key() {
     );
     assert_err(&e, 9, "source[1].path", "unknown field `path`");
     // A section of a later version (or a typo of one): not ignored.
-    let e = err("[retention]\nkeep_daily = 7\n");
+    let e = err("[drills]\nevery = \"7d\"\n");
     assert_eq!(e.line, 1, "{e}");
-    assert_eq!(e.key.as_deref(), Some("retention"), "{e}");
-    assert!(e.message.contains("unknown field `retention`"), "{e}");
+    assert_eq!(e.key.as_deref(), Some("drills"), "{e}");
+    assert!(e.message.contains("unknown field `drills`"), "{e}");
+    // Retention rules live in the policy files, not here.
+    let e = err("[retention]\nkeep_daily = 7\n");
+    assert_err(&e, 2, "retention.keep_daily", "unknown field `keep_daily`");
 }
 
 #[test]
@@ -256,4 +259,42 @@ fn a_config_error_is_a_usage_error_with_its_hint() {
     assert_eq!(e.exit_code(), 2);
     assert!(e.hint().unwrap().contains("password_file"));
     assert!(e.to_string().starts_with(FILE));
+}
+
+#[test]
+fn retention_defaults_next_to_the_file() {
+    let s = ok("");
+    assert_eq!(s.retention.policies, Path::new("/etc/usdcop-dr/policies"));
+    assert_eq!(s.retention.grace, DEFAULT_GRACE);
+    assert_eq!(s.retention.grace, Duration::from_secs(23 * 3600));
+    assert_eq!(s.retention.min_age, Duration::from_secs(3600));
+    let s = ok(include_str!("../../usdcop-dr.example.toml"));
+    assert_eq!(s.retention.policies, Path::new("/etc/usdcop-dr/policies"));
+    assert_eq!(s.retention.grace, DEFAULT_GRACE);
+}
+
+#[test]
+fn retention_keys_are_read_and_checked() {
+    let s = ok("[retention]\npolicies = \"rules/prod\"\ngrace = \"0s\"\nmin_age = \"90m\"\n");
+    assert_eq!(s.retention.policies, Path::new("/etc/usdcop-dr/rules/prod"));
+    assert_eq!(s.retention.grace, Duration::ZERO);
+    assert_eq!(s.retention.min_age, Duration::from_secs(90 * 60));
+    let s = ok("[retention]\npolicies = \"/srv/policies\"\n");
+    assert_eq!(s.retention.policies, Path::new("/srv/policies"));
+    // A relative configuration path stays relative to its own folder.
+    let s = parse("[retention]\npolicies = \"p\"\n", Path::new("conf/x.toml")).unwrap();
+    assert_eq!(s.retention.policies, Path::new("conf/p"));
+    let e = err("[retention]\ngrace = \"soon\"\n");
+    assert_err(&e, 2, "retention.grace", "is not a duration");
+    let e = err("[retention]\n\nmin_age = 3600\n");
+    assert_err(&e, 3, "retention.min_age", "invalid type");
+    let e = err("[retention]\npolicies = \"  \"\n");
+    assert_err(&e, 2, "retention.policies", "is empty");
+}
+
+#[test]
+fn duration_text_is_short() {
+    assert_eq!(duration_text(Duration::from_secs(48 * 3600)), "48h");
+    assert_eq!(duration_text(Duration::from_secs(90 * 60)), "1h 30m");
+    assert_eq!(duration_text(Duration::ZERO), "0s");
 }
