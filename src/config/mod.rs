@@ -10,7 +10,7 @@
 //! sections (drills, WAL) are new optional fields of [`RawFile`] with their
 //! own typed settings.
 //!
-//! [`locate`] (spans to lines and dotted keys) and [`duration`] are shared
+//! `locate` (spans to lines and dotted keys) and `duration` are shared
 //! with the other files of settings people write (`policies/*.toml`, see
 //! `crate::retention`), so that their errors and durations read the same.
 //!

@@ -72,7 +72,7 @@ pub fn by_source(
         .into_values()
         .map(|mut g| {
             g.snapshots
-                .sort_by(|a, b| (b.time, b.id).cmp(&(a.time, a.id)));
+                .sort_by_key(|s| std::cmp::Reverse((s.time, s.id)));
             g
         })
         .collect()
