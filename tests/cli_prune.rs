@@ -377,7 +377,13 @@ fn prune_killed_anywhere_loses_nothing_kept() {
     assert_eq!(s.snapshots().len(), 3);
     s.run(&["verify", "--read-data"]).ok();
     let referenced = last["gc"]["bytes_referenced"].as_u64().unwrap();
-    assert!((s.data_bytes() as f64) < referenced as f64 * 1.10 + 64.0 * 1024.0);
+    // A pack less than half unused is left as it is (the first backup's
+    // pack holds the stable file and day 1's, now unused: a third of it).
+    assert!(
+        (s.data_bytes() as f64) < referenced as f64 * 1.5,
+        "{} bytes for {referenced} referenced: {last}",
+        s.data_bytes()
+    );
 }
 
 /// A policy file with an unknown key, and one that leaves the configured

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod nightly;
 pub mod progress;
+pub mod prune;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -70,9 +71,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             ..
         }) => return nightly::backup_all(&cli, settings.as_ref(), sources).await,
         Command::Status => return nightly::status(&cli, settings.as_ref()).await,
-        Command::Forget(_) | Command::Prune(_) => {
-            return Err(Error::usage("prune: retention policies are not wired yet"))
-        }
+        Command::Forget(a) => return prune::run(&cli, settings.as_ref(), a, false).await,
+        Command::Prune(a) => return prune::run(&cli, settings.as_ref(), a, true).await,
         _ => {}
     }
     let progress = progress::make(cli.quiet, cli.json);

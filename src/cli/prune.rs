@@ -24,7 +24,7 @@ pub async fn run(cli: &Cli, settings: Option<&Settings>, a: &PruneArgs, collect:
     }
     // A malformed policy, or one that does not fit the configured sources,
     // stops here: nothing has been touched.
-    let policies = usdcop_dr::retention::load_for(s)?;
+    let policies = usdcop_dr::retention::load(&s.retention.policies, &s.source_kinds())?;
     let (repo_arg, _) = nightly::repository(cli, Some(s))?;
     let store = StateStore::new(usdcop_dr::state::dir(), &repo_arg);
     let started = Utc::now();

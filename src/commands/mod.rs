@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod backup_all;
+pub mod prune;
 pub mod recover;
 pub mod repair;
 pub mod restore;

@@ -106,6 +106,11 @@ impl Glob {
     pub fn matches(&self, name: &str) -> bool {
         glob_match(self.0.as_bytes(), name.as_bytes())
     }
+
+    /// Whether it has wildcards (else it is one source's name).
+    pub fn is_pattern(&self) -> bool {
+        self.0.contains(['*', '?'])
+    }
 }
 
 impl Serialize for Glob {
@@ -261,12 +266,19 @@ impl PolicySet {
                 .join(", ")
         };
         for p in &self.policies {
-            if !sources.iter().any(|(n, k)| p.covers(n, *k)) {
+            // A name (no wildcard) that is not a configured source of the
+            // policy's kinds is a typo or a source that is gone. A policy
+            // of globs only may match nothing: the shipped folder has one
+            // per kind, for sites that have no source of some kind.
+            let literal_unmatched = p.sources.iter().any(|g| {
+                !g.is_pattern() && !sources.iter().any(|(n, k)| g.matches(n) && p.covers(n, *k))
+            });
+            if literal_unmatched {
                 return Err(policy_error(
                     p,
                     "sources",
                     format!(
-                        "policy {:?} matches no configured source (configured: {})",
+                        "policy {:?} names a source that is not configured (configured: {})",
                         p.name,
                         if sources.is_empty() {
                             "none".to_owned()
@@ -274,7 +286,7 @@ impl PolicySet {
                             listed()
                         }
                     ),
-                    "fix the name, glob or kinds, or remove the policy: a policy for nothing is a typo or a source that is gone",
+                    "fix the name or kinds, or remove it: a name that matches nothing is a typo or a source that is gone",
                 ));
             }
         }

@@ -258,7 +258,7 @@ fn policies_are_checked_against_the_configured_sources() {
         "c.toml",
         2,
         "policy[0].sources",
-        "matches no configured source",
+        "names a source that is not configured",
     );
     assert!(e.message.contains("pg-usdcop (postgres)"), "{e}");
     // Right name, wrong kind: matches nothing either.
@@ -273,8 +273,14 @@ fn policies_are_checked_against_the_configured_sources() {
         "c.toml",
         2,
         "policy[0].sources",
-        "matches no configured source",
+        "names a source that is not configured",
     );
+
+    // A policy of globs only may match nothing (the shipped folder has
+    // one per kind; a site without buckets keeps buckets.toml).
+    let none = "[[policy]]\nsources = [\"*\"]\nkinds = [\"bucket\"]\nkeep_daily = 9\n";
+    let set = parse_set(&[("a.toml", db), ("b.toml", files), ("c.toml", none)], &srcs).unwrap();
+    assert_eq!(set.covered(&srcs), 2);
 
     // Two policies claiming one source: both named with file and line.
     let all = "# every source\n\n[[policy]]\nsources = [\"*\"]\nkeep_last = 5\n";
