@@ -843,7 +843,7 @@ fn operations_guide_runs_as_written() {
         r("work/target/release/usdcop-dr"),
     )
     .unwrap();
-    for f in ["usdcop-dr.example.toml", "contrib"] {
+    for f in ["usdcop-dr.example.toml", "contrib", "policies"] {
         std::os::unix::fs::symlink(manifest.join(f), r("work").join(f)).unwrap();
     }
     // Stand-ins for what needs a running systemd.
