@@ -64,7 +64,11 @@ impl Setup {
 
     /// Write day `d`'s content: a stable file and one of the day's own.
     fn write_day(&self, d: u64) {
-        std::fs::write(self.data.join("stable.bin"), common::random_bytes(300_000, 1)).unwrap();
+        std::fs::write(
+            self.data.join("stable.bin"),
+            common::random_bytes(300_000, 1),
+        )
+        .unwrap();
         for e in std::fs::read_dir(&self.data).unwrap() {
             let p = e.unwrap().path();
             if p.file_name().unwrap() != "stable.bin" {
@@ -209,7 +213,10 @@ fn sixty_days_with_the_database_rules() {
         .json();
     assert_eq!(first["snapshots_removed"], dry["snapshots_removed"]);
     let after: BTreeSet<String> = s.snapshots().into_keys().collect();
-    assert_eq!(after, want, "survivors differ from the independent computation");
+    assert_eq!(
+        after, want,
+        "survivors differ from the independent computation"
+    );
     // First run: condemned, nothing deleted yet.
     assert!(first["gc"]["deleted"].as_array().unwrap().is_empty());
     assert!(!first["gc"]["condemned"].as_array().unwrap().is_empty());
@@ -241,8 +248,14 @@ fn sixty_days_with_the_database_rules() {
     s.run(&["verify", "--read-data"]).ok();
     for id in &after {
         let target = s.repo.dir.path().join(format!("restore-{id}"));
-        s.run(&["restore", "--snapshot", id, "--target", target.to_str().unwrap()])
-            .ok();
+        s.run(&[
+            "restore",
+            "--snapshot",
+            id,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .ok();
         let d = written[id];
         let root = target.join(s.data.strip_prefix("/").unwrap());
         assert_eq!(
@@ -276,10 +289,18 @@ fn a_backup_running_through_prune_loses_nothing() {
     s.backup_at(t0);
     // The backup that will reuse old.bin's chunks: started, fed half.
     let mut c = s.repo.cmd();
-    c.args(["--json", "backup", "stdin", "--source", "stream", "--stdin-name", "old.bin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args([
+        "--json",
+        "backup",
+        "stdin",
+        "--source",
+        "stream",
+        "--stdin-name",
+        "old.bin",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut pipe = child.stdin.take().unwrap();
     pipe.write_all(&old[..1_500_000]).unwrap();
@@ -304,12 +325,19 @@ fn a_backup_running_through_prune_loses_nothing() {
     pipe.write_all(&old[1_500_000..]).unwrap();
     drop(pipe);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = snap["snapshot_id"].as_str().unwrap().to_owned();
     // Now its snapshot needs the condemned packs: reprieved, not deleted.
     let p3 = s.run(&["--json", "prune"]).ok().json();
-    assert!(!p3["gc"]["reprieved"].as_array().unwrap().is_empty(), "{p3}");
+    assert!(
+        !p3["gc"]["reprieved"].as_array().unwrap().is_empty(),
+        "{p3}"
+    );
     s.run(&["prune"]).ok();
     s.run(&["verify", "--read-data"]).ok();
     assert_eq!(s.repo.restore_stdout(&id), old);
@@ -350,7 +378,9 @@ fn prune_killed_anywhere_loses_nothing_kept() {
             rng ^= rng << 17;
             let delay = Duration::from_millis(rng % 400);
             let mut c = s.cmd();
-            c.args(["--quiet", "prune"]).stdout(Stdio::null()).stderr(Stdio::null());
+            c.args(["--quiet", "prune"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             let mut child = c.spawn().unwrap();
             std::thread::sleep(delay);
             let _ = child.kill();
@@ -363,8 +393,14 @@ fn prune_killed_anywhere_loses_nothing_kept() {
         for id in snaps.keys() {
             let d = contents[id];
             let target = s.repo.dir.path().join(format!("r{round}-{id}"));
-            s.run(&["restore", "--snapshot", id, "--target", target.to_str().unwrap()])
-                .ok();
+            s.run(&[
+                "restore",
+                "--snapshot",
+                id,
+                "--target",
+                target.to_str().unwrap(),
+            ])
+            .ok();
             let root = target.join(s.data.strip_prefix("/").unwrap());
             assert_eq!(
                 std::fs::read(root.join(format!("day-{d}.bin"))).unwrap(),
@@ -400,7 +436,11 @@ fn bad_policies_change_nothing() {
     let before = s.snapshots();
     let r = s.run(&["prune"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("files.toml:3") && r.stderr.contains("keep_dayly"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("files.toml:3") && r.stderr.contains("keep_dayly"),
+        "{}",
+        r.stderr
+    );
     let root = s.repo.dir.path();
     std::fs::write(
         root.join("policies/files.toml"),
@@ -434,17 +474,28 @@ fn backups_racing_prunes_at_random_moments_lose_nothing() {
         s.write_day(round);
         s.backup_at(Utc::now() - chrono::Duration::minutes(60 - round as i64));
         let mut prune = s.cmd();
-        prune.args(["--quiet", "prune"]).stdout(Stdio::null()).stderr(Stdio::piped());
+        prune
+            .args(["--quiet", "prune"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let prune = prune.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(next() % 300));
         // A stream sharing most of its chunks with the files being forgotten.
         let mut data = common::random_bytes(150_000, 1000 + round);
         data.extend(common::random_bytes(50_000, next()));
         let mut c = s.repo.cmd();
-        c.args(["--json", "backup", "stdin", "--source", "stream", "--stdin-name", "x"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.args([
+            "--json",
+            "backup",
+            "stdin",
+            "--source",
+            "stream",
+            "--stdin-name",
+            "x",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
         child.stdin.take().unwrap().write_all(&data).unwrap();
         streams.push((data, child));
@@ -458,7 +509,11 @@ fn backups_racing_prunes_at_random_moments_lose_nothing() {
     let mut ids = vec![];
     for (data, child) in streams {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         ids.push((v["snapshot_id"].as_str().unwrap().to_owned(), data));
     }
@@ -503,18 +558,35 @@ fn prune_on_s3(kind: servers::ServerKind) {
     run(&["init", "--kdf-memory-kib", "1024", "--pack-size", "1048576"]).ok();
     let old = common::random_bytes(2_000_000, 31);
     std::fs::write(data.join("f.bin"), &old).unwrap();
-    run(&["backup", "files", "--source", "config", data.to_str().unwrap()]).ok();
+    run(&[
+        "backup",
+        "files",
+        "--source",
+        "config",
+        data.to_str().unwrap(),
+    ])
+    .ok();
     let new = common::random_bytes(1_000_000, 32);
     std::fs::write(data.join("f.bin"), &new).unwrap();
-    let kept = run(&["--json", "backup", "files", "--source", "config", data.to_str().unwrap()])
-        .ok()
-        .json()["snapshot_id"]
+    let kept = run(&[
+        "--json",
+        "backup",
+        "files",
+        "--source",
+        "config",
+        data.to_str().unwrap(),
+    ])
+    .ok()
+    .json()["snapshot_id"]
         .as_str()
         .unwrap()
         .to_owned();
     let first = run(&["--json", "prune"]).ok().json();
     assert_eq!(first["snapshots_removed"], 1, "{first}");
-    assert!(!first["gc"]["condemned"].as_array().unwrap().is_empty(), "{first}");
+    assert!(
+        !first["gc"]["condemned"].as_array().unwrap().is_empty(),
+        "{first}"
+    );
     let second = run(&["--json", "prune"]).ok().json();
     let freed: u64 = second["gc"]["deleted"]
         .as_array()
@@ -525,7 +597,14 @@ fn prune_on_s3(kind: servers::ServerKind) {
     assert!(freed > 1_900_000, "{second}");
     run(&["verify", "--read-data"]).ok();
     let target = root.path().join("out");
-    run(&["restore", "--snapshot", &kept, "--target", target.to_str().unwrap()]).ok();
+    run(&[
+        "restore",
+        "--snapshot",
+        &kept,
+        "--target",
+        target.to_str().unwrap(),
+    ])
+    .ok();
     let back = target.join(data.strip_prefix("/").unwrap()).join("f.bin");
     assert_eq!(std::fs::read(back).unwrap(), new);
 }

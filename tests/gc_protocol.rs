@@ -23,13 +23,18 @@ fn opts() -> GcOptions {
 
 async fn prune(repo: &Arc<Repository>) -> GcReport {
     let lock = gc::acquire_prune_lock(repo).await.unwrap();
-    let r = gc::collect(repo, Some(&lock), &opts(), &Silent).await.unwrap();
+    let r = gc::collect(repo, Some(&lock), &opts(), &Silent)
+        .await
+        .unwrap();
     lock.release().await.unwrap();
     r
 }
 
 fn data_bytes(t: &TestRepo) -> u64 {
-    t.objects("data").iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+    t.objects("data")
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
 }
 
 #[test]
@@ -37,8 +42,14 @@ fn condemn_then_delete_and_nothing_kept_is_lost() {
     let t = TestRepo::new();
     let x = common::random_bytes(2_500_000, 1);
     let y = common::random_bytes(2_500_000, 2);
-    let a = t.backup_stdin("s", "x.bin", &x)["snapshot_id"].as_str().unwrap().to_owned();
-    let b = t.backup_stdin("s", "y.bin", &y)["snapshot_id"].as_str().unwrap().to_owned();
+    let a = t.backup_stdin("s", "x.bin", &x)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = t.backup_stdin("s", "y.bin", &y)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let before = data_bytes(&t);
     common::runtime().block_on(async {
         let repo = Arc::new(t.open_lib().await);
@@ -54,7 +65,10 @@ fn condemn_then_delete_and_nothing_kept_is_lost() {
         // A writer's view leaves the condemned packs out.
         let c = gc::load_condemned(&repo).await.unwrap();
         assert_eq!(c.current.len(), first.condemned.len());
-        assert!(c.current.values().all(|p| p.writers.is_some() && p.since.is_some()));
+        assert!(c
+            .current
+            .values()
+            .all(|p| p.writers.is_some() && p.since.is_some()));
         let index = repo.load_index().await.unwrap();
         let w = gc::for_writer(&index, &c);
         assert!(w.blob_count() < index.blob_count());
@@ -64,7 +78,11 @@ fn condemn_then_delete_and_nothing_kept_is_lost() {
         assert_eq!(deleted, condemned, "{second:?}");
         assert!(second.condemned.is_empty());
         assert!(gc::load_condemned(&repo).await.unwrap().current.is_empty());
-        assert!(t.objects("condemned").is_empty(), "records left: {:?}", t.objects("condemned"));
+        assert!(
+            t.objects("condemned").is_empty(),
+            "records left: {:?}",
+            t.objects("condemned")
+        );
     });
     let after = data_bytes(&t);
     assert!(after < before * 6 / 10, "{before} -> {after}");
@@ -85,7 +103,10 @@ fn condemn_then_delete_and_nothing_kept_is_lost() {
 fn a_snapshot_needing_a_condemned_pack_reprieves_it() {
     let t = TestRepo::new();
     let x = common::random_bytes(1_500_000, 3);
-    let a = t.backup_stdin("s", "x.bin", &x)["snapshot_id"].as_str().unwrap().to_owned();
+    let a = t.backup_stdin("s", "x.bin", &x)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     t.backup_stdin("s", "other", b"other");
     let a = common::runtime().block_on(async {
         let repo = Arc::new(t.open_lib().await);
@@ -116,7 +137,10 @@ fn a_snapshot_needing_a_condemned_pack_reprieves_it() {
 fn an_orphan_pack_is_condemned_not_resurrected_then_deleted() {
     let t = TestRepo::new();
     let x = common::random_bytes(500_000, 4);
-    let a = t.backup_stdin("s", "x.bin", &x)["snapshot_id"].as_str().unwrap().to_owned();
+    let a = t.backup_stdin("s", "x.bin", &x)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // An orphan under a pack's name (its content is not even a pack: a
     // re-index would fail on it, which is how we see it is not tried).
     let orphan = common::random_bytes(300_000, 9);
@@ -151,7 +175,10 @@ fn an_orphan_pack_is_condemned_not_resurrected_then_deleted() {
 fn chunk_list_trees_survive_prune() {
     let t = TestRepo::new();
     let small = common::random_bytes(10_000, 5);
-    let a = t.backup_stdin("s", "small", &small)["snapshot_id"].as_str().unwrap().to_owned();
+    let a = t.backup_stdin("s", "small", &small)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     common::runtime().block_on(async {
         let repo = Arc::new(t.open_lib().await);
         let id = usdcop_dr::format::Id::parse(&a).unwrap();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use usdcop_dr::commands::prune::{self, PruneOptions, PruneReport};
 use usdcop_dr::commands::backup_all;
+use usdcop_dr::commands::prune::{self, PruneOptions, PruneReport};
 use usdcop_dr::config::Settings;
 use usdcop_dr::state::{LastPrune, StateStore};
 use usdcop_dr::{Error, Result};
@@ -16,7 +16,12 @@ use usdcop_dr::{Error, Result};
 use super::args::{Cli, PruneArgs};
 use super::nightly;
 
-pub async fn run(cli: &Cli, settings: Option<&Settings>, a: &PruneArgs, collect: bool) -> Result<i32> {
+pub async fn run(
+    cli: &Cli,
+    settings: Option<&Settings>,
+    a: &PruneArgs,
+    collect: bool,
+) -> Result<i32> {
     let what = if collect { "prune" } else { "forget" };
     let s = nightly::require(settings, what)?;
     if !(0.0..=100.0).contains(&a.repack_unused) {
@@ -107,16 +112,24 @@ fn write_report(cli: &Cli, a: &PruneArgs, r: &PruneReport) -> Result<()> {
 /// A few lines for the terminal; the whole table is in `--report`.
 fn summary(r: &PruneReport) -> String {
     let h = usdcop_dr::progress::human_bytes;
-    let dry = if r.dry_run { " (dry run: nothing changed)" } else { "" };
+    let dry = if r.dry_run {
+        " (dry run: nothing changed)"
+    } else {
+        ""
+    };
     let mut t = format!(
         "{}{dry}: {} snapshots, {} removed, {} kept",
         r.command, r.snapshots_before, r.snapshots_removed, r.snapshots_after
     );
     for s in &r.sources {
-        t += &format!("\n  {} ({}): {} kept, {} removed", s.source, s.kind, s.kept, s.removed);
+        t += &format!(
+            "\n  {} ({}): {} kept, {} removed",
+            s.source, s.kind, s.kept, s.removed
+        );
     }
     if let Some(g) = &r.gc {
-        let sum = |v: &[usdcop_dr::repository::gc::PackLine]| v.iter().map(|p| p.bytes).sum::<u64>();
+        let sum =
+            |v: &[usdcop_dr::repository::gc::PackLine]| v.iter().map(|p| p.bytes).sum::<u64>();
         t += &format!(
             "\n  packs: {} deleted ({}), {} condemned ({}), {} waiting, {} reprieved; repository {} -> {}",
             g.deleted.len(),

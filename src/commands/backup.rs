@@ -181,7 +181,9 @@ pub async fn run(
         // before the index (docs/FORMAT.md §12): never deduplicated against.
         let condemned = crate::repository::gc::load_condemned(&repo).await?;
         for (name, why) in &condemned.damaged {
-            progress.warn(&format!("condemned record {name} is damaged ({why}): ignored"));
+            progress.warn(&format!(
+                "condemned record {name} is damaged ({why}): ignored"
+            ));
         }
         // Loaded after the recovery, which may have indexed orphaned packs.
         let full_index = repo.load_index_reporting(progress.as_ref()).await?;

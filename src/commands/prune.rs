@@ -194,7 +194,11 @@ pub fn render_markdown(r: &PruneReport) -> String {
     let tz: chrono_tz::Tz = r.timezone.parse().unwrap_or(chrono_tz::UTC);
     let local = |t: &DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
     let mut o = String::new();
-    let what = if r.dry_run { " (dry run: nothing changed)" } else { "" };
+    let what = if r.dry_run {
+        " (dry run: nothing changed)"
+    } else {
+        ""
+    };
     o += &format!("# Retention {} report{what}\n\n", r.command);
     o += &format!(
         "- Repository: `{}`\n- Run: {} (times in {})\n- Snapshots: {} before, {} removed, {} after\n",
@@ -243,10 +247,7 @@ pub fn render_markdown(r: &PruneReport) -> String {
             );
         }
         if !g.reprieved.is_empty() {
-            o += &format!(
-                "- Reprieved (needed again): {} packs\n",
-                g.reprieved.len()
-            );
+            o += &format!("- Reprieved (needed again): {} packs\n", g.reprieved.len());
         }
     }
     for s in &r.sources {
@@ -276,7 +277,12 @@ pub fn render_markdown(r: &PruneReport) -> String {
             }
             *o += &format!("\n## {title}\n\n| pack | size | reason |\n|---|---|---|\n");
             for p in v {
-                *o += &format!("| `{}` | {} | {} |\n", p.pack.short(), human(p.bytes), p.reason);
+                *o += &format!(
+                    "| `{}` | {} | {} |\n",
+                    p.pack.short(),
+                    human(p.bytes),
+                    p.reason
+                );
             }
         };
         section(&mut o, "Packs deleted", &g.deleted);

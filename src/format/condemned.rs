@@ -109,7 +109,9 @@ pub struct PackState {
 /// the record). A pack in two current records (two prunes that ran at
 /// once) takes the later `since` and the union of writers, unknown if
 /// either is: the cautious reading of both.
-pub fn current(records: &[(Id, Option<DateTime<Utc>>, CondemnedRecord)]) -> BTreeMap<Id, PackState> {
+pub fn current(
+    records: &[(Id, Option<DateTime<Utc>>, CondemnedRecord)],
+) -> BTreeMap<Id, PackState> {
     let superseded: HashSet<Id> = records
         .iter()
         .flat_map(|(_, _, r)| r.supersedes.iter().copied())
@@ -218,7 +220,10 @@ mod tests {
         let r = CondemnedRecord {
             version: VERSION,
             supersedes: vec![Id([9; 32])],
-            packs: vec![pack(1, None, None), pack(2, Some(Utc::now()), Some(&["h1"]))],
+            packs: vec![
+                pack(1, None, None),
+                pack(2, Some(Utc::now()), Some(&["h1"])),
+            ],
         };
         assert_eq!(decode(&encode(&r)).unwrap(), r);
         let mut v2 = r.clone();
@@ -253,11 +258,20 @@ mod tests {
             (Id([12; 32]), Some(t0 + h(2)), other),
         ];
         let cur = current(&recs);
-        assert_eq!(cur.len(), 2, "pack 2 was reprieved by the superseding record");
+        assert_eq!(
+            cur.len(),
+            2,
+            "pack 2 was reprieved by the superseding record"
+        );
         let p1 = &cur[&Id([1; 32])];
         assert_eq!(p1.since, Some(t0 + h(2)));
         assert_eq!(
-            p1.writers.as_ref().unwrap().iter().cloned().collect::<Vec<_>>(),
+            p1.writers
+                .as_ref()
+                .unwrap()
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>(),
             vec!["a".to_string(), "b".to_string()]
         );
         assert_eq!(cur[&Id([3; 32])].writers, None);
@@ -277,12 +291,30 @@ mod tests {
         };
         let later = Some(t0 + chrono::Duration::seconds(3600));
         let early = Some(t0 + chrono::Duration::seconds(3599));
-        assert_eq!(verdict(&st(Some(&["w2"])), later, grace, &live, false), Verdict::Delete);
-        assert_eq!(verdict(&st(Some(&["w2"])), later, grace, &live, true), Verdict::Reprieve);
-        assert!(matches!(verdict(&st(Some(&["w2"])), early, grace, &live, false), Verdict::Wait(_)));
-        assert!(matches!(verdict(&st(Some(&["w1"])), later, grace, &live, false), Verdict::Wait(_)));
-        assert!(matches!(verdict(&st(None), later, grace, &live, false), Verdict::Wait(_)));
-        assert!(matches!(verdict(&st(Some(&[])), None, grace, &live, false), Verdict::Wait(_)));
+        assert_eq!(
+            verdict(&st(Some(&["w2"])), later, grace, &live, false),
+            Verdict::Delete
+        );
+        assert_eq!(
+            verdict(&st(Some(&["w2"])), later, grace, &live, true),
+            Verdict::Reprieve
+        );
+        assert!(matches!(
+            verdict(&st(Some(&["w2"])), early, grace, &live, false),
+            Verdict::Wait(_)
+        ));
+        assert!(matches!(
+            verdict(&st(Some(&["w1"])), later, grace, &live, false),
+            Verdict::Wait(_)
+        ));
+        assert!(matches!(
+            verdict(&st(None), later, grace, &live, false),
+            Verdict::Wait(_)
+        ));
+        assert!(matches!(
+            verdict(&st(Some(&[])), None, grace, &live, false),
+            Verdict::Wait(_)
+        ));
         // Grace zero: deletable at once, if no writer.
         assert_eq!(
             verdict(&st(Some(&[])), Some(t0), Duration::ZERO, &live, false),

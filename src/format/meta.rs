@@ -23,7 +23,12 @@ pub const FORMAT_VERSION: u32 = 2;
 ///   the same across refreshes) before it reads `condemned/`, then the
 ///   index; it never deduplicates against, indexes or compacts a condemned
 ///   pack (docs/FORMAT.md §12, "Prune").
-pub const WRITE_FEATURES: &[&str] = &["lock-lease", "store-time-locks", "lock-identity", "prune-v1"];
+pub const WRITE_FEATURES: &[&str] = &[
+    "lock-lease",
+    "store-time-locks",
+    "lock-identity",
+    "prune-v1",
+];
 
 /// Features a reader must implement to read a repository; all known here.
 /// None yet: format 1 is read by every binary that knows the version.
@@ -293,6 +298,17 @@ pub fn decode_json<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8
     serde_json::from_slice(bytes).map_err(|e| Error::format(what, e))
 }
 
+impl Lock {
+    /// Who holds this lock, the same in all its copies: `holder`, or (for
+    /// a lock written without one) host, pid and start together.
+    pub fn holder_key(&self) -> String {
+        match &self.holder {
+            Some(h) => h.clone(),
+            None => format!("{}/{}/{}", self.host, self.pid, self.started.to_rfc3339()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod format_version_tests {
     use super::*;
@@ -319,16 +335,5 @@ mod format_version_tests {
         );
         c.version = 3;
         assert!(c.check().is_err());
-    }
-}
-
-impl Lock {
-    /// Who holds this lock, the same in all its copies: `holder`, or (for
-    /// a lock written without one) host, pid and start together.
-    pub fn holder_key(&self) -> String {
-        match &self.holder {
-            Some(h) => h.clone(),
-            None => format!("{}/{}/{}", self.host, self.pid, self.started.to_rfc3339()),
-        }
     }
 }

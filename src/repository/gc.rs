@@ -93,10 +93,10 @@ pub async fn load_condemned(repo: &Repository) -> Result<Condemned> {
             break;
         }
         if round == RELIST_ROUNDS {
-            return Err(Error::not_found(
-                "condemned records keep vanishing while being read",
-            )
-            .with_hint("another prune is finishing; retry when it is done"));
+            return Err(
+                Error::not_found("condemned records keep vanishing while being read")
+                    .with_hint("another prune is finishing; retry when it is done"),
+            );
         }
     }
     // Drop records another listed record supersedes (already skipped by
@@ -139,7 +139,9 @@ pub async fn acquire_prune_lock(repo: &Arc<Repository>) -> Result<LockGuard> {
             ErrorKind::Busy,
             format!("another prune is running ({host}, pid {pid})"),
         )
-        .with_hint("only one prune runs at a time; the next scheduled run will do this one's work"));
+        .with_hint(
+            "only one prune runs at a time; the next scheduled run will do this one's work",
+        ));
     }
     Ok(lock)
 }
@@ -260,7 +262,9 @@ pub async fn collect(
     }
     // 2. What the snapshots need (listed after the locks).
     // A damaged summary stops the prune: what it references is unknown.
-    let (snaps, damaged) = repo.load_snapshots_checked(repo.snapshot_ids().await?).await?;
+    let (snaps, damaged) = repo
+        .load_snapshots_checked(repo.snapshot_ids().await?)
+        .await?;
     if let Some((id, e)) = damaged.first() {
         return Err(Error::integrity(format!(
             "snapshot {} is damaged ({e}); prune deletes nothing while it is",
@@ -733,7 +737,10 @@ pub async fn needed_blobs(
                 }
             }
         }
-        progress.set_item(&format!("{nodes} tree nodes read, {} blobs needed", needed.len()));
+        progress.set_item(&format!(
+            "{nodes} tree nodes read, {} blobs needed",
+            needed.len()
+        ));
     }
     Ok(needed)
 }

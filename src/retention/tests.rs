@@ -279,7 +279,11 @@ fn policies_are_checked_against_the_configured_sources() {
     // A policy of globs only may match nothing (the shipped folder has
     // one per kind; a site without buckets keeps buckets.toml).
     let none = "[[policy]]\nsources = [\"*\"]\nkinds = [\"bucket\"]\nkeep_daily = 9\n";
-    let set = parse_set(&[("a.toml", db), ("b.toml", files), ("c.toml", none)], &srcs).unwrap();
+    let set = parse_set(
+        &[("a.toml", db), ("b.toml", files), ("c.toml", none)],
+        &srcs,
+    )
+    .unwrap();
     assert_eq!(set.covered(&srcs), 2);
 
     // Two policies claiming one source: both named with file and line.
