@@ -114,6 +114,31 @@ impl Setup {
             .collect()
     }
 
+    /// Restore snapshot `id` and compare it with what day `d` wrote.
+    fn assert_restores(&self, id: &str, d: u64) {
+        let target = self.repo.dir.path().join(format!("restore-{id}"));
+        self.run(&[
+            "restore",
+            "--snapshot",
+            id,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .ok();
+        let root = target.join(self.data.strip_prefix("/").unwrap());
+        assert_eq!(
+            std::fs::read(root.join("stable.bin")).unwrap(),
+            common::random_bytes(300_000, 1),
+            "snapshot {id}"
+        );
+        assert_eq!(
+            std::fs::read(root.join(format!("day-{d}.bin"))).unwrap(),
+            common::random_bytes(150_000, 1000 + d),
+            "snapshot {id}"
+        );
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+
     fn data_bytes(&self) -> u64 {
         self.repo
             .objects("data")
@@ -247,27 +272,7 @@ fn sixty_days_with_the_database_rules() {
 
     s.run(&["verify", "--read-data"]).ok();
     for id in &after {
-        let target = s.repo.dir.path().join(format!("restore-{id}"));
-        s.run(&[
-            "restore",
-            "--snapshot",
-            id,
-            "--target",
-            target.to_str().unwrap(),
-        ])
-        .ok();
-        let d = written[id];
-        let root = target.join(s.data.strip_prefix("/").unwrap());
-        assert_eq!(
-            std::fs::read(root.join("stable.bin")).unwrap(),
-            common::random_bytes(300_000, 1)
-        );
-        assert_eq!(
-            std::fs::read(root.join(format!("day-{d}.bin"))).unwrap(),
-            common::random_bytes(150_000, 1000 + d),
-            "snapshot {id}"
-        );
-        std::fs::remove_dir_all(&target).unwrap();
+        s.assert_restores(id, written[id]);
     }
     // A third run finds nothing more to do.
     let third = s.run(&["--json", "prune"]).ok().json();
@@ -288,20 +293,7 @@ fn a_backup_running_through_prune_loses_nothing() {
     let t0 = Utc::now() - chrono::Duration::days(3);
     s.backup_at(t0);
     // The backup that will reuse old.bin's chunks: started, fed half.
-    let mut c = s.repo.cmd();
-    c.args([
-        "--json",
-        "backup",
-        "stdin",
-        "--source",
-        "stream",
-        "--stdin-name",
-        "old.bin",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    let mut child = spawn_stdin_backup(&s.repo, "old.bin");
     let mut pipe = child.stdin.take().unwrap();
     pipe.write_all(&old[..1_500_000]).unwrap();
     pipe.flush().unwrap();
@@ -343,6 +335,24 @@ fn a_backup_running_through_prune_loses_nothing() {
     assert_eq!(s.repo.restore_stdout(&id), old);
 }
 
+/// `backup stdin --json --source stream` started, its pipes open.
+fn spawn_stdin_backup(repo: &TestRepo, name: &str) -> std::process::Child {
+    let mut c = repo.cmd();
+    c.args([
+        "--json",
+        "backup",
+        "stdin",
+        "--source",
+        "stream",
+        "--stdin-name",
+        name,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
 /// Wait until some lock object exists in the repository.
 fn wait_for_lock(repo: &Path, limit: Duration) {
     let end = Instant::now() + limit;
@@ -364,7 +374,7 @@ fn prune_killed_anywhere_loses_nothing_kept() {
     let mut contents: BTreeMap<String, u64> = BTreeMap::new();
     let mut seed = 0u64;
     let mut rng = 0x9e3779b97f4a7c15u64;
-    for round in 0..6 {
+    for _ in 0..6 {
         for _ in 0..3 {
             seed += 1;
             s.write_day(seed);
@@ -391,22 +401,7 @@ fn prune_killed_anywhere_loses_nothing_kept() {
         s.run(&["verify", "--read-data"]).ok();
         let snaps = s.snapshots();
         for id in snaps.keys() {
-            let d = contents[id];
-            let target = s.repo.dir.path().join(format!("r{round}-{id}"));
-            s.run(&[
-                "restore",
-                "--snapshot",
-                id,
-                "--target",
-                target.to_str().unwrap(),
-            ])
-            .ok();
-            let root = target.join(s.data.strip_prefix("/").unwrap());
-            assert_eq!(
-                std::fs::read(root.join(format!("day-{d}.bin"))).unwrap(),
-                common::random_bytes(150_000, 1000 + d)
-            );
-            std::fs::remove_dir_all(&target).unwrap();
+            s.assert_restores(id, contents[id]);
         }
     }
     // Clean runs finish the job: three snapshots left, garbage gone.
@@ -483,20 +478,7 @@ fn backups_racing_prunes_at_random_moments_lose_nothing() {
         // A stream sharing most of its chunks with the files being forgotten.
         let mut data = common::random_bytes(150_000, 1000 + round);
         data.extend(common::random_bytes(50_000, next()));
-        let mut c = s.repo.cmd();
-        c.args([
-            "--json",
-            "backup",
-            "stdin",
-            "--source",
-            "stream",
-            "--stdin-name",
-            "x",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
+        let mut child = spawn_stdin_backup(&s.repo, "x");
         child.stdin.take().unwrap().write_all(&data).unwrap();
         streams.push((data, child));
         let out = prune.wait_with_output().unwrap();
