@@ -1,0 +1,247 @@
+//! The bucket source's memory does not grow with the bucket: `backup
+//! bucket` of 20,000 objects with long keys (moto) peaks within one copy
+//! of all keys of a 200-object backup's peak — a source that collects the
+//! listing, its entries or the parent's entries holds several such copies —
+//! and so does the no-change second backup, which reuses every object
+//! (no GET, nothing new stored, not even a list tree node). The snapshot
+//! then restores byte-identical.
+//!
+//! Peak RSS is the child's own `ru_maxrss` (wait4), exact even for a peak
+//! in its last moment. `USDCOP_DR_BUCKET_MEMORY_OBJECTS` sets the object
+//! count; `USDCOP_DR_BUCKET_MEMORY_BIN` runs another build of the binary
+//! (to measure an older version; the assertions then say by how much it
+//! misses).
+
+mod common;
+#[path = "common/servers.rs"]
+mod servers;
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Run, PASSWORD};
+use servers::{S3Server, ServerKind};
+
+/// The fixture's keys (tests/data/s3_bucket_tool.py `create-long`): four
+/// components, ~780 bytes, so that the keys dominate what a collecting
+/// source would hold.
+fn key(i: usize) -> String {
+    format!(
+        "{}/{}/{:02}/{}-{i:06}",
+        "d".repeat(250),
+        "e".repeat(250),
+        i % 97,
+        "f".repeat(250)
+    )
+}
+
+/// The fixture's content of object `i`.
+fn body(i: usize) -> Vec<u8> {
+    format!("{i:06}").repeat(1 + i % 7).into_bytes()
+}
+
+fn json_u64(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing in {v}"))
+}
+
+/// Run `c` to completion within `timeout`; its output and its peak RSS
+/// (KiB, the child's own `ru_maxrss` from wait4). Killed (its process
+/// group) and the test failed past the deadline.
+fn run_measured(mut c: Command, timeout: Duration) -> (Run, u64) {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let shown = std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {shown}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let pid = child.id() as libc::pid_t;
+    let deadline = Instant::now() + timeout;
+    let (status, rss) = loop {
+        let mut status = 0;
+        // SAFETY: plain syscall on our own child; `ru` is written by it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if r == pid {
+            break (status, ru.ru_maxrss as u64);
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: the group we created; the child is not reaped yet.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            panic!("command did not finish within {timeout:?} and was killed: {shown}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let run = Run {
+        code,
+        stdout: stdout.join().unwrap(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
+    };
+    (run, rss)
+}
+
+#[test]
+fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
+    let t0 = Instant::now();
+    let objects: usize = std::env::var("USDCOP_DR_BUCKET_MEMORY_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let small = 200;
+    let bin = std::env::var("USDCOP_DR_BUCKET_MEMORY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_usdcop-dr").to_owned());
+    let server = S3Server::start(ServerKind::Moto);
+    server.create_bucket("small-bucket");
+    server.create_bucket("big-bucket");
+    server.bucket_tool(&["create-long", "small-bucket", &small.to_string()]);
+    let created = server.bucket_tool(&["create-long", "big-bucket", &objects.to_string()]);
+    eprintln!("created {created} in {:?}", t0.elapsed());
+    assert_eq!(json_u64(&created, "objects"), objects as u64);
+
+    // A local repository: only the source is on moto.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cache = dir.path().join("cache");
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.envs(server.env())
+            .env("USDCOP_DR_PASSWORD", PASSWORD)
+            .env("USDCOP_DR_CACHE_DIR", &cache)
+            .env_remove("USDCOP_DR_PASSWORD_FILE")
+            .env_remove("USDCOP_DR_REPO")
+            .arg("--repo")
+            .arg(&repo)
+            .args(args);
+        c
+    };
+    let timeout = Duration::from_secs(600);
+    let (init, _) = run_measured(
+        cmd(&["init", "--kdf-memory-kib", "1024", "--pack-size", "4194304"]),
+        timeout,
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let backup = |source: &str, bucket: &str| {
+        let t = Instant::now();
+        let (r, rss) = run_measured(
+            cmd(&[
+                "--json",
+                "backup",
+                "bucket",
+                "--source",
+                source,
+                "--endpoint",
+                &server.endpoint,
+                "--bucket",
+                bucket,
+            ]),
+            timeout,
+        );
+        assert_eq!(r.code, 0, "backup of {bucket} failed: {}", r.stderr);
+        let v = r.json();
+        eprintln!(
+            "backup of {bucket}: {:?}, peak RSS {} KiB, files {} (unchanged {}), GETs {}",
+            t.elapsed(),
+            rss,
+            v["files"],
+            v["files_unchanged"],
+            v["source_requests"]["get"]
+        );
+        (v, rss)
+    };
+
+    let (_, baseline) = backup("small", "small-bucket");
+    let (first, first_rss) = backup("big", "big-bucket");
+    assert_eq!(json_u64(&first, "files"), objects as u64);
+    assert_eq!(json_u64(&first, "files_unchanged"), 0);
+    assert_eq!(json_u64(&first, "bytes_in"), json_u64(&created, "bytes"));
+    let (again, again_rss) = backup("big", "big-bucket");
+    assert_eq!(json_u64(&again, "files"), objects as u64);
+    assert_eq!(
+        json_u64(&again, "files_unchanged"),
+        objects as u64,
+        "{again}"
+    );
+    assert_eq!(json_u64(&again["source_requests"], "get"), 0, "{again}");
+    assert_eq!(json_u64(&again, "bytes_stored_new"), 0, "{again}");
+    // Same entries in the same order: every list tree node is the parent's.
+    assert_eq!(json_u64(&again, "tree_bytes_stored_new"), 0, "{again}");
+
+    // One copy of every key: a source holding the listing, its entries or
+    // the parent's entries whole holds several (key, path, parent path…).
+    let keys_kib = (0..objects).map(|i| key(i).len() as u64).sum::<u64>() / 1024;
+    eprintln!(
+        "peak RSS: {small} objects {baseline} KiB; {objects} objects: first {first_rss} KiB, \
+         no-change {again_rss} KiB; all keys once: {keys_kib} KiB"
+    );
+    for (what, rss) in [("first", first_rss), ("no-change", again_rss)] {
+        assert!(
+            rss < baseline + keys_kib,
+            "{what} backup of {objects} objects peaked at {rss} KiB, more than the \
+             {small}-object backup's {baseline} KiB plus one copy of all keys ({keys_kib} KiB)"
+        );
+    }
+
+    // The no-change snapshot restores byte-identical.
+    let target = dir.path().join("restored");
+    let t = Instant::now();
+    let snap = again["snapshot_id"].as_str().unwrap().to_owned();
+    let (r, _) = run_measured(
+        cmd(&[
+            "--json",
+            "restore",
+            "--snapshot",
+            &snap,
+            "--target",
+            target.to_str().unwrap(),
+        ]),
+        timeout,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    eprintln!("restore: {:?}", t.elapsed());
+    assert_eq!(json_u64(&r.json(), "files"), objects as u64);
+    for i in 0..objects {
+        let p = Path::new(&target).join("big-bucket").join(key(i));
+        let got = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(got == body(i), "{} differs", p.display());
+    }
+    assert_eq!(common::files_under(&target).len(), objects);
+    eprintln!("total {:?}", t0.elapsed());
+}
