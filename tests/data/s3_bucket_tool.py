@@ -72,7 +72,7 @@ def main():
         # computes the same keys and contents).
         bucket, n = sys.argv[3], int(sys.argv[4])
         def key(i):
-            return f"{'d' * 250}/{'e' * 250}/{i % 97:02}/{'f' * 250}-{i:06}"
+            return f"{'d' * 250}/{'e' * 250}/{i % 97:02}/{'f' * 240}-{i:06}"
         def body(i):
             return (f"{i:06}" * (1 + i % 7)).encode()
         list(pool.map(lambda i: c.put_object(Bucket=bucket, Key=key(i), Body=body(i)), range(n)))
