@@ -74,6 +74,9 @@ fn run_measured(mut c: Command, timeout: Duration) -> (Run, u64) {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
+    // Reaped by wait4 below (which clippy does not see), or by wait()
+    // after the kill.
+    #[allow(clippy::zombie_processes)]
     let mut child = c
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {shown}: {e}"));
