@@ -7,6 +7,9 @@
 //! entries or the parent's entries holds several such copies. The
 //! snapshot then restores byte-identical.
 //!
+//! A second test: objects of more than 1,024 chunks (a chunk tree of
+//! their own) are reused by a no-change run and restore.
+//!
 //! Peak RSS is the child's own `ru_maxrss` (wait4), exact even for a peak
 //! in its last moment. `USDCOP_DR_BUCKET_MEMORY_OBJECTS` sets the object
 //! count; `USDCOP_DR_BUCKET_MEMORY_BIN` runs another build of the binary
@@ -260,4 +263,98 @@ fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
     }
     assert_eq!(common::files_under(&target).len(), objects);
     eprintln!("total {:?}", t0.elapsed());
+}
+
+/// Objects of more than 1,024 chunks keep their chunk list out of line
+/// (`chunk_tree`). The streaming parent lookup does not expand it: the
+/// source walks it to check its chunks and reuses it as it is. A no-change
+/// run downloads nothing and stores nothing, and `restore bucket` (which
+/// expands chunk trees object by object while streaming the list) and
+/// `verify` accept the snapshot.
+#[test]
+fn objects_with_out_of_line_chunk_lists_are_reused_and_restore() {
+    let server = S3Server::start(ServerKind::Moto);
+    for b in ["source-bucket", "restored"] {
+        server.create_bucket(b);
+    }
+    // Objects 100 and 200 are 20 MiB, 300-302 2-4 MiB (random bytes).
+    let n = 303;
+    let created = server.bucket_tool(&["create", "source-bucket", &n.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let run = |args: &[&str]| {
+        let mut c = common::command(&repo);
+        c.envs(server.env()).args(args);
+        common::run_cmd_timeout(c, None, Duration::from_secs(300))
+    };
+    // 4 KiB chunks: a 20 MiB object has ~5,000, a chunk tree of its own.
+    run(&[
+        "init",
+        "--kdf-memory-kib",
+        "1024",
+        "--chunk-avg-size",
+        "4096",
+    ])
+    .ok();
+    let backup = || {
+        run(&[
+            "--json",
+            "backup",
+            "bucket",
+            "--source",
+            "big",
+            "--endpoint",
+            &server.endpoint,
+            "--bucket",
+            "source-bucket",
+        ])
+        .ok()
+        .json()
+    };
+    let first = backup();
+    assert_eq!(json_u64(&first, "files"), n as u64);
+    assert_eq!(json_u64(&first, "bytes_in"), json_u64(&created, "bytes"));
+    let again = backup();
+    assert_eq!(json_u64(&again, "files_unchanged"), n as u64, "{again}");
+    assert_eq!(json_u64(&again["source_requests"], "get"), 0, "{again}");
+    assert_eq!(json_u64(&again, "bytes_stored_new"), 0, "{again}");
+    assert_eq!(json_u64(&again, "tree_bytes_stored_new"), 0, "{again}");
+    // The entries really hold chunk trees.
+    let out_of_line = common::runtime().block_on(async {
+        let backend = std::sync::Arc::new(
+            usdcop_dr::backend::local::LocalBackend::new(repo.clone()).unwrap(),
+        );
+        let r = usdcop_dr::repository::Repository::open(backend, PASSWORD.as_bytes())
+            .await
+            .unwrap();
+        let id = again["snapshot_id"].as_str().unwrap();
+        let (_, snap) = r.find_snapshot(id, None).await.unwrap();
+        let index = r.load_index().await.unwrap();
+        let mut stream = r.entries(&index, &snap);
+        let mut count = 0;
+        while let Some(e) = stream.next().await.unwrap() {
+            count += e.chunk_tree.is_some() as u32;
+        }
+        count
+    });
+    assert_eq!(out_of_line, 2, "the two 20 MiB objects");
+    let r = run(&[
+        "--json",
+        "restore",
+        "bucket",
+        "--snapshot",
+        again["snapshot_id"].as_str().unwrap(),
+        "--endpoint",
+        &server.endpoint,
+        "--bucket",
+        "restored",
+    ])
+    .ok()
+    .json();
+    assert_eq!(json_u64(&r, "objects"), n as u64, "{r}");
+    let cmp = server.bucket_tool(&["compare", "source-bucket", "restored"]);
+    assert_eq!(cmp["problems"].as_array().unwrap().len(), 0, "{cmp}");
+    assert_eq!(json_u64(&cmp, "compared"), n as u64);
+    let v = run(&["verify"]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout_str(), v.stderr);
 }
