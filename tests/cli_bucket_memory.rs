@@ -13,8 +13,8 @@
 //! Peak RSS is the child's own `ru_maxrss` (wait4), exact even for a peak
 //! in its last moment. `USDCOP_DR_BUCKET_MEMORY_OBJECTS` sets the object
 //! count; `USDCOP_DR_BUCKET_MEMORY_BIN` runs another build of the binary
-//! (to measure an older version; the assertions then say by how much it
-//! misses).
+//! (to measure an older version: the memory bounds are then reported, not
+//! asserted).
 
 mod common;
 #[path = "common/servers.rs"]
@@ -137,6 +137,7 @@ fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
     // the window of objects in flight, the channel to the list builder)
     // fill in both runs: the difference is then what grows with the bucket.
     let small = objects / 4;
+    let measuring = std::env::var_os("USDCOP_DR_BUCKET_MEMORY_BIN").is_some();
     let bin = std::env::var("USDCOP_DR_BUCKET_MEMORY_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_usdcop-dr").to_owned());
     let server = S3Server::start(ServerKind::Moto);
@@ -230,6 +231,10 @@ fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
     // header, index records; bounded by the pack caps, not by the
     // bucket): within two copies (the collecting source: +48 MiB).
     for (what, rss, copies) in [("no-change", again_rss, 1), ("first", first_rss, 2)] {
+        if measuring && rss >= baseline + copies * keys_kib {
+            eprintln!("MEASURING: {what} backup exceeds the bound: {rss} KiB");
+            continue;
+        }
         assert!(
             rss < baseline + copies * keys_kib,
             "{what} backup of {objects} objects peaked at {rss} KiB, more than the \
@@ -242,7 +247,7 @@ fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
     let target = dir.path().join("restored");
     let t = Instant::now();
     let snap = again["snapshot_id"].as_str().unwrap().to_owned();
-    let (r, _) = run_measured(
+    let (r, restore_rss) = run_measured(
         cmd(&[
             "--json",
             "restore",
@@ -254,7 +259,10 @@ fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
         timeout,
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    eprintln!("restore: {:?}", t.elapsed());
+    eprintln!(
+        "restore of {objects} objects: {:?}, peak RSS {restore_rss} KiB",
+        t.elapsed()
+    );
     assert_eq!(json_u64(&r.json(), "files"), objects as u64);
     for i in 0..objects {
         let p = Path::new(&target).join("big-bucket").join(key(i));
