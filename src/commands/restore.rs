@@ -245,7 +245,7 @@ const COMMITS_AT_ONCE: usize = 16;
 /// Files restored together: their chunks are read as one stream and in
 /// the order of their first chunk in the repository. A batch closes at
 /// this many files or [`BATCH_CHUNKS`] chunk ids (memory: one batch).
-const BATCH_FILES: usize = 4096;
+const BATCH_FILES: usize = 16_384;
 const BATCH_CHUNKS: usize = 1 << 18;
 
 /// Restore the entries of `stream` that `wanted` selects into `target`,
