@@ -302,6 +302,70 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
     assert_eq!(record_tree(&outside), before, "the sentinel changed");
 }
 
+/// Restore streams the entry list (never holding it), so the whole-list
+/// check reads it twice: an entry that comes *before* the symlink it lies
+/// below (a forged order, far apart in the list: other leaves between)
+/// is still refused before anything is written, every problem named.
+#[test]
+fn an_entry_before_the_symlink_it_lies_below_is_refused_before_anything_is_written() {
+    let repo = TestRepo::new();
+    let src = repo.scratch("src");
+    std::fs::write(src.join("evil"), b"written through the link").unwrap();
+    let base = backup_files(&repo, "config", &src);
+    let outside = sentinel(&repo);
+    let before = record_tree(&outside);
+    let target = repo.dir.path().join("target");
+    let id = craft(&repo, &base, |s| {
+        let file = s
+            .iter()
+            .find(|e| e.kind == EntryType::File)
+            .unwrap()
+            .clone();
+        let mut forged = vec![
+            Entry {
+                path: "x/evil".into(),
+                ..file.clone()
+            },
+            Entry {
+                path: "y/deep/evil".into(),
+                ..file.clone()
+            },
+        ];
+        // Harmless files in between: several leaves of the list tree.
+        for i in 0..5000 {
+            forged.push(Entry {
+                path: format!("z/file-{i:05}"),
+                ..file.clone()
+            });
+        }
+        forged.push(symlink_entry("x", outside.to_str().unwrap()));
+        forged.push(symlink_entry("y", "../sentinel"));
+        *s = forged;
+    });
+    let r = repo.run(&[
+        "restore",
+        "--snapshot",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    for needle in [
+        "2 unsafe entries",
+        r#"entry "x/evil" lies below symlink entry "x""#,
+        r#"entry "y/deep/evil" lies below symlink entry "y""#,
+        "nothing was restored",
+    ] {
+        assert!(r.stderr.contains(needle), "{needle:?} not in: {}", r.stderr);
+    }
+    assert_eq!(record_tree(&outside), before, "the sentinel changed");
+    assert!(
+        !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
+        "something was restored: {:?}",
+        record_tree(&target)
+    );
+}
+
 #[test]
 fn dotdot_absolute_and_unnormalised_paths_are_refused() {
     let repo = TestRepo::new();

@@ -191,14 +191,6 @@ pub async fn run(
         // through the full index (its nodes may sit in a condemned pack).
         let index = crate::repository::gc::for_writer(&full_index, &condemned);
         let time = opts.time.unwrap_or(started);
-        // The bucket source still takes the parent's entries whole; the
-        // files source streams them (a merge-join in walk order).
-        let parent_entries = match (&parent, &input) {
-            (Some((id, s)), Prepared::Input(BackupInput::Bucket { .. })) => {
-                parent_entries(&repo, &full_index, id, s).await?
-            }
-            _ => None,
-        };
         let parent_snap = parent.as_ref().map(|(id, s)| (*id, s.clone()));
         let stored = match input {
             Prepared::Postgres(session) => {
@@ -208,10 +200,11 @@ pub async fn run(
                 backup_bucket(
                     &repo,
                     index,
+                    full_index.clone(),
                     opts.writer,
                     &selection,
                     &s3,
-                    parent_entries.as_deref(),
+                    parent.as_ref(),
                     progress.clone(),
                 )
                 .await?
@@ -443,15 +436,19 @@ async fn backup_postgres(
     Ok(stored)
 }
 
-/// The bucket source: async listing and downloads feeding the pipeline.
+/// The bucket source with bounded memory: async listing and downloads
+/// feed the list tree builder (a blocking task) through a bounded channel,
+/// and the parent's entries are streamed from its tree and merge-joined
+/// with the listing (source/bucket.rs).
 #[allow(clippy::too_many_arguments)]
 async fn backup_bucket(
     repo: &Arc<Repository>,
     index: Arc<crate::repository::MasterIndex>,
+    full_index: Arc<crate::repository::MasterIndex>,
     writer_opts: WriterOptions,
     selection: &crate::source::bucket::BucketSelection,
     s3: &crate::backend::s3::S3Options,
-    parent: Option<&[Entry]>,
+    parent: Option<&(Id, Snapshot)>,
     progress: Arc<dyn Progress>,
 ) -> Result<Stored> {
     use crate::source::bucket;
@@ -459,7 +456,20 @@ async fn backup_bucket(
         return Err(Error::usage("no --bucket given"));
     }
     let src = bucket::BucketClient::connect(s3, crate::backend::s3::StoreRole::Source).await?;
-    let writer = Arc::new(Writer::start(repo.clone(), index, writer_opts)?);
+    let writer = Arc::new(Writer::start(repo.clone(), index.clone(), writer_opts)?);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Entry>(1024);
+    let builder = {
+        let writer = writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.store_entry_list(std::iter::from_fn(move || rx.blocking_recv()))
+        })
+    };
+    let parent = parent.map(|(id, s)| bucket::Parent {
+        id: *id,
+        repo: repo.as_ref(),
+        index: full_index.as_ref(),
+        entries: repo.entries(&full_index, s),
+    });
     let result = bucket::backup(
         &src,
         selection,
@@ -467,20 +477,27 @@ async fn backup_bucket(
         parent,
         progress,
         bucket::DEFAULT_CONCURRENCY,
+        tx,
     )
     .await;
-    // Joining the pipeline threads blocks: never on a runtime thread.
-    let finished = tokio::task::spawn_blocking(move || match (result, Arc::try_unwrap(writer)) {
-        (Ok((entries, totals)), Ok(w)) => {
-            let list = w.store_entry_list(entries)?;
-            Ok(((list, totals), w.finish()?))
+    let list = builder
+        .await
+        .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
+    let (list, totals) = match (list, result) {
+        (Ok(list), Ok(totals)) => (list, totals),
+        // The builder's own error says why it stopped taking entries.
+        (Err(e), Err(src_err)) if src_err.to_string().contains(bucket::SINK_STOPPED) => {
+            return Err(e)
         }
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(_)) => Err(Error::io("backup pipeline still in use")),
+        (_, Err(e)) | (Err(e), _) => return Err(e),
+    };
+    // Joining the pipeline threads blocks: never on a runtime thread.
+    let w = tokio::task::spawn_blocking(move || match Arc::try_unwrap(writer) {
+        Ok(w) => w.finish(),
+        Err(_) => Err(Error::io("backup pipeline still in use")),
     })
     .await
-    .map_err(|e| Error::io(format!("backup task failed: {e}")))?;
-    let ((list, totals), w) = finished?;
+    .map_err(|e| Error::io(format!("backup task failed: {e}")))??;
     let mut stored = Stored::new(list, selection.urls(), totals, w);
     stored.source_requests = Some(src.requests());
     Ok(stored)
@@ -546,28 +563,6 @@ fn backup_files_streaming(
             .map_err(|_| Error::io("the directory walk panicked"))??;
         Ok((list?, totals))
     })
-}
-
-/// The entries of the parent snapshot (to skip unchanged files and
-/// objects). A parent whose entry list is damaged is not used (a warning;
-/// everything is read again); a store error fails the backup.
-async fn parent_entries(
-    repo: &Repository,
-    index: &crate::repository::MasterIndex,
-    id: &Id,
-    snap: &Snapshot,
-) -> Result<Option<Vec<Entry>>> {
-    match repo.load_entries(index, snap).await {
-        Ok(entries) => Ok(Some(entries)),
-        Err(e) if e.kind() == crate::ErrorKind::Integrity => {
-            tracing::warn!(
-                "parent snapshot {} is unreadable, backing up without it: {e}",
-                id.short()
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// Source names end up in reports and filters: keep them plain.

@@ -13,6 +13,10 @@
 //! otherwise), and every write goes through [`super::restore_fs`], which
 //! never follows a link — neither one the snapshot restored nor one that
 //! was already in the target. Symlinks are still created last.
+//!
+//! A restore into a directory never holds the entry list: it is read once
+//! to check it whole (and count what will be written), then again to
+//! restore it a batch of files at a time (see `restore_tree`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -92,27 +96,11 @@ pub async fn run(
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();
     let index = repo.load_index_reporting(progress.as_ref()).await?;
-    // Whoever handed us the snapshot, it is not trusted: a path that could
-    // leave the target, or an entry below one of its own symlinks, refuses
-    // the whole snapshot before anything is written (load_entries).
-    let entries = load_entries_checked(&repo, &index, snapshot_id, snap).await?;
     let reader = ChunkReader::with_options(
         repo.clone(),
-        index,
+        index.clone(),
         ReadOptions::for_location(&repo.backend().location(), opts.read_concurrency),
     );
-    let selected: Vec<&Entry> = entries
-        .iter()
-        .filter(|e| included(&e.path, &opts.include))
-        .collect();
-    if selected.is_empty() {
-        return Err(Error::not_found(format!(
-            "no entry of snapshot {} matches {:?}",
-            snapshot_id.short(),
-            opts.include
-        )));
-    }
-    progress.set_total(selected.iter().map(|e| e.size).sum());
     let mut summary = RestoreSummary {
         snapshot_id,
         files: 0,
@@ -124,8 +112,27 @@ pub async fn run(
         notes: vec![],
         warnings: vec![],
     };
+    let nothing_matches = || {
+        Error::not_found(format!(
+            "no entry of snapshot {} matches {:?}",
+            snapshot_id.short(),
+            opts.include
+        ))
+    };
     match opts.target {
         RestoreTarget::Stream(mut out) => {
+            // Whoever handed us the snapshot, it is not trusted: a path
+            // that could leave the target, or an entry below one of its own
+            // symlinks, refuses the whole snapshot (load_entries).
+            let entries = load_entries_checked(&repo, &index, snapshot_id, snap).await?;
+            let selected: Vec<&Entry> = entries
+                .iter()
+                .filter(|e| included(&e.path, &opts.include))
+                .collect();
+            if selected.is_empty() {
+                return Err(nothing_matches());
+            }
+            progress.set_total(selected.iter().map(|e| e.size).sum());
             let files: Vec<&&Entry> = selected
                 .iter()
                 .filter(|e| matches!(e.kind, EntryType::File | EntryType::Object))
@@ -137,7 +144,33 @@ pub async fn run(
             summary.bytes = written;
         }
         RestoreTarget::Dir(target) => {
-            restore_tree(&reader, &selected, &target, progress, &mut summary).await?;
+            // The same checks over the streamed list, before anything is
+            // written: the list is never held whole (see restore_tree).
+            let (mut selected, mut total) = (0u64, 0u64);
+            check_entries(&repo, &index, snapshot_id, snap, |e| {
+                if included(&e.path, &opts.include) {
+                    selected += 1;
+                    total += e.size;
+                }
+            })
+            .await?;
+            if selected == 0 {
+                return Err(nothing_matches());
+            }
+            progress.set_total(total);
+            let stream = repo.entries(&index, snap);
+            let include = &opts.include;
+            restore_tree(
+                &reader,
+                &repo,
+                &index,
+                stream,
+                |e| included(&e.path, include),
+                &target,
+                progress,
+                &mut summary,
+            )
+            .await?;
         }
     }
     summary.duration_s = clock.elapsed().as_secs_f64();
@@ -209,9 +242,27 @@ fn included(path: &str, include: &[String]) -> bool {
 /// files must not wait for one another).
 const COMMITS_AT_ONCE: usize = 16;
 
+/// Files restored together: their chunks are read as one stream and in
+/// the order of their first chunk in the repository. A batch closes at
+/// this many files or [`BATCH_CHUNKS`] chunk ids (memory: one batch).
+const BATCH_FILES: usize = 16_384;
+const BATCH_CHUNKS: usize = 1 << 18;
+
+/// Restore the entries of `stream` that `wanted` selects into `target`,
+/// one batch of files at a time ([`restore_files`]): directories as they
+/// come (a writer emits a directory before what it contains, and a file's
+/// missing parents are created anyway), symlinks after every file, and
+/// directory metadata last, deepest first. Memory: one batch of files and
+/// the directory and symlink entries (not the files'), whatever the
+/// snapshot's size. The caller has checked the whole list first
+/// ([`check_entries`]); the stream checks each entry again as it comes.
+#[allow(clippy::too_many_arguments)]
 async fn restore_tree(
     reader: &ChunkReader,
-    entries: &[&Entry],
+    repo: &Repository,
+    index: &crate::repository::MasterIndex,
+    mut stream: crate::repository::tree::EntryStream<'_>,
+    wanted: impl Fn(&Entry) -> bool,
     target: &Path,
     progress: Arc<dyn Progress>,
     summary: &mut RestoreSummary,
@@ -221,30 +272,126 @@ async fn restore_tree(
             .map_err(|e| write_err(&target.display().to_string(), e))?,
     );
     let is_root = unsafe { libc::geteuid() } == 0;
-    let mut dirs_failed = std::collections::HashSet::new();
-    off_runtime(|| -> Result<()> {
-        for e in entries.iter().filter(|e| e.kind == EntryType::Dir) {
-            match dir.dir(&e.path, true) {
-                Ok(_) => summary.dirs += 1,
-                Err(err) => {
-                    failed(&e.path, err, progress.as_ref(), summary)?;
-                    dirs_failed.insert(e.path.as_str());
+    // Directories whose metadata is set at the end, in list order.
+    let mut dirs: Vec<(String, Meta)> = vec![];
+    let mut links: Vec<Entry> = vec![];
+    let mut batch: Vec<Entry> = vec![];
+    let mut batch_chunks = 0usize;
+    let mut committing = Committing {
+        permits: Arc::new(tokio::sync::Semaphore::new(COMMITS_AT_ONCE)),
+        tasks: tokio::task::JoinSet::new(),
+    };
+    while let Some(mut e) = stream.next().await? {
+        if !wanted(&e) {
+            continue;
+        }
+        match e.kind {
+            EntryType::Dir => {
+                let made = off_runtime(|| dir.dir(&e.path, true));
+                match made {
+                    Ok(_) => {
+                        summary.dirs += 1;
+                        let m = meta(&e, is_root);
+                        dirs.push((e.path, m));
+                    }
+                    Err(err) => failed(&e.path, err, progress.as_ref(), summary)?,
                 }
+            }
+            EntryType::Symlink => links.push(e),
+            EntryType::File | EntryType::Object => {
+                // A chunk list kept out of line is read now, for this file.
+                if e.chunk_tree.is_some() {
+                    match repo.entry_chunks(index, &e).await {
+                        Ok(ids) => {
+                            e.chunks = ids;
+                            e.chunk_tree = None;
+                        }
+                        Err(err) => {
+                            failed(&e.path, err, progress.as_ref(), summary)?;
+                            continue;
+                        }
+                    }
+                }
+                batch_chunks += e.chunks.len();
+                batch.push(e);
+                if batch.len() >= BATCH_FILES || batch_chunks >= BATCH_CHUNKS {
+                    let files = std::mem::take(&mut batch);
+                    batch_chunks = 0;
+                    restore_files(
+                        reader,
+                        &dir,
+                        files,
+                        is_root,
+                        &mut committing,
+                        progress.clone(),
+                        summary,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    restore_files(
+        reader,
+        &dir,
+        batch,
+        is_root,
+        &mut committing,
+        progress.clone(),
+        summary,
+    )
+    .await?;
+    while let Some(done) = committing.tasks.join_next().await {
+        let (path, r) = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
+        record(&path, r, progress.as_ref(), summary)?;
+    }
+    off_runtime(|| -> Result<()> {
+        // Symlinks after every file and directory (not needed for safety
+        // any more, since no write follows a link, but a link never points
+        // at a half-restored tree).
+        for e in &links {
+            match dir.symlink(&e.path, e.target.as_deref().unwrap_or(""), meta(e, is_root)) {
+                Ok(()) => summary.symlinks += 1,
+                Err(err) => failed(&e.path, err, progress.as_ref(), summary)?,
+            }
+        }
+        // Directory metadata last, deepest first, so writing children does
+        // not bump the restored mtimes.
+        for (path, m) in dirs.into_iter().rev() {
+            if let Err(err) = dir.set_dir_meta(&path, m) {
+                failed(&path, err, progress.as_ref(), summary)?;
             }
         }
         Ok(())
     })?;
-    // Bucket objects restore into a directory as plain files. All files'
-    // chunks are read as one stream, so that the reader can coalesce
-    // neighbouring chunks of many small files into one ranged read and
-    // keep its full depth of reads in flight across file boundaries. In
-    // the order of their first chunk in the repository (pack, offset):
-    // files backed up together are read together.
-    let mut files: Vec<&Entry> = entries
-        .iter()
-        .copied()
-        .filter(|e| matches!(e.kind, EntryType::File | EntryType::Object))
-        .collect();
+    summary.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(())
+}
+
+/// Files being synced, given their metadata and renamed into place.
+struct Committing {
+    permits: Arc<tokio::sync::Semaphore>,
+    tasks: tokio::task::JoinSet<(String, Result<u64>)>,
+}
+
+/// Restore one batch of files. All their chunks are read as one stream,
+/// so that the reader can coalesce neighbouring chunks of many small files
+/// into one ranged read and keep its full depth of reads in flight across
+/// file boundaries; in the order of their first chunk in the repository
+/// (pack, offset): files backed up together are read together. Bucket
+/// objects restore into a directory as plain files.
+async fn restore_files(
+    reader: &ChunkReader,
+    dir: &Arc<TargetDir>,
+    mut files: Vec<Entry>,
+    is_root: bool,
+    committing: &mut Committing,
+    progress: Arc<dyn Progress>,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
     {
         let index = reader.index();
         files.sort_by_cached_key(|e| {
@@ -258,8 +405,6 @@ async fn restore_tree(
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
     let mut chunks = reader.stream(ids);
-    let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS_AT_ONCE));
-    let mut committing = tokio::task::JoinSet::new();
     for e in files {
         progress.set_item(&e.path);
         // Removed again if anything below fails (TempFile's Drop).
@@ -300,53 +445,32 @@ async fn restore_tree(
         let Some((tmp, hasher, n)) = out else {
             continue;
         };
-        if let Err(err) = check_content(e, n, hasher) {
+        if let Err(err) = check_content(&e, n, hasher) {
             off_runtime(|| drop(tmp));
             failed(&e.path, err, progress.as_ref(), summary)?;
             continue;
         }
         // Synced, given its metadata and renamed on the blocking pool,
         // while the next files are written.
-        let permit = commits.clone().acquire_owned().await.expect("never closed");
-        let (path, m) = (e.path.clone(), meta(e, is_root));
-        committing.spawn_blocking(move || {
+        let permit = committing
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let m = meta(&e, is_root);
+        let path = e.path;
+        committing.tasks.spawn_blocking(move || {
             let r = tmp.commit(m).map(|()| n);
             drop(permit);
             (path, r)
         });
-        while let Some(done) = committing.try_join_next() {
+        while let Some(done) = committing.tasks.try_join_next() {
             let (path, r) = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
             record(&path, r, progress.as_ref(), summary)?;
         }
     }
-    while let Some(done) = committing.join_next().await {
-        let (path, r) = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
-        record(&path, r, progress.as_ref(), summary)?;
-    }
     drop(chunks);
-    off_runtime(|| -> Result<()> {
-        // Symlinks after every file and directory (not needed for safety
-        // any more, since no write follows a link, but a link never points
-        // at a half-restored tree).
-        for e in entries.iter().filter(|e| e.kind == EntryType::Symlink) {
-            match dir.symlink(&e.path, e.target.as_deref().unwrap_or(""), meta(e, is_root)) {
-                Ok(()) => summary.symlinks += 1,
-                Err(err) => failed(&e.path, err, progress.as_ref(), summary)?,
-            }
-        }
-        // Directory metadata last, deepest first, so writing children does
-        // not bump the restored mtimes.
-        for e in entries.iter().rev().filter(|e| e.kind == EntryType::Dir) {
-            if dirs_failed.contains(e.path.as_str()) {
-                continue;
-            }
-            if let Err(err) = dir.set_dir_meta(&e.path, meta(e, is_root)) {
-                failed(&e.path, err, progress.as_ref(), summary)?;
-            }
-        }
-        Ok(())
-    })?;
-    summary.failed.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(())
 }
 
@@ -452,6 +576,29 @@ fn write_err(what: &str, e: std::io::Error) -> Error {
     }
 }
 
+/// The hint of a snapshot refused for unsafe entries.
+const UNSAFE_HINT: &str = "nothing was restored; backups never write such entries, so the snapshot is damaged or was forged: restore another snapshot and run `usdcop-dr verify`";
+
+/// Every entry of a snapshot checked as [`load_entries_checked`] does,
+/// streaming ([`Repository::check_entries`]); `visit` sees each entry.
+pub async fn check_entries(
+    repo: &Repository,
+    index: &crate::repository::MasterIndex,
+    snapshot_id: Id,
+    snap: &Snapshot,
+    visit: impl FnMut(&Entry),
+) -> Result<()> {
+    repo.check_entries(index, snap, visit).await.map_err(|e| {
+        let unsafe_entry = e.to_string().contains("unsafe entr");
+        let e = e.context(format!("snapshot {}", snapshot_id.short()));
+        if unsafe_entry {
+            e.with_hint(UNSAFE_HINT)
+        } else {
+            e
+        }
+    })
+}
+
 /// A snapshot's entries (chunk lists expanded), every path checked; an
 /// unsafe one refuses the whole snapshot, saying nothing was restored.
 pub async fn load_entries_checked(
@@ -464,7 +611,7 @@ pub async fn load_entries_checked(
         let unsafe_entry = e.to_string().contains("unsafe entr");
         let e = e.context(format!("snapshot {}", snapshot_id.short()));
         if unsafe_entry {
-            e.with_hint("nothing was restored; backups never write such entries, so the snapshot is damaged or was forged: restore another snapshot and run `usdcop-dr verify`")
+            e.with_hint(UNSAFE_HINT)
         } else {
             e
         }

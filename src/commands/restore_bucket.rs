@@ -11,6 +11,10 @@
 //!   in upload order. (Merging on purpose stays possible and
 //!   deterministic: restore one source, then the other without
 //!   `--overwrite`; collisions are then reported as conflicts.)
+//! - The entry list is streamed, never held: checked whole first
+//!   ([`super::restore::check_entries`], counting each bucket's objects),
+//!   then read again and restored [`CONCURRENCY`] objects at a time. Each
+//!   target bucket's listing under the prefix is held in a map.
 //! - Content streams from the repository ([`ChunkReader`]); objects up to
 //!   16 MiB are assembled in memory, larger ones spooled to a 0600 file in
 //!   a private 0700 directory of this run ([`PrivateDir`]) and uploaded
@@ -30,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::backend::s3::{ObjectAttrs, S3Backend, S3Options, StoreRole};
@@ -90,12 +94,11 @@ pub struct BucketRestoreOptions {
 
 /// The buckets a snapshot holds: those of its objects and those it was
 /// asked for (`s3://bucket/prefix` in its paths, even if empty), sorted.
-pub fn buckets_of(snap: &Snapshot, entries: &[Entry]) -> Vec<String> {
-    let mut out: BTreeSet<String> = entries
-        .iter()
-        .filter(|e| e.kind == EntryType::Object)
-        .filter_map(|e| e.object.as_ref().map(|o| o.bucket.clone()))
-        .collect();
+pub fn buckets_of<'a>(
+    snap: &Snapshot,
+    object_buckets: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    let mut out: BTreeSet<String> = object_buckets.into_iter().cloned().collect();
     for p in &snap.paths {
         if let Some(rest) = p.strip_prefix("s3://") {
             let b = rest.split('/').next().unwrap_or("");
@@ -257,6 +260,35 @@ enum Outcome {
     Failed(FailedObject),
 }
 
+/// What a snapshot holds of one bucket under the prefix.
+#[derive(Debug, Default, Clone, Copy)]
+struct Selected {
+    objects: u64,
+    bytes: u64,
+    /// Some object needs the spool.
+    large: bool,
+}
+
+/// An object whose data cannot be read (damaged or missing in the
+/// repository): listed as failed, the others are still restored; any other
+/// error stops the restore.
+fn damaged(t: &Target, e: &Entry, err: Error, progress: &dyn Progress) -> Result<Outcome> {
+    let key = e.object.as_ref().map(|o| o.key.as_str()).unwrap_or("");
+    let bucket = t.bucket.as_str();
+    if matches!(err.kind(), ErrorKind::Integrity | ErrorKind::NotFound) {
+        // The one report of it on stderr, as it happens (the CLI's final
+        // error only counts them).
+        progress.warn(&format!("not restored: s3://{bucket}/{key}: {err}"));
+        Ok(Outcome::Failed(FailedObject {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            error: err.to_string(),
+        }))
+    } else {
+        Err(err.context(format!("s3://{bucket}/{key}")))
+    }
+}
+
 /// A target bucket, what it already holds, and where its objects come from.
 struct Target {
     source: String,
@@ -276,30 +308,44 @@ pub async fn run(
     let collector = Collector::new(progress);
     let progress: Arc<dyn Progress> = collector.clone();
     let index = repo.load_index_reporting(progress.as_ref()).await?;
-    let entries = super::restore::load_entries_checked(&repo, &index, snapshot_id, snap).await?;
+    // Checked whole before anything is written, streaming: the objects
+    // each bucket has under the prefix, counted (never held).
+    let mut per_bucket: HashMap<String, Selected> = HashMap::new();
+    super::restore::check_entries(&repo, &index, snapshot_id, snap, |e| {
+        let Some(o) = e.object.as_ref().filter(|_| e.kind == EntryType::Object) else {
+            return;
+        };
+        let b = match per_bucket.get_mut(&o.bucket) {
+            Some(b) => b,
+            None => per_bucket.entry(o.bucket.clone()).or_default(),
+        };
+        if o.key.starts_with(&opts.prefix) {
+            b.objects += 1;
+            b.bytes += e.size;
+            b.large |= e.size > SPOOL_THRESHOLD;
+        }
+    })
+    .await?;
     // Decided from the snapshot alone, before any request to a target.
     let pairs = resolve(
         &opts.targets,
-        &buckets_of(snap, &entries),
+        &buckets_of(snap, per_bucket.keys()),
         &snapshot_id.short(),
     )?;
-    let slot: HashMap<&str, usize> = pairs
+    let slot: HashMap<String, usize> = pairs
         .iter()
         .enumerate()
-        .map(|(i, (src, _))| (src.as_str(), i))
+        .map(|(i, (src, _))| (src.clone(), i))
         .collect();
-    let selected: Vec<(usize, &Entry)> = entries
+    let selected = pairs
         .iter()
-        .filter(|e| e.kind == EntryType::Object)
-        .filter_map(|e| {
-            let o = e.object.as_ref()?;
-            if !o.key.starts_with(&opts.prefix) {
-                return None;
-            }
-            slot.get(o.bucket.as_str()).map(|&i| (i, e))
-        })
-        .collect();
-    if selected.is_empty() {
+        .filter_map(|(src, _)| per_bucket.get(src))
+        .fold(Selected::default(), |a, b| Selected {
+            objects: a.objects + b.objects,
+            bytes: a.bytes + b.bytes,
+            large: a.large || b.large,
+        });
+    if selected.objects == 0 {
         let sources: Vec<&str> = pairs.iter().map(|(s, _)| s.as_str()).collect();
         return Err(Error::not_found(format!(
             "snapshot {} has no object of bucket(s) [{}] under prefix {:?}",
@@ -310,13 +356,13 @@ pub async fn run(
         .with_hint("restore bucket needs a snapshot made by `backup bucket`"));
     }
     // Only a run with large objects needs local disk.
-    let spool = match selected.iter().any(|(_, e)| e.size > SPOOL_THRESHOLD) {
+    let spool = match selected.large {
         true => Some(PrivateDir::create(opts.staging_dir.as_deref())?),
         false => None,
     };
     let reader = ChunkReader::with_options(
         repo.clone(),
-        index,
+        index.clone(),
         ReadOptions::for_location(&repo.backend().location(), opts.read_concurrency),
     );
     let client = BucketClient::connect(&opts.s3, StoreRole::Target).await?;
@@ -337,19 +383,7 @@ pub async fn run(
             existing,
         });
     }
-    progress.set_total(selected.iter().map(|(_, e)| e.size).sum());
-    let outcomes: Vec<(usize, Result<Outcome>)> = futures::stream::iter(selected)
-        .map(|(i, e)| {
-            let (t, reader, client, opts) = (&targets[i], &reader, &client, &opts);
-            let (spool, progress) = (spool.as_ref(), progress.as_ref());
-            async move {
-                let r = restore_one(reader, t, client, opts, e, spool, progress).await;
-                (i, r)
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    progress.set_total(selected.bytes);
     let mut s = BucketRestoreSummary {
         snapshot_id,
         buckets: targets
@@ -375,9 +409,45 @@ pub async fn run(
         target_requests: RequestCounts::default(),
         warnings: vec![],
     };
-    for (i, o) in outcomes {
+    // The snapshot's objects streamed again (each checked as it comes),
+    // CONCURRENCY at a time; only the outcomes' counts are kept.
+    let (repo_ref, index_ref) = (repo.as_ref(), index.as_ref());
+    let entries = futures::stream::try_unfold(repo.entries(&index, snap), |mut st| async move {
+        Ok::<_, Error>(st.next().await?.map(|e| (e, st)))
+    });
+    let mut outcomes = Box::pin(
+        entries
+            .try_filter_map(|e| {
+                let i = e
+                    .object
+                    .as_ref()
+                    .filter(|o| e.kind == EntryType::Object && o.key.starts_with(&opts.prefix))
+                    .and_then(|o| slot.get(&o.bucket).copied());
+                futures::future::ready(Ok(i.map(|i| (i, e))))
+            })
+            .map_ok(|(i, mut e)| {
+                let (t, reader, client, opts) = (&targets[i], &reader, &client, &opts);
+                let (spool, progress) = (spool.as_ref(), progress.as_ref());
+                async move {
+                    // A chunk list kept out of line is read for this object.
+                    if e.chunk_tree.is_some() {
+                        match repo_ref.entry_chunks(index_ref, &e).await {
+                            Ok(ids) => {
+                                e.chunks = ids;
+                                e.chunk_tree = None;
+                            }
+                            Err(err) => return Ok((i, damaged(t, &e, err, progress)?)),
+                        }
+                    }
+                    let o = restore_one(reader, t, client, opts, &e, spool, progress).await?;
+                    Ok::<_, Error>((i, o))
+                }
+            })
+            .try_buffer_unordered(CONCURRENCY),
+    );
+    while let Some((i, o)) = outcomes.try_next().await? {
         let b = &mut s.buckets[i];
-        match o? {
+        match o {
             Outcome::Written { bytes, overwrote } => {
                 b.objects += 1;
                 b.bytes += bytes;
@@ -394,6 +464,7 @@ pub async fn run(
             }
         }
     }
+    drop(outcomes);
     for b in &s.buckets {
         s.objects += b.objects;
         s.bytes += b.bytes;
@@ -426,20 +497,7 @@ async fn restore_one(
     let info = e.object.as_ref().expect("object entry");
     let key = info.key.as_str();
     let existing = t.existing.get(key);
-    let failed = |err: Error| -> Result<Outcome> {
-        if matches!(err.kind(), ErrorKind::Integrity | ErrorKind::NotFound) {
-            // The one report of it on stderr, as it happens (the CLI's
-            // final error only counts them).
-            progress.warn(&format!("not restored: s3://{bucket}/{key}: {err}"));
-            Ok(Outcome::Failed(FailedObject {
-                bucket: bucket.to_owned(),
-                key: key.to_owned(),
-                error: err.to_string(),
-            }))
-        } else {
-            Err(err.context(format!("s3://{bucket}/{key}")))
-        }
-    };
+    let failed = |err: Error| damaged(t, e, err, progress);
     let mut overwrote = false;
     if let Some(ex) = existing {
         let reason = if ex.size != e.size {

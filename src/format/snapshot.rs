@@ -184,17 +184,25 @@ impl Snapshot {
 
 /// The error for a list of unsafe entries (see [`unsafe_entries`]).
 pub fn unsafe_entries_error(problems: &[String]) -> Error {
-    const SHOWN: usize = 5;
-    let mut list: Vec<String> = problems.iter().take(SHOWN).cloned().collect();
-    if problems.len() > SHOWN {
-        list.push(format!("and {} more", problems.len() - SHOWN));
+    unsafe_entries_error_of(problems, problems.len())
+}
+
+/// Problems named in [`unsafe_entries_error`].
+pub const UNSAFE_SHOWN: usize = 5;
+
+/// [`unsafe_entries_error`] for `total` problems of which `first` are the
+/// first few (at least [`UNSAFE_SHOWN`] of them when there are that many).
+pub fn unsafe_entries_error_of(first: &[String], total: usize) -> Error {
+    let mut list: Vec<String> = first.iter().take(UNSAFE_SHOWN).cloned().collect();
+    if total > list.len() {
+        list.push(format!("and {} more", total - list.len()));
     }
     Error::format(
         "snapshot",
         format!(
             "{} unsafe entr{} (a restore could write outside its target): {}",
-            problems.len(),
-            if problems.len() == 1 { "y" } else { "ies" },
+            total,
+            if total == 1 { "y" } else { "ies" },
             list.join("; ")
         ),
     )
@@ -246,36 +254,37 @@ impl EntryChecker {
 ///   then `x/evil`): the backup records a symlink as a leaf and never
 ///   descends into it, so only a forged snapshot routes a write through one.
 pub fn unsafe_entries(entries: &[Entry]) -> Vec<String> {
-    let mut problems = vec![];
     let links: std::collections::HashSet<&str> = entries
         .iter()
         .filter(|e| e.kind == EntryType::Symlink)
         .map(|e| e.path.as_str())
         .collect();
-    for e in entries {
-        if !is_safe_path(&e.path) {
-            problems.push(format!(
-                "entry path {:?} is absolute, empty or not normalised (`..`, `.`, `//`)",
-                e.path
-            ));
-            continue;
-        }
-        if links.is_empty() {
-            continue;
-        }
-        let below = e
-            .path
-            .match_indices('/')
-            .map(|(i, _)| &e.path[..i])
-            .find(|ancestor| links.contains(ancestor));
-        if let Some(link) = below {
-            problems.push(format!(
-                "entry {:?} lies below symlink entry {link:?}",
-                e.path
-            ));
-        }
+    entries
+        .iter()
+        .filter_map(|e| unsafe_entry(e, |p| links.contains(p)))
+        .collect()
+}
+
+/// Why `e` must not be restored, given every symlink path of its snapshot
+/// (`is_link`): the per-entry rule of [`unsafe_entries`], for a reader that
+/// streams the list twice (once for the symlinks, once to check) instead
+/// of holding it.
+pub fn unsafe_entry(e: &Entry, is_link: impl Fn(&str) -> bool) -> Option<String> {
+    if !is_safe_path(&e.path) {
+        return Some(format!(
+            "entry path {:?} is absolute, empty or not normalised (`..`, `.`, `//`)",
+            e.path
+        ));
     }
-    problems
+    let link = e
+        .path
+        .match_indices('/')
+        .map(|(i, _)| &e.path[..i])
+        .find(|ancestor| is_link(ancestor))?;
+    Some(format!(
+        "entry {:?} lies below symlink entry {link:?}",
+        e.path
+    ))
 }
 
 /// The entry path of bucket object `key`: `<bucket>/<key>`, made a safe

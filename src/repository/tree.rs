@@ -13,7 +13,8 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use super::{MasterIndex, Repository};
 use crate::error::{Error, Result};
 use crate::format::snapshot::{
-    unsafe_entries, unsafe_entries_error, Entry, EntryChecker, Snapshot,
+    unsafe_entries, unsafe_entries_error, unsafe_entries_error_of, unsafe_entry, Entry,
+    EntryChecker, EntryType, Snapshot, UNSAFE_SHOWN,
 };
 use crate::format::tree::{decode_node, ChildRef, Node, TreeItem};
 use crate::format::Id;
@@ -268,6 +269,64 @@ impl Repository {
             return Err(unsafe_entries_error(&problems));
         }
         Ok(out)
+    }
+}
+
+impl Repository {
+    /// The checks of [`Repository::load_entries`] (those of
+    /// [`unsafe_entries`] over the whole list) without holding the list:
+    /// a first read gathers the symlink paths, and only if there are any a
+    /// second read checks every entry against all of them. Memory: the
+    /// symlink paths. `visit` sees every entry of the first read (to count
+    /// what a restore will write before it writes anything). Fails with
+    /// [`unsafe_entries_error`]-style text naming the first problems.
+    pub async fn check_entries(
+        &self,
+        index: &MasterIndex,
+        snap: &Snapshot,
+        mut visit: impl FnMut(&Entry),
+    ) -> Result<()> {
+        let mut links = std::collections::HashSet::new();
+        let mut first = vec![];
+        let mut total = 0usize;
+        let mut note = |problem: Option<String>, first: &mut Vec<String>| {
+            if let Some(p) = problem {
+                total += 1;
+                if first.len() < UNSAFE_SHOWN {
+                    first.push(p);
+                }
+            }
+        };
+        let mut stream = self.entries(index, snap);
+        stream.checker = None;
+        while let Some(e) = stream.next().await? {
+            visit(&e);
+            // Without symlinks, the path check is the whole rule.
+            note(unsafe_entry(&e, |_| false), &mut first);
+            if e.kind == EntryType::Symlink {
+                links.insert(e.path);
+            }
+        }
+        if !links.is_empty() {
+            (first, total) = (vec![], 0);
+            let mut note = |problem: Option<String>| {
+                if let Some(p) = problem {
+                    total += 1;
+                    if first.len() < UNSAFE_SHOWN {
+                        first.push(p);
+                    }
+                }
+            };
+            let mut stream = self.entries(index, snap);
+            stream.checker = None;
+            while let Some(e) = stream.next().await? {
+                note(unsafe_entry(&e, |p| links.contains(p)));
+            }
+        }
+        if total > 0 {
+            return Err(unsafe_entries_error_of(&first, total));
+        }
+        Ok(())
     }
 }
 

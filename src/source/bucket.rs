@@ -2,7 +2,12 @@
 //! with its key, size, ETag, last-modified time, content type and user
 //! metadata, and the SHA-256 of its content.
 //!
-//! - Listing is paginated ListObjectsV2 over each bucket × prefix.
+//! - Memory does not grow with the bucket ([`backup`]): the listing
+//!   (paginated ListObjectsV2 over each bucket × prefix, keys in byte
+//!   order) is read a page at a time, the parent snapshot's entries are
+//!   streamed from its list tree and merge-joined with it in `(bucket,
+//!   key)` order, and each entry goes to the list tree builder as soon as
+//!   it and those before it are done.
 //! - An object whose bucket, key, size, ETag and last-modified time equal
 //!   the parent snapshot's, and whose chunks are all still stored, is not
 //!   downloaded: its chunk list and SHA-256 are reused. A nightly run over
@@ -18,21 +23,26 @@
 //!   endpoint, region, or the standard AWS chain) and its own request
 //!   counters, apart from the repository's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
+use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::s3::{connect, ResumableGet, S3Backend, S3Options, StoreInfo, StoreRole};
 use crate::backend::{RequestCounts, RequestStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{object_path, Entry, EntryType, ObjectInfo};
+use crate::format::Id;
 use crate::pipeline::Writer;
 use crate::progress::Progress;
+use crate::repository::tree::EntryStream;
+use crate::repository::{MasterIndex, Repository};
 use crate::source::files::FilesTotals;
+use crate::source::merge::{Merge, Step};
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
 
 /// Objects downloaded and stored at the same time.
@@ -113,33 +123,51 @@ impl BucketClient {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            inc(&self.stats.list, 1);
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| self.err(e, bucket, prefix, "LIST"))?;
-            for o in page.contents() {
-                let Some(key) = o.key() else { continue };
-                let (last_modified, mtime_ns) = o.last_modified().map(time).unwrap_or_default();
-                out.push(Listed {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag().unwrap_or("").to_owned(),
-                    last_modified,
-                    mtime_ns,
-                });
-            }
-            match (page.is_truncated(), page.next_continuation_token()) {
-                (Some(true), Some(t)) => token = Some(t.to_owned()),
-                _ => return Ok(out),
+            let (page, next) = self.list_page(bucket, prefix, token.take()).await?;
+            out.extend(page);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
             }
         }
+    }
+
+    /// One page of the objects under `bucket/prefix` (S3 lists keys in
+    /// UTF-8 byte order), and the token of the next page if there is one.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        token: Option<String>,
+    ) -> Result<(Vec<Listed>, Option<String>)> {
+        inc(&self.stats.list, 1);
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| self.err(e, bucket, prefix, "LIST"))?;
+        let mut out = Vec::with_capacity(page.contents().len());
+        for o in page.contents() {
+            let Some(key) = o.key() else { continue };
+            let (last_modified, mtime_ns) = o.last_modified().map(time).unwrap_or_default();
+            out.push(Listed {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().unwrap_or("").to_owned(),
+                last_modified,
+                mtime_ns,
+            });
+        }
+        let next = match (page.is_truncated(), page.next_continuation_token()) {
+            (Some(true), Some(t)) => Some(t.to_owned()),
+            _ => None,
+        };
+        Ok((out, next))
     }
 
     /// Size and SHA-256 of an object's content, streamed (one GET, and
@@ -215,84 +243,317 @@ impl BucketSelection {
     }
 }
 
-/// Back up the selected objects; entries come back sorted by bucket and key.
+impl BucketSelection {
+    /// The `(bucket, prefix)` pairs to list, in an order that lists every
+    /// selected object exactly once, in `(bucket, key)` byte order (S3
+    /// lists one prefix's keys in UTF-8 byte order): buckets sorted and
+    /// deduplicated; prefixes sorted, and one that starts with another
+    /// left out (its keys are listed under the shorter one). Two kept
+    /// prefixes differ before either ends, so every key of the first sorts
+    /// before every key of the second. PURE.
+    pub fn listing_plan(&self) -> Vec<(String, String)> {
+        let mut buckets = self.buckets.clone();
+        buckets.sort();
+        buckets.dedup();
+        let mut prefixes = self.prefixes.clone();
+        if prefixes.is_empty() {
+            prefixes.push(String::new());
+        }
+        prefixes.sort();
+        let mut kept: Vec<String> = Vec::new();
+        for p in prefixes {
+            // Sorted: the strings starting with a kept prefix come right
+            // after it, so the last kept one is the only candidate.
+            if kept.last().is_some_and(|k| p.starts_with(k.as_str())) {
+                continue;
+            }
+            kept.push(p);
+        }
+        buckets
+            .iter()
+            .flat_map(|b| kept.iter().map(move |p| (b.clone(), p.clone())))
+            .collect()
+    }
+}
+
+/// Entries (reused or being downloaded) held between the listing and the
+/// list builder at most, so that one slow object does not stall the
+/// others (downloads run [`DEFAULT_CONCURRENCY`] at a time).
+pub const WINDOW: usize = 512;
+
+/// Listing pages fetched ahead of the objects being worked on.
+const PAGES_AHEAD: usize = 2;
+
+/// The error [`backup`] returns when the list builder stopped taking
+/// entries (its own error says why).
+pub const SINK_STOPPED: &str = "the entry list builder stopped";
+
+/// The parent snapshot of a bucket backup: its entries, streamed from its
+/// list tree (see [`backup`]).
+pub struct Parent<'a> {
+    pub id: Id,
+    pub repo: &'a Repository,
+    pub index: &'a MasterIndex,
+    pub entries: EntryStream<'a>,
+}
+
+/// The order of a bucket snapshot's entries: `(bucket, key)`, byte-wise.
+/// Other entries (none in a bucket snapshot) sort first and are skipped.
+fn object_order(e: &Entry, bucket: &str, key: &str) -> std::cmp::Ordering {
+    match &e.object {
+        Some(o) => (o.bucket.as_str(), o.key.as_str()).cmp(&(bucket, key)),
+        None => std::cmp::Ordering::Less,
+    }
+}
+
+/// The parent's entries looked up in `(bucket, key)` order: a merge-join
+/// ([`Merge`]) over the parent's streamed list, one entry held at a time.
+struct ParentCursor<'a> {
+    parent: Option<Parent<'a>>,
+    merge: Merge<Entry>,
+}
+
+impl ParentCursor<'_> {
+    /// The parent's entry of `bucket/key`. A parent whose entry list turns
+    /// out damaged stops being used (a warning; the rest is downloaded
+    /// again); a store error fails the backup.
+    async fn find(&mut self, bucket: &str, key: &str) -> Result<Option<Entry>> {
+        let Some(parent) = self.parent.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            match self.merge.step(|e| object_order(e, bucket, key)) {
+                Step::Found(e) => return Ok(Some(e)),
+                Step::Absent => return Ok(None),
+                Step::Need => {
+                    let next = match parent.entries.next().await {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == ErrorKind::Integrity => {
+                            tracing::warn!(
+                                "parent snapshot {} is unreadable, backing up the rest without it: {e}",
+                                parent.id.short()
+                            );
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    self.merge.feed(next);
+                }
+            }
+        }
+    }
+
+    /// `old`'s content as the new entry of `o`, if `o` is unchanged since
+    /// (same size, ETag and last-modified time) and every chunk is still
+    /// stored. A chunk list kept out of line (`chunk_tree`, an object of
+    /// more than 1,024 chunks) is walked to check its chunks and then
+    /// reused as it is; one that cannot be read means downloading again.
+    async fn reuse(&self, old: Entry, o: &Listed, writer: &Writer) -> Result<Option<Entry>> {
+        let Some(info) = old.object.as_ref() else {
+            return Ok(None);
+        };
+        let same = old.kind == EntryType::Object
+            && old.size == o.size
+            && info.etag == o.etag
+            && info.last_modified == o.last_modified
+            && old.sha256.is_some()
+            && old.chunks.iter().all(|c| writer.has_chunk(c));
+        if !same {
+            return Ok(None);
+        }
+        if let (Some(root), Some(p)) = (old.chunk_tree, self.parent.as_ref()) {
+            // The tree's own nodes are reused too: they must be in packs
+            // the writer may reference (not condemned), like the chunks.
+            let mut walk = p.repo.chunk_walker(p.index, root).record_nodes();
+            loop {
+                match walk.next_leaf().await {
+                    Ok(Some((_, ids)))
+                        if ids.iter().all(|c| writer.has_chunk(c))
+                            && walk.take_visited().iter().all(|n| writer.has_chunk(n)) => {}
+                    Ok(Some(_)) => return Ok(None),
+                    Ok(None) => break,
+                    Err(e) if e.kind() == ErrorKind::Integrity => {
+                        tracing::warn!(
+                            "chunk list of s3://{}/{} in parent snapshot {} is unreadable, \
+                             downloading the object again: {e}",
+                            o.bucket,
+                            o.key,
+                            p.id.short()
+                        );
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut e = entry(o, info.content_type.clone(), info.user_metadata.clone());
+        e.sha256 = old.sha256;
+        e.chunks = old.chunks;
+        e.chunk_tree = old.chunk_tree;
+        Ok(Some(e))
+    }
+}
+
+/// List `plan` page by page into `pages` (stops when the receiver is gone).
+async fn list_pages(
+    src: BucketClient,
+    plan: Vec<(String, String)>,
+    pages: tokio::sync::mpsc::Sender<Result<Vec<Listed>>>,
+) {
+    for (bucket, prefix) in plan {
+        let mut token = None;
+        loop {
+            match src.list_page(&bucket, &prefix, token.take()).await {
+                Ok((page, next)) => {
+                    if pages.send(Ok(page)).await.is_err() {
+                        return;
+                    }
+                    match next {
+                        Some(t) => token = Some(t),
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    let _ = pages.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A spawned task, aborted when dropped (a backup that fails stops its
+/// downloads and its listing).
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Task<T> {
+    type Output = Result<T>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map_err(|e| Error::io(format!("bucket download task failed: {e}")))
+    }
+}
+
+/// Back up the selected objects with bounded memory, whatever the number
+/// of objects: the listing is read a page at a time ([`list_pages`], a
+/// task of its own, [`PAGES_AHEAD`] pages ahead); each object is looked up
+/// in the parent by a merge-join in `(bucket, key)` order and either reused
+/// or downloaded (`concurrency` downloads at a time, at most [`WINDOW`]
+/// objects between the listing and `sink`); and the entries are handed to `sink`
+/// (the list tree builder) in listing order as they complete, which for a
+/// conforming store is `(bucket, key)` byte order, the order of a bucket
+/// snapshot's entries (docs/FORMAT.md §8). A key listed out of order is
+/// still backed up (a warning; its parent entry is not found, so it is
+/// downloaded again); a key listed twice is backed up once.
 pub async fn backup(
     src: &BucketClient,
     sel: &BucketSelection,
     writer: Arc<Writer>,
-    parent: Option<&[Entry]>,
+    parent: Option<Parent<'_>>,
     progress: Arc<dyn Progress>,
     concurrency: usize,
-) -> Result<(Vec<Entry>, FilesTotals)> {
-    let mut listed: BTreeMap<(String, String), Listed> = BTreeMap::new();
-    for b in &sel.buckets {
-        let prefixes = if sel.prefixes.is_empty() {
-            vec![String::new()]
-        } else {
-            sel.prefixes.clone()
-        };
-        for p in &prefixes {
-            for o in src.list(b, p).await? {
-                listed.insert((o.bucket.clone(), o.key.clone()), o);
-            }
-        }
-    }
-    progress.set_total(listed.values().map(|o| o.size).sum());
-    let parent: HashMap<(&str, &str), &Entry> = parent
-        .map(|entries| {
-            entries
-                .iter()
-                .filter_map(|e| {
-                    let o = e.object.as_ref()?;
-                    (e.kind == EntryType::Object)
-                        .then_some(((o.bucket.as_str(), o.key.as_str()), e))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    sink: tokio::sync::mpsc::Sender<Entry>,
+) -> Result<FilesTotals> {
+    /// An object's entry, and whether it was reused; `None` if it was
+    /// deleted since the listing.
+    type Pending = futures::future::BoxFuture<'static, Result<Option<(Entry, bool)>>>;
+    let (pages_tx, mut pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let _lister = Task(tokio::spawn(list_pages(
+        src.clone(),
+        sel.listing_plan(),
+        pages_tx,
+    )));
+    let downloads = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut cursor = ParentCursor {
+        parent,
+        merge: Merge::new(),
+    };
+    let mut window: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut page = Vec::new().into_iter();
+    let mut listing_done = false;
+    let mut last: Option<(String, String)> = None;
+    let mut warned_order = false;
+    let mut listed_bytes = 0u64;
     let mut totals = FilesTotals::default();
-    let mut entries = Vec::with_capacity(listed.len());
-    let mut todo = Vec::new();
-    for o in listed.into_values() {
-        let old = parent.get(&(o.bucket.as_str(), o.key.as_str())).copied();
-        let reuse = old.filter(|old| {
-            let info = old.object.as_ref().expect("filtered on object");
-            old.size == o.size
-                && info.etag == o.etag
-                && info.last_modified == o.last_modified
-                && old.sha256.is_some()
-                && old.chunks.iter().all(|c| writer.has_chunk(c))
-        });
-        match reuse {
-            Some(old) => {
-                let prev = old.object.as_ref().expect("filtered on object");
-                let mut e = entry(&o, prev.content_type.clone(), prev.user_metadata.clone());
-                e.sha256 = old.sha256;
-                e.chunks = old.chunks.clone();
-                totals.files += 1;
-                totals.files_unchanged += 1;
-                totals.bytes += e.size;
-                progress.add_bytes(e.size);
-                entries.push(e);
+    loop {
+        while window.len() < WINDOW && !listing_done {
+            let Some(o) = page.next() else {
+                match pages.recv().await {
+                    Some(p) => {
+                        let p: Vec<Listed> = p?;
+                        listed_bytes += p.iter().map(|o| o.size).sum::<u64>();
+                        // What is known so far: the listing grows the total.
+                        progress.set_total(listed_bytes);
+                        page = p.into_iter();
+                    }
+                    None => listing_done = true,
+                }
+                continue;
+            };
+            if let Some((b, k)) = &last {
+                match (b.as_str(), k.as_str()).cmp(&(o.bucket.as_str(), o.key.as_str())) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => continue,
+                    std::cmp::Ordering::Greater => {
+                        if !warned_order {
+                            warned_order = true;
+                            tracing::warn!(
+                                "s3://{}/{} was listed after s3://{b}/{k}: the store does not list \
+                                 keys in byte order, so unchanged objects may be downloaded again",
+                                o.bucket,
+                                o.key
+                            );
+                        }
+                    }
+                }
             }
-            None => todo.push(o),
+            last = Some((o.bucket.clone(), o.key.clone()));
+            let old = cursor.find(&o.bucket, &o.key).await?;
+            let reused = match old {
+                Some(old) => cursor.reuse(old, &o, &writer).await?,
+                None => None,
+            };
+            match reused {
+                Some(e) => {
+                    window.push_back(Box::pin(futures::future::ready(Ok(Some((e, true))))));
+                }
+                None => {
+                    let (src, writer, progress) = (src.clone(), writer.clone(), progress.clone());
+                    let downloads = downloads.clone();
+                    let task = Task(tokio::spawn(async move {
+                        let _permit = downloads.acquire_owned().await.expect("never closed");
+                        let e = fetch(&src, o, writer, progress).await?;
+                        Ok::<_, Error>(e.map(|e| (e, false)))
+                    }));
+                    window.push_back(Box::pin(async move { task.await? }));
+                }
+            }
         }
-    }
-    let fetched: Vec<Option<Entry>> = futures::stream::iter(todo)
-        .map(|o| fetch(src, o, writer.clone(), progress.clone()))
-        .buffer_unordered(concurrency.max(1))
-        .try_collect()
-        .await?;
-    for e in fetched.into_iter().flatten() {
+        let Some(done) = window.next().await else {
+            break;
+        };
+        let Some((e, reused)) = done? else {
+            continue; // deleted since the listing (a warning was given)
+        };
         totals.files += 1;
         totals.bytes += e.size;
-        entries.push(e);
+        if reused {
+            totals.files_unchanged += 1;
+            progress.add_bytes(e.size);
+        }
+        sink.send(e).await.map_err(|_| Error::io(SINK_STOPPED))?;
     }
-    entries.sort_by(|a, b| {
-        let (a, b) = (a.object.as_ref().unwrap(), b.object.as_ref().unwrap());
-        (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key))
-    });
-    Ok((entries, totals))
+    Ok(totals)
 }
 
 fn entry(
@@ -420,4 +681,70 @@ async fn store_body(
                 None => err.context(format!("s3://{}/{}", o.bucket, o.key)),
             },
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn sel(buckets: &[&str], prefixes: &[&str]) -> BucketSelection {
+        BucketSelection {
+            buckets: buckets.iter().map(|s| s.to_string()).collect(),
+            prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn listing_plan_sorts_buckets_and_drops_covered_prefixes() {
+        assert_eq!(
+            sel(&["b", "a", "b"], &[]).listing_plan(),
+            pairs(&[("a", ""), ("b", "")])
+        );
+        assert_eq!(
+            sel(&["m"], &["logs/2026", "logs/", "data", "logs/2025", "dat"]).listing_plan(),
+            pairs(&[("m", "dat"), ("m", "logs/")])
+        );
+        assert_eq!(sel(&["m"], &["x", ""]).listing_plan(), pairs(&[("m", "")]));
+    }
+
+    proptest! {
+        /// Listing the plan's pairs one after another (each in key order,
+        /// as S3 does) gives every selected object exactly once, in
+        /// `(bucket, key)` byte order: what the collecting source gave
+        /// (a sorted map of everything listed).
+        #[test]
+        fn listing_plan_lists_each_object_once_in_order(
+            keys in proptest::collection::btree_set(("[ab]", "[ab/é]{0,5}"), 0..60),
+            buckets in proptest::collection::vec("[ab]", 1..4),
+            prefixes in proptest::collection::vec("[ab/é]{0,3}", 0..4),
+        ) {
+            let s = BucketSelection { buckets: buckets.clone(), prefixes: prefixes.clone() };
+            let mut listed = vec![];
+            for (b, p) in s.listing_plan() {
+                let mut page: Vec<&(String, String)> = keys
+                    .iter()
+                    .filter(|(kb, k)| *kb == b && k.starts_with(&p))
+                    .collect();
+                page.sort_by(|x, y| x.1.as_bytes().cmp(y.1.as_bytes()));
+                listed.extend(page.into_iter().cloned());
+            }
+            let expected: BTreeSet<(String, String)> = keys
+                .iter()
+                .filter(|(b, k)| {
+                    buckets.contains(b)
+                        && (prefixes.is_empty() || prefixes.iter().any(|p| k.starts_with(p.as_str())))
+                })
+                .cloned()
+                .collect();
+            prop_assert_eq!(listed, expected.into_iter().collect::<Vec<_>>());
+        }
+    }
 }

@@ -50,39 +50,26 @@ pub fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
     a.split('/').cmp(b.split('/'))
 }
 
-/// A merge cursor over entries given in walk order by `next`.
+/// A merge cursor over entries given in walk order by `next` (the
+/// merge-join of [`super::merge::Merge`], keyed by [`walk_order`]).
 pub struct MergeCursor<F: FnMut() -> Result<Option<Entry>>> {
     next: F,
-    current: Option<Entry>,
-    done: bool,
+    merge: super::merge::Merge<Entry>,
 }
 
 impl<F: FnMut() -> Result<Option<Entry>>> MergeCursor<F> {
     pub fn new(next: F) -> Self {
         MergeCursor {
             next,
-            current: None,
-            done: false,
+            merge: super::merge::Merge::new(),
         }
     }
 }
 
 impl<F: FnMut() -> Result<Option<Entry>>> ParentLookup for MergeCursor<F> {
     fn find(&mut self, path: &str) -> Result<Option<Entry>> {
-        loop {
-            if self.current.is_none() && !self.done {
-                self.current = (self.next)()?;
-                self.done = self.current.is_none();
-            }
-            let Some(cur) = &self.current else {
-                return Ok(None);
-            };
-            match walk_order(&cur.path, path) {
-                std::cmp::Ordering::Less => self.current = None,
-                std::cmp::Ordering::Equal => return Ok(self.current.take()),
-                std::cmp::Ordering::Greater => return Ok(None),
-            }
-        }
+        self.merge
+            .find(|cur| walk_order(&cur.path, path), &mut self.next)
     }
 }
 

@@ -67,6 +67,16 @@ def main():
         objs = spec(n)
         list(pool.map(lambda o: put(c, bucket, *o, seed=zlib.crc32(o[0].encode())), objs))
         print(json.dumps({"objects": len(objs), "bytes": sum(o[1] for o in objs)}))
+    elif cmd == "create-long":
+        # N small objects with ~780-byte keys (tests/cli_bucket_memory.rs
+        # computes the same keys and contents).
+        bucket, n = sys.argv[3], int(sys.argv[4])
+        def key(i):
+            return f"{'d' * 250}/{'e' * 250}/{i % 97:02}/{'f' * 240}-{i:06}"
+        def body(i):
+            return (f"{i:06}" * (1 + i % 7)).encode()
+        list(pool.map(lambda i: c.put_object(Bucket=bucket, Key=key(i), Body=body(i)), range(n)))
+        print(json.dumps({"objects": n, "bytes": sum(len(body(i)) for i in range(n))}))
     elif cmd == "modify":
         bucket, n, count = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
         objs = spec(n)
