@@ -1,5 +1,5 @@
 //! The bucket source's memory does not grow with the bucket: the
-//! no-change backup of 20,000 objects with long keys (moto), which reuses
+//! no-change backup of 20,000 objects with long keys (Garage), which reuses
 //! every object (no GET, nothing new stored, not even a list tree node),
 //! peaks within one copy of the extra keys of a 5,000-object backup's
 //! peak, and the first backup within two (the writer's pending pack
@@ -140,7 +140,7 @@ fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
     let measuring = std::env::var_os("USDCOP_DR_BUCKET_MEMORY_BIN").is_some();
     let bin = std::env::var("USDCOP_DR_BUCKET_MEMORY_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_usdcop-dr").to_owned());
-    let server = S3Server::start(ServerKind::Moto);
+    let server = S3Server::start(ServerKind::Garage);
     server.create_bucket("small-bucket");
     server.create_bucket("big-bucket");
     server.bucket_tool(&["create-long", "small-bucket", &small.to_string()]);
@@ -148,7 +148,7 @@ fn bucket_backup_memory_is_bounded_and_a_no_change_run_reuses_everything() {
     eprintln!("created {created} in {:?}", t0.elapsed());
     assert_eq!(json_u64(&created, "objects"), objects as u64);
 
-    // A local repository: only the source is on moto.
+    // A local repository: only the source is on Garage.
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let cache = dir.path().join("cache");
