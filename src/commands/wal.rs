@@ -61,10 +61,8 @@ pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOu
             system_identifier: String::new(),
         });
     }
-    if let Some(other) = existing.first() {
-        return Err(conflict(&name, other, &hash));
-    }
-
+    // The cluster first: a foreign cluster's segment is named as such
+    // even when its name collides with one of ours.
     let system_id = match name.kind {
         WalKind::Segment => {
             let id = wal::segment_system_id(&name.name, &plain)?;
@@ -83,6 +81,10 @@ pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOu
             }
         },
     };
+
+    if let Some(other) = existing.first() {
+        return Err(conflict(&name, other, &hash));
+    }
 
     let sealed = wal::encode(
         repo.key(),

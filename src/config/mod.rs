@@ -381,7 +381,7 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
                     return Err(at.error(
                         w.source.span(),
                         "wal.source",
-                        format!("source {name:?} is a {:?} source, not postgres", s.spec.kind()),
+                        format!("source {name:?} is a {} source, not postgres", format!("{:?}", s.spec.kind()).to_lowercase()),
                         Some("name the [[source]] of kind \"postgres\" whose cluster archives its WAL here"),
                     ))
                 }

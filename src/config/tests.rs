@@ -306,9 +306,9 @@ fn wal_section_names_a_postgres_source() {
     assert_eq!(s.wal.unwrap().source, "trading");
     assert!(ok(base).wal.is_none());
     let e = err(&format!("{base}\n[wal]\nsource = \"etc\"\n"));
-    assert_err(&e, 16, "wal.source", "not postgres");
+    assert_err(&e, 15, "wal.source", "not postgres");
     let e = err(&format!("{base}\n[wal]\nsource = \"nope\"\n"));
-    assert_err(&e, 16, "wal.source", "no [[source]] is named");
+    assert_err(&e, 15, "wal.source", "no [[source]] is named");
     let e = err(&format!("{base}\n[wal]\nsource = \"trading\"\nspool = \"/x\"\n"));
     assert!(e.to_string().contains("spool"), "{e}");
 }
