@@ -20,11 +20,10 @@ use super::nightly;
 fn wal_source<'a>(settings: Option<&'a Settings>, what: &str) -> Result<&'a str> {
     let s = nightly::require(settings, what)?;
     if s.repository.is_none() {
-        return Err(Error::usage(format!(
-            "{what} needs [repository] in {}",
-            s.file.display()
-        ))
-        .with_hint("set [repository] url and password_file (docs/OPERATIONS.md)"));
+        return Err(
+            Error::usage(format!("{what} needs [repository] in {}", s.file.display()))
+                .with_hint("set [repository] url and password_file (docs/OPERATIONS.md)"),
+        );
     }
     s.wal.as_ref().map(|w| w.source.as_str()).ok_or_else(|| {
         Error::usage(format!("{what} needs a [wal] section in {}", s.file.display()))
@@ -81,12 +80,7 @@ pub async fn push(cli: &Cli, settings: Option<&Settings>, path: &Path) -> Result
     Ok(0)
 }
 
-pub async fn fetch(
-    cli: &Cli,
-    settings: Option<&Settings>,
-    name: &str,
-    dest: &Path,
-) -> Result<i32> {
+pub async fn fetch(cli: &Cli, settings: Option<&Settings>, name: &str, dest: &Path) -> Result<i32> {
     let started = Instant::now();
     wal_source(settings, "wal-fetch")?;
     let (repo, unlock) = open(cli, settings).await?;

@@ -309,6 +309,8 @@ fn wal_section_names_a_postgres_source() {
     assert_err(&e, 15, "wal.source", "not postgres");
     let e = err(&format!("{base}\n[wal]\nsource = \"nope\"\n"));
     assert_err(&e, 15, "wal.source", "no [[source]] is named");
-    let e = err(&format!("{base}\n[wal]\nsource = \"trading\"\nspool = \"/x\"\n"));
+    let e = err(&format!(
+        "{base}\n[wal]\nsource = \"trading\"\nspool = \"/x\"\n"
+    ));
     assert!(e.to_string().contains("spool"), "{e}");
 }

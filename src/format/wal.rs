@@ -166,7 +166,10 @@ pub struct Decoded {
 pub fn decode(key: &Key, name: &WalName, object: &str, sealed: &[u8]) -> Result<Decoded> {
     let what = "WAL object";
     let expected = name.hash_of(object).ok_or_else(|| {
-        Error::integrity(format!("{object} is not a WAL object name for {}", name.name))
+        Error::integrity(format!(
+            "{object} is not a WAL object name for {}",
+            name.name
+        ))
     })?;
     let inner = key
         .open(Domain::Wal, sealed)
@@ -191,10 +194,11 @@ pub fn decode(key: &Key, name: &WalName, object: &str, sealed: &[u8]) -> Result<
     let z = r.take(r.remaining())?;
     let plain = codec::decompress(z, len as usize, "WAL object")?;
     if plain.len() as u64 != len || Id::hash(&plain) != expected {
-        return Err(Error::integrity(format!(
-            "object {object} does not match its checksum"
-        ))
-        .with_hint("the archived WAL file is damaged; restore it from a copy of the repository"));
+        return Err(
+            Error::integrity(format!("object {object} does not match its checksum")).with_hint(
+                "the archived WAL file is damaged; restore it from a copy of the repository",
+            ),
+        );
     }
     Ok(Decoded { system_id, plain })
 }

@@ -65,8 +65,8 @@ fn wrapping_key(passphrase: &[u8], repository_id: &str, salt: &[u8]) -> Result<K
 fn load(file: &Path, passphrase: &[u8]) -> Result<(String, Key)> {
     let bytes = std::fs::read(file)
         .map_err(|e| Error::io(format!("cannot read {}: {e}", file.display())))?;
-    let c: CacheFile = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::format("WAL key cache", e))?;
+    let c: CacheFile =
+        serde_json::from_slice(&bytes).map_err(|e| Error::format("WAL key cache", e))?;
     if c.version != VERSION {
         return Err(Error::format("WAL key cache", "unknown version"));
     }
@@ -156,9 +156,62 @@ mod tests {
         let a = wrapping_key(b"pw", "repo-a", b"0123456789abcdef").unwrap();
         let b = wrapping_key(b"pw", "repo-b", b"0123456789abcdef").unwrap();
         assert_ne!(a.as_bytes(), b.as_bytes());
-        assert_ne!(
-            path(Path::new("/s"), "/r1"),
-            path(Path::new("/s"), "/r2")
+        assert_ne!(path(Path::new("/s"), "/r1"), path(Path::new("/s"), "/r2"));
+    }
+
+    async fn repo(dir: &Path) -> DynBackend {
+        let b: DynBackend =
+            std::sync::Arc::new(crate::backend::local::LocalBackend::new(dir.to_owned()).unwrap());
+        let opts = crate::repository::InitOptions {
+            kdf: KdfParams {
+                m_cost_kib: 64,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..Default::default()
+        };
+        Repository::init(b.clone(), b"pw", &opts).await.unwrap();
+        b
+    }
+
+    #[tokio::test]
+    async fn cached_key_is_used_only_when_it_opens_this_repository() {
+        let t = tempfile::tempdir().unwrap();
+        let a = repo(&t.path().join("a")).await;
+        let b = repo(&t.path().join("b")).await;
+        let file = path(&t.path().join("state"), "a");
+        let (r, how) = open(a.clone(), b"pw", &file).await.unwrap();
+        assert_eq!(how, Unlock::Passphrase);
+        let mode = std::fs::metadata(&file).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
         );
+        let (r2, how) = open(a.clone(), b"pw", &file).await.unwrap();
+        assert_eq!(how, Unlock::Cached);
+        assert_eq!(r.key().as_bytes(), r2.key().as_bytes());
+        // A wrong passphrase does not get through the cache.
+        let e = open(a.clone(), b"wrong", &file).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Usage, "{e}");
+        // Another repository's cache file: checked against its config, not used.
+        let (rb, how) = open(b.clone(), b"pw", &file).await.unwrap();
+        assert_eq!(how, Unlock::Passphrase);
+        assert_ne!(rb.config().id, r.config().id);
+        // A damaged cache file: the full derivation, then rewritten.
+        let mut c: CacheFile = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        c.sealed_key.replace_range(
+            0..2,
+            if c.sealed_key.starts_with("00") {
+                "11"
+            } else {
+                "00"
+            },
+        );
+        std::fs::write(&file, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(
+            open(b.clone(), b"pw", &file).await.unwrap().1,
+            Unlock::Passphrase
+        );
+        assert_eq!(open(b, b"pw", &file).await.unwrap().1, Unlock::Cached);
     }
 }
