@@ -34,6 +34,13 @@ pub enum Domain {
     Condemned,
     /// The local cache (never stored in a repository).
     Cache,
+    /// One archived WAL file (`wal/<timeline>/<name>-<sha256>`).
+    Wal,
+    /// The WAL archive's cluster record (`wal/system-id`).
+    WalSystemId,
+    /// The unlocked master key cached for `wal-push` in the state
+    /// directory (never stored in a repository).
+    KeyCache,
 }
 
 impl Domain {
@@ -48,6 +55,9 @@ impl Domain {
             Domain::MasterKey => b"usdcop-dr/v1/master-key",
             Domain::Condemned => b"usdcop-dr/v1/condemned",
             Domain::Cache => b"usdcop-dr/v1/local-cache",
+            Domain::Wal => b"usdcop-dr/v1/wal",
+            Domain::WalSystemId => b"usdcop-dr/v1/wal-system-id",
+            Domain::KeyCache => b"usdcop-dr/v1/wal-key-cache",
         }
     }
 }

@@ -111,6 +111,21 @@ pub enum Command {
     /// uses (two phases: packs are condemned, then deleted by a later run
     /// after `[retention] grace`); never blocks a backup
     Prune(PruneArgs),
+    /// Archive one WAL file (archive_command = 'usdcop-dr wal-push %p'):
+    /// settings from the configuration file ([wal], [repository]); exit 0
+    /// only once the file is durable in the repository
+    WalPush {
+        /// The file (PostgreSQL's %p)
+        path: PathBuf,
+    },
+    /// Fetch one archived WAL file (restore_command = 'usdcop-dr wal-fetch
+    /// %f %p'); exit 1 with one line when it is not archived
+    WalFetch {
+        /// The WAL file name (PostgreSQL's %f)
+        name: String,
+        /// Where to write it (PostgreSQL's %p), atomically
+        dest: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@ pub mod args;
 pub mod nightly;
 pub mod progress;
 pub mod prune;
+pub mod wal;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -73,6 +74,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Status => return nightly::status(&cli, settings.as_ref()).await,
         Command::Forget(a) => return prune::run(&cli, settings.as_ref(), a, false).await,
         Command::Prune(a) => return prune::run(&cli, settings.as_ref(), a, true).await,
+        Command::WalPush { path } => return wal::push(&cli, settings.as_ref(), path).await,
+        Command::WalFetch { name, dest } => {
+            return wal::fetch(&cli, settings.as_ref(), name, dest).await
+        }
         _ => {}
     }
     let progress = progress::make(cli.quiet, cli.json);
@@ -116,6 +121,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         | Command::Forget(_)
         | Command::Prune(_)
         | Command::Status
+        | Command::WalPush { .. }
+        | Command::WalFetch { .. }
         | Command::Config(_) => unreachable!("handled above"),
         Command::Backup(args::BackupArgs {
             mode: Some(cmd), ..
@@ -588,7 +595,7 @@ fn render_verify(r: &verify::VerifyReport) -> String {
 /// The passphrase, from the environment or a file; never from argv.
 /// `config_file` is the configuration's `[repository] password_file` (and
 /// the configuration file naming it), used when neither variable is set.
-fn read_password(
+pub(crate) fn read_password(
     config_file: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Zeroizing<Vec<u8>>> {
     let env = std::env::var_os("USDCOP_DR_PASSWORD");
@@ -665,7 +672,7 @@ fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> R
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)
         .map_err(|e| Error::io(format!("writing output: {e}")))?;

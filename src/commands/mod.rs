@@ -14,3 +14,4 @@ pub mod snapshots;
 pub mod stats;
 pub mod status;
 pub mod verify;
+pub mod wal;

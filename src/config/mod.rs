@@ -58,6 +58,8 @@ pub struct Settings {
     pub objectives: Objectives,
     pub metrics: Option<MetricsSettings>,
     pub retention: RetentionSettings,
+    /// `[wal]`: the WAL archive (`wal-push`, `wal-fetch`).
+    pub wal: Option<WalSettings>,
     /// In file order: `backup --all` runs them in this order.
     pub sources: Vec<SourceSettings>,
 }
@@ -90,6 +92,13 @@ impl Default for Objectives {
             timezone: chrono_tz::UTC,
         }
     }
+}
+
+/// `[wal]`: which configured PostgreSQL source the WAL archive is of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSettings {
+    /// The name of a `[[source]]` of kind `postgres`.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,8 +242,15 @@ struct RawFile {
     objectives: Option<RawObjectives>,
     metrics: Option<RawMetrics>,
     retention: Option<RawRetention>,
+    wal: Option<RawWal>,
     #[serde(default)]
     source: Vec<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWal {
+    source: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -355,12 +371,38 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
         let spec = check_source(s, i, at)?;
         sources.push(SourceSettings { name, line, spec });
     }
+    let wal = match raw.wal {
+        None => None,
+        Some(w) => {
+            let name = w.source.get_ref().trim().to_owned();
+            match sources.iter().find(|s| s.name == name) {
+                Some(s) if s.spec.kind() == SourceKind::Postgres => Some(WalSettings { source: name }),
+                Some(s) => {
+                    return Err(at.error(
+                        w.source.span(),
+                        "wal.source",
+                        format!("source {name:?} is a {} source, not postgres", format!("{:?}", s.spec.kind()).to_lowercase()),
+                        Some("name the [[source]] of kind \"postgres\" whose cluster archives its WAL here"),
+                    ))
+                }
+                None => {
+                    return Err(at.error(
+                        w.source.span(),
+                        "wal.source",
+                        format!("no [[source]] is named {name:?}"),
+                        Some("name the [[source]] of kind \"postgres\" whose cluster archives its WAL here"),
+                    ))
+                }
+            }
+        }
+    };
     Ok(Settings {
         file: at.file().to_owned(),
         repository,
         objectives,
         metrics,
         retention,
+        wal,
         sources,
     })
 }

@@ -298,3 +298,19 @@ fn duration_text_is_short() {
     assert_eq!(duration_text(Duration::from_secs(90 * 60)), "1h 30m");
     assert_eq!(duration_text(Duration::ZERO), "0s");
 }
+
+#[test]
+fn wal_section_names_a_postgres_source() {
+    let base = "[repository]\nurl = \"/srv/repo\"\n\n[[source]]\nname = \"trading\"\nkind = \"postgres\"\ndsn = \"postgresql://backup@db/trading\"\n\n[[source]]\nname = \"etc\"\nkind = \"files\"\npaths = [\"/etc\"]\n";
+    let s = ok(&format!("{base}\n[wal]\nsource = \"trading\"\n"));
+    assert_eq!(s.wal.unwrap().source, "trading");
+    assert!(ok(base).wal.is_none());
+    let e = err(&format!("{base}\n[wal]\nsource = \"etc\"\n"));
+    assert_err(&e, 15, "wal.source", "not postgres");
+    let e = err(&format!("{base}\n[wal]\nsource = \"nope\"\n"));
+    assert_err(&e, 15, "wal.source", "no [[source]] is named");
+    let e = err(&format!(
+        "{base}\n[wal]\nsource = \"trading\"\nspool = \"/x\"\n"
+    ));
+    assert!(e.to_string().contains("spool"), "{e}");
+}

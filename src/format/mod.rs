@@ -10,6 +10,7 @@ pub mod meta;
 pub mod pack;
 pub mod snapshot;
 pub mod tree;
+pub mod wal;
 
 pub use id::{Hasher, Id};
 

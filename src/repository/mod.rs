@@ -6,6 +6,7 @@ pub mod cache;
 pub mod compact;
 pub mod gc;
 pub mod index;
+pub mod key_cache;
 pub mod lock;
 pub mod tree;
 
@@ -204,6 +205,18 @@ impl Repository {
             ))
             .with_hint("check USDCOP_DR_PASSWORD / USDCOP_DR_PASSWORD_FILE")
         })?;
+        Self::with_key(backend, key).await
+    }
+
+    /// Open with an already unlocked master key (the `wal-push` key cache):
+    /// the config object's AEAD is the check that the key is this
+    /// repository's; a wrong key fails with an integrity error naming it.
+    pub async fn open_with_key(backend: DynBackend, key: Key) -> Result<Repository> {
+        Self::with_key(backend, key).await
+    }
+
+    async fn with_key(backend: DynBackend, key: Key) -> Result<Repository> {
+        let location = backend.location();
         let sealed = backend.get(names::CONFIG).await.map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
                 Error::integrity(format!("{location}: the config object is missing")).with_hint(

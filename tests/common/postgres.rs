@@ -265,6 +265,12 @@ impl PgServer {
 
     /// [`start`](Self::start), with [`PgOptions`].
     pub fn start_with(opts: &PgOptions) -> PgServer {
+        Self::start_with_conf(opts, "")
+    }
+
+    /// [`start_with`](Self::start_with), with `conf` appended to
+    /// postgresql.conf before the first start (e.g. `archive_mode = on`).
+    pub fn start_with_conf(opts: &PgOptions, conf: &str) -> PgServer {
         let bin_dir = bin_dir();
         let os_user = if is_root() { Some(os_user()) } else { None };
         let dir = tempfile::Builder::new()
@@ -310,6 +316,14 @@ impl PgServer {
             )
             .expect("cannot write pg_hba.conf");
             pg.give_to_server_user(&hba);
+        }
+        if !conf.is_empty() {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(pg.data.join("postgresql.conf"))
+                .expect("cannot open postgresql.conf");
+            writeln!(f, "\n{conf}").expect("cannot write postgresql.conf");
         }
         let mut socket_dirs = vec![pg.dir.path().display().to_string()];
         socket_dirs.extend(opts.socket_dirs.iter().cloned());

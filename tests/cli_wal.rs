@@ -1,0 +1,343 @@
+//! The WAL archive against a real cluster: PostgreSQL's own
+//! archive_command runs `usdcop-dr wal-push %p` (as the server's OS
+//! user, settings and passphrase from the configuration file only), and
+//! `wal-fetch` gives back every archived file byte for byte. Also: a retry
+//! is idempotent, a different file under an archived name is refused and
+//! the stored one kept, a foreign cluster's segment is refused naming both
+//! system identifiers, a missing name exits 1 with one line, and the
+//! per-segment cost with and without the WAL key cache is measured.
+
+mod common;
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{run_cmd, Run};
+use postgres::*;
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_usdcop-dr");
+
+/// The uid/gid PostgreSQL runs as when the tests run as root.
+fn server_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid and getpwnam have no memory-safety preconditions;
+    // the record is read before any other call could reuse it.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return None;
+        }
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        assert!(!pw.is_null(), "running as root needs a `postgres` OS user");
+        Some(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+/// A repository, its passphrase file, configuration and state directory,
+/// all owned by the server's OS user.
+struct Archive {
+    home: tempfile::TempDir,
+    owner: Option<(u32, u32)>,
+}
+
+impl Archive {
+    fn new() -> Archive {
+        let owner = server_user();
+        let home = tempfile::Builder::new()
+            .prefix("usdcop-dr-wal-")
+            .tempdir()
+            .unwrap();
+        let a = Archive { home, owner };
+        let pass = a.path("passphrase");
+        std::fs::write(&pass, format!("{}\n", common::PASSWORD)).unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::create_dir(a.path("state")).unwrap();
+        std::fs::write(
+            a.config(),
+            format!(
+                "[repository]\nurl = \"{repo}\"\npassword_file = \"{pass}\"\n\n\
+                 [[source]]\nname = \"trading\"\nkind = \"postgres\"\ndsn = \"dbname=postgres\"\n\n\
+                 [wal]\nsource = \"trading\"\n",
+                repo = a.path("repo").display(),
+                pass = pass.display()
+            ),
+        )
+        .unwrap();
+        for p in [a.home.path().to_owned(), pass, a.path("state"), a.config()] {
+            a.give(&p);
+        }
+        // The default (full-cost) KDF: what the key cache saves is real.
+        a.run(&["init"]).ok();
+        a
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("usdcop-dr.toml")
+    }
+
+    fn give(&self, p: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+
+    /// The environment archive_command gets from us: the state directory
+    /// only (the passphrase comes from the configuration's password_file).
+    fn archive_command(&self) -> String {
+        format!(
+            "USDCOP_DR_STATE_DIR={} {BIN} --config {} wal-push %p",
+            self.path("state").display(),
+            self.config().display()
+        )
+    }
+
+    /// usdcop-dr as the server's OS user, with nothing but PATH and the
+    /// state directory in its environment.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("USDCOP_DR_STATE_DIR", self.path("state"))
+            .env("USDCOP_DR_CACHE_DIR", self.path("cache"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .current_dir(self.home.path());
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid).gid(gid);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        run_cmd(self.cmd(args), None)
+    }
+
+    /// Archived objects under `wal/<timeline>/`: (file name, hash).
+    fn archived(&self, timeline: &str) -> Vec<(String, String)> {
+        let dir = self.path("repo").join("wal").join(timeline);
+        let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter_map(|n| {
+                        n.rsplit_once('-')
+                            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// `wal-push --json FILE` as the owner; the file is copied into the
+    /// home first (so the owner can read it).
+    fn push_copy(&self, name: &str, bytes: &[u8]) -> Run {
+        let dir = self.path("in");
+        let _ = std::fs::create_dir(&dir);
+        self.give(&dir);
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        self.give(&p);
+        self.run(&["--json", "wal-push", p.to_str().unwrap()])
+    }
+
+    fn fetch(&self, name: &str) -> (Run, Vec<u8>) {
+        let dir = self.path("out");
+        let _ = std::fs::create_dir(&dir);
+        self.give(&dir);
+        let dest = dir.join(name);
+        let _ = std::fs::remove_file(&dest);
+        let r = self.run(&["wal-fetch", name, dest.to_str().unwrap()]);
+        let bytes = std::fs::read(&dest).unwrap_or_default();
+        (r, bytes)
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Waits (with a deadline) until the server has archived at least `n`
+/// files; fails at once when an archive_command failed.
+fn wait_archived(pg: &PgServer, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let row = pg.psql(
+            "postgres",
+            "SELECT archived_count, failed_count FROM pg_stat_archiver",
+        );
+        let (a, f) = row.split_once('|').unwrap();
+        let (a, f): (u64, u64) = (a.parse().unwrap(), f.parse().unwrap());
+        assert_eq!(f, 0, "archive_command failed; server log:\n{}", pg.log());
+        if a >= n {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {a} of {n} files archived after 120 s; server log:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn system_identifier(pg: &PgServer) -> String {
+    pg.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system()",
+    )
+}
+
+#[test]
+fn postgres_archives_through_wal_push_and_wal_fetch_gives_it_back() {
+    let archive = Archive::new();
+    let conf = format!(
+        "archive_mode = on\narchive_command = '{}'\narchive_timeout = 1s\nwal_level = replica\n",
+        archive.archive_command()
+    );
+    let pg = PgServer::start_with_conf(&PgOptions::default(), &conf);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE ticks (i int, pad text); \
+         INSERT INTO ticks SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; \
+         SELECT pg_switch_wal();",
+    );
+    for _ in 0..2 {
+        pg.psql(
+            "postgres",
+            "INSERT INTO ticks SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
+             SELECT pg_switch_wal();",
+        );
+    }
+    wait_archived(&pg, 3);
+    let archived = archive.archived("00000001");
+    assert!(archived.len() >= 3, "{archived:?}");
+
+    // The record of the cluster is this cluster's system identifier,
+    // read from the segments' long page headers.
+    let sysid = system_identifier(&pg);
+    let first = &archived[0].0;
+    let pg_wal = pg.data_dir().join("pg_wal");
+    let seg = std::fs::read(pg_wal.join(first)).unwrap_or_else(|_| archive.fetch(first).1);
+    let again = archive.push_copy(first, &seg).ok();
+    assert_eq!(again.json()["stored"], false, "a retry stores nothing");
+    assert_eq!(again.json()["unlock"], "cached");
+
+    // Every archived file comes back byte for byte.
+    for (name, hash) in &archived {
+        let (r, bytes) = archive.fetch(name);
+        assert_eq!(r.code, 0, "wal-fetch {name}: {}", r.stderr);
+        assert_eq!(&sha256_hex(&bytes), hash, "{name}");
+        if let Ok(orig) = std::fs::read(pg_wal.join(name)) {
+            assert!(orig == bytes, "{name} differs from pg_wal's copy");
+        }
+    }
+
+    // Another file under an archived name: refused, the stored one kept.
+    let mut other = seg.clone();
+    let last = other.len() - 1;
+    other[last] ^= 0xFF;
+    let r = archive.push_copy(first, &other);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("already archived with other content") && r.stderr.contains(first),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(archive.fetch(first).1, seg, "the stored file was kept");
+
+    // A segment of another cluster (a second initdb) is refused, naming
+    // both system identifiers.
+    let foreign = PgServer::start();
+    let foreign_id = system_identifier(&foreign);
+    assert_ne!(foreign_id, sysid);
+    let foreign_wal = foreign.data_dir().join("pg_wal");
+    let foreign_seg = std::fs::read_dir(&foreign_wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .min()
+        .expect("a new cluster has a segment");
+    let bytes = std::fs::read(foreign_wal.join(&foreign_seg)).unwrap();
+    let r = archive.push_copy("00000001000000FE00000001", &bytes);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains(&foreign_id) && r.stderr.contains(&sysid),
+        "{}",
+        r.stderr
+    );
+    assert!(archive
+        .archived("00000001")
+        .iter()
+        .all(|(n, _)| n != "00000001000000FE00000001"));
+
+    // A history file is archived under its timeline and comes back.
+    let history = b"1\t0/3000000\tno recovery target specified\n";
+    archive.push_copy("00000002.history", history).ok();
+    assert_eq!(archive.archived("00000002").len(), 1);
+    assert_eq!(archive.fetch("00000002.history").1, history);
+    // A .partial segment is refused.
+    let r = archive.push_copy("00000001000000FE00000002.partial", &seg);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // A name the archive does not hold: exit 1, one line (the normal end
+    // of recovery).
+    let (r, _) = archive.fetch("00000001000000FF000000FF");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("00000001000000FF000000FF"));
+
+    // Per-segment cost: the same kind of segment under fresh names, with
+    // the key cache and without it (the cache file removed first).
+    let cache_files: Vec<PathBuf> = std::fs::read_dir(archive.path("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("wal-key-"))
+        .collect();
+    assert_eq!(cache_files.len(), 1, "{cache_files:?}");
+    let mode = std::fs::metadata(&cache_files[0])
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // (wall time of the process, its own unlock time)
+    let timed = |cached: bool, i: u32| -> (f64, f64) {
+        if !cached {
+            std::fs::remove_file(&cache_files[0]).unwrap();
+        }
+        let name = format!("00000001000000FD{i:08X}");
+        let t = Instant::now();
+        let r = archive.push_copy(&name, &seg).ok();
+        let wall = t.elapsed().as_secs_f64();
+        let want = if cached { "cached" } else { "passphrase" };
+        assert_eq!(r.json()["unlock"], want);
+        assert_eq!(r.json()["stored"], true);
+        (wall, r.json()["unlock_s"].as_f64().unwrap())
+    };
+    let n = 5;
+    let with: Vec<(f64, f64)> = (0..n).map(|i| timed(true, i)).collect();
+    let without: Vec<(f64, f64)> = (n..2 * n).map(|i| timed(false, i)).collect();
+    let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = v.iter().map(f).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "wal-push of a {} MiB segment, per process (median of {n}): with the key cache \
+         {:.3} s wall ({:.3} s to unlock), without {:.3} s wall ({:.3} s to unlock)",
+        seg.len() >> 20,
+        median(&with, |x| x.0),
+        median(&with, |x| x.1),
+        median(&without, |x| x.0),
+        median(&without, |x| x.1),
+    );
+}
