@@ -289,38 +289,26 @@ impl Repository {
         let mut links = std::collections::HashSet::new();
         let mut first = vec![];
         let mut total = 0usize;
-        let mut note = |problem: Option<String>, first: &mut Vec<String>| {
-            if let Some(p) = problem {
-                total += 1;
-                if first.len() < UNSAFE_SHOWN {
-                    first.push(p);
-                }
-            }
-        };
         let mut stream = self.entries(index, snap);
         stream.checker = None;
         while let Some(e) = stream.next().await? {
             visit(&e);
             // Without symlinks, the path check is the whole rule.
-            note(unsafe_entry(&e, |_| false), &mut first);
+            note(unsafe_entry(&e, |_| false), &mut first, &mut total);
             if e.kind == EntryType::Symlink {
                 links.insert(e.path);
             }
         }
         if !links.is_empty() {
             (first, total) = (vec![], 0);
-            let mut note = |problem: Option<String>| {
-                if let Some(p) = problem {
-                    total += 1;
-                    if first.len() < UNSAFE_SHOWN {
-                        first.push(p);
-                    }
-                }
-            };
             let mut stream = self.entries(index, snap);
             stream.checker = None;
             while let Some(e) = stream.next().await? {
-                note(unsafe_entry(&e, |p| links.contains(p)));
+                note(
+                    unsafe_entry(&e, |p| links.contains(p)),
+                    &mut first,
+                    &mut total,
+                );
             }
         }
         if total > 0 {
@@ -394,5 +382,15 @@ impl Repository {
             ids: out,
             unreadable,
         })
+    }
+}
+
+/// Count a problem and keep the first [`UNSAFE_SHOWN`] of them.
+fn note(problem: Option<String>, first: &mut Vec<String>, total: &mut usize) {
+    if let Some(p) = problem {
+        *total += 1;
+        if first.len() < UNSAFE_SHOWN {
+            first.push(p);
+        }
     }
 }
