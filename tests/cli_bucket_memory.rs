@@ -21,7 +21,6 @@ mod common;
 mod servers;
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,25 +57,8 @@ fn json_u64(v: &serde_json::Value, field: &str) -> u64 {
 /// (KiB, the child's own `ru_maxrss` from wait4). Killed (its process
 /// group) and the test failed past the deadline.
 fn run_measured(mut c: Command, timeout: Duration) -> (Run, u64) {
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
-    // and exec.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let shown = std::iter::once(c.get_program())
-        .chain(c.get_args())
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
+    c.stdin(Stdio::null());
+    let shown = common::guard_child(&mut c);
     // Reaped by wait4 below (which clippy does not see), or by wait()
     // after the kill.
     #[allow(clippy::zombie_processes)]

@@ -80,21 +80,14 @@ pub fn run_cmd(c: Command, stdin: Option<&[u8]>) -> Run {
     run_cmd_timeout(c, stdin, cmd_timeout())
 }
 
-/// Runs a command, feeding `stdin`; past `timeout` the command and anything
-/// it started (its process group: pg_dump, psql, …) is killed and the test
-/// panics with the command line and what it printed so far.
-pub fn run_cmd_timeout(mut c: Command, stdin: Option<&[u8]>, timeout: Duration) -> Run {
-    c.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    // Its own process group, so a kill reaches its children too.
-    .process_group(0);
-    // Out of the test's group, it would survive the test being killed
-    // (nextest's deadline, Ctrl-C): have the kernel kill it then.
+/// Pipes a command's stdout and stderr, puts it in a process group of its
+/// own (so a kill reaches its children) that the kernel kills when the
+/// test process dies; returns its command line for messages (program and
+/// arguments only: the environment holds test secrets).
+pub fn guard_child(c: &mut Command) -> String {
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork
     // and exec.
     unsafe {
@@ -105,12 +98,23 @@ pub fn run_cmd_timeout(mut c: Command, stdin: Option<&[u8]>, timeout: Duration) 
             Ok(())
         });
     }
-    // Program and arguments only: the environment holds test secrets.
-    let shown = std::iter::once(c.get_program())
+    std::iter::once(c.get_program())
         .chain(c.get_args())
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+}
+
+/// Runs a command, feeding `stdin`; past `timeout` the command and anything
+/// it started (its process group: pg_dump, psql, …) is killed and the test
+/// panics with the command line and what it printed so far.
+pub fn run_cmd_timeout(mut c: Command, stdin: Option<&[u8]>, timeout: Duration) -> Run {
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let shown = guard_child(&mut c);
     let mut child = c
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {shown}: {e}"));
