@@ -66,7 +66,7 @@ pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOu
     let system_id = match name.kind {
         WalKind::Segment => {
             let id = wal::segment_system_id(&name.name, &plain)?;
-            check_system_id(repo, source, &name, id).await?;
+            check_system_id(repo, source, &name, &plain, id).await?;
             id
         }
         WalKind::History | WalKind::Backup => match load_system_id(repo).await? {
@@ -144,7 +144,13 @@ async fn load_system_id(repo: &Repository) -> Result<Option<SystemIdRecord>> {
 }
 
 /// Refuse a segment of another cluster; the first segment records its own.
-async fn check_system_id(repo: &Repository, source: &str, name: &WalName, id: u64) -> Result<()> {
+async fn check_system_id(
+    repo: &Repository,
+    source: &str,
+    name: &WalName,
+    segment: &[u8],
+    id: u64,
+) -> Result<()> {
     let record = match load_system_id(repo).await? {
         Some(r) => r,
         None => {
@@ -154,6 +160,7 @@ async fn check_system_id(repo: &Repository, source: &str, name: &WalName, id: u6
                 source: source.to_owned(),
                 first_file: name.name.clone(),
                 created: chrono::Utc::now(),
+                segment_size: Some(wal::segment_size_of(&name.name, segment)?),
             };
             match repo
                 .backend()

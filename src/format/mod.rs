@@ -2,6 +2,7 @@
 //! every decoder bounds its allocations and is fuzzed (see `fuzz/`).
 //! docs/FORMAT.md is the prose version of this module.
 
+pub mod basebackup;
 pub mod codec;
 pub mod condemned;
 pub mod id;

@@ -120,6 +120,99 @@ impl WalName {
     }
 }
 
+/// A WAL location (`XLogRecPtr`), printed as PostgreSQL prints it
+/// (`16/B374D848`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub fn parse(s: &str) -> Result<Lsn> {
+        let bad = || Error::usage(format!("{s:?} is not a WAL location (like 16/B374D848)"));
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+            return Err(bad());
+        }
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
+        Ok(Lsn(((hi as u64) << 32) | lo as u64))
+    }
+
+    /// The segment number holding this location.
+    pub fn segment(self, seg_size: u32) -> u64 {
+        self.0 / seg_size as u64
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl TryFrom<String> for Lsn {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Lsn> {
+        Lsn::parse(&s)
+    }
+}
+
+impl From<Lsn> for String {
+    fn from(l: Lsn) -> String {
+        l.to_string()
+    }
+}
+
+/// Is `seg_size` a segment size PostgreSQL allows (a power of two from
+/// 1 MiB to 1 GiB)?
+pub fn valid_segment_size(seg_size: u32) -> bool {
+    seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg_size)
+}
+
+/// Segments per "xlogid" (the middle 8 hex digits of a segment name).
+fn segments_per_id(seg_size: u32) -> u64 {
+    0x1_0000_0000 / seg_size as u64
+}
+
+/// The file name of segment `segno` on `timeline` (PostgreSQL's
+/// `XLogFileName`).
+pub fn segment_name(timeline: u32, segno: u64, seg_size: u32) -> String {
+    let per = segments_per_id(seg_size);
+    format!("{timeline:08X}{:08X}{:08X}", segno / per, segno % per)
+}
+
+/// The timeline and segment number of segment file `name`
+/// (`XLogFromFileName`); `None` for another kind of name, or a low part
+/// out of range for `seg_size`.
+pub fn segment_number(name: &str, seg_size: u32) -> Option<(u32, u64)> {
+    if name.len() != 24 || !is_hex(name) {
+        return None;
+    }
+    let tl = u32::from_str_radix(&name[..8], 16).ok()?;
+    let hi = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let lo = u64::from_str_radix(&name[16..], 16).ok()?;
+    let per = segments_per_id(seg_size);
+    (lo < per).then_some((tl, hi * per + lo))
+}
+
+/// Offset of `xlp_seg_size` in the long page header.
+const SEG_SIZE_OFFSET: usize = 32;
+
+/// The segment size in a segment's first (long) page header.
+pub fn segment_size_of(name: &str, bytes: &[u8]) -> Result<u32> {
+    segment_system_id(name, bytes)?;
+    let size = bytes
+        .get(SEG_SIZE_OFFSET..SEG_SIZE_OFFSET + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .unwrap_or(0);
+    if !valid_segment_size(size) {
+        return Err(Error::integrity(format!(
+            "WAL segment {name} gives segment size {size} in its page header"
+        )));
+    }
+    Ok(size)
+}
+
 /// The system identifier in a segment's first (long) page header.
 pub fn segment_system_id(name: &str, bytes: &[u8]) -> Result<u64> {
     if bytes.len() < SYSID_OFFSET + 8 {
@@ -214,6 +307,10 @@ pub struct SystemIdRecord {
     /// The file whose push wrote the record.
     pub first_file: String,
     pub created: chrono::DateTime<chrono::Utc>,
+    /// The cluster's WAL segment size (`xlp_seg_size` of the first
+    /// segment): what "the next segment" means when looking for gaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_size: Option<u32>,
 }
 
 impl SystemIdRecord {
@@ -331,6 +428,7 @@ mod tests {
             source: "pg".into(),
             first_file: n.name.clone(),
             created: chrono::Utc::now(),
+            segment_size: Some(16 << 20),
         };
         assert!(decode(&k, &n, &obj, &rec.seal(&k)).is_err());
         assert!(SystemIdRecord::open(&k, &sealed).is_err());
@@ -341,7 +439,46 @@ mod tests {
         assert!(decode(&k, &n, &obj, &bad).is_err());
     }
 
+    #[test]
+    fn lsn_and_segment_names() {
+        let l = Lsn::parse("16/B374D848").unwrap();
+        assert_eq!(l.0, 0x16_B374_D848);
+        assert_eq!(l.to_string(), "16/B374D848");
+        assert_eq!(Lsn::parse("0/2000028").unwrap().to_string(), "0/2000028");
+        for bad in ["", "0", "/1", "1/", "x/1", "123456789/0", "0/2000028/1"] {
+            assert!(Lsn::parse(bad).is_err(), "{bad:?}");
+        }
+        let mb16 = 16 << 20;
+        // 0/2000028 is in segment 2 of timeline 1
+        assert_eq!(Lsn::parse("0/2000028").unwrap().segment(mb16), 2);
+        assert_eq!(segment_name(1, 2, mb16), "000000010000000000000002");
+        // 16/B374D848 with 16 MiB segments: xlogid 0x16, segment 0xB3
+        let seg = l.segment(mb16);
+        assert_eq!(segment_name(3, seg, mb16), "0000000300000016000000B3");
+        assert_eq!(segment_number("0000000300000016000000B3", mb16), Some((3, seg)));
+        // the low part runs to 0xFF with 16 MiB segments, then the id rolls
+        assert_eq!(segment_name(1, 0x100, mb16), "000000010000000100000000");
+        assert_eq!(segment_number("000000010000000000000100", mb16), None);
+        assert_eq!(segment_number("00000001.history", mb16), None);
+        // 1 GiB segments: four per id
+        assert_eq!(segment_name(1, 5, 1 << 30), "000000010000000100000001");
+        assert!(valid_segment_size(1 << 20) && !valid_segment_size(3 << 20));
+    }
+
     proptest! {
+        #[test]
+        fn segment_names_round_trip(tl in 1u32.., segno in 0u64..(1 << 40), shift in 20u32..=30) {
+            let size = 1u32 << shift;
+            let n = segment_name(tl, segno, size);
+            prop_assert_eq!(segment_number(&n, size), Some((tl, segno)));
+            prop_assert!(WalName::parse(&n).is_ok());
+        }
+
+        #[test]
+        fn lsn_round_trip(v in any::<u64>()) {
+            prop_assert_eq!(Lsn::parse(&Lsn(v).to_string()).unwrap(), Lsn(v));
+        }
+
         #[test]
         fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096), sysid in any::<u64>(), seg in 1u32..0xFFFF) {
             let k = Key::random();
