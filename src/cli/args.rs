@@ -240,6 +240,34 @@ pub enum BackupCommand {
         #[command(flatten)]
         pg: PgBackupArgs,
     },
+    /// A physical base backup of a cluster that archives its WAL here
+    /// (pg_basebackup, split into the data directory's files): the start
+    /// of point-in-time recovery. Done only once its WAL is archived
+    #[command(name = "postgres-base")]
+    PostgresBase {
+        #[command(flatten)]
+        common: BackupCommon,
+        #[command(flatten)]
+        base: BaseBackupArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BaseBackupArgs {
+    /// Cluster to back up (a replication connection is made; default: the
+    /// `dsn` of the configuration's source named by --source). No password
+    /// here: USDCOP_DR_PG_DSN, PGPASSWORD or ~/.pgpass
+    #[arg(long, env = "USDCOP_DR_PG_DSN", hide_env_values = true)]
+    pub dsn: Option<String>,
+    /// pg_basebackup to run (default: one at least as new as the server)
+    #[arg(long, value_name = "PATH")]
+    pub pg_basebackup: Option<PathBuf>,
+    /// How long to wait for the backup's WAL to reach the archive
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub wal_timeout: String,
+    /// Wait for a spread checkpoint instead of requesting an immediate one
+    #[arg(long)]
+    pub spread_checkpoint: bool,
 }
 
 /// The store holding the buckets of `backup bucket` / `restore bucket`,
@@ -356,9 +384,36 @@ pub struct RestorePostgresArgs {
     #[arg(long)]
     pub source: Option<String>,
     /// Database to restore into (no password here: USDCOP_DR_PG_TARGET_DSN,
-    /// PGPASSWORD or ~/.pgpass)
+    /// PGPASSWORD or ~/.pgpass). With --point-in-time: where to restore
+    /// the newest logical dump before TIME when no base backup covers it
     #[arg(long, env = "USDCOP_DR_PG_TARGET_DSN", hide_env_values = true)]
-    pub target_dsn: String,
+    pub target_dsn: Option<String>,
+    /// Point-in-time recovery: `latest`, RFC 3339, or "YYYY-MM-DD HH:MM:SS"
+    /// [zone] (default zone: the configuration's objectives.timezone). Needs
+    /// --pgdata; restores the newest base backup before TIME and replays
+    /// the archived WAL up to TIME
+    #[arg(long, value_name = "TIME", requires = "pgdata")]
+    pub point_in_time: Option<String>,
+    /// With --point-in-time: the empty (or missing) data directory to write
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+    /// With --point-in-time: start PostgreSQL, wait until recovery reaches
+    /// the target, report the point reached, restart it with its own settings
+    #[arg(long, requires = "point_in_time")]
+    pub start: bool,
+    /// With --point-in-time: the restored cluster's port (postgresql.auto.conf)
+    #[arg(long, requires = "point_in_time")]
+    pub port: Option<u16>,
+    /// With --point-in-time: keep the backup's archive settings (for the
+    /// cluster that becomes the primary); default: archive_mode = off
+    #[arg(long, requires = "point_in_time")]
+    pub keep_archiving: bool,
+    /// With --start: leave the server stopped after the recovery
+    #[arg(long, requires = "start")]
+    pub no_restart: bool,
+    /// With --start: how long the recovery may take
+    #[arg(long, value_name = "DURATION", default_value = "4h")]
+    pub recovery_timeout: String,
     /// Create the target database first (from template0, the dump's encoding)
     #[arg(long)]
     pub create: bool,
