@@ -17,6 +17,8 @@ use usdcop_dr::{Error, Result};
 use super::args::RestorePostgresArgs;
 use super::{emit, nightly};
 
+// One short-lived value per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// The point-in-time restore ran: the exit code.
     Done(i32),
