@@ -217,6 +217,23 @@ fn point_in_time_recovery_end_to_end() {
         "{stop} not archived"
     );
 
+    // A second base backup right away stores little: every relation file
+    // is unchanged, so only its chunk list is new.
+    let mut c = a.cmd(&["--json", "backup", "postgres-base", "--source", "trading"]);
+    c.env("USDCOP_DR_PG_DSN", pg.dsn("postgres"))
+        .env("PGPASSWORD", pg.password());
+    let again = run_cmd_timeout(c, None, Duration::from_secs(300));
+    assert_eq!(again.code, 0, "second base backup: {}", again.stderr);
+    let (bytes_in, new) = (
+        again.json()["bytes_in"].as_u64().unwrap(),
+        again.json()["bytes_stored_new"].as_u64().unwrap(),
+    );
+    eprintln!("unchanged base backup: {bytes_in} bytes read, {new} stored new");
+    assert!(
+        bytes_in > 20 << 20 && new < bytes_in / 10,
+        "{bytes_in} in, {new} new"
+    );
+
     // Batch A, the target time, batch B.
     pg.psql(
         "postgres",
@@ -491,4 +508,53 @@ fn point_in_time_recovery_end_to_end() {
         "{}",
         r.stderr
     );
+}
+
+/// Refused before anything is written: a cluster that does not archive
+/// (a base backup without its WAL restores nothing), and a cluster that is
+/// not the one whose WAL the archive holds.
+#[test]
+fn base_backups_of_the_wrong_cluster_are_refused() {
+    let a = Archive::new();
+    let backup = |pg: &PgServer| {
+        let mut c = a.cmd(&["backup", "postgres-base", "--source", "trading"]);
+        c.env("USDCOP_DR_PG_DSN", pg.dsn("postgres"))
+            .env("PGPASSWORD", pg.password());
+        run_cmd_timeout(c, None, Duration::from_secs(120))
+    };
+    let plain = PgServer::start();
+    let r = backup(&plain);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("does not archive its WAL"),
+        "{}",
+        r.stderr
+    );
+    assert!(a.objects_under("snapshots").is_empty());
+    assert!(a.objects_under("data").is_empty(), "nothing written");
+
+    // The archive belongs to the first cluster that pushed into it.
+    let conf = format!(
+        "archive_mode = on\narchive_command = '{}'\narchive_timeout = 1s\n",
+        a.archive_command()
+    );
+    let first = PgServer::start_with_conf(&PgOptions::default(), &conf);
+    first.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT 1; SELECT pg_switch_wal()",
+    );
+    wait_archived(&first, 1);
+    let second = PgServer::start_with_conf(
+        &PgOptions::default(),
+        &conf.replace("archive_mode = on", "archive_mode = on\n# second"),
+    );
+    let r = backup(&second);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&system_identifier(&second))
+            && r.stderr.contains(&system_identifier(&first)),
+        "{}",
+        r.stderr
+    );
+    assert!(a.objects_under("snapshots").is_empty());
 }

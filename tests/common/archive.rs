@@ -131,6 +131,15 @@ impl Archive {
         v
     }
 
+    /// Every object under `dir` of the repository (recursively).
+    pub fn objects_under(&self, dir: &str) -> Vec<PathBuf> {
+        let root = self.path("repo").join(dir);
+        if !root.exists() {
+            return vec![];
+        }
+        crate::common::files_under(&root)
+    }
+
     /// `wal-push --json FILE` as the owner; the file is copied into the
     /// home first (so the owner can read it).
     pub fn push_copy(&self, name: &str, bytes: &[u8]) -> Run {
