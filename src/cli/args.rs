@@ -111,6 +111,13 @@ pub enum Command {
     /// uses (two phases: packs are condemned, then deleted by a later run
     /// after `[retention] grace`); never blocks a backup
     Prune(PruneArgs),
+    /// Restore drill: restore the newest snapshot of every configured source
+    /// into the [drill] scratch targets, check it, time it, judge the RTO
+    /// and RPO, store the record offsite; exit 0 passed, 3 a check failed,
+    /// 4 an objective missed
+    Drill(DrillArgs),
+    /// Past restore drills (stored in the repository) with their verdicts
+    Drills,
     /// Archive one WAL file (archive_command = 'usdcop-dr wal-push %p'):
     /// settings from the configuration file ([wal], [repository]); exit 0
     /// only once the file is durable in the repository
@@ -181,6 +188,19 @@ pub enum RepairCommand {
         #[arg(long)]
         compact: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Only this source (repeatable); no RTO is claimed for the whole
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// Also write the drill report (Markdown) to this file
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Ranged reads in flight from the repository
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub read_concurrency: Option<u16>,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! The thin layer: flags → library options → rendered results → exit code.
 
 pub mod args;
+mod drill;
 pub mod nightly;
 pub mod pitr;
 pub mod progress;
@@ -73,6 +74,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             ..
         }) => return nightly::backup_all(&cli, settings.as_ref(), sources).await,
         Command::Status => return nightly::status(&cli, settings.as_ref()).await,
+        Command::Drill(a) => return drill::run(&cli, settings.as_ref(), a).await,
+        Command::Drills => return drill::list(&cli, settings.as_ref()).await,
         Command::Forget(a) => return prune::run(&cli, settings.as_ref(), a, false).await,
         Command::Prune(a) => return prune::run(&cli, settings.as_ref(), a, true).await,
         Command::WalPush { path } => return wal::push(&cli, settings.as_ref(), path).await,
@@ -122,6 +125,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         | Command::Forget(_)
         | Command::Prune(_)
         | Command::Status
+        | Command::Drill(_)
+        | Command::Drills
         | Command::WalPush { .. }
         | Command::WalFetch { .. }
         | Command::Config(_) => unreachable!("handled above"),

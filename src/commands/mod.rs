@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod backup_all;
 pub mod basebackup;
+pub mod drill;
 pub mod prune;
 pub mod recover;
 pub mod repair;
