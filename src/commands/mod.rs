@@ -15,3 +15,4 @@ pub mod stats;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod wal_verify;
