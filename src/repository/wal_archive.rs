@@ -332,7 +332,7 @@ pub async fn load(repo: &Repository) -> Result<ArchiveMap> {
     loop {
         let page = backend.list_page(wal::DIR, token).await?;
         for o in page.objects {
-            if seg_size.is_none() && o.name.len() > 4 {
+            if seg_size.is_none() {
                 if let Some(Listed::Segment(..)) = classify(&o.name, None) {
                     unplaced.push(o.name);
                     continue;
@@ -474,8 +474,9 @@ async fn find_times(repo: &Repository, map: &mut ArchiveMap) -> Result<()> {
                     let s = match scan_segment(repo, map, on, segno).await {
                         Ok(s) => Some(s),
                         Err(e) if matches!(e.kind(), ErrorKind::Integrity | ErrorKind::NotFound) => {
+                            let object = map.object_of(on, segno).unwrap_or_default();
                             map.problems.push(Problem {
-                                object: map.object_of(on, segno).unwrap_or_default(),
+                                object,
                                 message: e.to_string(),
                             });
                             None
