@@ -32,6 +32,9 @@ const CRC_OFFSET: usize = 20;
 
 const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 const XLP_LONG_HEADER: u16 = 0x0002;
+/// PostgreSQL 15: the record continuing onto this page was abandoned
+/// (crash recovery ended inside it); a new record follows the header.
+const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 /// Every `xlp_info` flag PostgreSQL defines (`XLP_ALL_FLAGS`).
 const XLP_ALL_FLAGS: u16 = 0x000F;
 
@@ -266,6 +269,9 @@ struct PageHeader {
 /// Why reading stopped inside the walk.
 enum Halt {
     Stop(Stop, usize, String),
+    /// The record being read was abandoned at the page starting here;
+    /// reading goes on with the record after its header.
+    Overwritten(usize),
 }
 
 fn halt<T>(stop: Stop, at: usize, why: impl Into<String>) -> std::result::Result<T, Halt> {
@@ -303,9 +309,11 @@ impl Scanner<'_> {
             stop_lsn: Lsn(self.first.start),
             stop_detail: String::new(),
         };
-        let Halt::Stop(stop, at, why) = match self.records(&mut out) {
+        let (stop, at, why) = match self.records(&mut out) {
             Ok(never) => match never {},
-            Err(h) => h,
+            Err(Halt::Stop(stop, at, why)) => (stop, at, why),
+            // records() resumes after these; never returned
+            Err(Halt::Overwritten(at)) => (Stop::BadPage, at, "abandoned record".into()),
         };
         out.last_tli = self.last_tli.max(self.first.tli);
         out.stop = stop;
@@ -436,6 +444,9 @@ impl Scanner<'_> {
                 );
             }
             let h = self.page_header(at / PAGE)?;
+            if h.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0 {
+                return Err(Halt::Overwritten(at));
+            }
             if h.info & XLP_FIRST_IS_CONTRECORD == 0 || h.rem_len as usize != remaining {
                 return halt(
                     Stop::BadPage,
@@ -459,8 +470,11 @@ impl Scanner<'_> {
         if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
             return Ok(h.len);
         }
-        let end = self.walk(h.len, h.rem_len as usize, |_| {})?;
-        Ok(maxalign(end))
+        match self.walk(h.len, h.rem_len as usize, |_| {}) {
+            Ok(end) => Ok(maxalign(end)),
+            Err(Halt::Overwritten(page)) => Ok(page),
+            Err(e) => Err(e),
+        }
     }
 
     /// Read records until something stops the scan (always: the `Ok` type
@@ -472,7 +486,16 @@ impl Scanner<'_> {
             if at % PAGE == 0 {
                 at = self.open_page_for_record(at)?;
             }
-            let rec = self.record(at, prev)?;
+            let rec = match self.record(at, prev) {
+                Ok(rec) => rec,
+                // The abandoned record is not counted; xl_prev of the
+                // next one points at the record before it.
+                Err(Halt::Overwritten(page)) => {
+                    at = page;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let start = self.lsn(at);
             out.records += 1;
             out.end_lsn = Some(self.lsn(rec.end));
@@ -746,6 +769,16 @@ pub mod synth {
                 self.at += SHORT_HEADER;
             }
             let start = self.start + self.at as u64;
+            let all = self.raw(rmid, info, xid, body);
+            self.put(&all);
+            self.at = maxalign(self.at);
+            self.prev = start;
+            start
+        }
+
+        /// The bytes of a record (header and body) as `record` would
+        /// write them, without writing them.
+        pub fn raw(&self, rmid: u8, info: u8, xid: u32, body: &[u8]) -> Vec<u8> {
             let tot = (RECORD_HEADER + body.len()) as u32;
             let mut h = [0u8; RECORD_HEADER];
             h[0..4].copy_from_slice(&tot.to_le_bytes());
@@ -757,10 +790,7 @@ pub mod synth {
             h[20..24].copy_from_slice(&crc.to_le_bytes());
             let mut all = h.to_vec();
             all.extend_from_slice(body);
-            self.put(&all);
-            self.at = maxalign(self.at);
-            self.prev = start;
-            start
+            all
         }
 
         /// A commit (or another xact `info`) at `pg_time_us`, with an
@@ -888,6 +918,32 @@ mod tests {
         w.xact(0x00, 2, 2_000, false);
         let s = scan(&w.bytes, None).unwrap();
         assert_eq!((s.stop, s.commits), (Stop::BadRecord, 1));
+    }
+
+    #[test]
+    fn an_abandoned_record_is_skipped_as_postgres_15_does() {
+        // A record begun on page 0 whose continuation on page 1 was
+        // overwritten: page 1 says so, and a record follows its header.
+        let mut w = Writer::new(START, MB16, 1, 2 * PAGE, 0);
+        w.xact(0x00, 1, 1_000, false);
+        let prev = w.prev;
+        w.filler(PAGE);
+        let mut b = w.bytes.clone();
+        // page 1: no continuation, the overwrite flag; a commit after it
+        b[PAGE + 2..PAGE + 4].copy_from_slice(&XLP_FIRST_IS_OVERWRITE_CONTRECORD.to_le_bytes());
+        b[PAGE + 16..PAGE + 20].copy_from_slice(&0u32.to_le_bytes());
+        let mut w2 = Writer::new(START, MB16, 1, 2 * PAGE, 0);
+        w2.prev = prev;
+        let mut body = vec![XLR_BLOCK_ID_DATA_SHORT, 16];
+        body.extend_from_slice(&2_000i64.to_le_bytes());
+        body.extend_from_slice(&[0u8; 8]);
+        let rec = w2.raw(RM_XACT_ID, 0x00, 2, &body);
+        b[PAGE + SHORT_HEADER..PAGE + SHORT_HEADER + rec.len()].copy_from_slice(&rec);
+        b[PAGE + SHORT_HEADER + rec.len()..].fill(0);
+        let s = scan(&b, None).unwrap();
+        assert_eq!(s.stop, Stop::Zero, "{}", s.stop_detail);
+        assert_eq!((s.records, s.commits), (2, 2));
+        assert_eq!(s.last_xact.unwrap().pg_time_us, 2_000);
     }
 
     #[test]
