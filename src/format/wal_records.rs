@@ -972,7 +972,7 @@ mod tests {
         b[2] = 0;
         assert!(scan(&b, None).is_err());
         let mut b = w.bytes.clone();
-        b[36] = 0;
+        b[37] = 0;
         assert!(scan(&b, None).is_err());
         let mut b = w.bytes.clone();
         b[8] = 1;
