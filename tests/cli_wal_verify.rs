@@ -274,7 +274,7 @@ fn wal_verify_reads_the_archive_as_postgres_wrote_it() {
     sql("CREATE TABLE ticks (i int, pad text)");
     let mut last = None;
     let mut last_seg = String::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let (t, s) = commits_then_switch(&sql, 3);
         last = Some(t);
         last_seg = s;
