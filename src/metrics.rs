@@ -399,7 +399,10 @@ mod tests {
             "usdcop_dr_wal_verify_success 0",
             "usdcop_dr_wal_archive_segments 12",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in:\n{text}"
+            );
         }
         assert_eq!(
             wal_textfile(Path::new("/var/lib/ne/usdcop_dr.prom")),

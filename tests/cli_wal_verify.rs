@@ -212,7 +212,12 @@ fn wait_archived(stat: &dyn Fn() -> String, name: &str, log: &dyn Fn() -> String
     loop {
         let row = stat();
         let parts: Vec<&str> = row.split('|').collect();
-        assert_eq!(parts[1], "0", "archive_command failed; server log:\n{}", log());
+        assert_eq!(
+            parts[1],
+            "0",
+            "archive_command failed; server log:\n{}",
+            log()
+        );
         if parts[0] >= name {
             return;
         }
@@ -225,8 +230,7 @@ fn wait_archived(stat: &dyn Fn() -> String, name: &str, log: &dyn Fn() -> String
     }
 }
 
-const STAT: &str =
-    "SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver";
+const STAT: &str = "SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver";
 
 /// Commits in a segment according to pg_waldump: (commits, aborts, last
 /// commit time).
@@ -423,10 +427,28 @@ impl Copy {
 
     fn psql(&self, q: &str) -> String {
         let mut c = Command::new(self.bin.join("psql"));
-        c.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", q])
-            .env("PGPASSWORD", &self.password)
-            .env("PGTZ", "UTC");
+        c.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            q,
+        ])
+        .env("PGPASSWORD", &self.password)
+        .env("PGTZ", "UTC");
         let r = run_cmd(c, None);
         assert_eq!(r.code, 0, "{q}: {}\n{}", r.stderr, self.log());
         r.stdout_str().trim().to_owned()
@@ -470,10 +492,17 @@ fn a_recovered_copy_on_timeline_2_is_followed_through_its_history() {
         password: pg.password().to_owned(),
     };
     let mut c = copy.as_server_user("pg_basebackup");
-    c.args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres"])
-        .arg("-D")
-        .arg(copy.data())
-        .args(["-X", "none", "-c", "fast", "--no-sync"]);
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+    ])
+    .arg("-D")
+    .arg(copy.data())
+    .args(["-X", "none", "-c", "fast", "--no-sync"]);
     let r = run_cmd(c, None);
     assert_eq!(r.code, 0, "pg_basebackup: {}", r.stderr);
     let (_, seg) = commits_then_switch(&sql, 2);
@@ -485,7 +514,12 @@ fn a_recovered_copy_on_timeline_2_is_followed_through_its_history() {
         .append(true)
         .open(copy.data().join("postgresql.conf"))
         .unwrap();
-    writeln!(f, "\nrestore_command = '{}'", archive.command("wal-fetch %f %p")).unwrap();
+    writeln!(
+        f,
+        "\nrestore_command = '{}'",
+        archive.command("wal-fetch %f %p")
+    )
+    .unwrap();
     std::fs::write(copy.data().join("recovery.signal"), "").unwrap();
     archive.give(&copy.data().join("recovery.signal"));
     copy.port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -508,7 +542,11 @@ fn a_recovered_copy_on_timeline_2_is_followed_through_its_history() {
     assert_eq!(r.code, 0, "pg_ctl start: {}\n{}", r.stderr, copy.log());
     let deadline = Instant::now() + Duration::from_secs(120);
     while copy.psql("SELECT pg_is_in_recovery()") != "f" {
-        assert!(Instant::now() < deadline, "still recovering:\n{}", copy.log());
+        assert!(
+            Instant::now() < deadline,
+            "still recovering:\n{}",
+            copy.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
@@ -553,6 +591,10 @@ fn a_recovered_copy_on_timeline_2_is_followed_through_its_history() {
     let r = archive.verify(&[]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     let j = r.json();
-    assert_eq!(j["gaps"][0]["missing"], serde_json::json!([first2]), "{j:#}");
+    assert_eq!(
+        j["gaps"][0]["missing"],
+        serde_json::json!([first2]),
+        "{j:#}"
+    );
     assert_eq!(j["gaps"][0]["timeline"], 2);
 }

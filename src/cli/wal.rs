@@ -209,9 +209,7 @@ fn render_verify(r: &wal_verify::WalVerifyReport) -> String {
             } else {
                 "NOT CONSISTENT"
             },
-            b.recoverable_to
-                .as_ref()
-                .map_or("unknown".to_owned(), time),
+            b.recoverable_to.as_ref().map_or("unknown".to_owned(), time),
             b.follows_timeline
         );
     }

@@ -157,10 +157,7 @@ pub async fn run(repo: &Repository, opts: WalVerifyOptions) -> Result<WalVerifyR
         }
         for r in path.ranges.iter().filter(|_| opts.read_data) {
             for s in r.first_segno..=r.last_segno {
-                needed.insert((
-                    wal_timeline::timeline_for(t.timeline, history, s, seg),
-                    s,
-                ));
+                needed.insert((wal_timeline::timeline_for(t.timeline, history, s, seg), s));
             }
         }
     }
@@ -297,7 +294,11 @@ async fn read_one(
     map: &ArchiveMap,
     tli: u32,
     segno: u64,
-) -> (u32, u64, Result<(crate::format::wal_records::SegmentScan, u64)>) {
+) -> (
+    u32,
+    u64,
+    Result<(crate::format::wal_records::SegmentScan, u64)>,
+) {
     let r = wal_archive::scan_segment(repo, map, tli, segno)
         .await
         .map(|s| (s, map.segment_size as u64));

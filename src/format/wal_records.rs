@@ -208,7 +208,7 @@ fn first_page(bytes: &[u8]) -> Result<First> {
         )));
     }
     let start = u64_at(bytes, 8);
-    if start % seg_size as u64 != 0 {
+    if !start.is_multiple_of(seg_size as u64) {
         return Err(bad(format!(
             "the first page's address {} is not a segment start",
             Lsn(start)
@@ -333,7 +333,11 @@ impl Scanner<'_> {
         let b = &bytes[at..];
         let len = if page == 0 { LONG_HEADER } else { SHORT_HEADER };
         if b.len() < len {
-            return halt(Stop::SegmentEnd, at, "the segment ends inside a page header");
+            return halt(
+                Stop::SegmentEnd,
+                at,
+                "the segment ends inside a page header",
+            );
         }
         let magic = u16_at(b, 0);
         let info = u16_at(b, 2);
@@ -362,11 +366,7 @@ impl Scanner<'_> {
             return halt(
                 Stop::BadPage,
                 at,
-                format!(
-                    "page at {} says it is at {}",
-                    self.lsn(at),
-                    Lsn(addr)
-                ),
+                format!("page at {} says it is at {}", self.lsn(at), Lsn(addr)),
             );
         }
         if tli < self.last_tli || tli == 0 {
@@ -483,7 +483,7 @@ impl Scanner<'_> {
         let mut at = self.skip_continuation()?;
         let mut prev: Option<u64> = None;
         loop {
-            if at % PAGE == 0 {
+            if at.is_multiple_of(PAGE) {
                 at = self.open_page_for_record(at)?;
             }
             let rec = match self.record(at, prev) {
@@ -739,7 +739,7 @@ pub mod synth {
             let mut remaining = data.len();
             let mut i = 0;
             while remaining > 0 {
-                if self.at % PAGE == 0 {
+                if self.at.is_multiple_of(PAGE) {
                     let page = self.at / PAGE;
                     self.page_header(page, remaining as u32);
                     self.at += SHORT_HEADER;
@@ -764,7 +764,7 @@ pub mod synth {
         /// Append one record with body `body` (after the 24-byte header);
         /// returns its start.
         pub fn record(&mut self, rmid: u8, info: u8, xid: u32, body: &[u8]) -> u64 {
-            if self.at % PAGE == 0 {
+            if self.at.is_multiple_of(PAGE) {
                 self.page_header(self.at / PAGE, 0);
                 self.at += SHORT_HEADER;
             }
@@ -812,7 +812,7 @@ pub mod synth {
         pub fn filler(&mut self, n: usize) -> u64 {
             let mut body = vec![XLR_BLOCK_ID_DATA_LONG];
             body.extend_from_slice(&(n as u32).to_le_bytes());
-            body.extend(std::iter::repeat(0x5A).take(n));
+            body.extend(std::iter::repeat_n(0x5A, n));
             self.record(10, 0x00, 0, &body)
         }
 
@@ -864,8 +864,14 @@ mod tests {
         assert_eq!(s.stop, Stop::Zero, "{}", s.stop_detail);
         assert_eq!(s.records, 5);
         assert_eq!((s.commits, s.aborts), (2, 1));
-        assert_eq!(s.first_xact.as_ref().unwrap().time, Some(t("2026-12-03T07:00:00.000001Z")));
-        assert_eq!(s.last_xact.as_ref().unwrap().time, Some(t("2026-12-03T07:00:05.5Z")));
+        assert_eq!(
+            s.first_xact.as_ref().unwrap().time,
+            Some(t("2026-12-03T07:00:00.000001Z"))
+        );
+        assert_eq!(
+            s.last_xact.as_ref().unwrap().time,
+            Some(t("2026-12-03T07:00:05.5Z"))
+        );
         assert_eq!(s.last_xact_kind, Some(XactKind::CommitPrepared));
         assert_eq!(s.last_commit.as_ref().unwrap().xid, 702);
         assert!(split % PAGE as u64 == (PAGE - 16) as u64);
@@ -877,7 +883,10 @@ mod tests {
     fn skips_a_continuation_and_stops_at_a_switch() {
         let mut w = Writer::new(START, MB16, 2, 3 * PAGE, 9000);
         let first = w.xact(0x00, 1, 1_000, false);
-        assert!(first > START + PAGE as u64, "the continuation ran over a page");
+        assert!(
+            first > START + PAGE as u64,
+            "the continuation ran over a page"
+        );
         w.switch();
         w.xact(0x00, 2, 2_000, false);
         let s = scan(&w.bytes, None).unwrap();
@@ -983,7 +992,10 @@ mod tests {
     fn pg_times() {
         assert_eq!(pg_time(0), Some(t("2000-01-01T00:00:00Z")));
         assert_eq!(pg_time(-1), Some(t("1999-12-31T23:59:59.999999Z")));
-        assert_eq!(pg_us(t("2026-12-03T07:00:00.25Z")), pg_us(pg_time(pg_us(t("2026-12-03T07:00:00.25Z"))).unwrap()));
+        assert_eq!(
+            pg_us(t("2026-12-03T07:00:00.25Z")),
+            pg_us(pg_time(pg_us(t("2026-12-03T07:00:00.25Z"))).unwrap())
+        );
         assert_eq!(pg_time(i64::MAX), None);
         assert_eq!(pg_time(i64::MIN), None);
     }

@@ -208,7 +208,10 @@ fn gap(first: u64, last: u64, name: &impl Fn(u64) -> String) -> Gap {
 /// `tli`'s history leave `base` at or after `at` (PostgreSQL's check that
 /// the backup's checkpoint precedes the switch point)?
 pub fn descends_from(tli: u32, history: &[HistoryEntry], base: u32, at: Lsn) -> bool {
-    tli == base || history.iter().any(|h| h.parent == base && h.switchpoint >= at)
+    tli == base
+        || history
+            .iter()
+            .any(|h| h.parent == base && h.switchpoint >= at)
 }
 
 #[cfg(test)]
@@ -257,16 +260,26 @@ mod tests {
     fn ranges_and_gaps_on_one_timeline() {
         let a = set(&[(1, &[2, 3, 4, 6, 7, 10])]);
         let p = path(1, &[], &a, None, MB16);
-        let r: Vec<(u64, u64)> = p.ranges.iter().map(|r| (r.first_segno, r.last_segno)).collect();
+        let r: Vec<(u64, u64)> = p
+            .ranges
+            .iter()
+            .map(|r| (r.first_segno, r.last_segno))
+            .collect();
         assert_eq!(r, [(2, 4), (6, 7), (10, 10)]);
         assert_eq!(p.gaps[0].missing, ["000000010000000000000005"]);
-        assert_eq!(p.gaps[1].missing, ["000000010000000000000008", "000000010000000000000009"]);
+        assert_eq!(
+            p.gaps[1].missing,
+            ["000000010000000000000008", "000000010000000000000009"]
+        );
         assert_eq!(p.ranges[0].first, "000000010000000000000002");
         // from a later start; and from a start not archived
         let p = path(1, &[], &a, Some(6), MB16);
         assert_eq!(p.ranges.len(), 2);
         let p = path(1, &[], &a, Some(0), MB16);
-        assert_eq!(p.gaps[0].missing, ["000000010000000000000000", "000000010000000000000001"]);
+        assert_eq!(
+            p.gaps[0].missing,
+            ["000000010000000000000000", "000000010000000000000001"]
+        );
         assert!(path(2, &[], &a, None, MB16).ranges.is_empty());
     }
 

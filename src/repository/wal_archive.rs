@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::wal::{self, segment_name, segment_number, Lsn, SystemIdRecord, WalKind, WalName};
+use crate::format::wal::{
+    self, segment_name, segment_number, Lsn, SystemIdRecord, WalKind, WalName,
+};
 use crate::format::wal_records::{self, SegmentScan};
 use crate::format::wal_timeline::{self, Gap, HistoryEntry, SegmentRange, TimelinePath};
 use crate::format::Id;
@@ -151,7 +153,13 @@ impl ArchiveMap {
     /// The ranges and gaps recovery towards `tli` reads from segment
     /// `from` on.
     pub fn path_from(&self, tli: u32, from: Option<u64>) -> TimelinePath {
-        wal_timeline::path(tli, self.history(tli), &self.archived, from, self.segment_size)
+        wal_timeline::path(
+            tli,
+            self.history(tli),
+            &self.archived,
+            from,
+            self.segment_size,
+        )
     }
 
     /// The newest recoverable time of the archive: that of the last range
@@ -186,9 +194,8 @@ impl ArchiveMap {
     /// answer names the range it can replay, the newest time that range
     /// reaches, and what is missing to go further.
     pub fn covers(&self, start_segment: &str, start_lsn: Lsn, target: Target) -> Result<Coverage> {
-        let (base_tli, segno) = segment_number(start_segment, self.segment_size).ok_or_else(|| {
-            Error::usage(format!("{start_segment:?} is not a WAL segment name"))
-        })?;
+        let (base_tli, segno) = segment_number(start_segment, self.segment_size)
+            .ok_or_else(|| Error::usage(format!("{start_segment:?} is not a WAL segment name")))?;
         let tli = self.latest_timeline_from(base_tli, start_lsn);
         let path = self.path_from(tli, Some(segno));
         let mut cov = Coverage {
@@ -365,14 +372,17 @@ pub async fn load(repo: &Repository) -> Result<ArchiveMap> {
         if objects.len() > 1 {
             map.problems.push(Problem {
                 object: objects.join(", "),
-                message: format!("{tli:08X}.history is archived {} times with different content", objects.len()),
+                message: format!(
+                    "{tli:08X}.history is archived {} times with different content",
+                    objects.len()
+                ),
             });
         }
         let object = &objects[0];
         let file = format!("{tli:08X}.history");
         let parsed = read_object(repo, &file, object).await.and_then(|plain| {
-            let text = String::from_utf8(plain)
-                .map_err(|_| Error::format(&file, "not UTF-8 text"))?;
+            let text =
+                String::from_utf8(plain).map_err(|_| Error::format(&file, "not UTF-8 text"))?;
             wal_timeline::parse_history(tli, &text)
         });
         match parsed {
@@ -470,10 +480,12 @@ async fn find_times(repo: &Repository, map: &mut ArchiveMap) -> Result<()> {
             for step in 0..WALK_BACK {
                 let on = wal_timeline::timeline_for(tli, map.history(tli), segno, map.segment_size);
                 let key = (on, segno);
-                if !cache.contains_key(&key) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(key) {
                     let s = match scan_segment(repo, map, on, segno).await {
                         Ok(s) => Some(s),
-                        Err(e) if matches!(e.kind(), ErrorKind::Integrity | ErrorKind::NotFound) => {
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::Integrity | ErrorKind::NotFound) =>
+                        {
                             let object = map.object_of(on, segno).unwrap_or_default();
                             map.problems.push(Problem {
                                 object,
@@ -483,7 +495,7 @@ async fn find_times(repo: &Repository, map: &mut ArchiveMap) -> Result<()> {
                         }
                         Err(e) => return Err(e),
                     };
-                    cache.insert(key, s);
+                    slot.insert(s);
                 }
                 let scan = cache[&key].as_ref();
                 if step == 0 {
@@ -508,4 +520,169 @@ async fn find_times(repo: &Repository, map: &mut ArchiveMap) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::crypto::KdfParams;
+    use crate::format::wal_records::{pg_time, synth::Writer};
+    use crate::repository::InitOptions;
+
+    const MB16: u32 = 16 << 20;
+
+    async fn repo(dir: &Path) -> Repository {
+        let opts = InitOptions {
+            kdf: KdfParams {
+                m_cost_kib: 1024,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..Default::default()
+        };
+        let backend = Arc::new(LocalBackend::new(dir.join("repo")).unwrap());
+        Repository::init(backend, b"pw", &opts).await.unwrap()
+    }
+
+    /// Archive segment `segno` of `tli` (two pages), with one commit at
+    /// `commit` µs when given.
+    async fn segment(repo: &Repository, dir: &Path, tli: u32, segno: u64, commit: Option<i64>) {
+        let mut w = Writer::new(segno * MB16 as u64, MB16, tli, 2 * 8192, 0);
+        w.filler(100);
+        if let Some(t) = commit {
+            w.xact(0x00, 5, t, false);
+        }
+        let p = dir.join(segment_name(tli, segno, MB16));
+        std::fs::write(&p, &w.bytes).unwrap();
+        crate::commands::wal::push(repo, "pg", &p).await.unwrap();
+    }
+
+    async fn history(repo: &Repository, dir: &Path, tli: u32, text: &str) {
+        let p = dir.join(format!("{tli:08X}.history"));
+        std::fs::write(&p, text).unwrap();
+        crate::commands::wal::push(repo, "pg", &p).await.unwrap();
+    }
+
+    fn lsn(segno: u64, off: u64) -> Lsn {
+        Lsn(segno * MB16 as u64 + off)
+    }
+
+    #[tokio::test]
+    async fn ranges_times_and_coverage_follow_the_timelines() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        // Timeline 1: 1, 2, (3 missing), 4, 5, 6 (6 without a commit);
+        // timeline 2 began inside segment 5: 5, 6, 7.
+        for s in [1u64, 2, 4, 5, 6] {
+            let commit = (s != 6).then_some(s as i64 * 1000);
+            segment(&repo, dir.path(), 1, s, commit).await;
+        }
+        history(
+            &repo,
+            dir.path(),
+            2,
+            "1\t0/5000100\tno recovery target specified\n",
+        )
+        .await;
+        for s in [5u64, 6, 7] {
+            segment(&repo, dir.path(), 2, s, Some(s as i64 * 1000 + 500)).await;
+        }
+        let map = load(&repo).await.unwrap();
+        assert_eq!(map.segment_size, MB16);
+        assert_eq!(map.segments, 8);
+        assert!(map.problems.is_empty(), "{:?}", map.problems);
+        let tl1 = map.timeline(1).unwrap();
+        let r: Vec<(&str, &str)> = tl1
+            .ranges
+            .iter()
+            .map(|r| (r.segments.first.as_str(), r.segments.last.as_str()))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                ("000000010000000000000001", "000000010000000000000002"),
+                ("000000010000000000000004", "000000010000000000000006")
+            ]
+        );
+        assert_eq!(tl1.gaps[0].missing, ["000000010000000000000003"]);
+        // segment 6 has no commit: the time comes from segment 5
+        assert_eq!(tl1.ranges[1].newest_time, pg_time(5000));
+        assert_eq!(
+            tl1.ranges[1].newest_time_segment.as_deref(),
+            Some("000000010000000000000005")
+        );
+        assert_eq!(tl1.ranges[0].newest_time, pg_time(2000));
+        let tl2 = map.timeline(2).unwrap();
+        assert_eq!(tl2.history[0].parent, 1);
+        assert_eq!(tl2.ranges[1].segments.first, "000000010000000000000004");
+        assert_eq!(tl2.ranges[1].segments.last, "000000020000000000000007");
+        assert_eq!(map.newest_recoverable_time(), pg_time(7500));
+        assert_eq!(
+            map.newest_segment().as_deref(),
+            Some("000000020000000000000007")
+        );
+        assert_eq!(map.gap_count(), 2, "one gap on each timeline's path");
+
+        // A base backup in segment 4 reaches timeline 2's end.
+        let c = map
+            .covers(
+                "000000010000000000000004",
+                lsn(4, 40),
+                Target::Time(pg_time(6000).unwrap()),
+            )
+            .unwrap();
+        assert!(c.covered && c.missing.is_empty(), "{c:?}");
+        assert_eq!(c.timeline, 2);
+        assert_eq!(c.newest_time, pg_time(7500));
+        assert!(
+            map.covers("000000010000000000000004", lsn(4, 40), Target::Latest)
+                .unwrap()
+                .covered
+        );
+        // One in segment 1 stops at the gap, which it names.
+        let c = map
+            .covers(
+                "000000010000000000000001",
+                lsn(1, 40),
+                Target::Time(pg_time(6000).unwrap()),
+            )
+            .unwrap();
+        assert!(!c.covered);
+        assert_eq!(c.newest_time, pg_time(2000));
+        assert_eq!(c.missing, ["000000010000000000000003"]);
+        assert_eq!(c.range.unwrap().segments.last, "000000010000000000000002");
+        assert!(
+            map.covers(
+                "000000010000000000000001",
+                lsn(1, 40),
+                Target::Time(pg_time(2000).unwrap())
+            )
+            .unwrap()
+            .covered
+        );
+        // Its start segment missing.
+        let c = map
+            .covers("000000010000000000000003", lsn(3, 40), Target::Latest)
+            .unwrap();
+        assert_eq!(
+            (c.covered, c.missing.as_slice()),
+            (false, &["000000010000000000000003".to_owned()][..])
+        );
+        // A backup on timeline 1 after the switch point stays on timeline 1.
+        assert_eq!(map.latest_timeline_from(1, lsn(5, 0x200)), 1);
+        let c = map
+            .covers("000000010000000000000005", lsn(5, 0x200), Target::Latest)
+            .unwrap();
+        assert_eq!((c.timeline, c.newest_time), (1, pg_time(5000)));
+
+        // A timeline without its history file is named as a problem.
+        segment(&repo, dir.path(), 3, 9, Some(9000)).await;
+        let map = load(&repo).await.unwrap();
+        assert_eq!(map.problems.len(), 1, "{:?}", map.problems);
+        assert!(map.problems[0].message.contains("00000003.history"));
+    }
 }
