@@ -304,3 +304,102 @@ async fn read_one(
         .map(|s| (s, map.segment_size as u64));
     (tli, segno, r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::snapshot::{Snapshot, Source, Totals, VERSION};
+    use crate::format::wal::segment_name;
+    use crate::format::wal_records::pg_time;
+    use crate::repository::wal_archive::tests::{lsn, repo, segment, MB16};
+
+    fn base(start: u64, stop: u64, sysid: &str) -> Snapshot {
+        let info = BaseBackupInfo {
+            start_lsn: lsn(start, 40),
+            stop_lsn: lsn(stop, 100),
+            timeline: 1,
+            stop_timeline: 1,
+            system_identifier: sysid.into(),
+            pg_version: "15".into(),
+            segment_size: MB16,
+            start_segment: segment_name(1, start, MB16),
+            stop_segment: segment_name(1, stop, MB16),
+            start_time: Utc::now(),
+            stop_time: Utc::now(),
+            label: String::new(),
+        };
+        Snapshot {
+            version: VERSION,
+            time: Utc::now(),
+            host: "h".into(),
+            username: String::new(),
+            source: Source {
+                kind: SourceKind::Wal,
+                name: "pg".into(),
+            },
+            tags: vec![],
+            parent: None,
+            paths: vec![],
+            tree: crate::format::Id::hash(b"no tree"),
+            entry_count: 0,
+            totals: Totals::default(),
+            started: Utc::now(),
+            duration_s: 0.0,
+            program_version: String::new(),
+            metadata: [(
+                crate::format::basebackup::METADATA_KEY.to_owned(),
+                serde_json::to_value(&info).unwrap(),
+            )]
+            .into(),
+        }
+    }
+
+    fn opts(read_data: bool) -> WalVerifyOptions {
+        WalVerifyOptions {
+            read_data,
+            now: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn gaps_count_from_the_base_backups_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let empty = run(&repo, opts(false)).await.unwrap();
+        assert!(!empty.ok() && empty.problems[0].message.contains("no WAL segment"));
+        for s in [1u64, 2, 4, 5, 6] {
+            segment(&repo, dir.path(), 1, s, Some(s as i64 * 1000)).await;
+        }
+        // No base backup: from the oldest segment, 3 is missing.
+        let r = run(&repo, opts(true)).await.unwrap();
+        assert!(!r.ok());
+        assert_eq!(r.gaps[0].gap.missing, ["000000010000000000000003"]);
+        assert_eq!(r.gaps[0].needed_from, "oldest archived segment");
+        assert_eq!(r.segments_read, 5);
+        assert_eq!(r.newest_recoverable_time, pg_time(6000));
+
+        // A base backup from segment 4: 3 is not needed any more.
+        let sysid = "7300000000000000001";
+        repo.save_snapshot(&base(4, 5, sysid)).await.unwrap();
+        let r = run(&repo, opts(true)).await.unwrap();
+        assert!(r.ok(), "{:?} {:?}", r.gaps, r.problems);
+        assert_eq!(r.segments_read, 3, "only what recovery from it needs");
+        let b = &r.base_backups[0];
+        assert!(b.consistent && b.missing.is_empty());
+        assert_eq!(b.recoverable_to, pg_time(6000));
+        assert_eq!(r.timelines[0].gaps.len(), 1, "the hole is still shown");
+
+        // One that needs WAL past the archive's end, one of another cluster.
+        repo.save_snapshot(&base(5, 9, sysid)).await.unwrap();
+        repo.save_snapshot(&base(5, 5, "42")).await.unwrap();
+        let r = run(&repo, opts(false)).await.unwrap();
+        assert!(!r.ok());
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        let all = format!("{:?}", r.problems);
+        assert!(
+            all.contains("archived only through 000000010000000000000006"),
+            "{all}"
+        );
+        assert!(all.contains("cluster 42"), "{all}");
+    }
+}

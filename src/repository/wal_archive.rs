@@ -523,7 +523,7 @@ async fn find_times(repo: &Repository, map: &mut ArchiveMap) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
@@ -533,9 +533,9 @@ mod tests {
     use crate::format::wal_records::{pg_time, synth::Writer};
     use crate::repository::InitOptions;
 
-    const MB16: u32 = 16 << 20;
+    pub(crate) const MB16: u32 = 16 << 20;
 
-    async fn repo(dir: &Path) -> Repository {
+    pub(crate) async fn repo(dir: &Path) -> Repository {
         let opts = InitOptions {
             kdf: KdfParams {
                 m_cost_kib: 1024,
@@ -550,7 +550,13 @@ mod tests {
 
     /// Archive segment `segno` of `tli` (two pages), with one commit at
     /// `commit` µs when given.
-    async fn segment(repo: &Repository, dir: &Path, tli: u32, segno: u64, commit: Option<i64>) {
+    pub(crate) async fn segment(
+        repo: &Repository,
+        dir: &Path,
+        tli: u32,
+        segno: u64,
+        commit: Option<i64>,
+    ) {
         let mut w = Writer::new(segno * MB16 as u64, MB16, tli, 2 * 8192, 0);
         w.filler(100);
         if let Some(t) = commit {
@@ -567,7 +573,7 @@ mod tests {
         crate::commands::wal::push(repo, "pg", &p).await.unwrap();
     }
 
-    fn lsn(segno: u64, off: u64) -> Lsn {
+    pub(crate) fn lsn(segno: u64, off: u64) -> Lsn {
         Lsn(segno * MB16 as u64 + off)
     }
 
