@@ -308,6 +308,24 @@ fn wal_verify_reads_the_archive_as_postgres_wrote_it() {
         total += commits;
     }
     assert!(total >= 12, "{total} commits");
+    // The reader's own cost on a full segment (the process, fetch and
+    // pg_waldump above dominate the loop's time).
+    let bytes = archive.fetch(&segs[1].0);
+    let t = Instant::now();
+    let rounds = 10;
+    let mut wal = 0;
+    for _ in 0..rounds {
+        let s = wal_records::scan(&bytes, None).unwrap();
+        assert!(s.records > 0);
+        wal = s.end_lsn.unwrap().0 - s.start_lsn.0;
+    }
+    let per = t.elapsed().as_secs_f64() / rounds as f64;
+    eprintln!(
+        "scan of a segment with {:.2} MiB of WAL before its switch: {:.2} ms ({:.0} MiB/s)",
+        wal as f64 / (1 << 20) as f64,
+        per * 1e3,
+        wal as f64 / (1 << 20) as f64 / per
+    );
     eprintln!(
         "{} segments scanned and compared with pg_waldump in {:.1?}",
         segs.len(),
@@ -383,6 +401,7 @@ fn wal_verify_reads_the_archive_as_postgres_wrote_it() {
     let r = archive.run(&["wal-verify"]);
     assert_eq!(r.code, 3);
     let text = r.stdout_str();
+    eprintln!("wal-verify with a segment missing:\n{text}");
     assert!(
         text.contains(&format!("missing 1 segment(s): {gone}")) && text.contains("GAP"),
         "{text}"
