@@ -352,6 +352,19 @@ fn wal_verify_reads_the_archive_as_postgres_wrote_it() {
     );
     let prom = std::fs::read_to_string(archive.path("metrics/usdcop_dr_wal.prom")).unwrap();
     assert!(prom.contains("usdcop_dr_wal_archive_gaps 0"), "{prom}");
+    // Every metric the WAL alert rules use is one wal-verify writes.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus/usdcop-dr-wal.rules.yml"),
+    )
+    .unwrap();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("usdcop_dr_") {
+            assert!(
+                prom.contains(&format!("# TYPE {word} gauge")),
+                "the rules use {word}, which the metrics do not have:\n{prom}"
+            );
+        }
+    }
     let newest: f64 = prom
         .lines()
         .find_map(|l| l.strip_prefix("usdcop_dr_wal_newest_recoverable_timestamp_seconds "))
