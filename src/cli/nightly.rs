@@ -447,9 +447,14 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         eprintln!("usdcop-dr: warning: {e}");
         Default::default()
     });
+    let mut wal_map = None;
     let facts = async {
         let (location, repo) = open_repository(cli, s).await?;
-        Ok::<_, Error>((location, backup_all::repository_facts(&repo).await?))
+        let facts = backup_all::repository_facts(&repo).await?;
+        if s.wal.is_some() {
+            wal_map = Some(usdcop_dr::repository::wal_archive::load(&repo).await);
+        }
+        Ok::<_, Error>((location, facts))
     }
     .await;
     let (location, facts) = match facts {
@@ -460,7 +465,7 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         }
     };
     let now = Utc::now();
-    let r = status::report(
+    let mut r = status::report(
         &s.sources,
         &s.objectives,
         location,
@@ -468,6 +473,17 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         &state,
         now,
     );
+    r.wal = wal_map.map(|m| match m {
+        Ok(map) => status::WalStatus::of(&map, now),
+        Err(e) => status::WalStatus {
+            newest_recoverable_time: None,
+            age_s: None,
+            newest_segment: None,
+            segments: 0,
+            gaps: 0,
+            error: Some(e.to_string()),
+        },
+    });
     let tz = s.objectives.timezone;
     emit(cli.json, &r, || render_status(&r, tz))?;
     Ok(r.exit_code())
@@ -548,6 +564,23 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
                 p.error.as_deref().unwrap_or("")
             )
         }
+    }
+    if let Some(w) = &r.wal {
+        t += &match (&w.error, &w.newest_recoverable_time, w.age_s) {
+            (Some(e), _, _) => format!("\nWAL archive: UNREADABLE: {e}"),
+            (None, Some(n), Some(a)) => format!(
+                "\nWAL archive: newest recoverable {} ({} ago), newest segment {}, {} segment(s), {} missing between ranges",
+                local(n),
+                age(a),
+                w.newest_segment.as_deref().unwrap_or("-"),
+                w.segments,
+                w.gaps
+            ),
+            _ => format!(
+                "\nWAL archive: NO RECOVERABLE TIME ({} segment(s))",
+                w.segments
+            ),
+        };
     }
     let late: Vec<&str> = r
         .sources

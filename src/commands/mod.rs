@@ -18,3 +18,4 @@ pub mod stats;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod wal_verify;

@@ -89,6 +89,39 @@ pub struct StatusReport {
     pub last_prune: Option<crate::state::LastPrune>,
     /// Every source within its RPO (and the repository reachable).
     pub ok: bool,
+    /// The WAL archive, when the configuration has `[wal]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalStatus>,
+}
+
+/// The WAL archive in `status`: how far back a point-in-time recovery
+/// could go right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalStatus {
+    /// The last transaction end recovery can reach (`null`: none, or the
+    /// archive could not be read).
+    pub newest_recoverable_time: Option<DateTime<Utc>>,
+    pub age_s: Option<f64>,
+    pub newest_segment: Option<String>,
+    pub segments: u64,
+    /// Segments missing between archived ranges (`wal-verify` says which
+    /// of them recovery needs).
+    pub gaps: u64,
+    pub error: Option<String>,
+}
+
+impl WalStatus {
+    pub fn of(map: &crate::repository::wal_archive::ArchiveMap, now: DateTime<Utc>) -> WalStatus {
+        let newest = map.newest_recoverable_time();
+        WalStatus {
+            newest_recoverable_time: newest,
+            age_s: newest.map(|t| now.signed_duration_since(t).num_milliseconds() as f64 / 1000.0),
+            newest_segment: map.newest_segment(),
+            segments: map.segments,
+            gaps: map.gap_count(),
+            error: None,
+        }
+    }
 }
 
 impl StatusReport {
@@ -169,6 +202,7 @@ pub fn report(
         sources: statuses,
         last_prune: state.last_prune.clone(),
         ok,
+        wal: None,
     }
 }
 
