@@ -5,9 +5,10 @@
 //! directories: to a time between two batches (the first there, the
 //! second not), to `latest` (a `pg_dumpall` equal to the source's, amcheck
 //! clean), to a time on a new timeline after a promotion (the `.history`
-//! file archived and followed), to a time past the archive (a clear error,
-//! no cluster presented as recovered), and into a non-empty directory
-//! (refused).
+//! file archived and followed), to a time past the archive (refused before
+//! anything is written, naming the newest recoverable time), into a
+//! non-empty directory (refused); prune keeps the WAL the kept base backup
+//! needs and deletes what is below it.
 
 #[path = "common/archive.rs"]
 mod archive;
@@ -434,11 +435,16 @@ fn point_in_time_recovery_end_to_end() {
         "a target past the archive must fail: {}",
         r.stdout_str()
     );
+    // Refused before anything is written, naming the newest recoverable
+    // time and the ranges.
     assert!(
-        r.stderr.contains("archive ends before the target"),
+        r.stderr.contains("does not carry base backup")
+            && r.stderr.contains("newest recoverable time")
+            && r.stderr.contains("recoverable ranges"),
         "{}",
         r.stderr
     );
+    assert!(!dir("too_late").join("PG_VERSION").exists());
 
     // A non-empty data directory is refused, and left as it was.
     std::fs::create_dir(dir("busy")).unwrap();

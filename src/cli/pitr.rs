@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use usdcop_dr::commands::restore_pitr::{self, PitrOptions, Target};
 use usdcop_dr::config::Settings;
-use usdcop_dr::format::snapshot::{Snapshot, SourceKind};
+use usdcop_dr::format::snapshot::Snapshot;
 use usdcop_dr::format::Id;
 use usdcop_dr::postgres::Dsn;
 use usdcop_dr::progress::Progress;
@@ -60,24 +60,17 @@ pub async fn restore(
     let pgdata = a.pgdata.clone().expect("clap requires --pgdata");
     let timeout = humantime::parse_duration(a.recovery_timeout.trim())
         .map_err(|e| Error::usage(format!("--recovery-timeout {:?}: {e}", a.recovery_timeout)))?;
-    let backups = restore_pitr::base_backups(&repo, &source).await?;
-    if restore_pitr::choose(&backups, target).is_none() {
-        if let (Some(dsn), Target::Time(t)) = (&a.target_dsn, target) {
-            let dump = repo
-                .snapshots()
-                .await?
-                .into_iter()
-                .filter(|(_, s)| {
-                    s.source.kind == SourceKind::Postgres && s.source.name == source && s.time <= t
-                })
-                .max_by_key(|(_, s)| s.time);
-            if let Some((id, snap)) = dump {
+    // No base backup plus WAL covers the target: with --target-dsn, the
+    // newest logical dump before it instead, its gap said.
+    if let (Some(dsn), Target::Time(t)) = (&a.target_dsn, target) {
+        if let Err(why) = restore_pitr::plan(&repo, &source, target).await? {
+            if let Some((id, snap)) = restore_pitr::newest_dump_before(&repo, &source, t).await {
                 let gap = t
                     .signed_duration_since(snap.time)
                     .to_std()
                     .unwrap_or_default();
                 eprintln!(
-                    "usdcop-dr: no base backup of {source:?} covers {target_text}; restoring the newest logical dump before it instead: snapshot {} of {} — {} of changes before the target are NOT restored",
+                    "usdcop-dr: {why}\nusdcop-dr: restoring the newest logical dump before {target_text} instead: snapshot {} of {} — the {} before the target are NOT restored",
                     id.short(),
                     snap.time.to_rfc3339(),
                     usdcop_dr::config::duration_text(gap)

@@ -276,14 +276,132 @@ fn write_owned(path: &Path, bytes: &[u8], append: bool, owner: (u32, u32)) -> Re
     Ok(())
 }
 
+/// The base backup a restore to `target` starts from, and what the WAL
+/// archive lets it reach.
+pub struct Plan {
+    pub id: Id,
+    pub snap: Snapshot,
+    pub info: BaseBackupInfo,
+    pub coverage: crate::repository::wal_archive::Coverage,
+}
+
+/// Choose the base backup and check, before anything is written, that the
+/// archived WAL carries it to `target`. `Ok(Err(why))`: no base backup plus
+/// WAL covers the target (why, with the recoverable ranges).
+pub async fn plan(
+    repo: &Repository,
+    source: &str,
+    target: Target,
+) -> Result<std::result::Result<Plan, String>> {
+    use crate::repository::wal_archive;
+    let backups = base_backups(repo, source).await?;
+    let Some((id, snap, info)) = choose(&backups, target).cloned() else {
+        let oldest = backups
+            .first()
+            .map(|(id, _, i)| {
+                format!(
+                    "the oldest base backup ({}) is consistent from {}",
+                    id.short(),
+                    i.stop_time.to_rfc3339()
+                )
+            })
+            .unwrap_or_else(|| "there is no base backup".into());
+        return Ok(Err(format!(
+            "no base backup of {source:?} was consistent before {}: {oldest}",
+            match target {
+                Target::Time(t) => t.to_rfc3339(),
+                Target::Latest => "now".into(),
+            }
+        )));
+    };
+    let map = wal_archive::load(repo).await?;
+    let want = match target {
+        Target::Latest => wal_archive::Target::Latest,
+        Target::Time(t) => wal_archive::Target::Time(t),
+    };
+    let coverage = map.covers(&info.start_segment, info.start_lsn, want)?;
+    if coverage.covered {
+        return Ok(Ok(Plan {
+            id,
+            snap,
+            info,
+            coverage,
+        }));
+    }
+    let reach = match (&coverage.range, coverage.newest_time) {
+        (None, _) => format!(
+            "its first segment {} is not archived",
+            coverage.start_segment
+        ),
+        (Some(r), Some(t)) => format!(
+            "its WAL runs from {} to {} on timeline {}, newest recoverable time {}",
+            r.segments.first,
+            r.segments.last,
+            coverage.timeline,
+            t.to_rfc3339()
+        ),
+        (Some(r), None) => format!(
+            "its WAL runs from {} to {} on timeline {}, with no transaction to stop at",
+            r.segments.first, r.segments.last, coverage.timeline
+        ),
+    };
+    let missing = if coverage.missing.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; missing after it: {}{}",
+            coverage
+                .missing
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if coverage.missing.len() > 5 {
+                ", …"
+            } else {
+                ""
+            }
+        )
+    };
+    let ranges: Vec<String> = map
+        .timeline(coverage.timeline)
+        .map(|t| {
+            t.ranges
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}..{} (to {})",
+                        r.segments.first,
+                        r.segments.last,
+                        r.newest_time
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "?".into())
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Err(format!(
+        "the WAL archive does not carry base backup {} to {}: {reach}{missing}; recoverable ranges on timeline {}: {}",
+        id.short(),
+        match target {
+            Target::Time(t) => t.to_rfc3339(),
+            Target::Latest => "the end of the archive (a segment is missing)".into(),
+        },
+        coverage.timeline,
+        if ranges.is_empty() { "none".into() } else { ranges.join(", ") }
+    )))
+}
+
 pub async fn run(
     repo: Arc<Repository>,
     opts: PitrOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<PitrSummary> {
-    let backups = base_backups(&repo, &opts.source).await?;
-    let Some((id, snap, info)) = choose(&backups, opts.target).cloned() else {
-        return Err(not_covered(&repo, &opts, &backups).await);
+    let Plan { id, snap, info, .. } = match plan(&repo, &opts.source, opts.target).await? {
+        Ok(p) => p,
+        Err(why) => return Err(not_covered(&repo, &opts, why).await),
     };
     prepare_pgdata(&opts.pgdata)?;
     let clock = Instant::now();
@@ -355,63 +473,43 @@ pub async fn run(
     })
 }
 
-/// No base backup was consistent before the target: say what exists.
-async fn not_covered(
-    repo: &Repository,
-    opts: &PitrOptions,
-    backups: &[(Id, Snapshot, BaseBackupInfo)],
-) -> Error {
-    let t = match opts.target {
-        Target::Time(t) => t,
-        Target::Latest => {
-            return Error::not_found(format!(
-                "source {:?} has no base backup in {}",
-                opts.source,
-                repo.backend().location()
-            ))
-            .with_hint(format!(
-                "take one: usdcop-dr backup postgres-base --source {}",
-                opts.source
-            ))
-        }
-    };
-    let oldest = backups
-        .first()
-        .map(|(id, _, i)| {
-            format!(
-                "; the oldest base backup ({}) is consistent from {}",
-                id.short(),
-                i.stop_time.to_rfc3339()
-            )
-        })
-        .unwrap_or_else(|| "; there is no base backup".into());
-    let dump = match repo.snapshots().await {
-        Ok(snaps) => snaps
-            .into_iter()
-            .filter(|(_, s)| {
-                s.source.kind == SourceKind::Postgres && s.source.name == opts.source && s.time <= t
-            })
-            .max_by_key(|(_, s)| s.time),
-        Err(_) => None,
-    };
-    let hint = match dump {
-        Some((id, s)) => format!(
-            "the newest logical dump before it is snapshot {} of {} ({} earlier than the target): usdcop-dr restore postgres --snapshot {} --target-dsn …",
-            id.short(),
-            s.time.to_rfc3339(),
-            crate::config::duration_text(
-                t.signed_duration_since(s.time).to_std().unwrap_or_default()
-            ),
-            id.short()
+/// No base backup plus WAL covers the target: say why, and name the
+/// newest logical dump before it (what `--target-dsn` would restore).
+async fn not_covered(repo: &Repository, opts: &PitrOptions, why: String) -> Error {
+    let hint = match opts.target {
+        Target::Latest => format!(
+            "take a base backup (usdcop-dr backup postgres-base --source {}), or choose a time inside a recoverable range",
+            opts.source
         ),
-        None => "no logical dump of this source was taken before it either".into(),
+        Target::Time(t) => match newest_dump_before(repo, &opts.source, t).await {
+            Some((id, s)) => format!(
+                "the newest logical dump before it is snapshot {} of {} ({} before the target): add --target-dsn DSN to restore it instead",
+                id.short(),
+                s.time.to_rfc3339(),
+                crate::config::duration_text(
+                    t.signed_duration_since(s.time).to_std().unwrap_or_default()
+                )
+            ),
+            None => "no logical dump of this source was taken before it either".into(),
+        },
     };
-    Error::not_found(format!(
-        "no base backup of {:?} was consistent before {}{oldest}",
-        opts.source,
-        t.to_rfc3339()
-    ))
-    .with_hint(hint)
+    Error::not_found(why).with_hint(hint)
+}
+
+/// The newest `backup postgres` snapshot of `source` taken at or before `t`.
+pub async fn newest_dump_before(
+    repo: &Repository,
+    source: &str,
+    t: DateTime<Utc>,
+) -> Option<(Id, Snapshot)> {
+    repo.snapshots()
+        .await
+        .ok()?
+        .into_iter()
+        .filter(|(_, s)| {
+            s.source.kind == SourceKind::Postgres && s.source.name == source && s.time <= t
+        })
+        .max_by_key(|(_, s)| s.time)
 }
 
 /// The OS user name of `uid` (the server's superuser is usually named so).
