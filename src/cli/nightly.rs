@@ -442,6 +442,7 @@ fn summary_line(r: &SourceRun) -> String {
 pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
     let s = require(settings, "status")?;
     let (repo_arg, _) = repository(cli, Some(s))?;
+    let repo_arg_for_wal = repo_arg.clone();
     let store = StateStore::new(usdcop_dr::state::dir(), &repo_arg);
     let state = store.load().unwrap_or_else(|e| {
         eprintln!("usdcop-dr: warning: {e}");
@@ -467,10 +468,42 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         facts.as_ref().map_err(Clone::clone),
         &state,
         now,
-    );
+    )
+    .with_wal(s.wal.as_ref().and_then(|_| {
+        usdcop_dr::commands::wal_spool::LagFile::new(&usdcop_dr::state::dir(), &repo_arg_for_wal, None)
+            .load()
+    }));
     let tz = s.objectives.timezone;
     emit(cli.json, &r, || render_status(&r, tz))?;
     Ok(r.exit_code())
+}
+
+/// The WAL archive's line in `status`.
+fn render_wal(
+    w: &usdcop_dr::commands::wal_spool::WalLag,
+    local: &dyn Fn(&DateTime<Utc>) -> String,
+) -> String {
+    let mut t = match (&w.last_success, &w.last_success_file) {
+        (Some(at), Some(f)) => format!("\nWAL archive: last push {} ({f})", local(at)),
+        _ => "\nWAL archive: no successful push recorded".to_owned(),
+    };
+    t += &format!(
+        ", {} file(s) ({}) waiting",
+        w.pending_files,
+        human(w.pending_bytes)
+    );
+    if let Some(f) = &w.oldest_pending {
+        t += &format!(" from {f}");
+    }
+    if w.consecutive_failures > 0 {
+        t += &format!(
+            "\nWAL archive: FAILING, {} push(es) failed since the last success; last at {}: {}",
+            w.consecutive_failures,
+            w.last_failure.as_ref().map_or("-".to_owned(), local),
+            w.last_failure_message.as_deref().unwrap_or("")
+        );
+    }
+    t
 }
 
 fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
@@ -548,6 +581,9 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
                 p.error.as_deref().unwrap_or("")
             )
         }
+    }
+    if let Some(w) = &r.wal {
+        t += &render_wal(w, &local);
     }
     let late: Vec<&str> = r
         .sources

@@ -15,3 +15,5 @@ pub mod stats;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod wal_async;
+pub mod wal_spool;
