@@ -99,7 +99,15 @@ impl Archive {
             Store::Local => a.repo = a.path("repo").display().to_string(),
             Store::S3 { server, endpoint } => {
                 server.create_bucket(BUCKET);
-                a.repo = format!("s3://{BUCKET}/prod");
+                // A prefix of its own: archives may share the bucket.
+                let prefix = a
+                    .home
+                    .path()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                a.repo = format!("s3://{BUCKET}/{prefix}");
                 a.endpoint = Some(endpoint);
                 std::fs::write(
                     a.path(".aws/credentials"),
@@ -306,7 +314,12 @@ fn wait_drained(pg: &PgServer, no_failures: bool, within: Duration) -> Duration 
     loop {
         let (_, failed, _) = archiver(pg);
         if no_failures {
-            assert_eq!(failed, 0, "archive_command failed; server log:\n{}", pg.log());
+            assert_eq!(
+                failed,
+                0,
+                "archive_command failed; server log:\n{}",
+                pg.log()
+            );
         }
         if ready(pg).is_empty() {
             return t.elapsed();
@@ -358,10 +371,17 @@ fn check_archive(archive: &Archive, pg: &PgServer, last: &str) -> (usize, usize)
                 format!(", {} prefetched", j["prefetched"])
             }
         );
-        assert_eq!(r.code, 0, "segment {name} missing from the archive: {}", r.stderr);
+        assert_eq!(
+            r.code, 0,
+            "segment {name} missing from the archive: {}",
+            r.stderr
+        );
         assert_eq!(bytes.len(), SEG as usize, "{name}");
         assert_eq!(page_segment(&bytes), n, "{name} holds another segment");
-        assert_eq!(r.json()["object"].as_str().unwrap().rsplit('-').next(), Some(sha256_hex(&bytes).as_str()));
+        assert_eq!(
+            r.json()["object"].as_str().unwrap().rsplit('-').next(),
+            Some(sha256_hex(&bytes).as_str())
+        );
         if let Ok(orig) = std::fs::read(pg.data_dir().join("pg_wal").join(&name)) {
             assert!(orig == bytes, "{name} differs from pg_wal's copy");
         }
@@ -425,7 +445,7 @@ fn async_archive_keeps_up_under_pgbench_and_every_segment_fetches_back() {
         let (archived, failed, last) = archiver(&pg);
         assert_eq!(failed, 0, "{}", pg.log());
         eprintln!(
-            "[{mode}] pgbench -c 4 -T {secs}: WAL generated {gen:.1} MB/s, archived {arch:.1} MB/s \
+            "\nBENCH [{mode}] pgbench -c 4 -T {secs}: WAL generated {gen:.1} MB/s, archived {arch:.1} MB/s \
              (load start to drained); {waiting} file(s) waiting when the load ended, drained {drain:.1} s later; \
              {archived} files archived"
         );
@@ -448,8 +468,10 @@ fn async_archive_keeps_up_under_pgbench_and_every_segment_fetches_back() {
         let prom = archive.wal_metrics();
         assert!(prom.contains("usdcop_dr_wal_push_failures 0"), "{prom}");
         assert!(
-            prom.lines().any(|l| l.starts_with("usdcop_dr_wal_last_push_timestamp_seconds ")
-                && !l.ends_with(" 0")),
+            prom.lines().any(
+                |l| l.starts_with("usdcop_dr_wal_last_push_timestamp_seconds ")
+                    && !l.ends_with(" 0")
+            ),
             "{prom}"
         );
     }
@@ -513,15 +535,27 @@ fn pushers_killed_mid_upload_lose_nothing_and_prefetch_saves_round_trips() {
              SELECT pg_switch_wal();",
         );
         if round < 6 && killed.len() < 3 {
-            killed.extend(kill_pushers(&archive, &mut spared, Duration::from_millis(400)));
+            killed.extend(kill_pushers(
+                &archive,
+                &mut spared,
+                Duration::from_millis(400),
+            ));
         }
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while killed.is_empty() && Instant::now() < deadline {
-        killed.extend(kill_pushers(&archive, &mut spared, Duration::from_millis(200)));
+        killed.extend(kill_pushers(
+            &archive,
+            &mut spared,
+            Duration::from_millis(200),
+        ));
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!killed.is_empty(), "no pusher was killed: {}", archive.pusher_log());
+    assert!(
+        !killed.is_empty(),
+        "no pusher was killed: {}",
+        archive.pusher_log()
+    );
     pg.psql("postgres", "SELECT pg_switch_wal()");
     wait_drained(&pg, false, Duration::from_secs(240));
     let (archived, failed, last) = archiver(&pg);
@@ -601,7 +635,10 @@ fn store_unreachable_pushes_fail_lag_shows_and_the_archive_catches_up() {
             {
                 return lag;
             }
-            assert!(Instant::now() < deadline, "lag never showed the outage: {lag}");
+            assert!(
+                Instant::now() < deadline,
+                "lag never showed the outage: {lag}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -615,7 +652,14 @@ fn store_unreachable_pushes_fail_lag_shows_and_the_archive_catches_up() {
     assert!(failed >= 1, "PostgreSQL saw no failure");
     // A push by hand fails non-zero too.
     let waiting = ready(&pg);
-    let r = archive.run(&["wal-push", pg.data_dir().join("pg_wal").join(&waiting[0]).to_str().unwrap()]);
+    let r = archive.run(&[
+        "wal-push",
+        pg.data_dir()
+            .join("pg_wal")
+            .join(&waiting[0])
+            .to_str()
+            .unwrap(),
+    ]);
     assert_ne!(r.code, 0, "{}", r.stderr);
     switch(2);
     let later = failing(first["consecutive_failures"].as_u64().unwrap() + 1, 4);
@@ -658,4 +702,82 @@ fn store_unreachable_pushes_fail_lag_shows_and_the_archive_catches_up() {
     let (_, _, last) = archiver(&pg);
     let (n, _) = check_archive(&archive, &pg, &last);
     assert!(n >= 6, "only {n} segments");
+}
+
+/// `USDCOP_DR_WAL_BENCH=1` only: the per-segment cost of archiving, sync
+/// against async, as the rate at which a backlog drains. The cluster
+/// starts with `archive_command = '/bin/false'`, `pgbench -i -s 30` piles
+/// up WAL in pg_wal, then the real command is set (ALTER SYSTEM, reload)
+/// and the time until nothing waits is taken: into a local repository,
+/// and into S3 (moto) behind a proxy adding 20 ms to every request.
+#[test]
+fn bench_backlog_drain_sync_against_async() {
+    if std::env::var_os("USDCOP_DR_WAL_BENCH").is_none() {
+        return;
+    }
+    let s3 = S3Server::start(ServerKind::Moto);
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        FaultRates::latency(Duration::from_millis(20)),
+        4,
+    );
+    for (store, mode, wal) in [
+        ("local", "sync", "async = false\n"),
+        ("local", "async", ""),
+        ("s3+20ms", "sync", "async = false\n"),
+        ("s3+20ms", "async", ""),
+    ] {
+        let archive = if store == "local" {
+            Archive::new(Store::Local, wal)
+        } else {
+            Archive::new(
+                Store::S3 {
+                    server: &s3,
+                    endpoint: proxy.endpoint.clone(),
+                },
+                wal,
+            )
+        };
+        let pg = PgServer::start_with_conf(
+            &PgOptions::default(),
+            "archive_mode = on\narchive_command = '/bin/false'\nwal_level = replica\n\
+             max_wal_size = 4GB\ncheckpoint_timeout = 30min\n",
+        );
+        pgbench(&pg, &["-i", "-s", "30", "-q"]);
+        pg.psql("postgres", "SELECT pg_switch_wal()");
+        let waiting = ready(&pg);
+        let bytes: u64 = waiting
+            .iter()
+            .map(|f| {
+                std::fs::metadata(pg.data_dir().join("pg_wal").join(f))
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        pg.psql(
+            "postgres",
+            &format!(
+                "ALTER SYSTEM SET archive_command = '{}'",
+                archive.archive_command(None)
+            ),
+        );
+        let t = Instant::now();
+        pg.psql("postgres", "SELECT pg_reload_conf()");
+        let took = wait_drained(&pg, false, Duration::from_secs(900)).as_secs_f64();
+        let _ = t;
+        eprintln!(
+            "BENCH [{store} {mode}] backlog of {} files ({:.0} MB) drained in {took:.1} s: \
+             {:.3} s per file, {:.1} MB/s",
+            waiting.len(),
+            bytes as f64 / 1e6,
+            took / waiting.len() as f64,
+            bytes as f64 / 1e6 / took
+        );
+        // The archive is whole.
+        let (_, _, last) = archiver(&pg);
+        let (tl, last_no) = segment_number(&last, SEG).unwrap();
+        let (r, bytes) = archive.fetch(&segment_name(tl, last_no, SEG));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(page_segment(&bytes), last_no);
+    }
 }

@@ -470,8 +470,12 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         now,
     )
     .with_wal(s.wal.as_ref().and_then(|_| {
-        usdcop_dr::commands::wal_spool::LagFile::new(&usdcop_dr::state::dir(), &repo_arg_for_wal, None)
-            .load()
+        usdcop_dr::commands::wal_spool::LagFile::new(
+            &usdcop_dr::state::dir(),
+            &repo_arg_for_wal,
+            None,
+        )
+        .load()
     }));
     let tz = s.objectives.timezone;
     emit(cli.json, &r, || render_status(&r, tz))?;

@@ -365,7 +365,11 @@ pub async fn fetch_ahead(
         load_system_id(repo)
     );
     let mut listed = listed?;
-    let Some(hash) = single(&name, listed.get(&name.name).map_or(&[][..], |v| v.as_slice()))? else {
+    let Some(hash) = single(
+        &name,
+        listed.get(&name.name).map_or(&[][..], |v| v.as_slice()),
+    )?
+    else {
         return Ok(None);
     };
     let mut jobs = vec![(name.clone(), hash, true)];
@@ -399,7 +403,15 @@ pub async fn fetch_ahead(
         .map(|(n, h, asked)| {
             let repository_id = repository_id.clone();
             async move {
-                let r = fetch_one(repo, &n, h, if asked { Some(dest) } else { None }, spool, &repository_id).await;
+                let r = fetch_one(
+                    repo,
+                    &n,
+                    h,
+                    if asked { Some(dest) } else { None },
+                    spool,
+                    &repository_id,
+                )
+                .await;
                 (asked, r)
             }
         })
@@ -459,7 +471,9 @@ async fn fetch_one(
     Ok(Some(FetchOutcome {
         file: name.name.clone(),
         object,
-        dest: dest.map(Path::to_owned).unwrap_or_else(|| spool.dir().join(&name.name)),
+        dest: dest
+            .map(Path::to_owned)
+            .unwrap_or_else(|| spool.dir().join(&name.name)),
         bytes,
         from_spool: false,
         prefetched: 0,

@@ -167,7 +167,10 @@ pub async fn run_pusher(
             }
         };
         let waiting: HashSet<String> = ready.iter().map(|r| r.file.clone()).collect();
-        spool.prune(&waiting.union(&in_flight).cloned().collect(), &repository_id);
+        spool.prune(
+            &waiting.union(&in_flight).cloned().collect(),
+            &repository_id,
+        );
         let recorded = spool.recorded();
         if lag_noted.elapsed() >= Duration::from_secs(1) {
             lag.note(|g| g.pending(&ready, &recorded, Utc::now()));

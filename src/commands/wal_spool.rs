@@ -161,7 +161,11 @@ impl PushFailure {
         };
         let e = Error::new(
             kind,
-            format!("background pusher: {} ({})", self.message, self.time.to_rfc3339()),
+            format!(
+                "background pusher: {} ({})",
+                self.message,
+                self.time.to_rfc3339()
+            ),
         );
         match &self.hint {
             Some(h) => e.with_hint(h.clone()),
@@ -178,10 +182,7 @@ pub struct PushSpool {
 
 impl PushSpool {
     pub fn new(state_dir: &Path, repository: &str, pg_wal: &Path) -> PushSpool {
-        let k = key(&[
-            repository.as_bytes(),
-            pg_wal.as_os_str().as_encoded_bytes(),
-        ]);
+        let k = key(&[repository.as_bytes(), pg_wal.as_os_str().as_encoded_bytes()]);
         PushSpool {
             dir: state_dir.join(SPOOL_DIR).join(format!("push-{k}")),
         }
@@ -224,7 +225,9 @@ impl PushSpool {
 
     /// File names with an ok record.
     pub fn recorded(&self) -> HashSet<String> {
-        names_in(&self.dir.join("ok"), ".json").into_iter().collect()
+        names_in(&self.dir.join("ok"), ".json")
+            .into_iter()
+            .collect()
     }
 
     /// Remove the records of files PostgreSQL no longer waits for (not
@@ -437,8 +440,7 @@ impl LagFile {
         text.push(b'\n');
         crate::metrics::write_atomic(&self.path, &text, 0o640)?;
         if let Some(m) = &self.metrics {
-            crate::metrics::render_wal(&lag)
-                .and_then(|t| crate::metrics::write_textfile(m, &t))?;
+            crate::metrics::render_wal(&lag).and_then(|t| crate::metrics::write_textfile(m, &t))?;
         }
         drop(lock);
         Ok(lag)
@@ -739,7 +741,10 @@ mod tests {
                 g.pending(&ready, &["B".to_owned()].into_iter().collect(), now);
             })
             .unwrap();
-        assert_eq!((g.consecutive_failures, g.pending_files, g.pending_bytes), (2, 1, 16));
+        assert_eq!(
+            (g.consecutive_failures, g.pending_files, g.pending_bytes),
+            (2, 1, 16)
+        );
         let g = l.update(|g| g.success("A", now)).unwrap();
         assert_eq!(g.consecutive_failures, 0);
         assert_eq!(l.load().unwrap(), g);
@@ -770,7 +775,10 @@ mod tests {
         };
         let dest = t.path().join("RECOVERYXLOG");
         let a = put("000000010000000000000005", b"five");
-        assert!(s.take(&a, &dest, "other", now).unwrap().is_none(), "other repo");
+        assert!(
+            s.take(&a, &dest, "other", now).unwrap().is_none(),
+            "other repo"
+        );
         assert!(s.take(&a, &dest, "r", now).unwrap().is_some());
         assert_eq!(std::fs::read(&dest).unwrap(), b"five");
         assert!(s.take(&a, &dest, "r", now).unwrap().is_none(), "moved out");

@@ -320,7 +320,9 @@ fn wal_section_names_a_postgres_source() {
         "{base}\n[wal]\nsource = \"trading\"\npush_parallel = 0\n"
     ));
     assert_err(&e, 16, "wal.push_parallel", "out of range");
-    let e = err(&format!("{base}\n[wal]\nsource = \"trading\"\nprefetch = 99\n"));
+    let e = err(&format!(
+        "{base}\n[wal]\nsource = \"trading\"\nprefetch = 99\n"
+    ));
     assert_err(&e, 16, "wal.prefetch", "out of range");
     assert!(ok(base).wal.is_none());
     let e = err(&format!("{base}\n[wal]\nsource = \"etc\"\n"));

@@ -85,8 +85,7 @@ pub fn parse_backup_label(text: &str) -> Result<BackupLabel> {
         text.lines()
             .find_map(|l| l.strip_prefix(key).map(|v| v.trim()))
     };
-    let start = field("START WAL LOCATION:")
-        .ok_or_else(|| bad("no START WAL LOCATION".into()))?;
+    let start = field("START WAL LOCATION:").ok_or_else(|| bad("no START WAL LOCATION".into()))?;
     let (lsn, rest) = start
         .split_once(' ')
         .ok_or_else(|| bad(format!("bad START WAL LOCATION {start:?}")))?;
@@ -182,7 +181,11 @@ pub fn parse_manifest_wal_ranges(tail: &[u8]) -> Result<Vec<WalRange>> {
 /// backup's WAL is exclusive: a backup ending exactly at a segment
 /// boundary needs nothing of the next segment).
 pub fn stop_segment(timeline: u32, end: Lsn, seg_size: u32) -> String {
-    segment_name(timeline, end.0.saturating_sub(1) / seg_size as u64, seg_size)
+    segment_name(
+        timeline,
+        end.0.saturating_sub(1) / seg_size as u64,
+        seg_size,
+    )
 }
 
 #[cfg(test)]
@@ -277,7 +280,10 @@ START TIME: 2026-12-03 07:40:00 UTC\nLABEL: usdcop-dr base backup\nSTART TIMELIN
         };
         let mut m = std::collections::BTreeMap::new();
         assert_eq!(BaseBackupInfo::from_metadata(&m).unwrap(), None);
-        m.insert(METADATA_KEY.to_owned(), serde_json::to_value(&info).unwrap());
+        m.insert(
+            METADATA_KEY.to_owned(),
+            serde_json::to_value(&info).unwrap(),
+        );
         assert_eq!(m[METADATA_KEY]["start_lsn"], "0/2000028");
         assert_eq!(BaseBackupInfo::from_metadata(&m).unwrap(), Some(info));
     }

@@ -455,7 +455,10 @@ mod tests {
         // 16/B374D848 with 16 MiB segments: xlogid 0x16, segment 0xB3
         let seg = l.segment(mb16);
         assert_eq!(segment_name(3, seg, mb16), "0000000300000016000000B3");
-        assert_eq!(segment_number("0000000300000016000000B3", mb16), Some((3, seg)));
+        assert_eq!(
+            segment_number("0000000300000016000000B3", mb16),
+            Some((3, seg))
+        );
         // the low part runs to 0xFF with 16 MiB segments, then the id rolls
         assert_eq!(segment_name(1, 0x100, mb16), "000000010000000100000000");
         assert_eq!(segment_number("000000010000000000000100", mb16), None);
