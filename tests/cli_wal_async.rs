@@ -672,6 +672,12 @@ fn store_unreachable_pushes_fail_lag_shows_and_the_archive_catches_up() {
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert!(st["wal"]["pending_files"].as_u64().unwrap() >= 4, "{st}");
     assert!(st["wal"]["last_failure"].is_string(), "{st}");
+    assert_eq!(st["ok"], false, "{st}");
+    let text = archive.run(&["status"]).stdout_str();
+    assert!(
+        text.contains("WAL archive: FAILING") && text.contains("file(s)"),
+        "{text}"
+    );
     let prom = archive.wal_metrics();
     let gauge = |name: &str| -> f64 {
         prom.lines()
