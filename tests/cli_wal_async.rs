@@ -8,8 +8,9 @@
 //!   against the WAL generation rate is printed (`USDCOP_DR_WAL_BENCH=1`:
 //!   `pgbench -c 4 -T 60`, sync and async, docs/BENCHMARKS.md).
 //! - Pushers SIGKILLed mid-upload (a repository on S3 behind a slow proxy)
-//!   and a killed first archive_command lose nothing: every segment from
-//!   the first to the last archived is in the archive, the right one.
+//!   and a killed first archive_command lose nothing, with `async` and
+//!   without: every segment from the first to the last archived is in the
+//!   archive, the right one (its page header's address).
 //!   A restore-style sequence of `wal-fetch` calls then needs fewer store
 //!   round trips than files (prefetch).
 //! - The store unreachable (the proxy stopped): pushes fail non-zero, the
@@ -495,20 +496,9 @@ fn kill_pushers(archive: &Archive, spared: &mut Vec<i32>, after: Duration) -> Ve
     killed
 }
 
-#[test]
-fn pushers_killed_mid_upload_lose_nothing_and_prefetch_saves_round_trips() {
-    let s3 = S3Server::start(ServerKind::Moto);
-    // Every request 150 ms away: an upload is under way for a while.
-    let delay = Duration::from_millis(150);
-    let proxy = FaultProxy::start(&s3.endpoint, FaultRates::latency(delay), 1);
-    let archive = Archive::new(
-        Store::S3 {
-            server: &s3,
-            endpoint: proxy.endpoint.clone(),
-        },
-        "push_parallel = 4\nprefetch = 8\n",
-    );
-    // The first archive_command is killed (SIGKILL) 300 ms into its push.
+/// An archive_command whose first call is killed (SIGKILL) 300 ms into
+/// its push and fails; later calls run `wal-push` as usual.
+fn kill_first_push(archive: &Archive) -> PathBuf {
     let wrapper = archive.path("archive.sh");
     std::fs::write(
         &wrapper,
@@ -522,6 +512,62 @@ fn pushers_killed_mid_upload_lose_nothing_and_prefetch_saves_round_trips() {
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     archive.give(&wrapper);
+    wrapper
+}
+
+/// `async = false`: the push PostgreSQL runs is the upload, and it is
+/// killed under way (every request 150 ms away); PostgreSQL retries.
+#[test]
+fn a_sync_push_killed_mid_upload_loses_nothing() {
+    let s3 = S3Server::start(ServerKind::Moto);
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        FaultRates::latency(Duration::from_millis(150)),
+        5,
+    );
+    let archive = Archive::new(
+        Store::S3 {
+            server: &s3,
+            endpoint: proxy.endpoint.clone(),
+        },
+        "async = false\n",
+    );
+    let wrapper = kill_first_push(&archive);
+    let pg = start_cluster(&archive, Some(&wrapper));
+    pg.psql("postgres", "CREATE TABLE ticks (i int, pad text)");
+    for _ in 0..5 {
+        pg.psql(
+            "postgres",
+            "INSERT INTO ticks SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+             SELECT pg_switch_wal();",
+        );
+    }
+    wait_drained(&pg, false, Duration::from_secs(240));
+    let (_, failed, last) = archiver(&pg);
+    assert!(archive.path("killed-once").exists());
+    assert!(failed >= 1, "the killed push was not seen failing");
+    assert!(
+        archive.pusher_pids().is_empty(),
+        "async = false started a pusher"
+    );
+    let (n, _) = check_archive(&archive, &pg, &last);
+    assert!(n >= 5, "only {n} segments");
+}
+
+#[test]
+fn pushers_killed_mid_upload_lose_nothing_and_prefetch_saves_round_trips() {
+    let s3 = S3Server::start(ServerKind::Moto);
+    // Every request 150 ms away: an upload is under way for a while.
+    let delay = Duration::from_millis(150);
+    let proxy = FaultProxy::start(&s3.endpoint, FaultRates::latency(delay), 1);
+    let archive = Archive::new(
+        Store::S3 {
+            server: &s3,
+            endpoint: proxy.endpoint.clone(),
+        },
+        "push_parallel = 4\nprefetch = 8\n",
+    );
+    let wrapper = kill_first_push(&archive);
     let pg = start_cluster(&archive, Some(&wrapper));
     pg.psql("postgres", "CREATE TABLE ticks (i int, pad text)");
     // Segments keep coming while pushers are killed under way.
