@@ -232,7 +232,9 @@ pub async fn run_pusher(
                     report.already_archived += 1;
                 }
                 report.bytes += r.stored_bytes;
-                tracing::info!("pushed {} as {}", r.file, r.object);
+                // Per file only with -vv: a pusher under constant load
+                // never idles, and its log is rotated only at a start.
+                tracing::debug!("pushed {} as {}", r.file, r.object);
                 lag.note(|g| g.success(&file, now));
             }
             Err(e) => {
