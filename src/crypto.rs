@@ -41,6 +41,8 @@ pub enum Domain {
     /// The unlocked master key cached for `wal-push` in the state
     /// directory (never stored in a repository).
     KeyCache,
+    /// A restore drill's record (`drills/<id>`).
+    Drill,
 }
 
 impl Domain {
@@ -58,6 +60,7 @@ impl Domain {
             Domain::Wal => b"usdcop-dr/v1/wal",
             Domain::WalSystemId => b"usdcop-dr/v1/wal-system-id",
             Domain::KeyCache => b"usdcop-dr/v1/wal-key-cache",
+            Domain::Drill => b"usdcop-dr/v1/drill",
         }
     }
 }

@@ -243,6 +243,64 @@ pub fn register_child(pid: u32) -> io::Result<Registered> {
     Ok(Registered { id })
 }
 
+/// Register an existing directory (a drill's restore target, say) for
+/// removal by a signal. Dropping the guard only forgets it: its owner
+/// removes it. Refused once the run is stopping.
+pub fn register_path(path: &Path) -> io::Result<Registered> {
+    let (id, ()) = registry().add(|| Ok((Target::Dir(path.to_owned()), ())))?;
+    Ok(Registered { id })
+}
+
+/// An asynchronous clean-up (drop a scratch database, empty a scratch
+/// bucket) the signal handler runs before the process exits.
+pub type Cleanup =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+static CLEANUPS: Mutex<BTreeMap<u64, Cleanup>> = Mutex::new(BTreeMap::new());
+static NEXT_CLEANUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long the signal handler waits for the clean-ups, in all.
+pub const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// While the guard lives, a SIGINT/SIGTERM runs `cleanup` (at most
+/// [`CLEANUP_TIMEOUT`] for all of them) before the process exits.
+/// Dropping the guard forgets it: its owner cleans up on the normal path.
+#[must_use]
+pub struct CleanupGuard {
+    id: u64,
+}
+
+pub fn register_cleanup(cleanup: Cleanup) -> CleanupGuard {
+    let id = NEXT_CLEANUP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, cleanup);
+    CleanupGuard { id }
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        CLEANUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Run (and forget) every registered clean-up, concurrently, for at most
+/// [`CLEANUP_TIMEOUT`]; returns how many there were.
+pub async fn run_cleanups() -> usize {
+    let all: Vec<Cleanup> =
+        std::mem::take(&mut *CLEANUPS.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_values()
+            .collect();
+    let n = all.len();
+    let futures: Vec<_> = all.into_iter().map(|c| c()).collect();
+    let _ = tokio::time::timeout(CLEANUP_TIMEOUT, futures::future::join_all(futures)).await;
+    n
+}
+
 /// A run's directory is left behind only when its process was killed
 /// with SIGKILL (the OOM killer, `timeout -s KILL`), which no handler
 /// sees. Such a directory is removed by a later run when it is ours (same
@@ -321,7 +379,7 @@ pub fn handle_signals(report: impl FnOnce(&str, i32, usize) + Send + 'static) ->
             _ = int.recv() => ("SIGINT", EXIT_SIGINT),
             _ = term.recv() => ("SIGTERM", EXIT_SIGTERM),
         };
-        let removed = remove_all();
+        let removed = remove_all() + run_cleanups().await;
         report(name, code, removed);
         std::process::exit(code);
     });

@@ -641,7 +641,7 @@ fn config_check_checks_the_policy_folder() {
     }
     let v = check().ok().json();
     assert_eq!(v["retention"]["policies_found"], true, "{v}");
-    assert_eq!(v["retention"]["policies"], 3, "{v}");
+    assert_eq!(v["retention"]["policies"], 4, "{v}");
     assert_eq!(v["retention"]["sources_covered"], 3, "{v}");
     // Human output says how many.
     let mut c = Command::new(env!("CARGO_BIN_EXE_usdcop-dr"));
@@ -649,7 +649,7 @@ fn config_check_checks_the_policy_folder() {
         .args(["config", "check"])
         .arg(&config);
     let out = run_cmd(c, None).ok().stdout_str();
-    assert!(out.contains("retention: 3 policies in"), "{out}");
+    assert!(out.contains("retention: 4 policies in"), "{out}");
     assert!(out.contains("covering 3 of 3 source(s)"), "{out}");
     // A source claimed twice: exit 2, both places named.
     std::fs::write(

@@ -111,6 +111,13 @@ pub enum Command {
     /// uses (two phases: packs are condemned, then deleted by a later run
     /// after `[retention] grace`); never blocks a backup
     Prune(PruneArgs),
+    /// Restore drill: restore the newest snapshot of every configured source
+    /// into the [drill] scratch targets, check it, time it, judge the RTO
+    /// and RPO, store the record offsite; exit 0 passed, 3 a check failed,
+    /// 4 an objective missed
+    Drill(DrillArgs),
+    /// Past restore drills (stored in the repository) with their verdicts
+    Drills,
     /// Archive one WAL file (archive_command = 'usdcop-dr wal-push %p'):
     /// settings from the configuration file ([wal], [repository]); exit 0
     /// only once the file is durable in the repository
@@ -188,6 +195,19 @@ pub enum RepairCommand {
 }
 
 #[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Only this source (repeatable); no RTO is claimed for the whole
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// Also write the drill report (Markdown) to this file
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Ranged reads in flight from the repository
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub read_concurrency: Option<u16>,
+}
+
+#[derive(Args, Debug)]
 pub struct InitArgs {
     /// Target average chunk size in bytes (power of two, 256 B … 4 MiB)
     #[arg(long, default_value_t = 1 << 20)]
@@ -244,6 +264,34 @@ pub enum BackupCommand {
         #[command(flatten)]
         pg: PgBackupArgs,
     },
+    /// A physical base backup of a cluster that archives its WAL here
+    /// (pg_basebackup, split into the data directory's files): the start
+    /// of point-in-time recovery. Done only once its WAL is archived
+    #[command(name = "postgres-base")]
+    PostgresBase {
+        #[command(flatten)]
+        common: BackupCommon,
+        #[command(flatten)]
+        base: BaseBackupArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BaseBackupArgs {
+    /// Cluster to back up (a replication connection is made; default: the
+    /// `dsn` of the configuration's source named by --source). No password
+    /// here: USDCOP_DR_PG_DSN, PGPASSWORD or ~/.pgpass
+    #[arg(long, env = "USDCOP_DR_PG_DSN", hide_env_values = true)]
+    pub dsn: Option<String>,
+    /// pg_basebackup to run (default: one at least as new as the server)
+    #[arg(long, value_name = "PATH")]
+    pub pg_basebackup: Option<PathBuf>,
+    /// How long to wait for the backup's WAL to reach the archive
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub wal_timeout: String,
+    /// Wait for a spread checkpoint instead of requesting an immediate one
+    #[arg(long)]
+    pub spread_checkpoint: bool,
 }
 
 /// The store holding the buckets of `backup bucket` / `restore bucket`,
@@ -360,9 +408,36 @@ pub struct RestorePostgresArgs {
     #[arg(long)]
     pub source: Option<String>,
     /// Database to restore into (no password here: USDCOP_DR_PG_TARGET_DSN,
-    /// PGPASSWORD or ~/.pgpass)
+    /// PGPASSWORD or ~/.pgpass). With --point-in-time: where to restore
+    /// the newest logical dump before TIME when no base backup covers it
     #[arg(long, env = "USDCOP_DR_PG_TARGET_DSN", hide_env_values = true)]
-    pub target_dsn: String,
+    pub target_dsn: Option<String>,
+    /// Point-in-time recovery: `latest`, RFC 3339, or "YYYY-MM-DD HH:MM:SS"
+    /// [zone] (default zone: the configuration's objectives.timezone). Needs
+    /// --pgdata; restores the newest base backup before TIME and replays
+    /// the archived WAL up to TIME
+    #[arg(long, value_name = "TIME", requires = "pgdata")]
+    pub point_in_time: Option<String>,
+    /// With --point-in-time: the empty (or missing) data directory to write
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+    /// With --point-in-time: start PostgreSQL, wait until recovery reaches
+    /// the target, report the point reached, restart it with its own settings
+    #[arg(long, requires = "point_in_time")]
+    pub start: bool,
+    /// With --point-in-time: the restored cluster's port (postgresql.auto.conf)
+    #[arg(long, requires = "point_in_time")]
+    pub port: Option<u16>,
+    /// With --point-in-time: keep the backup's archive settings (for the
+    /// cluster that becomes the primary); default: archive_mode = off
+    #[arg(long, requires = "point_in_time")]
+    pub keep_archiving: bool,
+    /// With --start: leave the server stopped after the recovery
+    #[arg(long, requires = "start")]
+    pub no_restart: bool,
+    /// With --start: how long the recovery may take
+    #[arg(long, value_name = "DURATION", default_value = "4h")]
+    pub recovery_timeout: String,
     /// Create the target database first (from template0, the dump's encoding)
     #[arg(long)]
     pub create: bool,

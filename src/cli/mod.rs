@@ -1,9 +1,11 @@
 //! The thin layer: flags → library options → rendered results → exit code.
 
 pub mod args;
+mod drill;
 pub mod nightly;
+pub mod pitr;
 pub mod progress;
-pub mod prune;
+mod prune;
 pub mod wal;
 
 use std::io::{Read, Write};
@@ -72,6 +74,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             ..
         }) => return nightly::backup_all(&cli, settings.as_ref(), sources).await,
         Command::Status => return nightly::status(&cli, settings.as_ref()).await,
+        Command::Drill(a) => return drill::run(&cli, settings.as_ref(), a).await,
+        Command::Drills => return drill::list(&cli, settings.as_ref()).await,
         Command::Forget(a) => return prune::run(&cli, settings.as_ref(), a, false).await,
         Command::Prune(a) => return prune::run(&cli, settings.as_ref(), a, true).await,
         Command::WalPush { path, background } => {
@@ -126,6 +130,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         | Command::Forget(_)
         | Command::Prune(_)
         | Command::Status
+        | Command::Drill(_)
+        | Command::Drills
         | Command::WalPush { .. }
         | Command::WalFetch { .. }
         | Command::Config(_) => unreachable!("handled above"),
@@ -168,6 +174,25 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         },
                     },
                 ),
+                BackupCommand::PostgresBase { common, base } => {
+                    let dsn = match &base.dsn {
+                        Some(d) => dsn_from_flag(d, "--dsn", "USDCOP_DR_PG_DSN")?,
+                        None => config_dsn(settings.as_ref(), &common.source)?,
+                    };
+                    let wal_timeout =
+                        humantime::parse_duration(base.wal_timeout.trim()).map_err(|e| {
+                            Error::usage(format!("--wal-timeout {:?}: {e}", base.wal_timeout))
+                        })?;
+                    let input = BackupInput::PostgresBase {
+                        dsn,
+                        options: usdcop_dr::commands::basebackup::BaseBackupOptions {
+                            pg_basebackup: base.pg_basebackup,
+                            wal_timeout,
+                            fast_checkpoint: !base.spread_checkpoint,
+                        },
+                    };
+                    (common, input)
+                }
             };
             let mut opts = BackupOptions::new(common.source);
             opts.tags = common.tags;
@@ -175,7 +200,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
             opts.time = common.time.as_deref().map(parse_time).transpose()?;
             let s = backup::run(repo, opts, input, progress).await?;
             emit(cli.json, &s, || {
-                let what = match &s.postgres {
+                let what = match (&s.postgres, &s.postgres_base) {
+                    (_, Some(b)) => format!(
+                        "base backup of cluster {} (PostgreSQL {}, WAL {}..{} on timeline {}, archived), ",
+                        b.system_identifier, b.pg_version, b.start_lsn, b.stop_lsn, b.timeline
+                    ),
+                    (pg, None) => match pg {
                     Some(pg) => format!(
                         "database {} ({} tables, {} rows{}), ",
                         pg.database,
@@ -187,6 +217,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                             .unwrap_or_default()
                     ),
                     None => String::new(),
+                    },
                 };
                 format!(
                     "snapshot {} saved: {what}{} in, {} new stored ({} of {} chunks new, {} unchanged files) in {:.1}s",
@@ -314,11 +345,38 @@ pub async fn run(cli: Cli) -> Result<i32> {
             mode: Some(args::RestoreCommand::Postgres(a)),
             ..
         }) => {
-            let target = dsn_from_flag(&a.target_dsn, "--target-dsn", "USDCOP_DR_PG_TARGET_DSN")?;
             let repo = Arc::new(open_repo(backend, &password, cache.as_deref()).await?);
-            let (id, snap) = repo
-                .find_snapshot_of(&a.snapshot, a.source.as_deref(), Some(SourceKind::Postgres))
-                .await?;
+            let (id, snap, target) = match &a.point_in_time {
+                Some(time) => {
+                    match pitr::restore(
+                        cli.json,
+                        settings.as_ref(),
+                        repo.clone(),
+                        &a,
+                        time,
+                        progress.clone(),
+                    )
+                    .await?
+                    {
+                        pitr::Outcome::Done(code) => return Ok(code),
+                        pitr::Outcome::Dump { id, snap, target } => (id, *snap, target),
+                    }
+                }
+                None => {
+                    let target = a.target_dsn.as_deref().ok_or_else(|| {
+                        Error::usage("restore postgres needs --target-dsn (or --point-in-time with --pgdata)")
+                    })?;
+                    let target = dsn_from_flag(target, "--target-dsn", "USDCOP_DR_PG_TARGET_DSN")?;
+                    let (id, snap) = repo
+                        .find_snapshot_of(
+                            &a.snapshot,
+                            a.source.as_deref(),
+                            Some(SourceKind::Postgres),
+                        )
+                        .await?;
+                    (id, snap, target)
+                }
+            };
             let s = restore_postgres::run(
                 repo,
                 id,
@@ -653,9 +711,28 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
         })
 }
 
+/// The `dsn` of the configuration's postgres source `name`.
+fn config_dsn(settings: Option<&usdcop_dr::config::Settings>, name: &str) -> Result<Dsn> {
+    let s = settings.ok_or_else(|| {
+        Error::usage("no --dsn and no configuration file to take the source's dsn from")
+            .with_hint("give --dsn, or --config FILE with a [[source]] of kind postgres")
+    })?;
+    match s.source(name).map(|src| &src.spec) {
+        Some(usdcop_dr::config::SourceSpec::Postgres { dsn, .. }) => Dsn::parse(dsn),
+        Some(_) => Err(Error::usage(format!(
+            "source {name:?} in {} is not of kind postgres",
+            s.file.display()
+        ))),
+        None => Err(Error::usage(format!(
+            "no --dsn, and {} has no source named {name:?}",
+            s.file.display()
+        ))),
+    }
+}
+
 /// A DSN from a flag that clap may also have filled from `env_var`: a
 /// password is accepted only from the environment, never from argv.
-fn dsn_from_flag(value: &str, flag: &str, env_var: &str) -> Result<Dsn> {
+pub(crate) fn dsn_from_flag(value: &str, flag: &str, env_var: &str) -> Result<Dsn> {
     let from_env = std::env::var(env_var).ok().as_deref() == Some(value);
     if !from_env && Dsn::had_inline_password(value) {
         return Err(Error::usage(format!(
@@ -668,7 +745,11 @@ fn dsn_from_flag(value: &str, flag: &str, env_var: &str) -> Result<Dsn> {
     Dsn::parse(value)
 }
 
-fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn emit<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
     if json {
         print_json(value)
     } else {

@@ -65,6 +65,12 @@ pub enum BackupInput {
         dsn: crate::postgres::Dsn,
         options: crate::source::postgres::PgBackupOptions,
     },
+    /// A physical base backup of a cluster (`pg_basebackup`), the start of
+    /// its point-in-time recovery chain: a snapshot of kind `wal`.
+    PostgresBase {
+        dsn: crate::postgres::Dsn,
+        options: super::basebackup::BaseBackupOptions,
+    },
 }
 
 /// What a PostgreSQL backup saw (the full picture is in the snapshot's
@@ -112,6 +118,9 @@ pub struct BackupSummary {
     /// PostgreSQL sources only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PgSummary>,
+    /// Base backups only: where the backup starts and becomes consistent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_base: Option<crate::format::basebackup::BaseBackupInfo>,
     /// Clean-up after dead writers done before this backup, if any was needed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<super::recover::RecoveryReport>,
@@ -151,12 +160,16 @@ pub async fn run(
         BackupInput::Stream { .. } => SourceKind::Stdin,
         BackupInput::Bucket { .. } => SourceKind::Bucket,
         BackupInput::Postgres { .. } => SourceKind::Postgres,
+        BackupInput::PostgresBase { .. } => SourceKind::Wal,
     };
     // A database that cannot be reached (wrong DSN, password, missing
     // pg_dump) fails here, before anything is written to the repository.
     let input = match input {
         BackupInput::Postgres { dsn, options } => {
             Prepared::Postgres(crate::source::postgres::Session::open(&dsn, &options).await?)
+        }
+        BackupInput::PostgresBase { dsn, options } => {
+            Prepared::Base(super::basebackup::BaseSession::open(&repo, &dsn, options).await?)
         }
         other => Prepared::Input(other),
     };
@@ -195,6 +208,9 @@ pub async fn run(
         let stored = match input {
             Prepared::Postgres(session) => {
                 backup_postgres(session, &repo, index, opts.writer, time, progress.clone()).await?
+            }
+            Prepared::Base(session) => {
+                backup_postgres_base(session, &repo, index, opts.writer, progress.clone()).await?
             }
             Prepared::Input(BackupInput::Bucket { selection, s3 }) => {
                 backup_bucket(
@@ -251,7 +267,9 @@ pub async fn run(
                             };
                             (vec![entry], vec![name], t)
                         }
-                        BackupInput::Bucket { .. } | BackupInput::Postgres { .. } => {
+                        BackupInput::Bucket { .. }
+                        | BackupInput::Postgres { .. }
+                        | BackupInput::PostgresBase { .. } => {
                             unreachable!("handled above")
                         }
                     };
@@ -270,8 +288,15 @@ pub async fn run(
             writer: w,
             source_requests,
             postgres,
+            base,
         } = stored;
         let mut metadata = opts.metadata;
+        if let Some(info) = &base {
+            metadata.insert(
+                crate::format::basebackup::METADATA_KEY.to_owned(),
+                serde_json::to_value(info).expect("serializable"),
+            );
+        }
         let pg_summary = postgres.map(|(summary, picture)| {
             metadata.insert(crate::postgres::picture::METADATA_KEY.to_owned(), picture);
             summary
@@ -349,6 +374,7 @@ pub async fn run(
             requests: repo.backend().request_counts(),
             source_requests,
             postgres: pg_summary,
+            postgres_base: base,
             recovery,
             warnings: collector.take(),
         })
@@ -364,6 +390,7 @@ pub async fn run(
 #[allow(clippy::large_enum_variant)]
 enum Prepared {
     Postgres(crate::source::postgres::Session),
+    Base(super::basebackup::BaseSession),
     Input(BackupInput),
 }
 
@@ -377,6 +404,8 @@ struct Stored {
     source_requests: Option<crate::backend::RequestCounts>,
     /// The summary and the picture (snapshot metadata) of a database.
     postgres: Option<(PgSummary, serde_json::Value)>,
+    /// A base backup's record (snapshot metadata).
+    base: Option<crate::format::basebackup::BaseBackupInfo>,
 }
 
 impl Stored {
@@ -393,6 +422,7 @@ impl Stored {
             writer,
             source_requests: None,
             postgres: None,
+            base: None,
         }
     }
 }
@@ -433,6 +463,70 @@ async fn backup_postgres(
         summary,
         serde_json::to_value(&picture).expect("picture serializes"),
     ));
+    Ok(stored)
+}
+
+/// A physical base backup: pg_basebackup's tar stream split into files by
+/// one thread while the list tree builder takes the entries (bounded
+/// channel), then the wait for the backup's WAL in the archive: the
+/// snapshot is written only after that.
+async fn backup_postgres_base(
+    session: super::basebackup::BaseSession,
+    repo: &Arc<Repository>,
+    index: Arc<crate::repository::MasterIndex>,
+    writer_opts: WriterOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<Stored> {
+    let started = Utc::now();
+    let label = format!("usdcop-dr {}", started.format("%Y-%m-%dT%H:%M:%SZ"));
+    let stream =
+        crate::postgres::tools::ChildStream::spawn("pg_basebackup", session.command(&label))?;
+    let writer = Writer::start(repo.clone(), index, writer_opts)?;
+    let (list, facts, w) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (tx, rx) = crossbeam_channel::bounded::<Entry>(1024);
+        let (list, facts) = std::thread::scope(|scope| {
+            let writer = &writer;
+            let progress = progress.as_ref();
+            let split = scope.spawn(move || -> Result<_> {
+                let mut send = |e: Entry| {
+                    tx.send(e)
+                        .map_err(|_| Error::io("the entry list builder stopped"))
+                };
+                let mut stream = stream;
+                let facts =
+                    crate::source::basebackup::store_tar(writer, &mut stream, progress, &mut send)?;
+                // The tar's end marker is not the program's end: read to
+                // the end, where a failed pg_basebackup turns into an error.
+                std::io::copy(&mut stream, &mut std::io::sink())
+                    .map_err(|e| Error::new(crate::ErrorKind::Source, e.to_string()))?;
+                Ok(facts)
+            });
+            let list = writer.store_entry_list(rx);
+            let facts = split
+                .join()
+                .map_err(|_| Error::io("the base backup reader panicked"))??;
+            Ok::<_, Error>((list?, facts))
+        })?;
+        let w = writer.finish()?;
+        Ok((list, facts, w))
+    })
+    .await
+    .map_err(|e| Error::io(format!("backup task failed: {e}")))??;
+    let info = super::basebackup::base_info(&session, &facts, started, Utc::now())?;
+    tracing::info!(
+        "base backup streamed ({} files); waiting for WAL {}..{} in the archive",
+        facts.totals.files,
+        info.start_segment,
+        info.stop_segment
+    );
+    super::basebackup::wait_for_wal(repo, &info, session.options.wal_timeout).await?;
+    let mut stored = Stored::new(
+        list,
+        vec![format!("pgdata:{}", session.endpoint())],
+        facts.totals,
+        w,
+    );
+    stored.base = Some(info);
     Ok(stored)
 }
 

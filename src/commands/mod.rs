@@ -3,12 +3,15 @@
 
 pub mod backup;
 pub mod backup_all;
+pub mod basebackup;
+pub mod drill;
 pub mod prune;
 pub mod recover;
 pub mod repair;
 pub mod restore;
 pub mod restore_bucket;
 pub(crate) mod restore_fs;
+pub mod restore_pitr;
 pub mod restore_postgres;
 pub mod snapshots;
 pub mod stats;

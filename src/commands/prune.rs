@@ -69,6 +69,82 @@ pub struct PruneReport {
     /// Garbage collection (`prune` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcReport>,
+    /// WAL no kept base backup needs (`prune` only, when base backups exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalPruneReport>,
+}
+
+/// What prune did with the WAL archive (docs/FORMAT.md §14).
+#[derive(Debug, Clone, Serialize)]
+pub struct WalPruneReport {
+    /// The first segment kept: the start of the oldest kept base backup.
+    pub keep_from: Option<String>,
+    pub files_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Why nothing was deleted this time although files qualified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
+}
+
+/// Delete the WAL no kept base backup needs. Deferred while a backup runs
+/// (a base backup in progress may have started before the oldest kept
+/// one's start; its WAL must stay): the next prune does it.
+async fn expire_wal(
+    repo: &Repository,
+    kept: &[&crate::format::snapshot::Snapshot],
+    lock: Option<&crate::repository::lock::LockGuard>,
+) -> Result<Option<WalPruneReport>> {
+    use crate::format::basebackup::BaseBackupInfo;
+    use crate::format::meta::LockKind;
+    let mut bases = vec![];
+    for s in kept {
+        if s.source.kind == crate::format::snapshot::SourceKind::Wal {
+            if let Some(b) = BaseBackupInfo::from_metadata(&s.metadata)? {
+                bases.push(b);
+            }
+        }
+    }
+    if bases.is_empty() {
+        return Ok(None);
+    }
+    let listed = crate::backend::list_all(repo.backend(), crate::format::wal::DIR).await?;
+    let names: Vec<String> = listed.iter().map(|o| o.name.clone()).collect();
+    let decided = retention::wal::expire(&names, &bases);
+    let sizes: BTreeMap<&str, u64> = listed.iter().map(|o| (o.name.as_str(), o.size)).collect();
+    let bytes: u64 = decided.delete.iter().map(|n| sizes[n.as_str()]).sum();
+    let mut report = WalPruneReport {
+        keep_from: decided.keep_from.clone(),
+        files_deleted: decided.delete.len() as u64,
+        bytes_deleted: bytes,
+        deferred: None,
+    };
+    let Some(lock) = lock else {
+        return Ok(Some(report)); // a dry run: what would go
+    };
+    if decided.delete.is_empty() {
+        return Ok(Some(report));
+    }
+    let locks = crate::repository::lock::all_locks(repo).await?;
+    let judge = crate::repository::lock::Judge::after_own_lock(&locks, &lock.id().await);
+    if let Some(l) = locks.iter().find(|l| {
+        l.lock.kind == LockKind::Backup
+            && !judge.is_mine(l)
+            && !judge.expired(l)
+            && !judge.holder_is_gone(l)
+    }) {
+        report.deferred = Some(format!(
+            "a backup is running ({}, pid {}): WAL is deleted by a later prune",
+            l.lock.host, l.lock.pid
+        ));
+        report.files_deleted = 0;
+        report.bytes_deleted = 0;
+        return Ok(Some(report));
+    }
+    lock.lease().check()?;
+    for chunk in decided.delete.chunks(1000) {
+        repo.backend().delete_many(chunk).await?;
+    }
+    Ok(Some(report))
 }
 
 pub async fn run(
@@ -149,6 +225,7 @@ pub async fn run(
             snapshots_after: (snaps.len() - remove.len()) as u64,
             sources: sources.into_values().collect(),
             gc: None,
+            wal: None,
         };
         if let Some(lock) = &lock {
             if !remove.is_empty() {
@@ -175,6 +252,13 @@ pub async fn run(
                 g.snapshots = report.snapshots_after;
             }
             report.gc = Some(g);
+            let removed: std::collections::HashSet<&Id> = remove.iter().collect();
+            let kept: Vec<&crate::format::snapshot::Snapshot> = snaps
+                .iter()
+                .filter(|(id, _)| !removed.contains(id))
+                .map(|(_, s)| s)
+                .collect();
+            report.wal = expire_wal(&repo, &kept, lock.as_ref()).await?;
         }
         Ok(report)
     }
@@ -249,6 +333,19 @@ pub fn render_markdown(r: &PruneReport) -> String {
         if !g.reprieved.is_empty() {
             o += &format!("- Reprieved (needed again): {} packs\n", g.reprieved.len());
         }
+    }
+    if let Some(w) = &r.wal {
+        o += &format!(
+            "- WAL archive: kept from {} (the oldest kept base backup's start); {} files, {} {}{}\n",
+            w.keep_from.as_deref().unwrap_or("-"),
+            w.files_deleted,
+            human(w.bytes_deleted),
+            if r.dry_run { "would be deleted" } else { "deleted" },
+            w.deferred
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        );
     }
     for s in &r.sources {
         o += &format!(

@@ -5,7 +5,9 @@
 //! The keys are a contract (docs/OPERATIONS.md, `usdcop-dr.example.toml`):
 //! `[repository] url endpoint profile password_file`, `[objectives] rpo rto
 //! timezone`, `[metrics] textfile`, `[retention] policies grace min_age`,
-//! `[[source]] name kind dsn globals endpoint profile buckets paths`.
+//! `[[source]] name kind dsn globals endpoint profile buckets paths`,
+//! `[wal] source`, `[drill] postgres_dsn bucket_endpoint profile bucket
+//! scratch_dir`.
 //! Unknown keys are errors, so a typo never silently drops a setting. Later
 //! sections (drills, WAL) are new optional fields of [`RawFile`] with their
 //! own typed settings.
@@ -60,8 +62,26 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// `[wal]`: the WAL archive (`wal-push`, `wal-fetch`).
     pub wal: Option<WalSettings>,
+    /// `[drill]`: the scratch targets restore drills restore into.
+    pub drill: Option<DrillSettings>,
     /// In file order: `backup --all` runs them in this order.
     pub sources: Vec<SourceSettings>,
+}
+
+/// `[drill]`: where `drill` restores to. Only scratch: the drill creates,
+/// checks and removes its own database, bucket content and files there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillSettings {
+    /// A scratch PostgreSQL server (libpq DSN without a password; its
+    /// database is where the drill connects to create its own).
+    pub postgres_dsn: Option<String>,
+    /// A scratch S3 store for bucket sources.
+    pub bucket_endpoint: Option<String>,
+    pub profile: Option<String>,
+    /// The scratch bucket (must be empty, or hold only a drill's leftovers).
+    pub bucket: Option<String>,
+    /// Files and staging (absolute).
+    pub scratch_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,8 +284,19 @@ struct RawFile {
     metrics: Option<RawMetrics>,
     retention: Option<RawRetention>,
     wal: Option<RawWal>,
+    drill: Option<RawDrill>,
     #[serde(default)]
     source: Vec<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    postgres_dsn: Option<Spanned<String>>,
+    bucket_endpoint: Option<Spanned<String>>,
+    profile: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    scratch_dir: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -426,6 +457,10 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
             }
         }
     };
+    let drill = raw
+        .drill
+        .map(|d| check_drill(d, &sources, at))
+        .transpose()?;
     Ok(Settings {
         file: at.file().to_owned(),
         repository,
@@ -433,6 +468,7 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
         metrics,
         retention,
         wal,
+        drill,
         sources,
     })
 }
@@ -456,6 +492,88 @@ fn wal_count(
         ));
     }
     Ok(n as usize)
+}
+
+fn check_drill(
+    d: RawDrill,
+    sources: &[SourceSettings],
+    at: &Located<'_>,
+) -> Result<DrillSettings, ConfigError> {
+    let postgres_dsn = match &d.postgres_dsn {
+        None => None,
+        Some(v) => {
+            let text = non_empty(v, "drill.postgres_dsn", at)?;
+            if crate::postgres::Dsn::had_inline_password(&text) {
+                return Err(at.error(
+                    v.span(),
+                    "drill.postgres_dsn",
+                    "a secret written inline: the DSN carries a password".into(),
+                    Some(locate::PG_SECRET_HINT),
+                ));
+            }
+            // The scratch server must not be a production source: the
+            // drill creates and drops databases there.
+            let same = sources.iter().find(
+                |s| matches!(&s.spec, SourceSpec::Postgres { dsn, .. } if dsn.trim() == text),
+            );
+            if let Some(s) = same {
+                return Err(at.error(
+                    v.span(),
+                    "drill.postgres_dsn",
+                    format!("is the DSN of source {:?}: a drill restores into scratch only", s.name),
+                    Some("point it at a scratch server (or at least another database) the drill may create and drop databases on"),
+                ));
+            }
+            Some(text)
+        }
+    };
+    let bucket_endpoint = d
+        .bucket_endpoint
+        .as_ref()
+        .map(|v| check_endpoint(v, "drill.bucket_endpoint", at))
+        .transpose()?;
+    let profile = d
+        .profile
+        .as_ref()
+        .map(|v| non_empty(v, "drill.profile", at))
+        .transpose()?;
+    let bucket = match &d.bucket {
+        None => None,
+        Some(v) => {
+            let name = non_empty(v, "drill.bucket", at)?;
+            if name.contains('/') {
+                return Err(at.error(
+                    v.span(),
+                    "drill.bucket",
+                    format!("{name:?} is not a bucket name"),
+                    None,
+                ));
+            }
+            let production = sources.iter().find(|s| {
+                matches!(&s.spec, SourceSpec::Bucket { buckets, .. } if buckets.contains(&name))
+            });
+            if let Some(s) = production {
+                return Err(at.error(
+                    v.span(),
+                    "drill.bucket",
+                    format!(
+                        "{name:?} is a bucket of source {:?}: a drill restores into scratch only",
+                        s.name
+                    ),
+                    Some("name a scratch bucket the drill may fill and empty"),
+                ));
+            }
+            Some(name)
+        }
+    };
+    let scratch_dir = absolute(&d.scratch_dir, "drill.scratch_dir", at)?;
+    Ok(DrillSettings {
+        postgres_dsn,
+        bucket_endpoint,
+        profile,
+        bucket,
+        scratch_dir,
+    })
 }
 
 fn check_repository(r: RawRepository, at: &Located<'_>) -> Result<RepositorySettings, ConfigError> {

@@ -334,3 +334,72 @@ fn wal_section_names_a_postgres_source() {
     ));
     assert!(e.to_string().contains("spool"), "{e}");
 }
+
+#[test]
+fn drill_targets() {
+    let base = "[[source]]\nname = \"trading\"\nkind = \"postgres\"\ndsn = \"host=/var/run/postgresql dbname=usdcop_trading\"\n\n\
+                [[source]]\nname = \"minio\"\nkind = \"bucket\"\nbuckets = [\"00-raw-usdcop-marketdata\"]\n\n";
+    let s = ok(&format!(
+        "{base}[drill]\npostgres_dsn = \"host=scratch-db dbname=postgres\"\nbucket_endpoint = \"http://scratch-s3:9000\"\n\
+         profile = \"drill\"\nbucket = \"usdcop-dr-drill\"\nscratch_dir = \"/var/tmp/usdcop-dr-drill\"\n"
+    ));
+    let d = s.drill.unwrap();
+    assert_eq!(
+        d.postgres_dsn.as_deref(),
+        Some("host=scratch-db dbname=postgres")
+    );
+    assert_eq!(d.bucket_endpoint.as_deref(), Some("http://scratch-s3:9000"));
+    assert_eq!(d.profile.as_deref(), Some("drill"));
+    assert_eq!(d.bucket.as_deref(), Some("usdcop-dr-drill"));
+    assert_eq!(d.scratch_dir, Path::new("/var/tmp/usdcop-dr-drill"));
+    // Only scratch_dir is required.
+    let s = ok("[drill]\nscratch_dir = \"/var/tmp/d\"\n");
+    assert_eq!(s.drill.unwrap().postgres_dsn, None);
+    // 10 lines of sources before [drill] (line 11), its keys from line 12.
+    assert_err(
+        &err(&format!(
+            "{base}[drill]\npostgres_dsn = \"host=x password=hunter2\"\nscratch_dir = \"/d\"\n"
+        )),
+        12,
+        "drill.postgres_dsn",
+        "secret",
+    );
+    assert_err(
+        &err(&format!(
+            "{base}[drill]\npostgres_dsn = \"host=/var/run/postgresql dbname=usdcop_trading\"\nscratch_dir = \"/d\"\n"
+        )),
+        12,
+        "drill.postgres_dsn",
+        "scratch only",
+    );
+    assert_err(
+        &err(&format!(
+            "{base}[drill]\nbucket = \"00-raw-usdcop-marketdata\"\nscratch_dir = \"/d\"\n"
+        )),
+        12,
+        "drill.bucket",
+        "scratch only",
+    );
+    assert_err(
+        &err(&format!("{base}[drill]\nscratch_dir = \"relative/dir\"\n")),
+        12,
+        "drill.scratch_dir",
+        "absolute",
+    );
+    assert_err(
+        &err(&format!(
+            "{base}[drill]\nbucket_endpoint = \"http://k:s@h:9000\"\nscratch_dir = \"/d\"\n"
+        )),
+        12,
+        "drill.bucket_endpoint",
+        "secret",
+    );
+    assert_err(
+        &err(&format!(
+            "{base}[drill]\nscratch_dir = \"/d\"\nbuckets = \"x\"\n"
+        )),
+        13,
+        "drill.buckets",
+        "unknown",
+    );
+}

@@ -5,6 +5,7 @@
 pub mod basebackup;
 pub mod codec;
 pub mod condemned;
+pub mod drill;
 pub mod id;
 pub mod index;
 pub mod meta;
@@ -27,6 +28,7 @@ pub mod names {
     pub const KEYS: &str = "keys/";
     pub const LOCKS: &str = "locks/";
     pub const CONDEMNED: &str = "condemned/";
+    pub const DRILLS: &str = "drills/";
 
     pub fn pack(id: &Id) -> String {
         let hex = id.to_hex();

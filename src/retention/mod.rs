@@ -9,6 +9,7 @@
 pub mod evaluate;
 pub mod policy;
 pub mod report;
+pub mod wal;
 
 #[cfg(test)]
 mod tests;
