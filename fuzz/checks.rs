@@ -272,3 +272,52 @@ pub fn hex_of(data: &[u8]) -> String {
     }
     s
 }
+
+/// WAL: `wal_records::scan` reads the input as (the start of) a segment:
+/// never panics, and what it reports is consistent and the same when the
+/// segment's start is given; `wal::decode` opens the input sealed as a WAL
+/// object's inner bytes without panicking; and the input archived as a
+/// WAL file (`encode`) decodes back to itself.
+pub fn check_wal(data: &[u8]) -> bool {
+    use usdcop_dr::crypto::{Domain, Key};
+    use usdcop_dr::format::wal::{self, WalName};
+    use usdcop_dr::format::wal_records;
+    use usdcop_dr::format::Id;
+
+    let mut accepted = false;
+    if let Ok(s) = wal_records::scan(data, None) {
+        accepted = true;
+        assert!(
+            s.commits + s.aborts + s.restore_points <= s.records,
+            "more timed records than records: {s:?}"
+        );
+        let limit = s.start_lsn.0 + data.len() as u64;
+        if let Some(end) = s.end_lsn {
+            assert!(
+                end.0 > s.start_lsn.0 && end.0 <= limit,
+                "end {end} outside the input: {s:?}"
+            );
+        } else {
+            assert_eq!(s.records, 0, "records without an end: {s:?}");
+        }
+        assert!(s.stop_lsn.0 >= s.start_lsn.0, "stop before the start: {s:?}");
+        assert!(s.first_tli <= s.last_tli, "timelines went back: {s:?}");
+        if let (Some(a), Some(b)) = (&s.first_xact, &s.last_xact) {
+            assert!(a.lsn <= b.lsn, "first and last transaction out of order");
+        }
+        let again = wal_records::scan(data, Some(s.start_lsn)).expect("its own start is accepted");
+        assert!(again == s, "the scan depends on being told the start");
+    }
+
+    let key = Key::from_bytes(&[7u8; 32]).expect("a 32-byte key");
+    let name = WalName::parse("000000010000000000000002").expect("a segment name");
+    let object = name.object_name(&Id::hash(data));
+    if let Ok(d) = wal::decode(&key, &name, &object, &key.seal(Domain::Wal, data)) {
+        assert!(Id::hash(&d.plain) == Id::hash(data), "decode returned other content than its name's hash");
+        accepted = true;
+    }
+    let sealed = wal::encode(&key, 42, &name, data, 1);
+    let d = wal::decode(&key, &name, &object, &sealed).expect("an encoded WAL file decodes");
+    assert!(d.plain == data && d.system_id == 42, "WAL object round trip");
+    accepted
+}

@@ -195,9 +195,9 @@ pub fn render(input: &MetricsInput) -> Result<String> {
     String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
 }
 
-/// The WAL archive's series (`<stem>_wal.prom`, rewritten by every
+/// The WAL archive's series (`<stem>_wal_push.prom`, rewritten by every
 /// `wal-push`; docs/OPERATIONS.md, "Archive lag").
-pub fn render_wal(lag: &crate::commands::wal_spool::WalLag) -> Result<String> {
+pub fn render_wal_lag(lag: &crate::commands::wal_spool::WalLag) -> Result<String> {
     let r = Registry::new();
     for (name, help, v) in [
         (
@@ -233,6 +233,69 @@ pub fn render_wal(lag: &crate::commands::wal_spool::WalLag) -> Result<String> {
         .encode(&r.gather(), &mut out)
         .map_err(metrics_err)?;
     String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
+}
+
+/// What `wal-verify` found, for its own textfile ([`wal_textfile`]):
+/// `backup --all` runs nightly, the WAL archive moves every minute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalMetrics {
+    pub checked_at: DateTime<Utc>,
+    pub ok: bool,
+    /// The newest recoverable time (`None`: none; shown as 0).
+    pub newest_recoverable: Option<DateTime<Utc>>,
+    /// Segments missing where recovery needs them.
+    pub gaps: u64,
+    pub segments: u64,
+}
+
+/// The text exposition of `m`.
+pub fn render_wal(m: &WalMetrics) -> Result<String> {
+    let r = Registry::new();
+    for (name, help, v) in [
+        (
+            "usdcop_dr_wal_newest_recoverable_timestamp_seconds",
+            "Time of the last transaction end in the WAL archive that recovery can reach (0: none)",
+            m.newest_recoverable.as_ref().map_or(0.0, ts),
+        ),
+        (
+            "usdcop_dr_wal_archive_gaps",
+            "WAL segments missing where recovery from a kept base backup needs them",
+            m.gaps as f64,
+        ),
+        (
+            "usdcop_dr_wal_archive_segments",
+            "WAL segments in the archive",
+            m.segments as f64,
+        ),
+        (
+            "usdcop_dr_wal_verify_success",
+            "1 if the last wal-verify found no gap and no damage",
+            if m.ok { 1.0 } else { 0.0 },
+        ),
+        (
+            "usdcop_dr_wal_verify_timestamp_seconds",
+            "Time of the last wal-verify",
+            ts(&m.checked_at),
+        ),
+    ] {
+        gauge(&r, name, help)?.set(v);
+    }
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&r.gather(), &mut out)
+        .map_err(metrics_err)?;
+    String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
+}
+
+/// `wal-verify`'s textfile: next to `[metrics] textfile`, named after it
+/// with `_wal` (`usdcop_dr.prom` → `usdcop_dr_wal.prom`), so the two
+/// writers never replace each other's series.
+pub fn wal_textfile(main: &Path) -> std::path::PathBuf {
+    let stem = main
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "usdcop_dr".into());
+    main.with_file_name(format!("{stem}_wal.prom"))
 }
 
 /// Replace `path` with `text` atomically: node_exporter sees the old file
@@ -357,6 +420,33 @@ mod tests {
         assert!(
             !text.contains("usdcop_dr_snapshots{kind=\"files\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn wal_metrics() {
+        let text = render_wal(&WalMetrics {
+            checked_at: t("2026-12-03T08:00:00Z"),
+            ok: false,
+            newest_recoverable: Some(t("2026-12-03T07:59:30.25Z")),
+            gaps: 1,
+            segments: 12,
+        })
+        .unwrap();
+        for line in [
+            "usdcop_dr_wal_newest_recoverable_timestamp_seconds 1796284770.25",
+            "usdcop_dr_wal_archive_gaps 1",
+            "usdcop_dr_wal_verify_success 0",
+            "usdcop_dr_wal_archive_segments 12",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in:\n{text}"
+            );
+        }
+        assert_eq!(
+            wal_textfile(Path::new("/var/lib/ne/usdcop_dr.prom")),
+            Path::new("/var/lib/ne/usdcop_dr_wal.prom")
         );
     }
 

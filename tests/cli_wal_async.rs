@@ -246,7 +246,7 @@ impl Archive {
     }
 
     fn wal_metrics(&self) -> String {
-        std::fs::read_to_string(self.path("metrics/usdcop_dr_wal.prom")).unwrap_or_default()
+        std::fs::read_to_string(self.path("metrics/usdcop_dr_wal_push.prom")).unwrap_or_default()
     }
 
     /// The pids of the pushers the lock files name (running or not).
@@ -464,7 +464,7 @@ fn async_archive_keeps_up_under_pgbench_and_every_segment_fetches_back() {
         // `status --json` and the metrics show the archive caught up.
         let st = archive.run(&["--json", "status"]);
         let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-        assert_eq!(st["wal"]["consecutive_failures"], 0, "{st}");
+        assert_eq!(st["wal_lag"]["consecutive_failures"], 0, "{st}");
         let prom = archive.wal_metrics();
         assert!(prom.contains("usdcop_dr_wal_push_failures 0"), "{prom}");
         assert!(
@@ -715,12 +715,15 @@ fn store_unreachable_pushes_fail_lag_shows_and_the_archive_catches_up() {
     let st = archive.run(&["--json", "status"]);
     assert_ne!(st.code, 0);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    assert!(st["wal"]["pending_files"].as_u64().unwrap() >= 4, "{st}");
-    assert!(st["wal"]["last_failure"].is_string(), "{st}");
+    assert!(
+        st["wal_lag"]["pending_files"].as_u64().unwrap() >= 4,
+        "{st}"
+    );
+    assert!(st["wal_lag"]["last_failure"].is_string(), "{st}");
     assert_eq!(st["ok"], false, "{st}");
     let text = archive.run(&["status"]).stdout_str();
     assert!(
-        text.contains("WAL archive: FAILING") && text.contains("file(s)"),
+        text.contains("WAL pushes: FAILING") && text.contains("file(s)"),
         "{text}"
     );
     let prom = archive.wal_metrics();

@@ -356,6 +356,11 @@ fn tree_node_seeds() {
     replay("tree_node", checks::check_tree_node);
 }
 
+#[test]
+fn wal_decode_seeds() {
+    replay("wal_decode", checks::check_wal);
+}
+
 /// Writes the generated seeds into fuzz/seeds/. Ignored: run it by hand
 /// after a deliberate format change.
 #[test]
@@ -396,6 +401,33 @@ mod gen {
         indexes();
         snapshots();
         tree_nodes();
+        wal();
+    }
+
+    /// Short segments (a seed is at most 4 KiB: part of the first page)
+    /// written as PostgreSQL lays them out.
+    fn wal() {
+        use usdcop_dr::format::wal_records::synth::Writer;
+        let start = 3u64 << 24;
+        let mb16 = 16 << 20;
+        let mut w = Writer::new(start, mb16, 1, 4096, 0);
+        w.xact(0x00, 700, 849_600_000_000_000, false);
+        w.filler(300);
+        w.xact(0x20, 701, 849_600_000_000_100, true);
+        w.xact(0x30, 702, 849_600_000_000_200, true);
+        write("wal_decode", "valid_commits.bin", &w.bytes);
+        let mut w = Writer::new(start, mb16, 2, 2048, 700);
+        w.xact(0x00, 9, 849_600_000_000_000, false);
+        w.switch();
+        w.xact(0x00, 10, 849_600_000_000_001, false);
+        write("wal_decode", "valid_continuation_switch.bin", &w.bytes);
+        let mut w = Writer::new(start, mb16, 1, 1024, 0);
+        w.filler(2000);
+        write("wal_decode", "valid_cut_record.bin", &w.bytes);
+        write("wal_decode", "bad_short.bin", &w.bytes[..39]);
+        let mut b = w.bytes[..512].to_vec();
+        b[2] = 0;
+        write("wal_decode", "bad_no_long_header.bin", &b);
     }
 
     fn pack_entry(i: u32) -> PackEntry {

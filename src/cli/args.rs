@@ -137,6 +137,16 @@ pub enum Command {
         /// Where to write it (PostgreSQL's %p), atomically
         dest: PathBuf,
     },
+    /// Check the WAL archive: from each base backup (else the oldest
+    /// segment) to the newest segment of every timeline, nothing missing;
+    /// prints the ranges, the gaps by name and the newest recoverable
+    /// time; exit 3 on a gap or damage
+    WalVerify {
+        /// Also download every needed segment, check and decode it, and
+        /// read its page headers and records
+        #[arg(long)]
+        read_data: bool,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -87,6 +87,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::WalFetch { name, dest } => {
             return wal::fetch(&cli, settings.as_ref(), name, dest).await
         }
+        Command::WalVerify { read_data } => {
+            return wal::verify(&cli, settings.as_ref(), *read_data).await
+        }
         _ => {}
     }
     let progress = progress::make(cli.quiet, cli.json);
@@ -134,6 +137,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         | Command::Drills
         | Command::WalPush { .. }
         | Command::WalFetch { .. }
+        | Command::WalVerify { .. }
         | Command::Config(_) => unreachable!("handled above"),
         Command::Backup(args::BackupArgs {
             mode: Some(cmd), ..

@@ -448,9 +448,14 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         eprintln!("usdcop-dr: warning: {e}");
         Default::default()
     });
+    let mut wal_map = None;
     let facts = async {
         let (location, repo) = open_repository(cli, s).await?;
-        Ok::<_, Error>((location, backup_all::repository_facts(&repo).await?))
+        let facts = backup_all::repository_facts(&repo).await?;
+        if s.wal.is_some() {
+            wal_map = Some(usdcop_dr::repository::wal_archive::load(&repo).await);
+        }
+        Ok::<_, Error>((location, facts))
     }
     .await;
     let (location, facts) = match facts {
@@ -461,7 +466,7 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         }
     };
     let now = Utc::now();
-    let r = status::report(
+    let mut r = status::report(
         &s.sources,
         &s.objectives,
         location,
@@ -469,7 +474,7 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         &state,
         now,
     )
-    .with_wal(s.wal.as_ref().and_then(|_| {
+    .with_wal_lag(s.wal.as_ref().and_then(|_| {
         usdcop_dr::commands::wal_spool::LagFile::new(
             &usdcop_dr::state::dir(),
             &repo_arg_for_wal,
@@ -477,19 +482,30 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         )
         .load()
     }));
+    r.wal = wal_map.map(|m| match m {
+        Ok(map) => status::WalStatus::of(&map, now),
+        Err(e) => status::WalStatus {
+            newest_recoverable_time: None,
+            age_s: None,
+            newest_segment: None,
+            segments: 0,
+            gaps: 0,
+            error: Some(e.to_string()),
+        },
+    });
     let tz = s.objectives.timezone;
     emit(cli.json, &r, || render_status(&r, tz))?;
     Ok(r.exit_code())
 }
 
-/// The WAL archive's line in `status`.
-fn render_wal(
+/// The WAL archive's push lag in `status`.
+fn render_wal_lag(
     w: &usdcop_dr::commands::wal_spool::WalLag,
     local: &dyn Fn(&DateTime<Utc>) -> String,
 ) -> String {
     let mut t = match (&w.last_success, &w.last_success_file) {
-        (Some(at), Some(f)) => format!("\nWAL archive: last push {} ({f})", local(at)),
-        _ => "\nWAL archive: no successful push recorded".to_owned(),
+        (Some(at), Some(f)) => format!("\nWAL pushes: last {} ({f})", local(at)),
+        _ => "\nWAL pushes: none successful recorded".to_owned(),
     };
     t += &format!(
         ", {} file(s) ({}) waiting",
@@ -501,7 +517,7 @@ fn render_wal(
     }
     if w.consecutive_failures > 0 {
         t += &format!(
-            "\nWAL archive: FAILING, {} push(es) failed since the last success; last at {}: {}",
+            "\nWAL pushes: FAILING, {} failed since the last success; last at {}: {}",
             w.consecutive_failures,
             w.last_failure.as_ref().map_or("-".to_owned(), local),
             w.last_failure_message.as_deref().unwrap_or("")
@@ -587,7 +603,24 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
         }
     }
     if let Some(w) = &r.wal {
-        t += &render_wal(w, &local);
+        t += &match (&w.error, &w.newest_recoverable_time, w.age_s) {
+            (Some(e), _, _) => format!("\nWAL archive: UNREADABLE: {e}"),
+            (None, Some(n), Some(a)) => format!(
+                "\nWAL archive: newest recoverable {} ({} ago), newest segment {}, {} segment(s), {} missing between ranges",
+                local(n),
+                age(a),
+                w.newest_segment.as_deref().unwrap_or("-"),
+                w.segments,
+                w.gaps
+            ),
+            _ => format!(
+                "\nWAL archive: NO RECOVERABLE TIME ({} segment(s))",
+                w.segments
+            ),
+        };
+    }
+    if let Some(w) = &r.wal_lag {
+        t += &render_wal_lag(w, &local);
     }
     let late: Vec<&str> = r
         .sources

@@ -16,6 +16,7 @@ use usdcop_dr::backend;
 use usdcop_dr::commands::wal::{self, PushOutcome};
 use usdcop_dr::commands::wal_async::{self, Foreground, PusherOptions};
 use usdcop_dr::commands::wal_spool::{self, FetchSpool, LagFile, PushFailure, PushSpool};
+use usdcop_dr::commands::wal_verify;
 use usdcop_dr::config::{Settings, WalSettings};
 use usdcop_dr::format::wal::WalName;
 use usdcop_dr::repository::key_cache::{self, Unlock};
@@ -418,4 +419,150 @@ fn fetched(
         super::print_json(&timed)?;
     }
     Ok(0)
+}
+
+/// `wal-verify`: exit 0 when recovery from every base backup can reach the
+/// newest segment of every timeline, 3 on a gap or damage. Writes
+/// `wal-verify`'s metrics textfile when the configuration has `[metrics]`.
+pub async fn verify(cli: &Cli, settings: Option<&Settings>, read_data: bool) -> Result<i32> {
+    let (repo_arg, s3) = nightly::repository(cli, settings)?;
+    let backend = backend::open(&repo_arg, &s3).await?;
+    let password = super::read_password(nightly::password_file(settings))?;
+    // What the store holds, never a cached copy.
+    let repo = Repository::open(backend, &password).await?;
+    let r = wal_verify::run(
+        &repo,
+        wal_verify::WalVerifyOptions {
+            read_data,
+            now: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    if let Some(m) = settings.and_then(|s| s.metrics.as_ref()) {
+        let input = usdcop_dr::metrics::WalMetrics {
+            checked_at: r.checked_at,
+            ok: r.ok(),
+            newest_recoverable: r.newest_recoverable_time,
+            gaps: r.gaps.iter().map(|g| g.gap.count).sum(),
+            segments: r.segments,
+        };
+        let file = usdcop_dr::metrics::wal_textfile(&m.textfile);
+        if let Err(e) = usdcop_dr::metrics::render_wal(&input)
+            .and_then(|text| usdcop_dr::metrics::write_textfile(&file, &text))
+        {
+            eprintln!("usdcop-dr: error: metrics not written: {e}");
+        }
+    }
+    super::emit(cli.json, &r, || render_verify(&r))?;
+    Ok(if r.ok() { 0 } else { 3 })
+}
+
+fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()
+}
+
+fn render_verify(r: &wal_verify::WalVerifyReport) -> String {
+    let mut t = format!(
+        "WAL archive in {}: cluster {}, {} segment(s) of {} MiB",
+        r.location,
+        r.system_identifier.as_deref().unwrap_or("(none recorded)"),
+        r.segments,
+        r.segment_size >> 20
+    );
+    for tl in &r.timelines {
+        t += &format!("\ntimeline {}", tl.timeline);
+        if let Some(h) = tl.history.last() {
+            t += &format!(" (from timeline {} at {})", h.parent, h.switchpoint);
+        }
+        t += ":";
+        for (i, range) in tl.ranges.iter().enumerate() {
+            let s = &range.segments;
+            t += &format!(
+                "\n  range {} .. {} ({} segments), newest time {}",
+                s.first,
+                s.last,
+                s.segments,
+                range
+                    .newest_time
+                    .as_ref()
+                    .map_or("unknown".to_owned(), time)
+            );
+            if let Some(g) = tl.gaps.get(i) {
+                t += &format!(
+                    "\n  missing {} segment(s): {}{}",
+                    g.count,
+                    g.missing.join(" "),
+                    if (g.missing.len() as u64) < g.count {
+                        " …"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    if r.base_backups.is_empty() {
+        t += "\nno base backup: checked from the oldest archived segment";
+    }
+    for b in &r.base_backups {
+        t += &format!(
+            "\nbase backup {} ({}, timeline {}, {} .. {}): {}, recoverable to {} on timeline {}",
+            b.short_id,
+            time(&b.time),
+            b.timeline,
+            b.start_segment,
+            b.stop_segment,
+            if b.consistent {
+                "consistent"
+            } else {
+                "NOT CONSISTENT"
+            },
+            b.recoverable_to.as_ref().map_or("unknown".to_owned(), time),
+            b.follows_timeline
+        );
+    }
+    if r.segments_read > 0 {
+        t += &format!(
+            "\nread {} segment(s) ({})",
+            r.segments_read,
+            super::human(r.bytes_read)
+        );
+    }
+    t += &format!(
+        "\nnewest recoverable time: {}",
+        match (&r.newest_recoverable_time, r.newest_recoverable_age_s) {
+            (Some(n), Some(age)) => format!(
+                "{} ({} ago), newest segment {}",
+                time(n),
+                humantime::format_duration(std::time::Duration::from_secs(age.max(0.0) as u64)),
+                r.newest_segment.as_deref().unwrap_or("-")
+            ),
+            _ => "none".to_owned(),
+        }
+    );
+    for w in &r.warnings {
+        t += &format!("\nwarning: {}: {}", w.object, w.message);
+    }
+    for g in &r.gaps {
+        t += &format!(
+            "\nGAP on timeline {}: {} segment(s) missing, needed from {}: {}",
+            g.timeline,
+            g.gap.count,
+            g.needed_from,
+            g.gap.missing.join(" ")
+        );
+    }
+    for p in &r.problems {
+        t += &format!("\nDAMAGED {}: {}", p.object, p.message);
+    }
+    if r.ok() {
+        t += "\nno gaps, no damage";
+    } else {
+        t += &format!(
+            "\n{} gap(s), {} problem(s) found",
+            r.gaps.len(),
+            r.problems.len()
+        );
+    }
+    t
 }

@@ -20,3 +20,4 @@ pub mod verify;
 pub mod wal;
 pub mod wal_async;
 pub mod wal_spool;
+pub mod wal_verify;

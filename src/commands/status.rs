@@ -89,23 +89,56 @@ pub struct StatusReport {
     pub last_prune: Option<crate::state::LastPrune>,
     /// The WAL archive's lag as the pushes on this host recorded it
     /// (`null`: no `[wal]`, or nothing recorded yet).
-    pub wal: Option<crate::commands::wal_spool::WalLag>,
+    pub wal_lag: Option<crate::commands::wal_spool::WalLag>,
     /// Every source within its RPO, the repository reachable, and the
     /// last WAL push (if any) not failed.
     pub ok: bool,
+    /// The WAL archive, when the configuration has `[wal]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalStatus>,
+}
+
+/// The WAL archive in `status`: how far back a point-in-time recovery
+/// could go right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalStatus {
+    /// The last transaction end recovery can reach (`null`: none, or the
+    /// archive could not be read).
+    pub newest_recoverable_time: Option<DateTime<Utc>>,
+    pub age_s: Option<f64>,
+    pub newest_segment: Option<String>,
+    pub segments: u64,
+    /// Segments missing between archived ranges (`wal-verify` says which
+    /// of them recovery needs).
+    pub gaps: u64,
+    pub error: Option<String>,
+}
+
+impl WalStatus {
+    pub fn of(map: &crate::repository::wal_archive::ArchiveMap, now: DateTime<Utc>) -> WalStatus {
+        let newest = map.newest_recoverable_time();
+        WalStatus {
+            newest_recoverable_time: newest,
+            age_s: newest.map(|t| now.signed_duration_since(t).num_milliseconds() as f64 / 1000.0),
+            newest_segment: map.newest_segment(),
+            segments: map.segments,
+            gaps: map.gap_count(),
+            error: None,
+        }
+    }
 }
 
 impl StatusReport {
     /// Whether the last WAL push failed and files wait.
     pub fn wal_failing(&self) -> bool {
-        self.wal
+        self.wal_lag
             .as_ref()
             .is_some_and(|w| w.consecutive_failures > 0 && w.pending_files > 0)
     }
 
     /// Add the WAL archive's lag; a failing archive makes the report not ok.
-    pub fn with_wal(mut self, wal: Option<crate::commands::wal_spool::WalLag>) -> Self {
-        self.wal = wal;
+    pub fn with_wal_lag(mut self, lag: Option<crate::commands::wal_spool::WalLag>) -> Self {
+        self.wal_lag = lag;
         self.ok = self.ok && !self.wal_failing();
         self
     }
@@ -186,8 +219,9 @@ pub fn report(
         },
         sources: statuses,
         last_prune: state.last_prune.clone(),
-        wal: None,
+        wal_lag: None,
         ok,
+        wal: None,
     }
 }
 

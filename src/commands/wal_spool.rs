@@ -387,7 +387,7 @@ impl WalLag {
 pub struct LagFile {
     path: PathBuf,
     repository: String,
-    /// `<stem>_wal.prom` next to `[metrics] textfile`, when configured.
+    /// `<stem>_wal_push.prom` next to `[metrics] textfile`, when configured.
     metrics: Option<PathBuf>,
 }
 
@@ -440,7 +440,8 @@ impl LagFile {
         text.push(b'\n');
         crate::metrics::write_atomic(&self.path, &text, 0o640)?;
         if let Some(m) = &self.metrics {
-            crate::metrics::render_wal(&lag).and_then(|t| crate::metrics::write_textfile(m, &t))?;
+            crate::metrics::render_wal_lag(&lag)
+                .and_then(|t| crate::metrics::write_textfile(m, &t))?;
         }
         drop(lock);
         Ok(lag)
@@ -455,15 +456,16 @@ impl LagFile {
     }
 }
 
-/// `<dir>/<stem>_wal.prom` for the textfile `<dir>/<stem>.prom`: the WAL
-/// series live in a file of their own, written by every push, apart from
-/// the nightly run's file (node_exporter reads every `*.prom`).
+/// `<dir>/<stem>_wal_push.prom` for the textfile `<dir>/<stem>.prom`: the
+/// push series live in a file of their own, written by every push, apart
+/// from the nightly run's file and wal-verify's `<stem>_wal.prom`
+/// (node_exporter reads every `*.prom`).
 pub fn wal_textfile(textfile: &Path) -> PathBuf {
     let stem = textfile
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "usdcop_dr".into());
-    textfile.with_file_name(format!("{stem}_wal.prom"))
+    textfile.with_file_name(format!("{stem}_wal_push.prom"))
 }
 
 // ---- the fetch spool ----------------------------------------------------------
@@ -748,7 +750,7 @@ mod tests {
         let g = l.update(|g| g.success("A", now)).unwrap();
         assert_eq!(g.consecutive_failures, 0);
         assert_eq!(l.load().unwrap(), g);
-        let text = std::fs::read_to_string(t.path().join("m/usdcop_dr_wal.prom")).unwrap();
+        let text = std::fs::read_to_string(t.path().join("m/usdcop_dr_wal_push.prom")).unwrap();
         assert!(text.contains("usdcop_dr_wal_pending_files 1"), "{text}");
     }
 

@@ -13,6 +13,8 @@ pub mod pack;
 pub mod snapshot;
 pub mod tree;
 pub mod wal;
+pub mod wal_records;
+pub mod wal_timeline;
 
 pub use id::{Hasher, Id};
 

@@ -9,6 +9,7 @@ pub mod index;
 pub mod key_cache;
 pub mod lock;
 pub mod tree;
+pub mod wal_archive;
 
 use std::sync::Arc;
 
