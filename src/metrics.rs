@@ -195,6 +195,46 @@ pub fn render(input: &MetricsInput) -> Result<String> {
     String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
 }
 
+/// The WAL archive's series (`<stem>_wal_push.prom`, rewritten by every
+/// `wal-push`; docs/OPERATIONS.md, "Archive lag").
+pub fn render_wal_lag(lag: &crate::commands::wal_spool::WalLag) -> Result<String> {
+    let r = Registry::new();
+    for (name, help, v) in [
+        (
+            "usdcop_dr_wal_last_push_timestamp_seconds",
+            "Time of the last successful wal-push (0: none recorded)",
+            lag.last_success.as_ref().map_or(0.0, ts),
+        ),
+        (
+            "usdcop_dr_wal_last_failure_timestamp_seconds",
+            "Time of the last failed wal-push (0: none recorded)",
+            lag.last_failure.as_ref().map_or(0.0, ts),
+        ),
+        (
+            "usdcop_dr_wal_push_failures",
+            "Failed wal-pushes since the last success",
+            lag.consecutive_failures as f64,
+        ),
+        (
+            "usdcop_dr_wal_pending_files",
+            "WAL files PostgreSQL marked ready that are not in the store yet",
+            lag.pending_files as f64,
+        ),
+        (
+            "usdcop_dr_wal_pending_bytes",
+            "Bytes of the WAL files PostgreSQL marked ready that are not in the store yet",
+            lag.pending_bytes as f64,
+        ),
+    ] {
+        gauge(&r, name, help)?.set(v);
+    }
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&r.gather(), &mut out)
+        .map_err(metrics_err)?;
+    String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
+}
+
 /// What `wal-verify` found, for its own textfile ([`wal_textfile`]):
 /// `backup --all` runs nightly, the WAL archive moves every minute.
 #[derive(Debug, Clone, PartialEq)]

@@ -122,8 +122,12 @@ pub enum Command {
     /// settings from the configuration file ([wal], [repository]); exit 0
     /// only once the file is durable in the repository
     WalPush {
-        /// The file (PostgreSQL's %p)
+        /// The file (PostgreSQL's %p); with --background, the pg_wal directory
         path: PathBuf,
+        /// Run as the background pusher of [wal] async (started by wal-push
+        /// itself; docs/CLI.md)
+        #[arg(long, hide = true)]
+        background: bool,
     },
     /// Fetch one archived WAL file (restore_command = 'usdcop-dr wal-fetch
     /// %f %p'); exit 1 with one line when it is not archived

@@ -78,7 +78,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Drills => return drill::list(&cli, settings.as_ref()).await,
         Command::Forget(a) => return prune::run(&cli, settings.as_ref(), a, false).await,
         Command::Prune(a) => return prune::run(&cli, settings.as_ref(), a, true).await,
-        Command::WalPush { path } => return wal::push(&cli, settings.as_ref(), path).await,
+        Command::WalPush { path, background } => {
+            return match background {
+                true => wal::background(&cli, settings.as_ref(), path).await,
+                false => wal::push(&cli, settings.as_ref(), path).await,
+            }
+        }
         Command::WalFetch { name, dest } => {
             return wal::fetch(&cli, settings.as_ref(), name, dest).await
         }

@@ -442,6 +442,7 @@ fn summary_line(r: &SourceRun) -> String {
 pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
     let s = require(settings, "status")?;
     let (repo_arg, _) = repository(cli, Some(s))?;
+    let repo_arg_for_wal = repo_arg.clone();
     let store = StateStore::new(usdcop_dr::state::dir(), &repo_arg);
     let state = store.load().unwrap_or_else(|e| {
         eprintln!("usdcop-dr: warning: {e}");
@@ -472,7 +473,15 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
         facts.as_ref().map_err(Clone::clone),
         &state,
         now,
-    );
+    )
+    .with_wal_lag(s.wal.as_ref().and_then(|_| {
+        usdcop_dr::commands::wal_spool::LagFile::new(
+            &usdcop_dr::state::dir(),
+            &repo_arg_for_wal,
+            None,
+        )
+        .load()
+    }));
     r.wal = wal_map.map(|m| match m {
         Ok(map) => status::WalStatus::of(&map, now),
         Err(e) => status::WalStatus {
@@ -487,6 +496,34 @@ pub async fn status(cli: &Cli, settings: Option<&Settings>) -> Result<i32> {
     let tz = s.objectives.timezone;
     emit(cli.json, &r, || render_status(&r, tz))?;
     Ok(r.exit_code())
+}
+
+/// The WAL archive's push lag in `status`.
+fn render_wal_lag(
+    w: &usdcop_dr::commands::wal_spool::WalLag,
+    local: &dyn Fn(&DateTime<Utc>) -> String,
+) -> String {
+    let mut t = match (&w.last_success, &w.last_success_file) {
+        (Some(at), Some(f)) => format!("\nWAL pushes: last {} ({f})", local(at)),
+        _ => "\nWAL pushes: none successful recorded".to_owned(),
+    };
+    t += &format!(
+        ", {} file(s) ({}) waiting",
+        w.pending_files,
+        human(w.pending_bytes)
+    );
+    if let Some(f) = &w.oldest_pending {
+        t += &format!(" from {f}");
+    }
+    if w.consecutive_failures > 0 {
+        t += &format!(
+            "\nWAL pushes: FAILING, {} failed since the last success; last at {}: {}",
+            w.consecutive_failures,
+            w.last_failure.as_ref().map_or("-".to_owned(), local),
+            w.last_failure_message.as_deref().unwrap_or("")
+        );
+    }
+    t
 }
 
 fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
@@ -581,6 +618,9 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
                 w.segments
             ),
         };
+    }
+    if let Some(w) = &r.wal_lag {
+        t += &render_wal_lag(w, &local);
     }
     let late: Vec<&str> = r
         .sources

@@ -18,4 +18,6 @@ pub mod stats;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod wal_async;
+pub mod wal_spool;
 pub mod wal_verify;

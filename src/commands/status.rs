@@ -87,7 +87,11 @@ pub struct StatusReport {
     pub sources: Vec<SourceStatus>,
     /// The last prune recorded on this host (not a dry run).
     pub last_prune: Option<crate::state::LastPrune>,
-    /// Every source within its RPO (and the repository reachable).
+    /// The WAL archive's lag as the pushes on this host recorded it
+    /// (`null`: no `[wal]`, or nothing recorded yet).
+    pub wal_lag: Option<crate::commands::wal_spool::WalLag>,
+    /// Every source within its RPO, the repository reachable, and the
+    /// last WAL push (if any) not failed.
     pub ok: bool,
     /// The WAL archive, when the configuration has `[wal]`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,13 +129,27 @@ impl WalStatus {
 }
 
 impl StatusReport {
+    /// Whether the last WAL push failed and files wait.
+    pub fn wal_failing(&self) -> bool {
+        self.wal_lag
+            .as_ref()
+            .is_some_and(|w| w.consecutive_failures > 0 && w.pending_files > 0)
+    }
+
+    /// Add the WAL archive's lag; a failing archive makes the report not ok.
+    pub fn with_wal_lag(mut self, lag: Option<crate::commands::wal_spool::WalLag>) -> Self {
+        self.wal_lag = lag;
+        self.ok = self.ok && !self.wal_failing();
+        self
+    }
+
     /// 0 every source within its RPO; the repository error's code when it
     /// could not be read; else [`EXIT_RPO_MISSED`].
     pub fn exit_code(&self) -> i32 {
         if let Some(e) = &self.repository.error {
             return e.exit_code;
         }
-        if self.sources.iter().all(|s| s.within_rpo) {
+        if self.sources.iter().all(|s| s.within_rpo) && !self.wal_failing() {
             0
         } else {
             EXIT_RPO_MISSED
@@ -201,6 +219,7 @@ pub fn report(
         },
         sources: statuses,
         last_prune: state.last_prune.clone(),
+        wal_lag: None,
         ok,
         wal: None,
     }

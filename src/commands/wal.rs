@@ -4,10 +4,14 @@
 //! No lock is taken: WAL objects are created once under names that carry
 //! their content's hash, and prune touches only `data/` and `condemned/`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
 use serde::Serialize;
+
+use super::wal_spool::{FetchRecord, FetchSpool};
 
 use crate::backend::{list_all, PutMode};
 use crate::error::{Error, ErrorKind, Result};
@@ -34,11 +38,24 @@ pub struct FetchOutcome {
     pub object: String,
     pub dest: PathBuf,
     pub bytes: u64,
+    /// Served from the prefetch spool (no store request).
+    pub from_spool: bool,
+    /// Later segments fetched into the spool by this call.
+    pub prefetched: u64,
 }
 
-/// Archive the file at `path` (PostgreSQL's `%p`) into `repo`. Returns
-/// only once the object is durable in the store (or was already there).
-pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOutcome> {
+/// A WAL file read and checked locally: what a push stores.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub name: WalName,
+    pub plain: Vec<u8>,
+    pub hash: Id,
+    /// A segment's system identifier (its first page's long header).
+    pub segment_system_id: Option<u64>,
+}
+
+/// Read the file at `path` (PostgreSQL's `%p`) and hash it (blocking).
+pub fn prepare(path: &Path) -> Result<Prepared> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -46,8 +63,46 @@ pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOu
     let name = WalName::parse(file_name)?;
     let plain = read_file(path)?;
     let hash = Id::hash(&plain);
-    let backend = repo.backend();
+    let segment_system_id = match name.kind {
+        WalKind::Segment => Some(wal::segment_system_id(&name.name, &plain)?),
+        _ => None,
+    };
+    Ok(Prepared {
+        name,
+        plain,
+        hash,
+        segment_system_id,
+    })
+}
 
+/// The archive's `wal/system-id`, read once per process (a background
+/// pusher pushes many files with one repository).
+#[derive(Default)]
+pub struct SystemIdCache(tokio::sync::OnceCell<SystemIdRecord>);
+
+/// Archive the file at `path` (PostgreSQL's `%p`) into `repo`. Returns
+/// only once the object is durable in the store (or was already there).
+pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOutcome> {
+    let prepared = prepare(path)?;
+    push_prepared(repo, source, prepared, &SystemIdCache::default()).await
+}
+
+/// [`push`] of a file already read; the compression and encryption run on
+/// a blocking thread, so that several pushes of one process run in
+/// parallel.
+pub async fn push_prepared(
+    repo: &Repository,
+    source: &str,
+    prepared: Prepared,
+    known: &SystemIdCache,
+) -> Result<PushOutcome> {
+    let Prepared {
+        name,
+        plain,
+        hash,
+        segment_system_id,
+    } = prepared;
+    let backend = repo.backend();
     let existing = versions(repo, &name).await?;
     if existing.contains(&hash) {
         let object = name.object_name(&hash);
@@ -58,18 +113,17 @@ pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOu
             stored: false,
             bytes: plain.len() as u64,
             stored_bytes: size,
-            system_identifier: String::new(),
+            system_identifier: segment_system_id.map(|i| i.to_string()).unwrap_or_default(),
         });
     }
     // The cluster first: a foreign cluster's segment is named as such
     // even when its name collides with one of ours.
-    let system_id = match name.kind {
-        WalKind::Segment => {
-            let id = wal::segment_system_id(&name.name, &plain)?;
-            check_system_id(repo, source, &name, &plain, id).await?;
+    let system_id = match segment_system_id {
+        Some(id) => {
+            check_system_id(repo, source, &name, &plain, id, known).await?;
             id
         }
-        WalKind::History | WalKind::Backup => match load_system_id(repo).await? {
+        None => match cached_system_id(repo, known).await? {
             Some(r) => r.system_id()?,
             None => {
                 return Err(Error::usage(format!(
@@ -86,13 +140,15 @@ pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOu
         return Err(conflict(&name, other, &hash));
     }
 
-    let sealed = wal::encode(
-        repo.key(),
-        system_id,
-        &name,
-        &plain,
-        repo.config().compression_level,
-    );
+    let key = repo.key().clone();
+    let level = repo.config().compression_level;
+    let bytes = plain.len() as u64;
+    let (sealed, name) = tokio::task::spawn_blocking(move || {
+        let sealed = wal::encode(&key, system_id, &name, &plain, level);
+        (sealed, name)
+    })
+    .await
+    .map_err(|e| Error::io(format!("WAL encoder task failed: {e}")))?;
     let stored_bytes = sealed.len() as u64;
     let object = name.object_name(&hash);
     match backend.put(&object, sealed.into(), PutMode::Create).await {
@@ -110,7 +166,7 @@ pub async fn push(repo: &Repository, source: &str, path: &Path) -> Result<PushOu
         file: name.name.clone(),
         object,
         stored: true,
-        bytes: plain.len() as u64,
+        bytes,
         stored_bytes,
         system_identifier: system_id.to_string(),
     })
@@ -135,7 +191,22 @@ async fn versions(repo: &Repository, name: &WalName) -> Result<Vec<Id>> {
         .collect())
 }
 
-async fn load_system_id(repo: &Repository) -> Result<Option<SystemIdRecord>> {
+/// The archive's record, from `known` or the store (remembered once found).
+async fn cached_system_id(
+    repo: &Repository,
+    known: &SystemIdCache,
+) -> Result<Option<SystemIdRecord>> {
+    if let Some(r) = known.0.get() {
+        return Ok(Some(r.clone()));
+    }
+    let r = load_system_id(repo).await?;
+    if let Some(r) = &r {
+        let _ = known.0.set(r.clone());
+    }
+    Ok(r)
+}
+
+pub(crate) async fn load_system_id(repo: &Repository) -> Result<Option<SystemIdRecord>> {
     match repo.backend().get(wal::SYSTEM_ID).await {
         Ok(b) => Ok(Some(SystemIdRecord::open(repo.key(), &b)?)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -150,8 +221,9 @@ async fn check_system_id(
     name: &WalName,
     segment: &[u8],
     id: u64,
+    known: &SystemIdCache,
 ) -> Result<()> {
-    let record = match load_system_id(repo).await? {
+    let record = match cached_system_id(repo, known).await? {
         Some(r) => r,
         None => {
             let r = SystemIdRecord {
@@ -167,7 +239,10 @@ async fn check_system_id(
                 .put(wal::SYSTEM_ID, r.seal(repo.key()).into(), PutMode::Create)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    let _ = known.0.set(r);
+                    return Ok(());
+                }
                 // Another push recorded first: judge by its record.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => load_system_id(repo)
                     .await?
@@ -208,21 +283,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Option<FetchOutcome>> {
     let name = WalName::parse(name)?;
     let found = versions(repo, &name).await?;
-    let hash = match found.as_slice() {
-        [] => return Ok(None),
-        [h] => *h,
-        many => {
-            return Err(Error::integrity(format!(
-                "WAL file {} is archived {} times with different content ({})",
-                name.name,
-                many.len(),
-                many.iter()
-                    .map(|h| name.object_name(h))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .with_hint("two clusters wrote into this archive; remove the foreign object after checking which one belongs to this cluster"))
-        }
+    let Some(hash) = single(&name, &found)? else {
+        return Ok(None);
     };
     let object = name.object_name(&hash);
     let sealed = match repo.backend().get(&object).await {
@@ -237,11 +299,200 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Option<
         object,
         dest: dest.to_owned(),
         bytes: decoded.plain.len() as u64,
+        from_spool: false,
+        prefetched: 0,
     }))
 }
 
+/// The single stored version of a file among `found`, or an error naming
+/// them all when there are several.
+fn single(name: &WalName, found: &[Id]) -> Result<Option<Id>> {
+    match found {
+        [] => Ok(None),
+        [h] => Ok(Some(*h)),
+        many => Err(Error::integrity(format!(
+            "WAL file {} is archived {} times with different content ({})",
+            name.name,
+            many.len(),
+            many.iter()
+                .map(|h| name.object_name(h))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .with_hint("two clusters wrote into this archive; remove the foreign object after checking which one belongs to this cluster")),
+    }
+}
+
+/// Stored versions of every file under `wal/<timeline>/<start>`, by name.
+async fn versions_under(
+    repo: &Repository,
+    timeline: u32,
+    start: &str,
+) -> Result<BTreeMap<String, Vec<Id>>> {
+    let prefix = format!("{}{timeline:08X}/{start}", wal::DIR);
+    let mut out: BTreeMap<String, Vec<Id>> = BTreeMap::new();
+    for o in list_all(repo.backend(), &prefix).await? {
+        let Some((file, _)) = o.name.rsplit('/').next().and_then(|n| n.rsplit_once('-')) else {
+            continue;
+        };
+        if let Ok(n) = WalName::parse(file) {
+            if let Some(h) = n.hash_of(&o.name) {
+                out.entry(n.name).or_default().push(h);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`fetch`] of a segment that also fetches the next `count` segments
+/// the archive holds into `spool` (concurrently, at most `count + 1`
+/// files in flight), so that the next calls need no store request. One
+/// listing finds them all; each is decoded and checked against its
+/// object's name, as `name` itself is. A failed prefetch only warns.
+pub async fn fetch_ahead(
+    repo: &Repository,
+    name: &str,
+    dest: &Path,
+    spool: &FetchSpool,
+    count: usize,
+) -> Result<Option<FetchOutcome>> {
+    let name = WalName::parse(name)?;
+    if count == 0 || name.kind != WalKind::Segment {
+        return fetch(repo, &name.name, dest).await;
+    }
+    let (listed, record) = tokio::join!(
+        versions_under(repo, name.timeline, &name.name[..16]),
+        load_system_id(repo)
+    );
+    let mut listed = listed?;
+    let Some(hash) = single(
+        &name,
+        listed.get(&name.name).map_or(&[][..], |v| v.as_slice()),
+    )?
+    else {
+        return Ok(None);
+    };
+    let mut jobs = vec![(name.clone(), hash, true)];
+    let repository_id = repo.config().id.clone();
+    let now = chrono::Utc::now();
+    if let Some(size) = record.ok().flatten().and_then(|r| r.segment_size) {
+        if let Some((tl, segno)) = wal::segment_number(&name.name, size) {
+            for i in 1..=count as u64 {
+                let next = wal::segment_name(tl, segno + i, size);
+                if !listed.contains_key(&next) && next[..16] != name.name[..16] {
+                    // The next xlogid: one more listing.
+                    listed.extend(versions_under(repo, tl, &next[..16]).await?);
+                }
+                let Some([h]) = listed.get(&next).map(|v| v.as_slice()) else {
+                    break;
+                };
+                if spool.record(&next, &repository_id, now).is_none() {
+                    jobs.push((WalName::parse(&next)?, *h, false));
+                }
+            }
+        }
+    }
+    if jobs.len() > 1 {
+        if let Err(e) = spool.create() {
+            tracing::warn!("no prefetch: {e}");
+            jobs.truncate(1);
+        }
+    }
+    let in_flight = jobs.len();
+    let results: Vec<(bool, Result<Option<FetchOutcome>>)> = futures::stream::iter(jobs)
+        .map(|(n, h, asked)| {
+            let repository_id = repository_id.clone();
+            async move {
+                let r = fetch_one(
+                    repo,
+                    &n,
+                    h,
+                    if asked { Some(dest) } else { None },
+                    spool,
+                    &repository_id,
+                )
+                .await;
+                (asked, r)
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let mut outcome = None;
+    let mut prefetched = 0;
+    for (asked, r) in results {
+        match (asked, r) {
+            (true, r) => outcome = r?,
+            (false, Ok(_)) => prefetched += 1,
+            (false, Err(e)) => tracing::warn!("prefetch: {e}"),
+        }
+    }
+    Ok(outcome.map(|o| FetchOutcome { prefetched, ..o }))
+}
+
+/// GET, decode and check one object; write it to `dest`, or into the
+/// spool when `dest` is `None`.
+async fn fetch_one(
+    repo: &Repository,
+    name: &WalName,
+    hash: Id,
+    dest: Option<&Path>,
+    spool: &FetchSpool,
+    repository_id: &str,
+) -> Result<Option<FetchOutcome>> {
+    let object = name.object_name(&hash);
+    let sealed = match repo.backend().get(&object).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let key = repo.key().clone();
+    let (n, o) = (name.clone(), object.clone());
+    let plain = tokio::task::spawn_blocking(move || wal::decode(&key, &n, &o, &sealed))
+        .await
+        .map_err(|e| Error::io(format!("WAL decoder task failed: {e}")))??
+        .plain;
+    let bytes = plain.len() as u64;
+    match dest {
+        Some(d) => write_atomic(d, &plain)?,
+        None => spool.put(
+            &FetchRecord {
+                version: 1,
+                repository_id: repository_id.to_owned(),
+                file: name.name.clone(),
+                object: object.clone(),
+                sha256: hash.to_hex(),
+                bytes,
+                fetched: chrono::Utc::now(),
+            },
+            &plain,
+        )?,
+    }
+    Ok(Some(FetchOutcome {
+        file: name.name.clone(),
+        object,
+        dest: dest
+            .map(Path::to_owned)
+            .unwrap_or_else(|| spool.dir().join(&name.name)),
+        bytes,
+        from_spool: false,
+        prefetched: 0,
+    }))
+}
+
+/// fsync the directory holding `path` (after a rename into it).
+pub(crate) fn sync_dir_of(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("cannot fsync {}: {e}", dir.display())))
+}
+
 /// Temp file in `dest`'s directory, fsync, rename, fsync the directory.
-fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),

@@ -114,12 +114,33 @@ impl Default for Objectives {
     }
 }
 
-/// `[wal]`: which configured PostgreSQL source the WAL archive is of.
+/// `[wal]`: which configured PostgreSQL source the WAL archive is of,
+/// and how `wal-push` / `wal-fetch` keep up (docs/OPERATIONS.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalSettings {
     /// The name of a `[[source]]` of kind `postgres`.
     pub source: String,
+    /// `async`: a background pusher pushes ready segments ahead of
+    /// PostgreSQL's calls (default [`DEFAULT_WAL_ASYNC`]).
+    pub async_push: bool,
+    /// `push_parallel`: segments the background pusher uploads at once.
+    pub push_parallel: usize,
+    /// `prefetch`: segments `wal-fetch` fetches ahead of the one asked for.
+    pub prefetch: usize,
 }
+
+/// `[wal] async` when not set: on. PostgreSQL calls archive_command once
+/// per segment, serially; a background pusher with parallel uploads keeps
+/// the archive lag bounded under write bursts, with the same guarantee (a
+/// call exits 0 only once its file is durable in the store).
+pub const DEFAULT_WAL_ASYNC: bool = true;
+/// `[wal] push_parallel` when not set.
+pub const DEFAULT_WAL_PUSH_PARALLEL: usize = 4;
+/// `[wal] prefetch` when not set.
+pub const DEFAULT_WAL_PREFETCH: usize = 8;
+/// The largest `push_parallel` and `prefetch` accepted: each segment in
+/// flight holds up to twice its size in memory.
+pub const MAX_WAL_PARALLEL: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSettings {
@@ -282,6 +303,10 @@ struct RawDrill {
 #[serde(deny_unknown_fields)]
 struct RawWal {
     source: Spanned<String>,
+    #[serde(rename = "async")]
+    async_push: Option<bool>,
+    push_parallel: Option<Spanned<i64>>,
+    prefetch: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -407,7 +432,12 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
         Some(w) => {
             let name = w.source.get_ref().trim().to_owned();
             match sources.iter().find(|s| s.name == name) {
-                Some(s) if s.spec.kind() == SourceKind::Postgres => Some(WalSettings { source: name }),
+                Some(s) if s.spec.kind() == SourceKind::Postgres => Some(WalSettings {
+                    source: name,
+                    async_push: w.async_push.unwrap_or(DEFAULT_WAL_ASYNC),
+                    push_parallel: wal_count(&w.push_parallel, "wal.push_parallel", 1, DEFAULT_WAL_PUSH_PARALLEL, at)?,
+                    prefetch: wal_count(&w.prefetch, "wal.prefetch", 0, DEFAULT_WAL_PREFETCH, at)?,
+                }),
                 Some(s) => {
                     return Err(at.error(
                         w.source.span(),
@@ -441,6 +471,27 @@ fn check(raw: RawFile, at: &Located<'_>) -> Result<Settings, ConfigError> {
         drill,
         sources,
     })
+}
+
+/// A `[wal]` count in `min..=MAX_WAL_PARALLEL`, or `default` when unset.
+fn wal_count(
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    min: usize,
+    default: usize,
+    at: &Located<'_>,
+) -> Result<usize, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    let n = *v.get_ref();
+    if n < min as i64 || n > MAX_WAL_PARALLEL as i64 {
+        return Err(at.error(
+            v.span(),
+            key,
+            format!("{n} is out of range {min}..={MAX_WAL_PARALLEL}"),
+            Some("each segment in flight holds up to twice its size (16 MiB) in memory"),
+        ));
+    }
+    Ok(n as usize)
 }
 
 fn check_drill(

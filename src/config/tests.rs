@@ -303,7 +303,27 @@ fn duration_text_is_short() {
 fn wal_section_names_a_postgres_source() {
     let base = "[repository]\nurl = \"/srv/repo\"\n\n[[source]]\nname = \"trading\"\nkind = \"postgres\"\ndsn = \"postgresql://backup@db/trading\"\n\n[[source]]\nname = \"etc\"\nkind = \"files\"\npaths = [\"/etc\"]\n";
     let s = ok(&format!("{base}\n[wal]\nsource = \"trading\"\n"));
-    assert_eq!(s.wal.unwrap().source, "trading");
+    let w = s.wal.unwrap();
+    assert_eq!(w.source, "trading");
+    assert_eq!(
+        (w.async_push, w.push_parallel, w.prefetch),
+        (true, 4, 8),
+        "defaults"
+    );
+    let w = ok(&format!(
+        "{base}\n[wal]\nsource = \"trading\"\nasync = false\npush_parallel = 2\nprefetch = 0\n"
+    ))
+    .wal
+    .unwrap();
+    assert_eq!((w.async_push, w.push_parallel, w.prefetch), (false, 2, 0));
+    let e = err(&format!(
+        "{base}\n[wal]\nsource = \"trading\"\npush_parallel = 0\n"
+    ));
+    assert_err(&e, 16, "wal.push_parallel", "out of range");
+    let e = err(&format!(
+        "{base}\n[wal]\nsource = \"trading\"\nprefetch = 99\n"
+    ));
+    assert_err(&e, 16, "wal.prefetch", "out of range");
     assert!(ok(base).wal.is_none());
     let e = err(&format!("{base}\n[wal]\nsource = \"etc\"\n"));
     assert_err(&e, 15, "wal.source", "not postgres");

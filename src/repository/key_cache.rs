@@ -62,6 +62,15 @@ fn wrapping_key(passphrase: &[u8], repository_id: &str, salt: &[u8]) -> Result<K
     crypto::derive_key(passphrase, &s, FAST_KDF)
 }
 
+/// The repository id the cache file at `file` was written for, without
+/// the passphrase: what the local WAL spools bind their records to (the
+/// repository last opened under this URL). `None` when there is no
+/// readable cache file.
+pub fn cached_repository_id(file: &Path) -> Option<String> {
+    let c: CacheFile = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+    (c.version == VERSION).then_some(c.repository_id)
+}
+
 fn load(file: &Path, passphrase: &[u8]) -> Result<(String, Key)> {
     let bytes = std::fs::read(file)
         .map_err(|e| Error::io(format!("cannot read {}: {e}", file.display())))?;
