@@ -108,9 +108,11 @@ fn postgres_archives_through_wal_push_and_wal_fetch_gives_it_back() {
     archive.push_copy("00000002.history", history).ok();
     assert_eq!(archive.archived("00000002").len(), 1);
     assert_eq!(archive.fetch("00000002.history").1, history);
-    // A .partial segment is refused.
+    // A .partial segment (what PostgreSQL archives of the old timeline
+    // after a standby's promotion) is archived, and comes back.
     let r = archive.push_copy("00000001000000FE00000002.partial", &seg);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(archive.fetch("00000001000000FE00000002.partial").1, seg);
 
     // A name the archive does not hold: exit 1, one line (the normal end
     // of recovery).

@@ -43,6 +43,11 @@ pub enum WalKind {
     History,
     /// A backup history file, `<segment>.XXXXXXXX.backup`.
     Backup,
+    /// The unfinished last segment of an old timeline, `<segment>.partial`:
+    /// PostgreSQL archives it after a promotion when it was not archived
+    /// whole (a standby's). Kept like any archived file (pgBackRest and
+    /// WAL-G keep it too); recovery never asks for it.
+    Partial,
 }
 
 /// A checked WAL file name.
@@ -59,21 +64,20 @@ fn is_hex(s: &str) -> bool {
 
 impl WalName {
     /// Parse a file name as PostgreSQL writes it (upper-case hex only).
-    /// `.partial` files, paths, and anything else are refused.
+    /// Paths, lower-case hex and anything else are refused.
     pub fn parse(name: &str) -> Result<WalName> {
         let bad = |why: &str| {
             Error::usage(format!("{name:?} is not a WAL file name: {why}")).with_hint(
                 "give a segment (24 hex digits), a TTTTTTTT.history or a <segment>.XXXXXXXX.backup file",
             )
         };
-        if name.ends_with(".partial") {
-            return Err(Error::usage(format!(
-                "{name:?} is a .partial segment, which is not archived"
-            ))
-            .with_hint("a .partial file is the unfinished last segment of an old timeline; PostgreSQL archives the complete one"));
-        }
         let (kind, tl_hex) = if name.len() == 24 && is_hex(name) {
             (WalKind::Segment, &name[..8])
+        } else if let Some(seg) = name.strip_suffix(".partial") {
+            if seg.len() != 24 || !is_hex(seg) {
+                return Err(bad("a partial segment is 24 hex digits + .partial"));
+            }
+            (WalKind::Partial, &seg[..8])
         } else if let Some(tl) = name.strip_suffix(".history") {
             if tl.len() != 8 || !is_hex(tl) {
                 return Err(bad("a history file is 8 hex digits + .history"));
@@ -359,8 +363,8 @@ mod tests {
             "0000000100000000000000030",
             "00000001000000000000000a",
             "000000000000000000000003",
-            "000000010000000000000003.partial",
             "00000001.history.partial",
+            "00000001000000000000003.partial",
             "1.history",
             "0000000g.history",
             "000000010000000000000003.0000028.backup",
@@ -371,8 +375,9 @@ mod tests {
         ] {
             assert!(WalName::parse(bad).is_err(), "{bad:?} accepted");
         }
-        let e = WalName::parse("000000010000000000000003.partial").unwrap_err();
-        assert!(e.to_string().contains(".partial"));
+        let p = WalName::parse("000000010000000000000003.partial").unwrap();
+        assert_eq!((p.kind, p.timeline), (WalKind::Partial, 1));
+        assert_eq!(p.prefix(), "wal/00000001/000000010000000000000003.partial-");
     }
 
     #[test]

@@ -278,7 +278,7 @@ fn classify(object: &str, seg_size: Option<u32>) -> Option<Listed> {
             Some(Listed::Segment(tli, segno, hash))
         }
         WalKind::History => Some(Listed::History(name.timeline, object.to_owned())),
-        WalKind::Backup => Some(Listed::Other),
+        WalKind::Backup | WalKind::Partial => Some(Listed::Other),
     }
 }
 

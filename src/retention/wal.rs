@@ -46,9 +46,10 @@ pub fn expire(names: &[String], kept: &[BaseBackupInfo]) -> WalExpiry {
             let Some((file, _hash)) = file_hash.rsplit_once('-') else {
                 return false;
             };
-            let segment = match file.strip_suffix(".backup") {
-                Some(b) => b.get(..24).unwrap_or(""),
-                None => file,
+            let segment = match (file.strip_suffix(".backup"), file.strip_suffix(".partial")) {
+                (Some(b), _) => b.get(..24).unwrap_or(""),
+                (_, Some(p)) => p,
+                _ => file,
             };
             matches!(segment_number(segment, seg), Some((_, n)) if n < first)
         })
@@ -103,6 +104,8 @@ mod tests {
             1,
             &format!("{}.00000028.backup", segment_name(1, 6, seg)),
         ));
+        names.push(obj(1, &format!("{}.partial", segment_name(1, 2, seg))));
+        names.push(obj(1, &format!("{}.partial", segment_name(1, 9, seg))));
         names.push("wal/system-id".into());
         // No base backup kept: nothing goes.
         assert_eq!(expire(&names, &[]), WalExpiry::default());
