@@ -736,6 +736,24 @@ fn store_unreachable_pushes_fail_lag_shows_and_the_archive_catches_up() {
     };
     assert!(gauge("usdcop_dr_wal_pending_files") >= 4.0, "{prom}");
     assert!(gauge("usdcop_dr_wal_push_failures") >= 2.0, "{prom}");
+    // Every metric the push alert rules use is one wal-push writes.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contrib/prometheus/usdcop-dr-wal-push.rules.yml"),
+    )
+    .unwrap();
+    let exprs: String = rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+        .collect();
+    for word in exprs.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("usdcop_dr_") {
+            assert!(
+                prom.contains(&format!("# TYPE {word} gauge")),
+                "the rules use {word}, which the push metrics do not have:\n{prom}"
+            );
+        }
+    }
     // Nothing was dropped: the files wait in pg_wal.
     for f in ready(&pg) {
         assert!(pg.data_dir().join("pg_wal").join(&f).exists(), "{f}");

@@ -64,9 +64,7 @@ pub fn prepare(path: &Path) -> Result<Prepared> {
     let plain = read_file(path)?;
     let hash = Id::hash(&plain);
     let segment_system_id = match name.kind {
-        WalKind::Segment | WalKind::Partial => {
-            Some(wal::segment_system_id(&name.name, &plain)?)
-        }
+        WalKind::Segment | WalKind::Partial => Some(wal::segment_system_id(&name.name, &plain)?),
         _ => None,
     };
     Ok(Prepared {

@@ -117,6 +117,7 @@ mod tests {
             1,
             &format!("{}.00000028.backup", segment_name(1, 4, seg)),
         ));
+        want.push(obj(1, &format!("{}.partial", segment_name(1, 2, seg))));
         want.sort();
         assert_eq!(e.delete, want);
         // Foreign names are never touched.
