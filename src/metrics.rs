@@ -195,11 +195,23 @@ pub fn render(input: &MetricsInput) -> Result<String> {
     String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
 }
 
+/// A textfile of plain gauges: (name, help, value).
+fn render_gauges(gauges: &[(&str, &str, f64)]) -> Result<String> {
+    let r = Registry::new();
+    for &(name, help, v) in gauges {
+        gauge(&r, name, help)?.set(v);
+    }
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&r.gather(), &mut out)
+        .map_err(metrics_err)?;
+    String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
+}
+
 /// The WAL archive's series (`<stem>_wal_push.prom`, rewritten by every
 /// `wal-push`; docs/OPERATIONS.md, "Archive lag").
 pub fn render_wal_lag(lag: &crate::commands::wal_spool::WalLag) -> Result<String> {
-    let r = Registry::new();
-    for (name, help, v) in [
+    render_gauges(&[
         (
             "usdcop_dr_wal_last_push_timestamp_seconds",
             "Time of the last successful wal-push (0: none recorded)",
@@ -225,14 +237,7 @@ pub fn render_wal_lag(lag: &crate::commands::wal_spool::WalLag) -> Result<String
             "Bytes of the WAL files PostgreSQL marked ready that are not in the store yet",
             lag.pending_bytes as f64,
         ),
-    ] {
-        gauge(&r, name, help)?.set(v);
-    }
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&r.gather(), &mut out)
-        .map_err(metrics_err)?;
-    String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
+    ])
 }
 
 /// What `wal-verify` found, for its own textfile ([`wal_textfile`]):
@@ -250,8 +255,7 @@ pub struct WalMetrics {
 
 /// The text exposition of `m`.
 pub fn render_wal(m: &WalMetrics) -> Result<String> {
-    let r = Registry::new();
-    for (name, help, v) in [
+    render_gauges(&[
         (
             "usdcop_dr_wal_newest_recoverable_timestamp_seconds",
             "Time of the last transaction end in the WAL archive that recovery can reach (0: none)",
@@ -277,14 +281,7 @@ pub fn render_wal(m: &WalMetrics) -> Result<String> {
             "Time of the last wal-verify",
             ts(&m.checked_at),
         ),
-    ] {
-        gauge(&r, name, help)?.set(v);
-    }
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&r.gather(), &mut out)
-        .map_err(metrics_err)?;
-    String::from_utf8(out).map_err(|e| Error::io(format!("metrics are not UTF-8: {e}")))
+    ])
 }
 
 /// `wal-verify`'s textfile: next to `[metrics] textfile`, named after it

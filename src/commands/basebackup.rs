@@ -24,7 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::basebackup::{
     parse_backup_label, parse_manifest_wal_ranges, stop_segment, BaseBackupInfo,
 };
-use crate::format::wal::{self, segment_name, valid_segment_size, WalName};
+use crate::format::wal::{segment_name, valid_segment_size, WalName};
 use crate::postgres::inspect::{self, db_err};
 use crate::postgres::tools::{self, PgTool};
 use crate::postgres::Dsn;
@@ -102,7 +102,7 @@ impl BaseSession {
                 "archive_command is {archive_command:?}, not usdcop-dr wal-push: the backup waits for its WAL to appear in this repository's archive"
             );
         }
-        if let Some(record) = load_system_id(repo).await? {
+        if let Some(record) = crate::repository::wal_archive::load_system_id(repo).await? {
             let archived = record.system_id()?;
             if archived != system_identifier {
                 return Err(Error::usage(format!(
@@ -144,14 +144,6 @@ impl BaseSession {
 
     pub fn endpoint(&self) -> String {
         self.dsn.endpoint()
-    }
-}
-
-async fn load_system_id(repo: &Repository) -> Result<Option<wal::SystemIdRecord>> {
-    match repo.backend().get(wal::SYSTEM_ID).await {
-        Ok(b) => Ok(Some(wal::SystemIdRecord::open(repo.key(), &b)?)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
     }
 }
 

@@ -236,7 +236,13 @@ async fn drill_postgres(
     let name = scratch_name(Utc::now());
     let target = admin.with_dbname(&name)?;
     sd.target = format!("database {name} on {}", admin.endpoint());
-    let guard = DropDatabase::register(admin.clone(), name.clone());
+    let guard = {
+        let (admin, name) = (admin.clone(), name.clone());
+        ScratchCleanup::register(move || {
+            let (admin, name) = (admin.clone(), name.clone());
+            Box::pin(async move { drop_database(&admin, &name).await })
+        })
+    };
     let r = super::restore_postgres::run(
         repo.clone(),
         id,
@@ -255,7 +261,7 @@ async fn drill_postgres(
         progress,
     )
     .await;
-    let dropped = guard.drop_now().await;
+    let dropped = guard.now().await;
     let r = r?;
     sd.checks.push(Check {
         what: format!(
@@ -276,30 +282,34 @@ async fn drill_postgres(
     Ok(r.bytes)
 }
 
-/// Drops the drill's own database: at the end, or from the signal handler.
-struct DropDatabase {
-    admin: crate::postgres::Dsn,
-    name: String,
+/// A scratch target's removal, run at the end of its step
+/// ([`ScratchCleanup::now`]) or, if the run is stopped first, by the signal
+/// handler (registered with [`crate::scratch::register_cleanup`]).
+struct ScratchCleanup {
+    run: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>,
     _registered: crate::scratch::CleanupGuard,
 }
 
-impl DropDatabase {
-    fn register(admin: crate::postgres::Dsn, name: String) -> DropDatabase {
-        let (a, n) = (admin.clone(), name.clone());
+impl ScratchCleanup {
+    fn register(
+        run: impl Fn() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync + 'static,
+    ) -> ScratchCleanup {
+        let run: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync> =
+            Arc::new(run);
+        let on_signal = run.clone();
         let registered = crate::scratch::register_cleanup(Box::new(move || {
             Box::pin(async move {
-                let _ = drop_database(&a, &n).await;
+                let _ = on_signal().await;
             })
         }));
-        DropDatabase {
-            admin,
-            name,
+        ScratchCleanup {
+            run,
             _registered: registered,
         }
     }
 
-    async fn drop_now(self) -> Result<()> {
-        drop_database(&self.admin, &self.name).await
+    async fn now(self) -> Result<()> {
+        (self.run)().await
     }
 }
 
@@ -355,7 +365,13 @@ async fn drill_bucket(
     let buckets = super::restore_bucket::buckets_of(snap, held.iter());
     let mut bytes = 0;
     for b in buckets {
-        let guard = EmptyBucket::register(scratch.clone());
+        let guard = {
+            let scratch = scratch.clone();
+            ScratchCleanup::register(move || {
+                let scratch = scratch.clone();
+                Box::pin(async move { empty_bucket(&scratch).await })
+            })
+        };
         let r = super::restore_bucket::run(
             repo.clone(),
             id,
@@ -374,7 +390,7 @@ async fn drill_bucket(
             progress.clone(),
         )
         .await;
-        let emptied = guard.empty_now().await;
+        let emptied = guard.now().await;
         let r = r?;
         bytes += r.bytes;
         let problems: Vec<String> = r
@@ -401,30 +417,6 @@ async fn drill_bucket(
 }
 
 /// Deletes every object of the scratch bucket (which the drill found empty).
-struct EmptyBucket {
-    bucket: Arc<crate::backend::s3::S3Backend>,
-    _registered: crate::scratch::CleanupGuard,
-}
-
-impl EmptyBucket {
-    fn register(bucket: Arc<crate::backend::s3::S3Backend>) -> EmptyBucket {
-        let b = bucket.clone();
-        let registered = crate::scratch::register_cleanup(Box::new(move || {
-            Box::pin(async move {
-                let _ = empty_bucket(&b).await;
-            })
-        }));
-        EmptyBucket {
-            bucket,
-            _registered: registered,
-        }
-    }
-
-    async fn empty_now(self) -> Result<()> {
-        empty_bucket(&self.bucket).await
-    }
-}
-
 async fn empty_bucket(b: &crate::backend::s3::S3Backend) -> Result<()> {
     use crate::backend::Backend;
     let names: Vec<String> = list_all(b, "").await?.into_iter().map(|o| o.name).collect();

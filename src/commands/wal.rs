@@ -17,6 +17,7 @@ use crate::backend::{list_all, PutMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::wal::{self, SystemIdRecord, WalKind, WalName};
 use crate::format::Id;
+use crate::repository::wal_archive::load_system_id;
 use crate::repository::Repository;
 
 /// What `wal-push` did.
@@ -204,14 +205,6 @@ async fn cached_system_id(
         let _ = known.0.set(r.clone());
     }
     Ok(r)
-}
-
-pub(crate) async fn load_system_id(repo: &Repository) -> Result<Option<SystemIdRecord>> {
-    match repo.backend().get(wal::SYSTEM_ID).await {
-        Ok(b) => Ok(Some(SystemIdRecord::open(repo.key(), &b)?)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Refuse a segment of another cluster; the first segment records its own.

@@ -282,7 +282,8 @@ fn classify(object: &str, seg_size: Option<u32>) -> Option<Listed> {
     }
 }
 
-async fn load_system_id(repo: &Repository) -> Result<Option<SystemIdRecord>> {
+/// The archive's cluster record (`wal/system-id`), if any push made it.
+pub async fn load_system_id(repo: &Repository) -> Result<Option<SystemIdRecord>> {
     match repo.backend().get(wal::SYSTEM_ID).await {
         Ok(b) => Ok(Some(SystemIdRecord::open(repo.key(), &b)?)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
