@@ -32,6 +32,8 @@ const SCRATCH_BUCKET: &str = "usdcop-dr-drill";
 struct Host {
     root: tempfile::TempDir,
     user: (u32, u32),
+    /// The PostgreSQL source archives its WAL here (`[wal]`).
+    wal: bool,
 }
 
 impl Host {
@@ -90,6 +92,11 @@ impl Host {
             port = pg.port(),
             files = self.path("srv/trading").display().to_string(),
         );
+        let text = if self.wal {
+            text + "\n[wal]\nsource = \"pg-usdcop\"\n"
+        } else {
+            text
+        };
         std::fs::write(self.path("etc/usdcop-dr.toml"), text).unwrap();
         self.own_all();
     }
@@ -103,10 +110,35 @@ struct World {
 }
 
 fn world(bars: usize) -> World {
-    let pg = PgServer::start_with(&PgOptions {
-        peer: true,
-        socket_dirs: vec![],
-    });
+    world_with(bars, false)
+}
+
+/// With `wal`, the PostgreSQL source archives through `usdcop-dr
+/// wal-push` (as its OS user, the configuration's `[wal]`), and has a
+/// base backup besides its dump.
+fn world_with(bars: usize, wal: bool) -> World {
+    let root = tempfile::Builder::new()
+        .prefix("usdcop-dr-drill-")
+        .tempdir()
+        .unwrap();
+    let conf = if wal {
+        format!(
+            "archive_mode = on\narchive_command = 'USDCOP_DR_STATE_DIR={state} {bin} --config {cfg} wal-push %p'\n\
+             archive_timeout = 60s\nwal_level = replica\n",
+            state = root.path().join("state").display(),
+            bin = env!("CARGO_BIN_EXE_usdcop-dr"),
+            cfg = root.path().join("etc/usdcop-dr.toml").display()
+        )
+    } else {
+        String::new()
+    };
+    let pg = PgServer::start_with_conf(
+        &PgOptions {
+            peer: true,
+            socket_dirs: vec![],
+        },
+        &conf,
+    );
     pg.create_db(DB);
     load_usdcop_like(&pg, DB, bars);
     let scratch = PgServer::start();
@@ -115,11 +147,7 @@ fn world(bars: usize) -> World {
     s3.create_bucket(SCRATCH_BUCKET);
     s3.bucket_tool(&["create", BUCKET, "30"]);
     let user = pg.os_user_ids().expect("these tests run as root");
-    let root = tempfile::Builder::new()
-        .prefix("usdcop-dr-drill-")
-        .tempdir()
-        .unwrap();
-    let host = Host { root, user };
+    let host = Host { root, user, wal };
     for d in ["etc", "state", "drill", "srv/trading/nginx", ".aws"] {
         std::fs::create_dir_all(host.path(d)).unwrap();
     }
@@ -176,6 +204,10 @@ fn world(bars: usize) -> World {
     host.run(&["init", "--kdf-memory-kib", "1024"]).ok();
     let r = host.run(&["--json", "backup", "--all"]);
     assert_eq!(r.code, 0, "backup --all: {}", r.stderr);
+    if wal {
+        let r = host.run(&["--json", "backup", "postgres-base", "--source", "pg-usdcop"]);
+        assert_eq!(r.code, 0, "backup postgres-base: {}", r.stderr);
+    }
     World {
         pg,
         scratch,
@@ -269,6 +301,11 @@ fn a_drill_passes_misses_the_rpo_and_finds_damage() {
     assert_eq!(l.as_array().unwrap().len(), 1);
     assert_eq!(l[0]["id"], d["id"]);
     assert!(common::files_under(&w.host.path("repo/drills")).len() == 1);
+
+    // No [wal]: the point-in-time check cannot be required.
+    let r = w.host.run(&["drill", "--point-in-time"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("[wal]"), "{}", r.stderr);
 
     // Only one source: no RTO claimed for the whole.
     let r = w.host.run(&["--json", "drill", "--source", "config"]);
@@ -370,4 +407,124 @@ fn a_drill_stopped_by_sigterm_leaves_no_scratch_behind() {
         .ok()
         .json();
     assert_eq!(l.as_array().unwrap().len(), 0, "{l}");
+}
+
+/// Processes whose command line names `dir` (a server left running on a
+/// scratch data directory).
+fn processes_under(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_drill_recovers_to_its_marker_row_from_the_wal_archive() {
+    let w = world_with(300, true);
+    // A commit after the dump, archived: the newest restorable point is
+    // now the archive's.
+    let before: u64 =
+        w.pg.psql("postgres", "SELECT archived_count FROM pg_stat_archiver")
+            .parse()
+            .unwrap();
+    w.pg.psql(
+        DB,
+        "CREATE TABLE after_dump (x int); INSERT INTO after_dump VALUES (1)",
+    );
+    w.pg.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w
+        .pg
+        .psql("postgres", "SELECT archived_count FROM pg_stat_archiver")
+        .parse::<u64>()
+        .unwrap()
+        <= before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the switched segment is not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = w.host.path("report.md");
+    let r = w.host.run(&[
+        "--json",
+        "drill",
+        "--point-in-time",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "drill: {}\n{}", r.stderr, r.stdout_str());
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        md.contains("## Point-in-time recovery (pg-usdcop)") && md.contains("RPO: achieved"),
+        "{md}"
+    );
+    let d = r.json();
+    assert_eq!(d["verdict"], "passed", "{d}");
+    let s = source(&d, "pg-usdcop");
+    // The newest restorable point is the archive's, not the dump's.
+    assert_eq!(s["rpo"]["basis"], "wal", "{s}");
+    assert!(s["rpo"]["met"] == true, "{s}");
+    let p = &s["pitr"];
+    assert_eq!(p["marker_database"], "postgres", "{p}");
+    let t = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(p[k].as_str().unwrap_or_else(|| panic!("{k}: {p}")))
+            .unwrap()
+    };
+    let (written, target, reached) = (t("marker_written"), t("target"), t("recovered_to"));
+    assert!(written < target, "{p}");
+    assert!(
+        reached >= written && reached <= target,
+        "recovered to {reached}: not between the marker ({written}) and the target ({target})"
+    );
+    let achieved = p["achieved_rpo_s"].as_f64().unwrap();
+    assert!(achieved > 0.0 && achieved < 60.0, "{p}");
+    // archive_timeout = 60 s bounds a commit's wait on a quiet server.
+    assert_eq!(p["archive_timeout_s"], 60.0);
+    assert!((p["worst_rpo_s"].as_f64().unwrap() - (achieved + 60.0)).abs() < 1e-6);
+    assert_eq!(p["rpo_met"], true);
+    assert!(p["timeline"].as_u64().unwrap() >= 2, "{p}");
+    assert!(p["restore"]["bytes"].as_u64().unwrap() > 10 << 20, "{p}");
+    let check = s["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"].as_str().unwrap().starts_with("point-in-time"))
+        .unwrap_or_else(|| panic!("no point-in-time check: {s}"));
+    assert_eq!(check["ok"], true, "{check}");
+    // The RTO counts the longer of the two ways back for the database.
+    let pitr_s = p["restore"]["total_s"].as_f64().unwrap() + p["recovery_s"].as_f64().unwrap();
+    let dump_s = s["restore"]["total_s"].as_f64().unwrap();
+    let others: f64 = ["minio-raw", "config"]
+        .iter()
+        .map(|n| source(&d, n)["restore"]["total_s"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (d["rto"]["achieved_s"].as_f64().unwrap() - (pitr_s.max(dump_s) + others)).abs() < 1e-6
+    );
+    // Nothing left: no data directory, no server on it, no marker rows in
+    // the source, no scratch database or bucket content.
+    assert_no_scratch_left(&w);
+    assert!(processes_under(&w.host.path("drill")).is_empty());
+    assert_eq!(
+        w.pg.psql("postgres", "SELECT count(*) FROM usdcop_dr_drill_marker"),
+        "0"
+    );
+    // The production archive got no new timeline from the recovered copy
+    // (archiving is off there).
+    let timelines: Vec<String> = std::fs::read_dir(w.host.path("repo/wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 8)
+        .collect();
+    assert_eq!(timelines, vec!["00000001".to_string()], "{timelines:?}");
 }

@@ -212,6 +212,13 @@ pub struct DrillArgs {
     /// Also write the drill report (Markdown) to this file
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Require the point-in-time check of the [wal] source (it runs by
+    /// default when [wal] is configured): fail when it cannot run
+    #[arg(long, conflicts_with = "no_point_in_time")]
+    pub point_in_time: bool,
+    /// Skip the point-in-time check (no marker row is written)
+    #[arg(long)]
+    pub no_point_in_time: bool,
     /// Ranged reads in flight from the repository
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub read_concurrency: Option<u16>,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use usdcop_dr::commands::drill::{self, DrillOptions};
+use usdcop_dr::commands::drill::{self, DrillOptions, PitrMode};
 use usdcop_dr::config::Settings;
 use usdcop_dr::Result;
 
@@ -18,6 +18,13 @@ pub async fn run(cli: &Cli, settings: Option<&Settings>, a: &DrillArgs) -> Resul
     let progress = super::progress::make(cli.quiet, cli.json);
     let opts = DrillOptions {
         sources: a.sources.clone(),
+        pitr: if a.point_in_time {
+            PitrMode::Require
+        } else if a.no_point_in_time {
+            PitrMode::Skip
+        } else {
+            PitrMode::Auto
+        },
         read_concurrency: a.read_concurrency.map(usize::from),
     };
     let (id, record) = drill::run(repo.clone(), s, &opts, progress).await?;

@@ -2,7 +2,6 @@
 //! [`usdcop_dr::commands::restore_pitr`], and the fall-back to the newest
 //! logical dump (`--target-dsn`) when no base backup covers the target.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use usdcop_dr::commands::restore_pitr::{self, PitrOptions, Target};
@@ -29,12 +28,6 @@ pub enum Outcome {
         snap: Box<Snapshot>,
         target: Dsn,
     },
-}
-
-/// A path for a shell command line (PostgreSQL runs restore_command
-/// through `sh -c`).
-fn shell_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
 pub async fn restore(
@@ -84,14 +77,7 @@ pub async fn restore(
             }
         }
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io(format!("cannot find this program's path: {e}")))?;
-    let config = std::fs::canonicalize(&s.file).unwrap_or_else(|_| s.file.clone());
-    let restore_command = format!(
-        "{} --config {} wal-fetch %f %p",
-        shell_quote(&exe),
-        shell_quote(&config)
-    );
+    let restore_command = restore_pitr::restore_command(&s.file)?;
     let opts = PitrOptions {
         source,
         target,

@@ -219,31 +219,44 @@ pub async fn wait_for_wal(
     info: &BaseBackupInfo,
     timeout: Duration,
 ) -> Result<()> {
-    let needed = needed_segments(info);
+    let missing = wait_for_segments(repo, &needed_segments(info), timeout).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Source,
+        format!(
+            "the base backup's WAL is not in the archive after {}s: missing {}; no snapshot was written",
+            timeout.as_secs(),
+            missing.join(", ")
+        ),
+    )
+    .with_hint(ARCHIVER_HINT))
+}
+
+/// Where to look when the archive does not keep up.
+pub const ARCHIVER_HINT: &str = "check archive_command and pg_stat_archiver on the server (failed_count, last_failed_wal) and the server log";
+
+/// Wait until every WAL file named is listed in the archive, for at most
+/// `timeout`; returns those still missing then.
+pub async fn wait_for_segments(
+    repo: &Repository,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut missing = vec![];
-        for name in &needed {
+        for name in names {
             let n = WalName::parse(name)?;
             let listed = list_all(repo.backend(), &n.prefix()).await?;
             if !listed.iter().any(|o| n.hash_of(&o.name).is_some()) {
                 missing.push(name.clone());
             }
         }
-        if missing.is_empty() {
-            return Ok(());
+        if missing.is_empty() || Instant::now() >= deadline {
+            return Ok(missing);
         }
-        if Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorKind::Source,
-                format!(
-                    "the base backup's WAL is not in the archive after {}s: missing {}; no snapshot was written",
-                    timeout.as_secs(),
-                    missing.join(", ")
-                ),
-            )
-            .with_hint("check archive_command and pg_stat_archiver on the server (failed_count, last_failed_wal) and the server log"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

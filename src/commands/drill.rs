@@ -25,9 +25,22 @@ use crate::format::Id;
 use crate::progress::Progress;
 use crate::repository::Repository;
 
+/// Whether the drill runs the point-in-time check of the `[wal]` source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PitrMode {
+    /// When `[wal]` is configured and its source is drilled.
+    #[default]
+    Auto,
+    /// Always: an error when it cannot be (`--point-in-time`).
+    Require,
+    /// Never (`--no-point-in-time`).
+    Skip,
+}
+
 pub struct DrillOptions {
     /// Only these sources (empty: every configured one).
     pub sources: Vec<String>,
+    pub pitr: PitrMode,
     /// Ranged reads in flight from the repository.
     pub read_concurrency: Option<usize>,
 }
@@ -126,14 +139,51 @@ pub async fn run(
         return Err(Error::usage("no sources configured: nothing to drill"));
     }
     let partial = chosen.len() < settings.sources.len();
+    let pitr_source = match (opts.pitr, &settings.wal) {
+        (PitrMode::Skip, _) => None,
+        (_, Some(w)) if chosen.iter().any(|s| s.name == w.source) => Some(w.source.clone()),
+        (PitrMode::Auto, _) => None,
+        (PitrMode::Require, None) => return Err(Error::usage(format!(
+            "--point-in-time needs a [wal] section in {}: there is no WAL archive to recover from",
+            settings.file.display()
+        ))),
+        (PitrMode::Require, Some(w)) => {
+            return Err(Error::usage(format!(
+                "--point-in-time checks the [wal] source {:?}, which --source leaves out",
+                w.source
+            )))
+        }
+    };
     let started = Utc::now();
     let snaps = repo.snapshots().await?;
     let rpo_s = settings.objectives.rpo.as_secs_f64();
-    let run_dir = d.scratch_dir.join(scratch_name(started));
+    // With WAL archiving the newest restorable point of its source is the
+    // archive's newest recoverable time (read before the drill's own
+    // marker makes it "now").
+    let wal_newest = match &settings.wal {
+        Some(_) => match crate::repository::wal_archive::load(&repo).await {
+            Ok(map) => map.newest_recoverable_time(),
+            Err(e) => {
+                progress.warn(&format!("cannot read the WAL archive: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let name = scratch_name(started);
+    let run_dir = d.scratch_dir.join(&name);
     let mut results = vec![];
     for s in chosen {
         let kind = s.spec.kind();
         let newest = newest(&snaps, &s.name, kind);
+        let snap_time = newest.map(|(_, snap)| snap.time);
+        let is_wal = settings.wal.as_ref().is_some_and(|w| w.source == s.name);
+        let rpo = match (is_wal, wal_newest) {
+            (true, Some(w)) if snap_time.is_none_or(|t| w > t) => {
+                drill::rpo(Some(w), "wal", rpo_s, Utc::now())
+            }
+            _ => drill::rpo(snap_time, "snapshot", rpo_s, Utc::now()),
+        };
         let mut sd = SourceDrill {
             source: s.name.clone(),
             kind,
@@ -143,8 +193,29 @@ pub async fn run(
             restore: None,
             checks: vec![],
             error: None,
-            rpo: drill::rpo(newest.map(|(_, s)| s.time), "snapshot", rpo_s, Utc::now()),
+            rpo,
+            pitr: None,
         };
+        if pitr_source.as_deref() == Some(s.name.as_str()) {
+            if let Err(e) = std::fs::create_dir_all(&run_dir) {
+                return Err(Error::io(format!(
+                    "cannot create {}: {e}",
+                    run_dir.display()
+                )));
+            }
+            let (p, check) = super::drill_pitr::check(
+                &repo,
+                settings,
+                s,
+                &run_dir,
+                &name,
+                opts.read_concurrency,
+                progress.clone(),
+            )
+            .await;
+            sd.pitr = Some(p);
+            sd.checks.push(check);
+        }
         let Some((id, snap)) = newest else {
             sd.error = Some(format!(
                 "source {:?} has no {} snapshot",
@@ -285,13 +356,13 @@ async fn drill_postgres(
 /// A scratch target's removal, run at the end of its step
 /// ([`ScratchCleanup::now`]) or, if the run is stopped first, by the signal
 /// handler (registered with [`crate::scratch::register_cleanup`]).
-struct ScratchCleanup {
+pub(super) struct ScratchCleanup {
     run: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>,
     _registered: crate::scratch::CleanupGuard,
 }
 
 impl ScratchCleanup {
-    fn register(
+    pub(super) fn register(
         run: impl Fn() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync + 'static,
     ) -> ScratchCleanup {
         let run: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync> =
@@ -308,7 +379,7 @@ impl ScratchCleanup {
         }
     }
 
-    async fn now(self) -> Result<()> {
+    pub(super) async fn now(self) -> Result<()> {
         (self.run)().await
     }
 }
@@ -542,7 +613,7 @@ pub fn render_markdown(
         }
         (Some(rto), false) => {
             o += &format!(
-                "- RTO: {} to restore every source one after the other, against {} — {}\n",
+                "- RTO: {} to restore every source one after the other (a database with WAL archiving: the longer of its dump's restore and its point-in-time recovery), against {} — {}\n",
                 secs(rto.achieved_s),
                 rto.objective_s
                     .map(secs)
@@ -596,6 +667,48 @@ pub fn render_markdown(
                 .unwrap_or_else(|| "-".into()),
             s.target.replace('|', "\\|"),
         );
+    }
+    for s in &r.sources {
+        let Some(p) = &s.pitr else { continue };
+        let t = |x: &Option<DateTime<Utc>>| x.as_ref().map(local).unwrap_or_else(|| "-".into());
+        o += &format!("\n## Point-in-time recovery ({})\n\n", s.source);
+        o += &format!(
+            "- Marker row committed at {} (database `{}`); target {}; a row committed after the target\n",
+            t(&p.marker_written),
+            p.marker_database,
+            t(&p.target)
+        );
+        if let Some(a) = p.archived_after_s {
+            o += &format!("- The marker's WAL was in the archive {} after its commit (segment switched by the drill)\n", secs(a));
+        }
+        o += &match (p.achieved_rpo_s, p.worst_rpo_s) {
+            (Some(a), Some(w)) => format!(
+                "- RPO: achieved {}; worst case with archive_timeout {}: {} against {} — {}\n",
+                secs(a),
+                secs(p.archive_timeout_s.unwrap_or(0.0)),
+                secs(w),
+                secs(p.objective_s),
+                if p.rpo_met { "met" } else { "**MISSED**" }
+            ),
+            (Some(a), None) => format!(
+                "- RPO: achieved {} against {} — {}; archive_timeout is off, so on a quiet server a commit waits until its segment fills\n",
+                secs(a),
+                secs(p.objective_s),
+                if p.rpo_met { "met" } else { "**MISSED**" }
+            ),
+            (None, _) => "- RPO: not achieved — the check failed\n".into(),
+        };
+        if let Some(rs) = &p.restore {
+            o += &format!(
+                "- Base backup {} restored: {} MB in {}; recovery to the target {}; recovered to {} on timeline {}\n",
+                p.base_backup.map(|i| format!("`{}`", i.short())).unwrap_or_default(),
+                rs.bytes / 1_000_000,
+                secs(rs.total_s),
+                p.recovery_s.map(secs).unwrap_or_else(|| "-".into()),
+                t(&p.recovered_to),
+                p.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+            );
+        }
     }
     o += "\n## Checks\n\n";
     for s in &r.sources {

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod backup_all;
 pub mod basebackup;
 pub mod drill;
+mod drill_pitr;
 pub mod prune;
 pub mod recover;
 pub mod repair;

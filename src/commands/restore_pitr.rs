@@ -214,6 +214,25 @@ fn prepare_pgdata(dir: &Path) -> Result<()> {
     }
 }
 
+/// A path for a shell command line (PostgreSQL runs restore_command
+/// through `sh -c`).
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// The `restore_command` that fetches WAL with this program and the
+/// configuration file `config`.
+pub fn restore_command(config: &Path) -> Result<String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io(format!("cannot find this program's path: {e}")))?;
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_owned());
+    Ok(format!(
+        "{} --config {} wal-fetch %f %p",
+        shell_quote(&exe),
+        shell_quote(&config)
+    ))
+}
+
 /// A value for postgresql.conf, single-quoted.
 fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
@@ -451,7 +470,7 @@ pub async fn run(
         ));
     }
     let recovery = if opts.start {
-        Some(recover(&opts, &info, owner).await?)
+        Some(recover(&opts, &info).await?)
     } else {
         notes.push(format!(
             "start the server (as its OS user) to replay the WAL: pg_ctl -D {} start; it promotes itself at the target",
@@ -560,76 +579,184 @@ fn log_tail(log: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Start the server privately, wait for it to promote, read the point it
-/// reached, stop it, and start it again with its own settings.
-async fn recover(
-    opts: &PitrOptions,
-    info: &BaseBackupInfo,
+/// A restored cluster running privately: no TCP, its socket in a private
+/// directory, `trust` on that socket only, `lc_messages = C`. Stopped
+/// (immediately) when dropped unless [`PrivateServer::stop`] ran.
+pub struct PrivateServer {
+    pg_ctl: PathBuf,
+    pgdata: PathBuf,
     owner: (u32, u32),
-) -> Result<RecoveryReport> {
-    let major: u32 = info
-        .pg_version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    let pg_ctl = crate::postgres::tools::find("pg_ctl", major, None)?;
-    let clock = Instant::now();
-    let private = crate::scratch::PrivateDir::create(None)?;
-    let sock = private.path().to_owned();
-    let hba = sock.join("pg_hba.conf");
-    std::fs::write(&hba, "local all all trust\n")
-        .map_err(|e| Error::io(format!("cannot write {}: {e}", hba.display())))?;
-    if unsafe { libc::geteuid() } == 0 {
-        for p in [&sock, &hba] {
-            std::os::unix::fs::chown(p, Some(owner.0), Some(owner.1))
-                .map_err(|e| Error::io(format!("cannot chown {}: {e}", p.display())))?;
+    port: u16,
+    log: PathBuf,
+    _dir: crate::scratch::PrivateDir,
+    stopped: bool,
+}
+
+/// Where a private recovery stopped.
+#[derive(Debug, Clone)]
+pub struct Promoted {
+    /// The last transaction replayed (None: none was).
+    pub recovered_to: Option<DateTime<Utc>>,
+    /// The timeline the promotion started.
+    pub timeline: u32,
+    /// From the start of the server to its promotion.
+    pub recovery_s: f64,
+}
+
+impl PrivateServer {
+    /// Start the restored cluster in `pgdata` privately (recovery
+    /// settings written by [`run`]) and wait until it has promoted.
+    pub async fn recover(
+        pgdata: &Path,
+        info: &BaseBackupInfo,
+        port: Option<u16>,
+        timeout: Duration,
+    ) -> Result<(PrivateServer, Promoted)> {
+        let owner = owner_of(pgdata)?;
+        let major: u32 = info
+            .pg_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        let pg_ctl = crate::postgres::tools::find("pg_ctl", major, None)?;
+        let clock = Instant::now();
+        let private = crate::scratch::PrivateDir::create(None)?;
+        let sock = private.path().to_owned();
+        let hba = sock.join("pg_hba.conf");
+        std::fs::write(&hba, "local all all trust\n")
+            .map_err(|e| Error::io(format!("cannot write {}: {e}", hba.display())))?;
+        if unsafe { libc::geteuid() } == 0 {
+            for p in [&sock, &hba] {
+                std::os::unix::fs::chown(p, Some(owner.0), Some(owner.1))
+                    .map_err(|e| Error::io(format!("cannot chown {}: {e}", p.display())))?;
+            }
+        }
+        let port = port.unwrap_or(5432);
+        let log = pgdata.join("usdcop-dr-recovery.log");
+        let private_opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c hba_file='{}' -c port={port} -c lc_messages=C",
+            sock.display(),
+            hba.display()
+        );
+        let mut start = Command::new(&pg_ctl.path);
+        start
+            .arg("start")
+            .arg("-D")
+            .arg(pgdata)
+            .arg("-l")
+            .arg(&log)
+            .arg("-W")
+            .arg("-o")
+            .arg(&private_opts);
+        as_owner(&mut start, owner);
+        run_tool(start, "pg_ctl start")?;
+        let mut server = PrivateServer {
+            pg_ctl: pg_ctl.path,
+            pgdata: pgdata.to_owned(),
+            owner,
+            port,
+            log,
+            _dir: private,
+            stopped: false,
+        };
+        match watch(&server, timeout, clock).await {
+            Ok((recovered_to, timeline)) => Ok((
+                server,
+                Promoted {
+                    recovered_to,
+                    timeline,
+                    recovery_s: clock.elapsed().as_secs_f64(),
+                },
+            )),
+            Err(e) => {
+                let _ = server.stop("immediate");
+                Err(e)
+            }
         }
     }
-    let port = opts.port.unwrap_or(5432);
-    let log = opts.pgdata.join("usdcop-dr-recovery.log");
-    let private_opts = format!(
-        "-c listen_addresses='' -c unix_socket_directories='{}' -c hba_file='{}' -c port={port} -c lc_messages=C",
-        sock.display(),
-        hba.display()
-    );
-    let mut start = Command::new(&pg_ctl.path);
-    start
-        .arg("start")
-        .arg("-D")
-        .arg(&opts.pgdata)
-        .arg("-l")
-        .arg(&log)
-        .arg("-W")
-        .arg("-o")
-        .arg(&private_opts);
-    as_owner(&mut start, owner);
-    run_tool(start, "pg_ctl start")?;
-    let stop = |mode: &str| {
-        let mut c = Command::new(&pg_ctl.path);
+
+    /// A DSN for `dbname` over the private socket, as the server's OS user.
+    pub fn dsn(&self, dbname: &str) -> Result<crate::postgres::Dsn> {
+        crate::postgres::Dsn::parse(&format!(
+            "host={} port={} user={} dbname={} connect_timeout=5",
+            self._dir.path().display(),
+            self.port,
+            user_name(self.owner.0),
+            dbname
+        ))
+    }
+
+    pub fn log_file(&self) -> &Path {
+        &self.log
+    }
+
+    /// `pg_ctl stop -m MODE` (fast: a clean shut-down; immediate: none).
+    pub fn stop(&mut self, mode: &str) -> Result<()> {
+        self.stopped = true;
+        let mut c = Command::new(&self.pg_ctl);
         c.arg("stop")
             .arg("-D")
-            .arg(&opts.pgdata)
+            .arg(&self.pgdata)
             .arg("-m")
             .arg(mode)
             .arg("-w")
             .arg("-t")
             .arg("600");
-        as_owner(&mut c, owner);
+        as_owner(&mut c, self.owner);
         run_tool(c, "pg_ctl stop")
-    };
-    let result = watch(opts, &sock, port, owner, &log, clock).await;
-    let (recovered_to, timeline) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = stop("immediate");
-            return Err(e);
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.stop("immediate");
         }
+    }
+}
+
+/// Stop `pgdata`'s server at once if it runs (a clean-up after a signal).
+pub fn stop_immediate(pgdata: &Path) {
+    if !pgdata.join("postmaster.pid").exists() {
+        return;
+    }
+    let major: u32 = std::fs::read_to_string(pgdata.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().split('.').next()?.parse().ok())
+        .unwrap_or(0);
+    let (Ok(owner), Ok(pg_ctl)) = (
+        owner_of(pgdata),
+        crate::postgres::tools::find("pg_ctl", major, None),
+    ) else {
+        return;
     };
-    stop("fast")?;
+    let mut c = Command::new(&pg_ctl.path);
+    c.arg("stop")
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-m")
+        .arg("immediate")
+        .arg("-w")
+        .arg("-t")
+        .arg("30");
+    as_owner(&mut c, owner);
+    let _ = run_tool(c, "pg_ctl stop");
+}
+
+/// Start the server privately, wait for it to promote, read the point it
+/// reached, stop it, and start it again with its own settings.
+async fn recover(opts: &PitrOptions, info: &BaseBackupInfo) -> Result<RecoveryReport> {
+    let (mut server, promoted) =
+        PrivateServer::recover(&opts.pgdata, info, opts.port, opts.timeout).await?;
+    let recovered_to = promoted.recovered_to;
+    server.stop("fast")?;
+    let log = server.log.clone();
+    let (pg_ctl, owner) = (server.pg_ctl.clone(), server.owner);
+    drop(server);
     let mut running = false;
     if !opts.no_restart {
-        let mut c = Command::new(&pg_ctl.path);
+        let mut c = Command::new(&pg_ctl);
         c.arg("start")
             .arg("-D")
             .arg(&opts.pgdata)
@@ -657,8 +784,8 @@ async fn recover(
     }
     Ok(RecoveryReport {
         recovered_to,
-        timeline,
-        recovery_s: clock.elapsed().as_secs_f64(),
+        timeline: promoted.timeline,
+        recovery_s: promoted.recovery_s,
         running,
         log_file: log,
     })
@@ -667,28 +794,22 @@ async fn recover(
 /// Poll the private server until it has promoted; fail with the log's
 /// words when it stops (e.g. the archive ends before the target).
 async fn watch(
-    opts: &PitrOptions,
-    sock: &Path,
-    port: u16,
-    owner: (u32, u32),
-    log: &Path,
+    server: &PrivateServer,
+    timeout: Duration,
     clock: Instant,
 ) -> Result<(Option<DateTime<Utc>>, u32)> {
-    let dsn = crate::postgres::Dsn::parse(&format!(
-        "host={} port={port} user={} dbname=postgres connect_timeout=5",
-        sock.display(),
-        user_name(owner.0)
-    ))?;
-    let pid_file = opts.pgdata.join("postmaster.pid");
+    let dsn = server.dsn("postgres")?;
+    let log = server.log.as_path();
+    let pid_file = server.pgdata.join("postmaster.pid");
     let mut last_note = Instant::now();
     let mut seen_pid = false;
     loop {
-        if clock.elapsed() > opts.timeout {
+        if clock.elapsed() > timeout {
             return Err(Error::new(
                 ErrorKind::Source,
                 format!(
                     "recovery did not finish within {}; last log lines:\n{}",
-                    crate::config::duration_text(opts.timeout),
+                    crate::config::duration_text(timeout),
                     log_tail(log, 10)
                 ),
             ));

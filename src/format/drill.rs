@@ -104,11 +104,88 @@ pub struct SourceDrill {
     /// Why the restore could not be done, if it could not.
     pub error: Option<String>,
     pub rpo: Rpo,
+    /// The point-in-time check of the `[wal]` source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr: Option<PitrDrill>,
 }
 
 impl SourceDrill {
     pub fn passed(&self) -> bool {
         self.error.is_none() && self.restore.is_some() && self.checks.iter().all(|c| c.ok)
+    }
+
+    /// Its objectives: the RPO of its newest point, and that of the
+    /// point-in-time check when there was one.
+    pub fn objectives_met(&self) -> bool {
+        self.rpo.met && self.pitr.as_ref().is_none_or(|p| p.rpo_met)
+    }
+
+    /// The time to bring it back: the longer of its restores (a runbook
+    /// restores the database one way: the dump, or base backup and WAL).
+    pub fn restore_s(&self) -> Option<f64> {
+        let pitr = self.pitr.as_ref().and_then(|p| p.total_s());
+        match (self.restore.as_ref().map(|t| t.total_s), pitr) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The point-in-time check (`[wal]` configured): a marker row committed in
+/// the source cluster for the purpose, a row committed after a target time
+/// chosen between the two, the segment switched and archived; then the
+/// newest base backup before the target restored into scratch and
+/// recovered to it. Passed when the marker is there and the later row is
+/// not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PitrDrill {
+    /// The database of the source cluster holding the marker table.
+    pub marker_database: String,
+    /// When the marker row was committed (read after its commit).
+    pub marker_written: Option<DateTime<Utc>>,
+    /// The recovery target: after the marker, before the later row.
+    pub target: Option<DateTime<Utc>>,
+    /// From the marker's commit until its segment was in the archive.
+    pub archived_after_s: Option<f64>,
+    /// The server's archive_timeout (None: off, a quiet server switches
+    /// segments only when one is full).
+    pub archive_timeout_s: Option<f64>,
+    pub base_backup: Option<Id>,
+    /// The base backup's files restored.
+    pub restore: Option<Timing>,
+    /// From starting the server to its promotion at the target.
+    pub recovery_s: Option<f64>,
+    /// The last transaction replayed, and the new timeline.
+    pub recovered_to: Option<DateTime<Utc>>,
+    pub timeline: Option<u32>,
+    /// Measured: how long after its commit the marker was recoverable
+    /// from the archive (the segment switched by the drill).
+    pub achieved_rpo_s: Option<f64>,
+    /// The worst case on this server: `achieved_rpo_s` plus
+    /// archive_timeout (a commit waits at most that long for its segment
+    /// to be switched); None when archive_timeout is off.
+    pub worst_rpo_s: Option<f64>,
+    pub objective_s: f64,
+    pub rpo_met: bool,
+}
+
+impl PitrDrill {
+    /// Restore plus recovery, when both were done.
+    pub fn total_s(&self) -> Option<f64> {
+        Some(self.restore.as_ref()?.total_s + self.recovery_s?)
+    }
+
+    /// Judge the RPO: the worst case when archive_timeout bounds it, else
+    /// what was measured.
+    pub fn judge(&mut self) {
+        self.worst_rpo_s = match (self.achieved_rpo_s, self.archive_timeout_s) {
+            (Some(a), Some(t)) => Some(a + t),
+            _ => None,
+        };
+        self.rpo_met = self
+            .worst_rpo_s
+            .or(self.achieved_rpo_s)
+            .is_some_and(|a| a <= self.objective_s);
     }
 }
 
@@ -144,7 +221,7 @@ pub struct DrillRecord {
 pub fn verdict(sources: &[SourceDrill], rto: Option<&Rto>) -> Verdict {
     if sources.is_empty() || sources.iter().any(|s| !s.passed()) {
         Verdict::CheckFailed
-    } else if sources.iter().any(|s| !s.rpo.met) || rto.is_some_and(|r| !r.met) {
+    } else if sources.iter().any(|s| !s.objectives_met()) || rto.is_some_and(|r| !r.met) {
         Verdict::ObjectiveMissed
     } else {
         Verdict::Passed
@@ -157,10 +234,7 @@ pub fn rto(sources: &[SourceDrill], objective_s: Option<f64>, partial: bool) -> 
     if partial {
         return None;
     }
-    let timings: Vec<f64> = sources
-        .iter()
-        .filter_map(|s| s.restore.as_ref().map(|t| t.total_s))
-        .collect();
+    let timings: Vec<f64> = sources.iter().filter_map(|s| s.restore_s()).collect();
     if timings.is_empty() {
         return None;
     }
@@ -249,6 +323,7 @@ mod tests {
                 86_400.0,
                 now,
             ),
+            pitr: None,
         }
     }
 
@@ -286,6 +361,55 @@ mod tests {
         assert_eq!(verdict(&[], None), Verdict::CheckFailed);
         // no snapshot: RPO missed
         assert!(!rpo(None, "snapshot", 1.0, Utc::now()).met);
+    }
+
+    fn pitr(achieved: f64, timeout: Option<f64>, restore_s: f64) -> PitrDrill {
+        let mut p = PitrDrill {
+            marker_database: "postgres".into(),
+            marker_written: Some(Utc::now()),
+            target: Some(Utc::now()),
+            archived_after_s: Some(achieved),
+            archive_timeout_s: timeout,
+            base_backup: None,
+            restore: Some(Timing {
+                first_byte_s: None,
+                total_s: restore_s,
+                bytes: 1,
+            }),
+            recovery_s: Some(2.0),
+            recovered_to: Some(Utc::now()),
+            timeline: Some(2),
+            achieved_rpo_s: Some(achieved),
+            worst_rpo_s: None,
+            objective_s: 60.0,
+            rpo_met: false,
+        };
+        p.judge();
+        p
+    }
+
+    #[test]
+    fn point_in_time_judgement_and_rto() {
+        // measured 1.5 s, archive_timeout 30 s: worst 31.5 s against 60 s
+        let p = pitr(1.5, Some(30.0), 5.0);
+        assert_eq!(p.worst_rpo_s, Some(31.5));
+        assert!(p.rpo_met);
+        // archive_timeout 60 s: the worst case misses 60 s
+        assert!(!pitr(1.5, Some(60.0), 5.0).rpo_met);
+        // archive_timeout off: what was measured
+        let off = pitr(1.5, None, 5.0);
+        assert_eq!(off.worst_rpo_s, None);
+        assert!(off.rpo_met);
+        assert!(!pitr(61.0, None, 5.0).rpo_met);
+        // the RTO counts the longer of the dump's restore and the PITR's
+        let mut s = src("db", true, 10.0, 60);
+        s.pitr = Some(pitr(1.5, None, 30.0));
+        assert_eq!(s.restore_s(), Some(32.0));
+        assert_eq!(rto(&[s.clone()], None, false).unwrap().achieved_s, 32.0);
+        assert_eq!(verdict(&[s.clone()], None), Verdict::Passed);
+        // a missed PITR objective is a missed objective, not a failure
+        s.pitr = Some(pitr(100.0, None, 1.0));
+        assert_eq!(verdict(&[s], None), Verdict::ObjectiveMissed);
     }
 
     #[test]

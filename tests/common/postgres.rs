@@ -78,7 +78,8 @@ const PG_ENV: &[&str] = &[
 /// defaults (TCP + SCRAM, one socket in the server's own directory).
 #[derive(Debug, Clone, Default)]
 pub struct PgOptions {
-    /// `local all all peer` in pg_hba.conf, as Debian installs it: over a
+    /// `local all all peer` (and `local replication all peer`) in
+    /// pg_hba.conf, as Debian installs it: over a
     /// Unix socket an OS user logs in, without a password, as the role of
     /// its own name (run the client as the `postgres` system user, see
     /// [`PgServer::os_user_ids`]). TCP keeps SCRAM with the password.
@@ -312,7 +313,7 @@ impl PgServer {
             let hba = pg.data.join("pg_hba.conf");
             std::fs::write(
                 &hba,
-                "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
+                "local all all peer\nlocal replication all peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
             )
             .expect("cannot write pg_hba.conf");
             pg.give_to_server_user(&hba);
