@@ -48,6 +48,18 @@ pub struct MetricsInput {
     pub repository_size_bytes: Option<u64>,
     /// The last prune, when one is recorded.
     pub last_prune: Option<crate::state::LastPrune>,
+    /// The newest restore drill in the repository: `Some(None)` when there
+    /// is none, `None` when the repository could not be read.
+    pub last_drill: Option<Option<DrillMetrics>>,
+}
+
+/// The newest restore drill, as the metrics show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillMetrics {
+    pub started: DateTime<Utc>,
+    /// Every check passed and every objective met (exit 0).
+    pub passed: bool,
+    pub rto_achieved_s: Option<f64>,
 }
 
 fn ts(t: &DateTime<Utc>) -> f64 {
@@ -165,6 +177,31 @@ pub fn render(input: &MetricsInput) -> Result<String> {
             ),
         ] {
             gauge(&r, name, help)?.set(v);
+        }
+    }
+    if let Some(d) = &input.last_drill {
+        // Never drilled: the time is 0 (a drill alert fires), no verdict.
+        gauge(
+            &r,
+            "usdcop_dr_last_drill_timestamp_seconds",
+            "Start time of the newest restore drill in the repository (0: none)",
+        )?
+        .set(d.as_ref().map_or(0.0, |d| ts(&d.started)));
+        if let Some(d) = d {
+            gauge(
+                &r,
+                "usdcop_dr_last_drill_success",
+                "1 if the newest restore drill passed every check and met every objective, 0 if not",
+            )?
+            .set(if d.passed { 1.0 } else { 0.0 });
+            if let Some(rto) = d.rto_achieved_s {
+                gauge(
+                    &r,
+                    "usdcop_dr_last_drill_rto_seconds",
+                    "The RTO the newest whole-system restore drill measured",
+                )?
+                .set(rto);
+            }
         }
     }
     for s in &input.sources {
@@ -391,6 +428,11 @@ mod tests {
                 bytes_condemned: 500,
                 error: None,
             }),
+            last_drill: Some(Some(DrillMetrics {
+                started: t("2026-12-06T08:00:00Z"),
+                passed: false,
+                rto_achieved_s: Some(1234.5),
+            })),
         };
         let text = render(&input).unwrap();
         for line in [
@@ -406,9 +448,29 @@ mod tests {
             "usdcop_dr_rpo_seconds{kind=\"files\",source=\"config\"} 86400",
             "usdcop_dr_repository_up 1",
             "usdcop_dr_repository_size_bytes 12345",
+            "usdcop_dr_last_drill_timestamp_seconds 1796544000",
+            "usdcop_dr_last_drill_success 0",
+            "usdcop_dr_last_drill_rto_seconds 1234.5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
         }
+        // Never drilled: time 0 (the drill alert fires), no verdict; the
+        // repository unread: nothing said.
+        let never = render(&MetricsInput {
+            last_drill: Some(None),
+            ..input.clone()
+        })
+        .unwrap();
+        assert!(never
+            .lines()
+            .any(|l| l == "usdcop_dr_last_drill_timestamp_seconds 0"));
+        assert!(!never.contains("usdcop_dr_last_drill_success"));
+        let unread = render(&MetricsInput {
+            last_drill: None,
+            ..input.clone()
+        })
+        .unwrap();
+        assert!(!unread.contains("usdcop_dr_last_drill"));
         // Nothing recorded, nothing claimed.
         assert!(
             !text.contains("usdcop_dr_last_run_success{kind=\"files\""),

@@ -80,6 +80,7 @@ impl Host {
              [drill]\npostgres_dsn = \"host=127.0.0.1 port={sport} user=postgres dbname=postgres\"\n\
              bucket_endpoint = {endpoint:?}\nprofile = \"minio\"\nbucket = \"{SCRATCH_BUCKET}\"\n\
              scratch_dir = {scratch_dir:?}\n\n\
+             [metrics]\ntextfile = {prom:?}\n\n\
              [[source]]\nname = \"pg-usdcop\"\nkind = \"postgres\"\ndsn = \"host={sock} port={port} dbname={DB}\"\n\n\
              [[source]]\nname = \"minio-raw\"\nkind = \"bucket\"\nprofile = \"minio\"\nbuckets = [\"{BUCKET}\"]\n\n\
              [[source]]\nname = \"config\"\nkind = \"files\"\npaths = [{files:?}]\n",
@@ -88,6 +89,7 @@ impl Host {
             sport = scratch.port(),
             endpoint = s3.endpoint,
             scratch_dir = self.path("drill").display().to_string(),
+            prom = self.path("metrics/usdcop_dr.prom").display().to_string(),
             sock = pg.dir().display(),
             port = pg.port(),
             files = self.path("srv/trading").display().to_string(),
@@ -148,7 +150,14 @@ fn world_with(bars: usize, wal: bool) -> World {
     s3.bucket_tool(&["create", BUCKET, "30"]);
     let user = pg.os_user_ids().expect("these tests run as root");
     let host = Host { root, user, wal };
-    for d in ["etc", "state", "drill", "srv/trading/nginx", ".aws"] {
+    for d in [
+        "etc",
+        "state",
+        "drill",
+        "srv/trading/nginx",
+        ".aws",
+        "metrics",
+    ] {
         std::fs::create_dir_all(host.path(d)).unwrap();
     }
     std::fs::write(
@@ -301,6 +310,38 @@ fn a_drill_passes_misses_the_rpo_and_finds_damage() {
     assert_eq!(l.as_array().unwrap().len(), 1);
     assert_eq!(l[0]["id"], d["id"]);
     assert!(common::files_under(&w.host.path("repo/drills")).len() == 1);
+    // `status` shows it; the nightly metrics carry it, with every series
+    // the drill alert rules use.
+    let st = w.host.run(&["status"]);
+    let short = &d["id"].as_str().unwrap()[..8];
+    assert!(
+        st.stdout_str().contains(&format!("last drill: {short}"))
+            && st.stdout_str().contains("passed"),
+        "{}",
+        st.stdout_str()
+    );
+    let js = w.host.run(&["--json", "status"]).json();
+    assert_eq!(js["last_drill"]["verdict"], "passed", "{js}");
+    let r = w.host.run(&["backup", "--all"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let prom = std::fs::read_to_string(w.host.path("metrics/usdcop_dr.prom")).unwrap();
+    assert!(
+        prom.lines().any(|l| l == "usdcop_dr_last_drill_success 1"),
+        "{prom}"
+    );
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contrib/prometheus/usdcop-dr-drill.rules.yml"),
+    )
+    .unwrap();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("usdcop_dr_") {
+            assert!(
+                prom.contains(&format!("# TYPE {word} gauge")),
+                "{word} not in:\n{prom}"
+            );
+        }
+    }
 
     // No [wal]: the point-in-time check cannot be required.
     let r = w.host.run(&["drill", "--point-in-time"]);
@@ -328,6 +369,27 @@ fn a_drill_passes_misses_the_rpo_and_finds_damage() {
     }
     assert_no_scratch_left(&w);
     w.host.write_config("24h", &w.pg, &w.scratch, &w.s3);
+
+    // A scratch bucket that is not the drill's: refused, the object left
+    // alone, and the drill that could not be done is stored as failed.
+    w.s3.bucket_tool(&["put", SCRATCH_BUCKET, "someone-elses"]);
+    let r = w.host.run(&["drill"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is not empty"), "{}", r.stderr);
+    assert_eq!(
+        w.s3.bucket_tool(&["keys", SCRATCH_BUCKET]),
+        serde_json::json!(["someone-elses"])
+    );
+    let l = w.host.run(&["--json", "drills"]).json();
+    let newest = l.as_array().unwrap().last().unwrap();
+    assert_eq!(newest["verdict"], "check_failed", "{newest}");
+    assert!(
+        newest["error"].as_str().unwrap().contains("is not empty"),
+        "{newest}"
+    );
+    let st = w.host.run(&["status"]).stdout_str();
+    assert!(st.contains("FAILED: drill of source"), "{st}");
+    w.s3.bucket_tool(&["delete", SCRATCH_BUCKET, "someone-elses"]);
 
     // One byte flipped in a pack (the smallest first, one at a time,
     // until a drill fails: the packs are encrypted, so which one holds what

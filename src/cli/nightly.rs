@@ -602,6 +602,31 @@ fn render_status(r: &status::StatusReport, tz: chrono_tz::Tz) -> String {
             )
         }
     }
+    if r.repository.error.is_none() {
+        t += &match &r.last_drill {
+            None => "\nlast drill: none in the repository (run usdcop-dr drill)".to_owned(),
+            Some(d) => format!(
+                "\nlast drill: {} {} ({} ago), {}{}{}",
+                d.short_id,
+                local(&d.started),
+                age((r.checked_at - d.started).num_seconds() as f64),
+                match d.verdict {
+                    usdcop_dr::format::drill::Verdict::Passed => "passed",
+                    usdcop_dr::format::drill::Verdict::ObjectiveMissed => "OBJECTIVE MISSED",
+                    usdcop_dr::format::drill::Verdict::CheckFailed => "FAILED",
+                },
+                match (d.rto_achieved_s, d.partial) {
+                    (_, true) => ", partial (no RTO)".to_owned(),
+                    (Some(x), false) => format!(", RTO {}", age(x)),
+                    (None, false) => String::new(),
+                },
+                d.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+        };
+    }
     if let Some(w) = &r.wal {
         t += &match (&w.error, &w.newest_recoverable_time, w.age_s) {
             (Some(e), _, _) => format!("\nWAL archive: UNREADABLE: {e}"),

@@ -176,6 +176,8 @@ pub fn record(state: &mut RunState, runs: &[SourceRun]) {
 pub struct RepositoryFacts {
     pub sources: std::collections::BTreeMap<String, SourceFacts>,
     pub size_bytes: u64,
+    /// The newest restore drill (`None`: none stored, or unreadable).
+    pub last_drill: Option<super::drill::LastDrill>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +216,13 @@ pub async fn repository_facts(repo: &Repository) -> Result<RepositoryFacts> {
             .map(|o| o.size)
             .sum::<u64>();
     }
+    facts.last_drill = match super::drill::last(repo).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("cannot read the drill records: {e}");
+            None
+        }
+    };
     Ok(facts)
 }
 
@@ -256,6 +265,13 @@ pub fn metrics_input(
         repository_up,
         repository_size_bytes: facts.map(|f| f.size_bytes),
         last_prune: state.last_prune.clone(),
+        last_drill: facts.map(|f| {
+            f.last_drill.as_ref().map(|d| crate::metrics::DrillMetrics {
+                started: d.started,
+                passed: d.verdict == crate::format::drill::Verdict::Passed,
+                rto_achieved_s: d.rto_achieved_s,
+            })
+        }),
     }
 }
 

@@ -143,10 +143,12 @@ pub async fn run(
         (PitrMode::Skip, _) => None,
         (_, Some(w)) if chosen.iter().any(|s| s.name == w.source) => Some(w.source.clone()),
         (PitrMode::Auto, _) => None,
-        (PitrMode::Require, None) => return Err(Error::usage(format!(
+        (PitrMode::Require, None) => {
+            return Err(Error::usage(format!(
             "--point-in-time needs a [wal] section in {}: there is no WAL archive to recover from",
             settings.file.display()
-        ))),
+        )))
+        }
         (PitrMode::Require, Some(w)) => {
             return Err(Error::usage(format!(
                 "--point-in-time checks the [wal] source {:?}, which --source leaves out",
@@ -254,7 +256,27 @@ pub async fn run(
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(e.context(format!("drill of source {:?}", s.name)));
+                let e = e.context(format!("drill of source {:?}", s.name));
+                // Stored as a failed drill: the history and the metrics
+                // show a drill that could not be done.
+                results.push(sd);
+                let record = DrillRecord {
+                    version: drill::VERSION,
+                    started,
+                    finished: Utc::now(),
+                    host: crate::repository::hostname(),
+                    program_version: env!("CARGO_PKG_VERSION").into(),
+                    repository: repo.backend().location(),
+                    partial,
+                    verdict: drill::Verdict::CheckFailed,
+                    rto: None,
+                    sources: results,
+                    error: Some(e.to_string()),
+                };
+                if let Err(store) = store(&repo, &record).await {
+                    tracing::warn!("the failed drill's record could not be stored: {store}");
+                }
+                return Err(e);
             }
         }
         results.push(sd);
@@ -276,7 +298,14 @@ pub async fn run(
         verdict: drill::verdict(&results, rto.as_ref()),
         rto,
         sources: results,
+        error: None,
     };
+    let id = store(&repo, &record).await?;
+    Ok((id, record))
+}
+
+/// Store `record` as `drills/<id>`.
+async fn store(repo: &Repository, record: &DrillRecord) -> Result<Id> {
     let sealed = record.seal(repo.key());
     let id = Id::hash(&sealed);
     repo.backend()
@@ -286,7 +315,7 @@ pub async fn run(
             PutMode::Create,
         )
         .await?;
-    Ok((id, record))
+    Ok(id)
 }
 
 /// Into a database of its own on the scratch server, created by the
@@ -543,6 +572,39 @@ async fn drill_files(
             .join("; "),
     });
     Ok(r.bytes)
+}
+
+/// The newest drill, as `status` and the metrics show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastDrill {
+    pub id: String,
+    pub short_id: String,
+    pub started: DateTime<Utc>,
+    pub verdict: drill::Verdict,
+    pub exit_code: i32,
+    /// Only some sources were drilled.
+    pub partial: bool,
+    /// The measured RTO (`null`: partial, or nothing restored).
+    pub rto_achieved_s: Option<f64>,
+    pub rto_met: Option<bool>,
+    /// Why the drill stopped, when it could not finish.
+    pub error: Option<String>,
+}
+
+/// The newest drill stored in the repository (`None`: there is none).
+pub async fn last(repo: &Repository) -> Result<Option<LastDrill>> {
+    let (history, _) = history(repo).await?;
+    Ok(history.last().map(|(id, r)| LastDrill {
+        id: id.to_hex(),
+        short_id: id.short(),
+        started: r.started,
+        verdict: r.verdict,
+        exit_code: r.verdict.exit_code(),
+        partial: r.partial,
+        rto_achieved_s: r.rto.as_ref().map(|x| x.achieved_s),
+        rto_met: r.rto.as_ref().map(|x| x.met),
+        error: r.error.clone(),
+    }))
 }
 
 /// Every stored drill record, oldest first; damaged ones named apart.

@@ -96,6 +96,9 @@ pub struct StatusReport {
     /// The WAL archive, when the configuration has `[wal]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalStatus>,
+    /// The newest restore drill in the repository (`null`: none, or the
+    /// repository could not be read).
+    pub last_drill: Option<super::drill::LastDrill>,
 }
 
 /// The WAL archive in `status`: how far back a point-in-time recovery
@@ -222,6 +225,7 @@ pub fn report(
         wal_lag: None,
         ok,
         wal: None,
+        last_drill: facts.as_ref().ok().and_then(|f| f.last_drill.clone()),
     }
 }
 

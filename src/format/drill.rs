@@ -214,6 +214,10 @@ pub struct DrillRecord {
     /// `None` when partial, or when nothing was restored.
     pub rto: Option<Rto>,
     pub verdict: Verdict,
+    /// Why the drill stopped before its end (a scratch target that cannot
+    /// be used, say): a failed drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The verdict of a drill over `sources`: a failed check or restore wins
@@ -428,6 +432,7 @@ mod tests {
             verdict: verdict(&sources, rto_.as_ref()),
             rto: rto_,
             sources,
+            error: None,
         };
         let sealed = rec.seal(&k);
         let id = Id::hash(&sealed);

@@ -99,6 +99,12 @@ def main():
             if x != y:
                 problems.append({"key": k, "a": da[k], "b": db[k]})
         print(json.dumps({"compared": len(keys), "problems": problems[:20], "bytes": sum(v[1] for v in da.values())}))
+    elif cmd == "put":
+        c.put_object(Bucket=sys.argv[3], Key=sys.argv[4], Body=b"not the drill's")
+        print(json.dumps(sys.argv[4]))
+    elif cmd == "delete":
+        c.delete_object(Bucket=sys.argv[3], Key=sys.argv[4])
+        print(json.dumps(sys.argv[4]))
     elif cmd == "keys":
         print(json.dumps(sorted(list_all(c, sys.argv[3]))))
     elif cmd == "uploads":
