@@ -359,7 +359,8 @@ fn create_private(path: &Path) -> io::Result<File> {
 }
 
 /// Install the SIGINT/SIGTERM handler on the current tokio runtime: on
-/// either signal, remove every registered path ([`remove_all`]), call
+/// either signal, run the registered clean-ups ([`run_cleanups`]), then
+/// remove every registered path ([`remove_all`]), call
 /// `report(signal name, exit code, paths removed)` (the binary prints
 /// there; this library does not) and exit with [`EXIT_SIGINT`] /
 /// [`EXIT_SIGTERM`].
@@ -379,7 +380,12 @@ pub fn handle_signals(report: impl FnOnce(&str, i32, usize) + Send + 'static) ->
             _ = int.recv() => ("SIGINT", EXIT_SIGINT),
             _ = term.recv() => ("SIGTERM", EXIT_SIGTERM),
         };
-        let removed = remove_all() + run_cleanups().await;
+        // The clean-ups first: one may stop a server running on a
+        // registered directory (a drill's recovered copy), which must not
+        // lose its data directory under it. They take a second or two
+        // (at most CLEANUP_TIMEOUT).
+        let cleaned = run_cleanups().await;
+        let removed = remove_all() + cleaned;
         report(name, code, removed);
         std::process::exit(code);
     });

@@ -589,4 +589,43 @@ fn a_drill_recovers_to_its_marker_row_from_the_wal_archive() {
         .filter(|n| n.len() == 8)
         .collect();
     assert_eq!(timelines, vec!["00000001".to_string()], "{timelines:?}");
+
+    // Stopped by SIGTERM while the recovered copy runs: its server is
+    // stopped, its directory removed, the marker rows deleted.
+    let child = w
+        .host
+        .command(&["drill", "--source", "pg-usdcop"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let running = loop {
+        let pid_file = std::fs::read_dir(w.host.path("drill"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("pg-usdcop-pitr/pgdata/postmaster.pid"))
+            .find(|p| p.exists());
+        if let Some(p) = pid_file {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the drill started no recovery");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!running.exists());
+    assert_no_scratch_left(&w);
+    assert!(processes_under(&w.host.path("drill")).is_empty());
+    assert_eq!(
+        w.pg.psql("postgres", "SELECT count(*) FROM usdcop_dr_drill_marker"),
+        "0"
+    );
 }

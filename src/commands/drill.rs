@@ -174,6 +174,10 @@ pub async fn run(
     };
     let name = scratch_name(started);
     let run_dir = d.scratch_dir.join(&name);
+    // Removed on a signal too (after the clean-ups, which stop a
+    // recovered copy's server first).
+    let _run_dir_registered = crate::scratch::register_path(&run_dir)
+        .map_err(|e| Error::io(format!("not drilling into {}: {e}", run_dir.display())))?;
     let mut results = vec![];
     for s in chosen {
         let kind = s.spec.kind();

@@ -145,6 +145,15 @@ async fn run(
     };
     let dsn = Dsn::parse(dsn)?;
     let marker = write_marker(&dsn, drill_name).await?;
+    // The rows are the drill's own: deleted whatever happens, a signal
+    // included.
+    let rows = {
+        let (dsn, name) = (marker.dsn.clone(), drill_name.to_owned());
+        ScratchCleanup::register(move || {
+            let (dsn, name) = (dsn.clone(), name.clone());
+            Box::pin(async move { delete_marker(&dsn, &name).await })
+        })
+    };
     p.marker_database = marker.database.clone();
     p.marker_written = Some(marker.written);
     p.target = Some(marker.target);
@@ -161,8 +170,7 @@ async fn run(
         p,
     )
     .await;
-    // The rows are the drill's own: deleted whatever happened.
-    if let Err(e) = delete_marker(&marker.dsn, drill_name).await {
+    if let Err(e) = rows.now().await {
         tracing::warn!("could not delete the drill's marker rows: {e}");
     }
     result
