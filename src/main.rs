@@ -41,7 +41,14 @@ fn main() {
             });
             let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
         })?;
-        cli::run(args).await
+        let result = cli::run(args).await;
+        // A signal arrived: its handler is cleaning up (which may itself
+        // end the command, e.g. a dropped scratch database) and exits with
+        // 130/143 when done; this run's own end must not win the race.
+        if usdcop_dr::scratch::stopping() {
+            std::future::pending::<()>().await;
+        }
+        result
     }) {
         Ok(code) => code,
         // A closed pipe (`restore --stdout | head`) is not a failure.

@@ -358,6 +358,15 @@ fn create_private(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a SIGINT/SIGTERM is being handled: the process exits once the
+/// handler is done (the command's own end, and records of a failure it
+/// caused, must wait or be skipped).
+pub fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Install the SIGINT/SIGTERM handler on the current tokio runtime: on
 /// either signal, run the registered clean-ups ([`run_cleanups`]), then
 /// remove every registered path ([`remove_all`]), call
@@ -380,6 +389,7 @@ pub fn handle_signals(report: impl FnOnce(&str, i32, usize) + Send + 'static) ->
             _ = int.recv() => ("SIGINT", EXIT_SIGINT),
             _ = term.recv() => ("SIGTERM", EXIT_SIGTERM),
         };
+        STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
         // The clean-ups first: one may stop a server running on a
         // registered directory (a drill's recovered copy), which must not
         // lose its data directory under it. They take a second or two

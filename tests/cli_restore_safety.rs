@@ -249,6 +249,7 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
             id,
             &snap,
             usdcop_dr::commands::restore::RestoreOptions {
+                sync: Default::default(),
                 target: usdcop_dr::commands::restore::RestoreTarget::Dir(target.clone()),
                 include: vec![],
                 read_concurrency: None,

@@ -162,6 +162,26 @@ fn files_round_trip_with_metadata() {
         "nginx/nginx.conf"
     );
 
+    // Each way of reaching the disk restores the same bytes.
+    for sync in ["file", "none"] {
+        let t = repo.scratch(&format!("restore-{sync}"));
+        repo.run(&["restore", "--sync", sync, "--target", t.to_str().unwrap()])
+            .ok();
+        let r = t.join(src_str.trim_start_matches('/'));
+        for rel in ["docker-compose.yml", "nginx/nginx.conf", "model ñ.bin"] {
+            assert_eq!(
+                std::fs::read(src.join(rel)).unwrap(),
+                std::fs::read(r.join(rel)).unwrap(),
+                "--sync {sync}: {rel}"
+            );
+        }
+    }
+    assert_eq!(
+        repo.run(&["restore", "--sync", "later", "--target", "/tmp/x"])
+            .code,
+        2
+    );
+
     // --path restores a subset; --stdout streams one file.
     let one = repo
         .run(&[

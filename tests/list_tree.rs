@@ -387,6 +387,7 @@ fn listing_and_restoring_latest_read_no_entry_lists() {
             id,
             &snap,
             RestoreOptions {
+                sync: Default::default(),
                 target: RestoreTarget::Stream(Box::new(out.clone())),
                 include: vec![],
                 read_concurrency: None,
@@ -547,6 +548,7 @@ fn verify_reads_every_tree_node_and_reports_a_lost_one() {
             s.snapshot_id,
             &snap,
             RestoreOptions {
+                sync: Default::default(),
                 target: RestoreTarget::Stream(Box::new(SharedBuf::default())),
                 include: vec![],
                 read_concurrency: None,

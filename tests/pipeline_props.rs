@@ -78,6 +78,7 @@ async fn restore_stream(
         id,
         &snap,
         RestoreOptions {
+            sync: Default::default(),
             target: RestoreTarget::Stream(out),
             include: vec![],
             read_concurrency: None,

@@ -224,6 +224,24 @@ pub struct DrillArgs {
     pub read_concurrency: Option<u16>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SyncArg {
+    End,
+    File,
+    None,
+}
+
+impl From<SyncArg> for usdcop_dr::commands::restore::SyncMode {
+    fn from(s: SyncArg) -> Self {
+        use usdcop_dr::commands::restore::SyncMode;
+        match s {
+            SyncArg::End => SyncMode::End,
+            SyncArg::File => SyncMode::File,
+            SyncArg::None => SyncMode::None,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Target average chunk size in bytes (power of two, 256 B … 4 MiB)
@@ -392,6 +410,11 @@ pub struct RestoreArgs {
     /// repository, CPUs + 2 for a local one)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub read_concurrency: Option<u16>,
+    /// How restored files reach the disk: end (one filesystem sync once
+    /// all are in place), file (fsync each before it is renamed into
+    /// place), none
+    #[arg(long, value_enum, default_value = "end")]
+    pub sync: SyncArg,
 }
 
 /// Snapshot kinds, as `snapshots` shows them.

@@ -447,6 +447,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 &snap,
                 RestoreOptions {
                     target,
+                    sync: a.sync.into(),
                     include: a.paths,
                     read_concurrency: a.read_concurrency.map(usize::from),
                 },

@@ -277,6 +277,10 @@ pub async fn run(
                     sources: results,
                     error: Some(e.to_string()),
                 };
+                // Not when a signal stopped it (the clean-ups end it).
+                if crate::scratch::stopping() {
+                    return Err(e);
+                }
                 if let Err(store) = store(&repo, &record).await {
                     tracing::warn!("the failed drill's record could not be stored: {store}");
                 }
@@ -552,6 +556,8 @@ async fn drill_files(
         id,
         snap,
         super::restore::RestoreOptions {
+            // As a real restore does by default: the RTO measures it.
+            sync: super::restore::SyncMode::End,
             target: super::restore::RestoreTarget::Dir(dir.clone()),
             include: vec![],
             read_concurrency: opts.read_concurrency,

@@ -429,6 +429,8 @@ pub async fn run(
         id,
         &snap,
         super::restore::RestoreOptions {
+            // PostgreSQL starts on these files: durable before it does.
+            sync: super::restore::SyncMode::End,
             target: super::restore::RestoreTarget::Dir(opts.pgdata.clone()),
             include: vec![],
             read_concurrency: opts.read_concurrency,
