@@ -1,7 +1,10 @@
 #!/bin/bash
 # 300,000 files (1.2 GB, 100 B–8 KB each, 3,000 directories): first backup,
-# no-change backup and `snapshots` — peak RSS, time and repository growth —
-# for usdcop-dr and restic on the same tree (issue 9 "Must show").
+# no-change backup, `snapshots` and a restore into an empty directory — peak
+# RSS, time and repository growth — for usdcop-dr, restic and (when
+# installed) borg on the same tree (issues 9 and 14). usdcop-dr restores
+# twice: `--sync end` (the default: one syncfs at the end) and `--sync file`
+# (an fsync per file); restic and borg do not sync restored files at all.
 # Usage: USDCOP_DR_BIN=target/debug/usdcop-dr WORK=/tmp/bench-300k bash scripts/bench-files-300k.sh
 set -e
 B=${USDCOP_DR_BIN:-target/release/usdcop-dr}
@@ -39,3 +42,23 @@ echo "restic backup:"; t restic --repo $RR backup $T -q
 echo "restic no-change backup:"; t restic --repo $RR backup $T -q
 echo "restic snapshots:"; t restic --repo $RR snapshots
 echo "restic repo: $(du -sb $RR | cut -f1)"
+
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+for mode in end file; do
+  rm -rf ${WORK}/out-$mode; drop
+  echo "usdcop-dr restore --sync $mode:"; t $B --repo $R restore --target ${WORK}/out-$mode --sync $mode
+done
+rm -rf ${WORK}/out-restic; drop
+echo "restic restore:"; t restic --repo $RR restore latest --target ${WORK}/out-restic
+if command -v borg >/dev/null; then
+  export BORG_PASSPHRASE=pw BORG_REPO=${WORK}/borg
+  rm -rf $BORG_REPO; borg init -e repokey $BORG_REPO >/dev/null
+  echo "borg create:"; t borg create ::a $T
+  echo "borg no-change create:"; t borg create ::b $T
+  rm -rf ${WORK}/out-borg; mkdir -p ${WORK}/out-borg; drop
+  echo "borg extract:"; (cd ${WORK}/out-borg && t borg extract ::a)
+fi
+# Every restore holds the tree.
+for d in out-end out-file out-restic; do
+  diff -r $T ${WORK}/$d$T >/dev/null && echo "$d: identical" || echo "$d: DIFFERS"
+done

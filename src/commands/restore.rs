@@ -442,7 +442,14 @@ async fn restore_files(
     for e in files {
         progress.set_item(&e.path);
         // Removed again if anything below fails (TempFile's Drop).
-        let mut out = match off_runtime(|| dir.create_file(&e.path)) {
+        let direct = !committing.sync_each;
+        let mut out = match off_runtime(|| {
+            if direct {
+                dir.create_file_direct(&e.path)
+            } else {
+                dir.create_file(&e.path)
+            }
+        }) {
             Ok(tmp) => Some((tmp, Hasher::new(), 0u64)),
             Err(err) => {
                 failed(&e.path, err, progress.as_ref(), summary)?;
@@ -484,6 +491,14 @@ async fn restore_files(
             failed(&e.path, err, progress.as_ref(), summary)?;
             continue;
         }
+        let m = meta(&e, is_root);
+        if !committing.sync_each {
+            // No disk wait: metadata (and a rename, if any) right here,
+            // without handing the file to another thread.
+            let r = off_runtime(|| tmp.commit(m, false)).map(|()| n);
+            record(&e.path, r, progress.as_ref(), summary)?;
+            continue;
+        }
         // Synced, given its metadata and renamed on the blocking pool,
         // while the next files are written.
         let permit = committing
@@ -492,7 +507,6 @@ async fn restore_files(
             .acquire_owned()
             .await
             .expect("never closed");
-        let m = meta(&e, is_root);
         let path = e.path;
         let sync = committing.sync_each;
         committing.tasks.spawn_blocking(move || {

@@ -34,6 +34,11 @@ const WALK: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW 
 pub(crate) struct TargetDir {
     root: OwnedFd,
     path: PathBuf,
+    /// The last parent directory walked to, open: files of one directory
+    /// come one after another, and each walk costs an openat per
+    /// component. Opened by the same safe walk, so reusing it is as safe
+    /// (it stays the directory that was checked, whatever is renamed later).
+    last_parent: std::sync::Mutex<Option<(String, OwnedFd)>>,
 }
 
 /// Owner, mode and modification time to give an entry.
@@ -79,6 +84,7 @@ impl TargetDir {
         Ok(TargetDir {
             root,
             path: path.to_path_buf(),
+            last_parent: std::sync::Mutex::new(None),
         })
     }
 
@@ -111,7 +117,25 @@ impl TargetDir {
     /// entry's own name in it.
     pub fn parent(&self, rel: &str) -> crate::Result<(OwnedFd, CString)> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let fd = self.dir(dir, true)?;
+        let cached = {
+            let last = self.last_parent.lock().unwrap_or_else(|p| p.into_inner());
+            match last.as_ref() {
+                Some((d, fd)) if d == dir => {
+                    Some(dup(fd.as_fd()).map_err(|e| self.io_err(dir, e))?)
+                }
+                _ => None,
+            }
+        };
+        let fd = match cached {
+            Some(fd) => fd,
+            None => {
+                let fd = self.dir(dir, true)?;
+                let keep = dup(fd.as_fd()).map_err(|e| self.io_err(dir, e))?;
+                *self.last_parent.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((dir.to_owned(), keep));
+                fd
+            }
+        };
         let name = cstring(name.as_bytes()).map_err(|e| self.io_err(rel, e))?;
         Ok((fd, name))
     }
@@ -172,7 +196,51 @@ impl TargetDir {
     /// [`TempFile::commit`] sets owner, mode and times, syncs and renames it
     /// over `rel`. Dropped uncommitted, the temporary file is removed.
     pub fn create_file(&self, rel: &str) -> crate::Result<TempFile> {
+        self.create_file_as(rel, false)
+    }
+
+    /// [`create_file`](Self::create_file), but where nothing is in the
+    /// way the file is created under its own name (`O_EXCL`: a name no one
+    /// else holds), which saves the rename; removed again if not
+    /// committed. Where something is, a temporary file replaces it as
+    /// usual. A crash midway may leave a partly written file under its
+    /// name: for restores that sync once at the end (`--sync end|none`).
+    pub fn create_file_direct(&self, rel: &str) -> crate::Result<TempFile> {
+        self.create_file_as(rel, true)
+    }
+
+    fn create_file_as(&self, rel: &str, direct: bool) -> crate::Result<TempFile> {
         let (dir, name) = self.parent(rel)?;
+        if direct {
+            let made = crate::scratch::create_at(dir.as_fd(), &name, || {
+                open_at(
+                    Some(dir.as_fd()),
+                    &name,
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o600,
+                )
+            });
+            match made {
+                Ok((registered, fd)) => {
+                    let shown = self.display(rel);
+                    return Ok(TempFile {
+                        file: Some(File::from(fd)),
+                        dir,
+                        tmp: name.clone(),
+                        name,
+                        tmp_path: shown.clone(),
+                        shown,
+                        _registered: registered,
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(self.io_err(rel, e)),
+            }
+        }
         let tmp = temp_name(&name);
         let shown = self.display(rel);
         let tmp_path = shown
@@ -277,8 +345,11 @@ impl TempFile {
         }
         set_fd_meta(file.as_fd(), &meta).map_err(io_err)?;
         drop(file);
-        rename_at(self.dir.as_fd(), &self.tmp, &self.name)
-            .map_err(|e| replace_err(&self.shown, e))?;
+        // Created under its own name (create_file_direct): nothing to move.
+        if self.tmp != self.name {
+            rename_at(self.dir.as_fd(), &self.tmp, &self.name)
+                .map_err(|e| replace_err(&self.shown, e))?;
+        }
         self.tmp = CString::default();
         Ok(())
     }
