@@ -131,30 +131,52 @@ fn sigint_during_a_directory_restore_removes_its_temporary_files() {
     let repo = TestRepo::new();
     let data = random_bytes(96 << 20, 3);
     repo.backup_stdin("big", "big.bin", &data);
-    let target = repo.scratch("target");
-    let mut c = repo.cmd();
-    c.args(["restore", "--target", target.to_str().unwrap()]);
     let is_tmp = |p: &Path| {
         p.file_name()
             .unwrap()
             .to_string_lossy()
             .starts_with(".big.bin.usdcop-dr-")
     };
+    let is_big = |p: &Path| p.file_name().unwrap() == "big.bin";
+
+    // Into an empty directory the file is written under its own name
+    // (nothing to replace): stopped halfway, the partial file goes.
+    let target = repo.scratch("target");
+    let mut c = repo.cmd();
+    c.args(["restore", "--target", target.to_str().unwrap()]);
     let (code, stderr) = signal_when(
         c,
         &target,
-        is_tmp,
+        is_big,
         // Decrypted content is not readable by others before it is verified.
-        |tmp| assert_eq!(mode(tmp), 0o600, "{}", tmp.display()),
+        |f| assert_eq!(mode(f), 0o600, "{}", f.display()),
         libc::SIGINT,
     );
     assert_eq!(code, 130, "{stderr}");
     assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
-    let left: Vec<_> = files_under(&target)
+    let left = files_under(&target);
+    assert!(left.is_empty(), "partial files left behind: {left:?}");
+
+    // Over a file already there: a temporary file beside it, removed by
+    // the signal; the old file untouched.
+    let over = repo.scratch("over");
+    std::fs::write(over.join("big.bin"), b"old").unwrap();
+    let mut c = repo.cmd();
+    c.args(["restore", "--target", over.to_str().unwrap()]);
+    let (code, stderr) = signal_when(
+        c,
+        &over,
+        is_tmp,
+        |tmp| assert_eq!(mode(tmp), 0o600, "{}", tmp.display()),
+        libc::SIGINT,
+    );
+    assert_eq!(code, 130, "{stderr}");
+    let left: Vec<_> = files_under(&over)
         .into_iter()
         .filter(|p| is_tmp(p))
         .collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    assert_eq!(std::fs::read(over.join("big.bin")).unwrap(), b"old");
 }
 
 /// Whether process `pid` is gone (or a zombie nobody reaped yet).

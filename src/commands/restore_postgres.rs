@@ -270,7 +270,13 @@ pub async fn run(
     }
     drop(client);
 
-    let actual = take_pictures(target, &picture.tables, picture.checksum_algorithm).await?;
+    let actual = take_pictures(
+        target,
+        &picture.tables,
+        picture.checksum_algorithm,
+        plan.jobs as usize,
+    )
+    .await?;
     let differences = picture::compare(&picture.tables, &actual);
     Ok(PgRestoreSummary {
         snapshot_id,
@@ -509,40 +515,61 @@ async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> 
 }
 
 /// The target's pictures of the snapshot's tables (checksums where the
-/// snapshot has one); a table that does not exist is simply absent.
+/// snapshot has one); a table that does not exist is simply absent. With
+/// `jobs` > 1 the tables are read over that many connections at once,
+/// the largest first (the restore was parallel: so is its check).
 async fn take_pictures(
     target: &Dsn,
     expected: &[TablePicture],
     algo: picture::ChecksumAlgorithm,
+    jobs: usize,
 ) -> Result<Vec<TablePicture>> {
-    let client = inspect::connect(target).await?;
-    inspect::begin(&client, false).await?;
-    let mut out = vec![];
-    for t in expected {
-        let name = format!(
-            "{}.{}",
-            inspect::quote_ident(&t.schema),
-            inspect::quote_ident(&t.name)
-        );
-        let exists = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-            .await
-            .map_err(|e| inspect::db_err("looking up restored tables", e))?
-            .get::<_, bool>(0);
-        if exists {
-            out.push(
-                inspect::table_picture(
-                    &client,
-                    &t.schema,
-                    &t.name,
-                    t.checksum.as_ref().map(|_| algo),
-                )
-                .await?,
-            );
-        }
+    let mut order: Vec<usize> = (0..expected.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(expected[i].rows));
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(order.into_iter()));
+    let workers = jobs.clamp(1, expected.len().max(1));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (queue, target, expected) = (queue.clone(), target.clone(), expected.to_vec());
+        set.spawn(async move {
+            let client = inspect::connect(&target).await?;
+            inspect::begin(&client, false).await?;
+            let mut got = vec![];
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some(i) = next else { break };
+                let t = &expected[i];
+                let name = format!(
+                    "{}.{}",
+                    inspect::quote_ident(&t.schema),
+                    inspect::quote_ident(&t.name)
+                );
+                let exists = client
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                    .await
+                    .map_err(|e| inspect::db_err("looking up restored tables", e))?
+                    .get::<_, bool>(0);
+                if exists {
+                    let p = inspect::table_picture(
+                        &client,
+                        &t.schema,
+                        &t.name,
+                        t.checksum.as_ref().map(|_| algo),
+                    )
+                    .await?;
+                    got.push((i, p));
+                }
+            }
+            let _ = client.batch_execute("COMMIT").await;
+            Ok::<_, Error>(got)
+        });
     }
-    let _ = client.batch_execute("COMMIT").await;
-    Ok(out)
+    let mut all = vec![];
+    while let Some(done) = set.join_next().await {
+        all.extend(done.map_err(|e| Error::io(format!("verification task: {e}")))??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, p)| p).collect())
 }
 
 #[cfg(test)]
