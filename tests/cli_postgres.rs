@@ -692,3 +692,98 @@ fn a_fresh_server_without_the_owning_role_needs_no_owner() {
     );
     assert_same_data(&pg, SOURCE_DB, &fresh2, "recovered");
 }
+
+/// The dump's own rows give every table's exact count and content digest
+/// (issue 14: no second read of the tables by the server): the figures
+/// from `pg_dump -Fc -Z0` output, fed in pieces of any size, equal
+/// `count(*)` and the digest of `COPY … TO STDOUT` under pg_dump's
+/// session settings; an archive cut short is an error.
+#[test]
+fn the_dump_stream_gives_each_tables_rows_and_digest() {
+    use usdcop_dr::format::pgdump::{row_digest, DumpScanner};
+    let pg = PgServer::start();
+    pg.create_db("usdcop_trading");
+    load_usdcop_like(&pg, "usdcop_trading", 3_000);
+    let mut c = pg.command("pg_dump");
+    c.args([
+        "-Fc",
+        "-Z0",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "usdcop_trading",
+    ]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = out.stdout;
+    let scan = |piece: usize| {
+        let mut s = DumpScanner::new();
+        for part in dump.chunks(piece) {
+            s.feed(part).unwrap();
+        }
+        s.finish().unwrap()
+    };
+    let summary = scan(1 << 16);
+    assert_eq!(summary.database, "usdcop_trading");
+    assert_eq!(
+        summary.tables.len(),
+        USDCOP_TABLES.len(),
+        "{:?}",
+        summary.tables
+    );
+    assert_eq!(scan(4093), summary);
+    for t in &summary.tables {
+        let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+        let count: u64 = pg
+            .psql("usdcop_trading", &format!("SELECT count(*) FROM {table}"))
+            .parse()
+            .unwrap();
+        assert_eq!(t.rows, count, "{table}");
+        assert!(count > 0, "{table}");
+        // COPY out the columns pg_dump named, with its settings.
+        let copy_out = t
+            .copy_statement
+            .trim()
+            .strip_suffix("FROM stdin;")
+            .unwrap_or_else(|| panic!("{:?}", t.copy_statement))
+            .to_owned()
+            + "TO STDOUT";
+        let mut c = pg.command("psql");
+        c.args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "usdcop_trading",
+        ])
+        .args([
+            "-c",
+            "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3",
+        ])
+        .args(["-c", &copy_out]);
+        let rows = c.output().unwrap();
+        assert!(
+            rows.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rows.stderr)
+        );
+        let sum = rows
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty() && *l != b"SET")
+            .fold(0u128, |s, l| s.wrapping_add(row_digest(l)));
+        assert_eq!(t.digest, sum, "{table}");
+    }
+    // Cut short: an error, not a smaller count.
+    let mut s = DumpScanner::new();
+    s.feed(&dump[..dump.len() * 2 / 3]).unwrap();
+    assert!(s.finish().is_err());
+}

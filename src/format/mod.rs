@@ -10,6 +10,7 @@ pub mod id;
 pub mod index;
 pub mod meta;
 pub mod pack;
+pub mod pgdump;
 pub mod snapshot;
 pub mod tree;
 pub mod wal;
