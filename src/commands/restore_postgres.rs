@@ -534,6 +534,12 @@ async fn take_pictures(
         set.spawn(async move {
             let client = inspect::connect(&target).await?;
             inspect::begin(&client, false).await?;
+            if algo == picture::ChecksumAlgorithm::DumpRowsSha256Sum {
+                client
+                    .batch_execute(inspect::DUMP_COPY_SETTINGS)
+                    .await
+                    .map_err(|e| inspect::db_err("setting pg_dump's COPY settings", e))?;
+            }
             let mut got = vec![];
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
@@ -549,16 +555,31 @@ async fn take_pictures(
                     .await
                     .map_err(|e| inspect::db_err("looking up restored tables", e))?
                     .get::<_, bool>(0);
-                if exists {
-                    let p = inspect::table_picture(
-                        &client,
-                        &t.schema,
-                        &t.name,
-                        t.checksum.as_ref().map(|_| algo),
-                    )
-                    .await?;
-                    got.push((i, p));
+                if !exists {
+                    continue;
                 }
+                let p = match (&t.copy_statement, algo) {
+                    (Some(copy), picture::ChecksumAlgorithm::DumpRowsSha256Sum) => {
+                        let (rows, sum) = inspect::copy_digest(&client, copy).await?;
+                        TablePicture {
+                            schema: t.schema.clone(),
+                            name: t.name.clone(),
+                            rows,
+                            checksum: Some(sum),
+                            copy_statement: None,
+                        }
+                    }
+                    _ => {
+                        inspect::table_picture(
+                            &client,
+                            &t.schema,
+                            &t.name,
+                            t.checksum.as_ref().map(|_| algo),
+                        )
+                        .await?
+                    }
+                };
+                got.push((i, p));
             }
             let _ = client.batch_execute("COMMIT").await;
             Ok::<_, Error>(got)

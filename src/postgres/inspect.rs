@@ -427,7 +427,10 @@ pub async fn table_picture(
             "SELECT count(*)::int8, coalesce(sum(hashtextextended({row_text}, 0)::numeric), 0)::text \
              FROM {table} AS usdcop_dr_row"
         ),
-        None => format!("SELECT count(*)::int8, NULL::text FROM {table}"),
+        // Not a server-side sum: read back with `copy_digest`.
+        Some(ChecksumAlgorithm::DumpRowsSha256Sum) | None => {
+            format!("SELECT count(*)::int8, NULL::text FROM {table}")
+        }
     };
     let row = client
         .query_one(&sql, &[])
@@ -439,7 +442,43 @@ pub async fn table_picture(
         name: name.to_owned(),
         rows: rows.max(0) as u64,
         checksum: row.get(1),
+        copy_statement: None,
     })
+}
+
+/// pg_dump's session settings that shape COPY text (src/bin/pg_dump:
+/// setup_connection): the same rows give the same lines.
+pub const DUMP_COPY_SETTINGS: &str =
+    "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3";
+
+/// Rows and `dump-rows-sha256-sum` of a table as `copy_statement` (from
+/// the dump: `COPY schema.table (columns) FROM stdin;`) reads it back with
+/// `COPY … TO STDOUT`, streamed (one line's hash state held). The session
+/// must have [`DUMP_COPY_SETTINGS`].
+pub async fn copy_digest(client: &Client, copy_statement: &str) -> Result<(u64, String)> {
+    use futures::StreamExt;
+    let stmt = copy_statement
+        .trim()
+        .strip_suffix("FROM stdin;")
+        .filter(|s| s.starts_with("COPY "))
+        .ok_or_else(|| {
+            Error::format(
+                "postgres picture",
+                format!("unexpected COPY statement {copy_statement:?}"),
+            )
+        })?;
+    let sql = format!("{stmt}TO STDOUT");
+    let stream = client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| db_err("reading a restored table back (COPY TO STDOUT)", e))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut lines = crate::format::pgdump::CopyLines::new();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| db_err("reading a restored table back", e))?;
+        lines.feed(&piece);
+    }
+    Ok((lines.rows, format!("{:032x}", lines.digest)))
 }
 
 /// Pictures of `tables`: exact counts for all, checksums for tables of at

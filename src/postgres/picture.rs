@@ -21,11 +21,21 @@ pub enum ChecksumAlgorithm {
     /// for the server than md5). Its value depends on the server's byte
     /// order, so it compares databases on machines of the same endianness.
     HashtextextendedSum,
+    /// Read from the dump itself as it streams (`format::pgdump`): the
+    /// wrapping sum of the first 128 bits of SHA-256 of each row's COPY
+    /// text line; the server reads each table once (pg_dump's read). The
+    /// restore side sums the lines of `COPY … TO STDOUT` under pg_dump's
+    /// session settings. Every table gets one, whatever its size.
+    DumpRowsSha256Sum,
 }
 
 impl ChecksumAlgorithm {
-    /// What new backups record.
-    pub const CURRENT: ChecksumAlgorithm = ChecksumAlgorithm::HashtextextendedSum;
+    /// What new backups of a UTF8 database record (others: the server's
+    /// hashtextextended sum, see [`ChecksumAlgorithm::SERVER`]).
+    pub const CURRENT: ChecksumAlgorithm = ChecksumAlgorithm::DumpRowsSha256Sum;
+    /// When the dump cannot be read for it (a non-UTF8 database, an
+    /// archive version this program does not know).
+    pub const SERVER: ChecksumAlgorithm = ChecksumAlgorithm::HashtextextendedSum;
 
     fn first() -> ChecksumAlgorithm {
         ChecksumAlgorithm::Md5Sum60
@@ -45,10 +55,15 @@ pub struct TablePicture {
     pub name: String,
     /// Exact `count(*)` in the dump's snapshot.
     pub rows: u64,
-    /// Order-independent content checksum (see `inspect::CHECKSUM_SQL`),
-    /// for tables of at most `checksum_max_rows` rows.
+    /// Order-independent content checksum (see [`ChecksumAlgorithm`]),
+    /// for tables of at most `checksum_max_rows` rows (the server's
+    /// algorithms) or every table (`dump-rows-sha256-sum`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// `COPY schema.table (columns) FROM stdin;` as pg_dump wrote it: the
+    /// columns the restore side reads back (`dump-rows-sha256-sum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_statement: Option<String>,
 }
 
 impl TablePicture {
@@ -151,6 +166,7 @@ mod tests {
             name: name.into(),
             rows,
             checksum: sum.map(str::to_owned),
+            copy_statement: None,
         }
     }
 

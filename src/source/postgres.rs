@@ -19,9 +19,10 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
+use crate::format::pgdump::DumpScanner;
 use crate::format::snapshot::Entry;
 use crate::pipeline::{StoredList, Writer, WriterOptions, WriterTotals};
-use crate::postgres::picture::{ChecksumAlgorithm, DbPicture, DUMP_FORMAT};
+use crate::postgres::picture::{ChecksumAlgorithm, DbPicture, TablePicture, DUMP_FORMAT};
 use crate::postgres::tools::{self, ChildStream, PgTool};
 use crate::postgres::{inspect, Dsn};
 use crate::progress::Progress;
@@ -138,6 +139,19 @@ impl Session {
         let globals = self.pg_dumpall.as_ref().map(|t| self.globals_command(t));
         let stream = ChildStream::spawn("pg_dump", self.dump_command())?;
         let pg_dump_pid = stream.pid();
+        // Each table's rows counted and digested from the dump as it goes
+        // by (format::pgdump): the server reads every table once. COPY text
+        // is in the database's encoding, and the restore side reads it back
+        // as UTF8: other encodings keep the server-side picture.
+        let from_dump = self.picture.encoding == "UTF8";
+        let scan = Arc::new(std::sync::Mutex::new(ScanState {
+            scanner: from_dump.then(DumpScanner::new),
+            error: None,
+        }));
+        let stream = Scanned {
+            inner: stream,
+            scan: scan.clone(),
+        };
         let writer = Writer::start(repo.clone(), index, writer_opts)?;
         let name = format!("{}.dump", sanitize(&self.picture.database));
         let store = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -166,10 +180,13 @@ impl Session {
         let max = self.checksum_max_rows;
         let look = async move {
             let extensions = inspect::extensions(client).await?;
+            if from_dump {
+                return Ok::<_, Error>((extensions, None));
+            }
             let tables = inspect::tables(client).await?;
             let pictures =
-                inspect::table_pictures(client, &tables, max, ChecksumAlgorithm::CURRENT).await?;
-            Ok::<_, Error>((extensions, pictures))
+                inspect::table_pictures(client, &tables, max, ChecksumAlgorithm::SERVER).await?;
+            Ok::<_, Error>((extensions, Some(pictures)))
         };
         let store = async move {
             store
@@ -202,15 +219,96 @@ impl Session {
                 }
             },
         };
+        let mut picture = self.picture;
+        let tables = match tables {
+            Some(t) => {
+                picture.checksum_algorithm = ChecksumAlgorithm::SERVER;
+                t
+            }
+            None => {
+                let state = std::mem::replace(
+                    &mut *scan.lock().unwrap_or_else(|p| p.into_inner()),
+                    ScanState {
+                        scanner: None,
+                        error: None,
+                    },
+                );
+                let summary = match (state.scanner, state.error) {
+                    (Some(s), None) => s.finish(),
+                    (_, Some(e)) => Err(Error::format("pg_dump custom archive", e)),
+                    (None, None) => Err(Error::format("pg_dump custom archive", "not read")),
+                };
+                match summary {
+                    Ok(sum) => {
+                        picture.checksum_algorithm = ChecksumAlgorithm::CURRENT;
+                        sum.tables
+                            .into_iter()
+                            .map(|t| TablePicture {
+                                checksum: Some(t.digest_hex()),
+                                schema: t.schema,
+                                name: t.name,
+                                rows: t.rows,
+                                copy_statement: Some(t.copy_statement),
+                            })
+                            .collect()
+                    }
+                    Err(e) => {
+                        // Still inside the exported snapshot: the server
+                        // takes the picture instead.
+                        tracing::warn!(
+                            "the dump could not be read for its rows ({e}); the server counts them instead"
+                        );
+                        picture.checksum_algorithm = ChecksumAlgorithm::SERVER;
+                        let tables = inspect::tables(&self.client).await?;
+                        inspect::table_pictures(
+                            &self.client,
+                            &tables,
+                            self.checksum_max_rows,
+                            ChecksumAlgorithm::SERVER,
+                        )
+                        .await?
+                    }
+                }
+            }
+        };
         // Keeping the transaction open until pg_dump finished kept the
         // exported snapshot valid for it.
         let _ = self.client.batch_execute("COMMIT").await;
-        let mut picture = self.picture;
         picture.total_rows = tables.iter().map(|t| t.rows).sum();
         picture.extensions = extensions;
         picture.tables = tables;
         picture.globals = self.pg_dumpall.is_some();
         Ok((entries, list, w, picture))
+    }
+}
+
+/// The dump reader fed by [`Scanned`].
+struct ScanState {
+    scanner: Option<DumpScanner>,
+    /// Why the dump could not be read for its rows (the scanner dropped).
+    error: Option<String>,
+}
+
+/// pg_dump's output on its way to the repository, fed to the
+/// [`DumpScanner`] too.
+struct Scanned<R> {
+    inner: R,
+    scan: Arc<std::sync::Mutex<ScanState>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Scanned<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            let mut st = self.scan.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = st.scanner.as_mut() {
+                if let Err(e) = s.feed(&buf[..n]) {
+                    st.scanner = None;
+                    st.error = Some(e.to_string());
+                }
+            }
+        }
+        Ok(n)
     }
 }
 
