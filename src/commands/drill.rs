@@ -209,15 +209,15 @@ pub async fn run(
                     run_dir.display()
                 )));
             }
-            let (p, check) = super::drill_pitr::check(
-                &repo,
+            let (p, check) = super::drill_pitr::check(&super::drill_pitr::Ctx {
+                repo: &repo,
                 settings,
-                s,
-                &run_dir,
-                &name,
-                opts.read_concurrency,
-                progress.clone(),
-            )
+                source: s,
+                run_dir: &run_dir,
+                drill_name: &name,
+                read_concurrency: opts.read_concurrency,
+                progress: progress.clone(),
+            })
             .await;
             sd.pitr = Some(p);
             sd.checks.push(check);
@@ -264,19 +264,8 @@ pub async fn run(
                 // Stored as a failed drill: the history and the metrics
                 // show a drill that could not be done.
                 results.push(sd);
-                let record = DrillRecord {
-                    version: drill::VERSION,
-                    started,
-                    finished: Utc::now(),
-                    host: crate::repository::hostname(),
-                    program_version: env!("CARGO_PKG_VERSION").into(),
-                    repository: repo.backend().location(),
-                    partial,
-                    verdict: drill::Verdict::CheckFailed,
-                    rto: None,
-                    sources: results,
-                    error: Some(e.to_string()),
-                };
+                let record =
+                    new_record(&repo, started, partial, results, None, Some(e.to_string()));
                 // Not when a signal stopped it (the clean-ups end it).
                 if crate::scratch::stopping() {
                     return Err(e);
@@ -295,7 +284,26 @@ pub async fn run(
         settings.objectives.rto.map(|d| d.as_secs_f64()),
         partial,
     );
-    let record = DrillRecord {
+    let record = new_record(&repo, started, partial, results, rto, None);
+    let id = store(&repo, &record).await?;
+    Ok((id, record))
+}
+
+/// The record of a drill that started at `started`; with `error` (it
+/// stopped on an error of its own) it failed, else the verdict rule says.
+fn new_record(
+    repo: &Repository,
+    started: DateTime<Utc>,
+    partial: bool,
+    sources: Vec<SourceDrill>,
+    rto: Option<drill::Rto>,
+    error: Option<String>,
+) -> DrillRecord {
+    let verdict = match error {
+        Some(_) => drill::Verdict::CheckFailed,
+        None => drill::verdict(&sources, rto.as_ref()),
+    };
+    DrillRecord {
         version: drill::VERSION,
         started,
         finished: Utc::now(),
@@ -303,13 +311,11 @@ pub async fn run(
         program_version: env!("CARGO_PKG_VERSION").into(),
         repository: repo.backend().location(),
         partial,
-        verdict: drill::verdict(&results, rto.as_ref()),
+        verdict,
         rto,
-        sources: results,
-        error: None,
-    };
-    let id = store(&repo, &record).await?;
-    Ok((id, record))
+        sources,
+        error,
+    }
 }
 
 /// Store `record` as `drills/<id>`.

@@ -53,18 +53,24 @@ struct Marker {
     committed: Instant,
 }
 
-/// Run the check for `source` (the `[wal]` source); never an error: what
-/// went wrong is the check's detail.
-pub async fn check(
-    repo: &Arc<Repository>,
-    settings: &Settings,
-    source: &SourceSettings,
-    run_dir: &Path,
-    drill_name: &str,
-    read_concurrency: Option<usize>,
-    progress: Arc<dyn Progress>,
-) -> (PitrDrill, Check) {
-    let objective_s = settings.objectives.rpo.as_secs_f64();
+/// What the check works with.
+pub struct Ctx<'a> {
+    pub repo: &'a Arc<Repository>,
+    pub settings: &'a Settings,
+    /// The `[wal]` source.
+    pub source: &'a SourceSettings,
+    /// The drill's run directory below `scratch_dir`.
+    pub run_dir: &'a Path,
+    /// The drill's unique scratch name (the marker rows' key).
+    pub drill_name: &'a str,
+    pub read_concurrency: Option<usize>,
+    pub progress: Arc<dyn Progress>,
+}
+
+/// Run the check for the `[wal]` source; never an error: what went wrong
+/// is the check's detail.
+pub async fn check(cx: &Ctx<'_>) -> (PitrDrill, Check) {
+    let objective_s = cx.settings.objectives.rpo.as_secs_f64();
     let mut p = PitrDrill {
         marker_database: String::new(),
         marker_written: None,
@@ -81,17 +87,7 @@ pub async fn check(
         objective_s,
         rpo_met: false,
     };
-    let outcome = run(
-        repo,
-        settings,
-        source,
-        run_dir,
-        drill_name,
-        read_concurrency,
-        progress,
-        &mut p,
-    )
-    .await;
+    let outcome = run(cx, &mut p).await;
     p.judge();
     let target = p
         .target
@@ -126,17 +122,8 @@ pub async fn check(
     (p, check)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    repo: &Arc<Repository>,
-    settings: &Settings,
-    source: &SourceSettings,
-    run_dir: &Path,
-    drill_name: &str,
-    read_concurrency: Option<usize>,
-    progress: Arc<dyn Progress>,
-    p: &mut PitrDrill,
-) -> Result<()> {
+async fn run(cx: &Ctx<'_>, p: &mut PitrDrill) -> Result<()> {
+    let (source, drill_name) = (cx.source, cx.drill_name);
     let SourceSpec::Postgres { dsn, .. } = &source.spec else {
         return Err(Error::usage(format!(
             "the [wal] source {:?} is not a postgres source",
@@ -158,36 +145,15 @@ async fn run(
     p.marker_written = Some(marker.written);
     p.target = Some(marker.target);
     p.archive_timeout_s = marker.archive_timeout_s;
-    let result = recover_and_ask(
-        repo,
-        settings,
-        source,
-        run_dir,
-        drill_name,
-        read_concurrency,
-        progress,
-        &marker,
-        p,
-    )
-    .await;
+    let result = recover_and_ask(cx, &marker, p).await;
     if let Err(e) = rows.now().await {
         tracing::warn!("could not delete the drill's marker rows: {e}");
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn recover_and_ask(
-    repo: &Arc<Repository>,
-    settings: &Settings,
-    source: &SourceSettings,
-    run_dir: &Path,
-    drill_name: &str,
-    read_concurrency: Option<usize>,
-    progress: Arc<dyn Progress>,
-    marker: &Marker,
-    p: &mut PitrDrill,
-) -> Result<()> {
+async fn recover_and_ask(cx: &Ctx<'_>, marker: &Marker, p: &mut PitrDrill) -> Result<()> {
+    let (repo, settings, source, drill_name) = (cx.repo, cx.settings, cx.source, cx.drill_name);
     let missing = super::basebackup::wait_for_segments(
         repo,
         std::slice::from_ref(&marker.segment),
@@ -208,7 +174,7 @@ async fn recover_and_ask(
     let archived = marker.committed.elapsed().as_secs_f64();
     p.archived_after_s = Some(archived);
 
-    let dir: PathBuf = run_dir.join(format!("{}-pitr", source.name));
+    let dir: PathBuf = cx.run_dir.join(format!("{}-pitr", source.name));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
     let pgdata = dir.join("pgdata");
@@ -250,9 +216,9 @@ async fn recover_and_ask(
                 keep_archiving: false,
                 timeout,
                 no_restart: true,
-                read_concurrency,
+                read_concurrency: cx.read_concurrency,
             },
-            progress,
+            cx.progress.clone(),
         )
         .await?;
         p.base_backup = Some(sum.snapshot_id);
