@@ -274,7 +274,10 @@ pub async fn run(
         target,
         &picture.tables,
         picture.checksum_algorithm,
-        plan.jobs as usize,
+        // The check follows pg_restore, whose jobs are done: at least two
+        // connections read the tables back (the server has the cores it
+        // just restored with).
+        (plan.jobs as usize).max(VERIFY_JOBS_MIN),
     )
     .await?;
     let differences = picture::compare(&picture.tables, &actual);
@@ -513,6 +516,9 @@ async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> 
         .await
         .map_err(|e| inspect::db_err("preparing TimescaleDB for the restore", e))
 }
+
+/// Connections that read the restored tables back, at the least.
+const VERIFY_JOBS_MIN: usize = 2;
 
 /// The target's pictures of the snapshot's tables (checksums where the
 /// snapshot has one); a table that does not exist is simply absent. With
