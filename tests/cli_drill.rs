@@ -437,24 +437,24 @@ fn a_drill_passes_misses_the_rpo_and_finds_damage() {
     assert_no_scratch_left(&w);
 }
 
-#[test]
-fn a_drill_stopped_by_sigterm_leaves_no_scratch_behind() {
-    let w = world(20_000);
-    let mut c = w.host.command(&["drill"]);
-    let child = c
+/// Run usdcop-dr `args`, wait (polling every 5 ms, at most 120 s) until
+/// `ready` gives a value, SIGTERM it, and check it exits 143.
+fn sigterm_when<T>(w: &World, args: &[&str], never: &str, ready: impl Fn() -> Option<T>) -> T {
+    let child = w
+        .host
+        .command(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the drill has made its scratch database, then stop it.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while drill_databases(&w.scratch).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the drill made no scratch database"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let got = loop {
+        if let Some(v) = ready() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(
@@ -463,6 +463,16 @@ fn a_drill_stopped_by_sigterm_leaves_no_scratch_behind() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    got
+}
+
+#[test]
+fn a_drill_stopped_by_sigterm_leaves_no_scratch_behind() {
+    let w = world(20_000);
+    // Wait until the drill has made its scratch database, then stop it.
+    sigterm_when(&w, &["drill"], "the drill made no scratch database", || {
+        (!drill_databases(&w.scratch).is_empty()).then_some(())
+    });
     assert_no_scratch_left(&w);
     // The stopped drill stored no record.
     let l = run_cmd(w.host.command(&["--json", "drills"]), None)
@@ -592,34 +602,18 @@ fn a_drill_recovers_to_its_marker_row_from_the_wal_archive() {
 
     // Stopped by SIGTERM while the recovered copy runs: its server is
     // stopped, its directory removed, the marker rows deleted.
-    let child = w
-        .host
-        .command(&["drill", "--source", "pg-usdcop"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let running = loop {
-        let pid_file = std::fs::read_dir(w.host.path("drill"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("pg-usdcop-pitr/pgdata/postmaster.pid"))
-            .find(|p| p.exists());
-        if let Some(p) = pid_file {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "the drill started no recovery");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(143),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let running = sigterm_when(
+        &w,
+        &["drill", "--source", "pg-usdcop"],
+        "the drill started no recovery",
+        || {
+            std::fs::read_dir(w.host.path("drill"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("pg-usdcop-pitr/pgdata/postmaster.pid"))
+                .find(|p| p.exists())
+        },
     );
     assert!(!running.exists());
     assert_no_scratch_left(&w);

@@ -696,18 +696,29 @@ impl PrivateServer {
     /// `pg_ctl stop -m MODE` (fast: a clean shut-down; immediate: none).
     pub fn stop(&mut self, mode: &str) -> Result<()> {
         self.stopped = true;
-        let mut c = Command::new(&self.pg_ctl);
-        c.arg("stop")
-            .arg("-D")
-            .arg(&self.pgdata)
-            .arg("-m")
-            .arg(mode)
-            .arg("-w")
-            .arg("-t")
-            .arg("600");
-        as_owner(&mut c, self.owner);
-        run_tool(c, "pg_ctl stop")
+        pg_ctl_stop(&self.pg_ctl, &self.pgdata, self.owner, mode, 600)
     }
+}
+
+/// `pg_ctl stop -D PGDATA -m MODE -w -t TIMEOUT` as the cluster's owner.
+fn pg_ctl_stop(
+    pg_ctl: &Path,
+    pgdata: &Path,
+    owner: (u32, u32),
+    mode: &str,
+    timeout_s: u32,
+) -> Result<()> {
+    let mut c = Command::new(pg_ctl);
+    c.arg("stop")
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-m")
+        .arg(mode)
+        .arg("-w")
+        .arg("-t")
+        .arg(timeout_s.to_string());
+    as_owner(&mut c, owner);
+    run_tool(c, "pg_ctl stop")
 }
 
 impl Drop for PrivateServer {
@@ -733,17 +744,7 @@ pub fn stop_immediate(pgdata: &Path) {
     ) else {
         return;
     };
-    let mut c = Command::new(&pg_ctl.path);
-    c.arg("stop")
-        .arg("-D")
-        .arg(pgdata)
-        .arg("-m")
-        .arg("immediate")
-        .arg("-w")
-        .arg("-t")
-        .arg("30");
-    as_owner(&mut c, owner);
-    let _ = run_tool(c, "pg_ctl stop");
+    let _ = pg_ctl_stop(&pg_ctl.path, pgdata, owner, "immediate", 30);
 }
 
 /// Start the server privately, wait for it to promote, read the point it
