@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Benchmark: usdcop-dr vs restic 0.14 on the same single-stream input.
+# Benchmark: usdcop-dr vs restic 0.14 and borg 1.2 on the same single-stream input.
 #
 # Usage: scripts/bench.sh [SIZE_GIB]        (default 3; fractions such as 0.25 are accepted)
 #
 # Environment:
 #   BENCH_DIR          parent of the work directory (default /tmp/usdcop-bench)
-#   BENCH_TOOLS        tools to run, in order (default "usdcop-dr restic")
+#   BENCH_TOOLS        tools to run, in order (default "usdcop-dr restic borg"; borg only
+#                      when installed)
 #   BENCH_SEED         seed of the deterministic input generator (default 20240501)
 #   BENCH_SKIP_BUILD=1 do not run `cargo build --release` first
 #   BENCH_KEEP=1       keep the work directory (input, repositories) afterwards
@@ -13,6 +14,7 @@
 #                      1-minute load average to fall below BENCH_IDLE_LOAD (default 1.0)
 #   USDCOP_DR_BIN      usdcop-dr binary (default <repo>/target/release/usdcop-dr)
 #   RESTIC_BIN         restic binary (default: restic on PATH)
+#   BORG_BIN           borg binary (default: borg on PATH)
 #
 # This is a benchmark, not a test: it prints a Markdown table to stdout (progress goes to
 # stderr) and exits non-zero if any step failed or a restore did not reproduce the input.
@@ -27,15 +29,18 @@ SIZE_GIB="${1:-3}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_DIR="${BENCH_DIR:-/tmp/usdcop-bench}"
 BENCH_SEED="${BENCH_SEED:-20240501}"
-read -r -a TOOLS <<<"${BENCH_TOOLS:-usdcop-dr restic}"
+DEFAULT_TOOLS="usdcop-dr restic"
+if command -v "${BORG_BIN:-borg}" >/dev/null; then DEFAULT_TOOLS+=" borg"; fi
+read -r -a TOOLS <<<"${BENCH_TOOLS:-$DEFAULT_TOOLS}"
 USDCOP_BIN="${USDCOP_DR_BIN:-$REPO_ROOT/target/release/usdcop-dr}"
 RESTIC_BIN="${RESTIC_BIN:-restic}"
+BORG_BIN="${BORG_BIN:-borg}"
 SOURCE_NAME="pg-usdcop"
 STDIN_NAME="usdcop_trading.pgdump"
 PASSPHRASE="bench-passphrase-not-secret"
 
 for t in "${TOOLS[@]}"; do
-    [[ "$t" == usdcop-dr || "$t" == restic ]] || die "unknown tool '$t' in BENCH_TOOLS"
+    [[ "$t" == usdcop-dr || "$t" == restic || "$t" == borg ]] || die "unknown tool '$t' in BENCH_TOOLS"
 done
 
 # ---------------------------------------------------------------- prerequisites
@@ -54,6 +59,7 @@ need_pkg python3 python3
 need_pkg sha256sum coreutils
 for t in "${TOOLS[@]}"; do
     if [[ "$t" == restic && "$RESTIC_BIN" == restic ]]; then need_pkg restic restic; fi
+    if [[ "$t" == borg && "$BORG_BIN" == borg ]]; then need_pkg borg borgbackup; fi
 done
 
 SIZE_BYTES="$(python3 -c 'import sys; print(int(float(sys.argv[1]) * 2**30))' "$SIZE_GIB")"
@@ -75,6 +81,7 @@ for t in "${TOOLS[@]}"; do
         RESTIC_VERSION="$("$RESTIC_BIN" version)"
         [[ "$RESTIC_VERSION" == "restic 0.14."* ]] || log "warning: expected restic 0.14.x, found: $RESTIC_VERSION"
     fi
+    if [[ "$t" == borg ]]; then BORG_VERSION="$("$BORG_BIN" --version)"; fi
 done
 
 WORK="$(mktemp -d "$BENCH_DIR/run.XXXXXX")"
@@ -87,9 +94,11 @@ log "work directory: $WORK"
 
 # Keep the caller's environment from redirecting either tool elsewhere.
 unset USDCOP_DR_REPO USDCOP_DR_PASSWORD_FILE RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE \
-    RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND RESTIC_COMPRESSION RESTIC_PACK_SIZE
-export USDCOP_DR_PASSWORD="$PASSPHRASE" RESTIC_PASSWORD="$PASSPHRASE"
-export RESTIC_CACHE_DIR="$WORK/restic-cache"
+    RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND RESTIC_COMPRESSION RESTIC_PACK_SIZE \
+    BORG_REPO BORG_PASSCOMMAND BORG_PASSPHRASE_FD
+export USDCOP_DR_PASSWORD="$PASSPHRASE" RESTIC_PASSWORD="$PASSPHRASE" BORG_PASSPHRASE="$PASSPHRASE"
+export RESTIC_CACHE_DIR="$WORK/restic-cache" USDCOP_DR_CACHE_DIR="$WORK/usdcop-cache"
+export BORG_BASE_DIR="$WORK/borg-base" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
 
 # ---------------------------------------------------------------- input generator
 # Deterministic (seeded) synthetic dump stream of a trading system's PostgreSQL database:
@@ -334,10 +343,17 @@ except ValueError:  # ... or one JSON object per line (restic --json)
             objs.append(json.loads(line))
         except ValueError:
             pass
+def get(obj, path):  # "a.b.c": nested keys (borg --json nests its figures)
+    for key in path.split("."):
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
 val = None
 for obj in objs:
-    if isinstance(obj, dict) and sys.argv[2] in obj:
-        val = obj[sys.argv[2]]
+    v = get(obj, sys.argv[2])
+    if v is not None:
+        val = v
 if val is None:
     sys.exit(1)
 print(val)
@@ -350,6 +366,7 @@ do_init() {
     case $tool in
         usdcop-dr) "$USDCOP_BIN" --repo "$repo" init ;;
         restic) "$RESTIC_BIN" -r "$repo" init --repository-version 2 ;;
+        borg) "$BORG_BIN" init --encryption repokey "$repo" ;;
     esac >"$WORK/init.$tool.log" 2>&1 || {
         log "FAILED ($tool, init):"
         sed 's/^/    /' "$WORK/init.$tool.log" | tail -n 20 >&2
@@ -382,8 +399,17 @@ do_backup() {
                 --stdin --stdin-filename "$STDIN_NAME" || return 1
             NEW_BYTES[$tool,$step]="$(json_field "$out" data_added || echo '?')"
             ;;
+        borg)
+            run_timed "$tool" "$step" "$in" "$out" "$BORG_BIN" create --json --compression zstd,3 \
+                --stdin-name "$STDIN_NAME" "$repo::$step" - || return 1
+            NEW_BYTES[$tool,$step]="$(json_field "$out" archive.stats.deduplicated_size || echo '?')"
+            ;;
     esac
-    SNAP[$tool,$step]="$(json_field "$out" snapshot_id || echo '')"
+    if [[ $tool == borg ]]; then
+        SNAP[$tool,$step]="$(json_field "$out" archive.name || echo '')"
+    else
+        SNAP[$tool,$step]="$(json_field "$out" snapshot_id || echo '')"
+    fi
     if [[ -z "${SNAP[$tool,$step]}" ]]; then
         log "FAILED ($tool, $step): no snapshot_id in the JSON output"
         return 1
@@ -405,6 +431,10 @@ do_restore() {
             ;;
         restic)
             run_timed "$tool" "$step" /dev/null "$out" "$RESTIC_BIN" -r "$repo" dump "$snap" \
+                "$STDIN_NAME" || return 1
+            ;;
+        borg)
+            run_timed "$tool" "$step" /dev/null "$out" "$BORG_BIN" extract --stdout "$repo::$snap" \
                 "$STDIN_NAME" || return 1
             ;;
     esac
@@ -490,62 +520,89 @@ val() { # val TOOL STEP KIND
 }
 
 cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-echo "## usdcop-dr vs restic: ${SIZE_GIB} GiB stream ($SIZE_BYTES bytes)"
+ANCHORS=()
+for t in "${TOOLS[@]}"; do [[ $t == usdcop-dr ]] || ANCHORS+=("$t"); done
+# best TOOL-VALUES...: the best anchor figure of one row (KIND max or min)
+best() {
+    local kind=$1 b="" v
+    shift
+    for v in "$@"; do
+        [[ "$v" =~ ^[0-9.]+$ ]] || continue
+        if [[ -z "$b" ]] || awk -v v="$v" -v b="$b" -v k="$kind" 'BEGIN { exit !((k == "max" && v > b) || (k == "min" && v < b)) }'; then b=$v; fi
+    done
+    echo "${b:-n/a}"
+}
+row() { # row TITLE KIND(max|min) CELL-FN ARGS...: one table row, usdcop-dr, the anchors, the ratio to the best
+    local title=$1 kind=$2 fn=$3 t u line vals=()
+    shift 3
+    line="| $title |"
+    for t in "${TOOLS[@]}"; do
+        u="$($fn "$t" "$@")"
+        line+=" $u |"
+        [[ $t == usdcop-dr ]] || vals+=("$u")
+    done
+    if has usdcop-dr && ((${#ANCHORS[@]})); then
+        line+=" $(ratio "$($fn usdcop-dr "$@")" "$(best "$kind" "${vals[@]}")") |"
+    fi
+    echo "$line"
+}
+header() { # header FIRST-COLUMN RATIO-TITLE
+    local line="| $1 |" sep="|---|" t
+    for t in "${TOOLS[@]}"; do line+=" $t |"; sep+="---:|"; done
+    if has usdcop-dr && ((${#ANCHORS[@]})); then line+=" $2 |"; sep+="---:|"; fi
+    echo "$line"
+    echo "$sep"
+}
+echo "## usdcop-dr vs ${ANCHORS[*]:-nothing}: ${SIZE_GIB} GiB stream ($SIZE_BYTES bytes)"
 echo
 echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)."
 if has restic; then echo "restic: ${RESTIC_VERSION:-?}, repository version 2, default compression (auto)."; fi
+if has borg; then echo "borg: ${BORG_VERSION:-?}, repokey encryption, --compression zstd,3, default chunker."; fi
 if has usdcop-dr; then
     echo "usdcop-dr: $("$USDCOP_BIN" --version 2>/dev/null || echo "$USDCOP_BIN"), source $(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)."
 fi
 echo "Input: seed $BENCH_SEED, sha256 $INPUT_SHA; ~70 % pg_dump/CSV text of 5-minute USD/COP bars, ~30 % random bytes."
-echo "Each step runs the tools in the order ${TOOLS[*]} with the input hot in the page cache after a sync;"
-echo "caches are not dropped. MB/s = 10^6 bytes of stream per wall-clock second (/usr/bin/time %e),"
-echo "peak RSS = max resident set (/usr/bin/time %M)."
+echo "Each step runs the tools in the order ${TOOLS[*]} with the input hot in the page cache after a sync"
+echo "(a backup from RAM); caches are not dropped. MB/s = 10^6 bytes of stream per wall-clock second"
+echo "(/usr/bin/time %e), peak RSS = max resident set (/usr/bin/time %M)."
 echo
-echo "Load average (1 min) before each timed command, usdcop-dr / restic:$(for s in "${STEPS[@]}"; do
-    printf ' %s %s / %s;' "$s" "$(val usdcop-dr "$s" load)" "$(val restic "$s" load)"; done)"
+printf 'Load average (1 min) before each timed command (%s):' "${TOOLS[*]}"
+for s in "${STEPS[@]}"; do
+    printf ' %s' "$s"
+    for t in "${TOOLS[@]}"; do printf ' %s' "$(val "$t" "$s" load)"; done
+    printf ';'
+done
+echo
 echo "(the machine has $(nproc) CPUs; a load above that means other work competed for the CPUs and the wall-clock figures are noisy)."
 echo
-echo "| step | usdcop-dr MB/s | restic MB/s | ratio usdcop-dr/restic (>1: usdcop-dr faster) | usdcop-dr peak RSS MiB | restic peak RSS MiB |"
-echo "|---|---:|---:|---:|---:|---:|"
+mbs_of() { val "$1" "$2" mbs; }
+rss_of() { val "$1" "$2" rss; }
+secs_of() { val "$1" "$2" secs; }
+cpu_of() { val "$1" "$2" cpu; }
+repo_of_mib() { if [[ "${REPO_BYTES[$1,$2]:-x}" =~ ^[0-9]+$ ]]; then mib "${REPO_BYTES[$1,$2]}" 1048576; else echo n/a; fi; }
+new_of_mib() { if [[ "${NEW_BYTES[$1,$2]:-x}" =~ ^[0-9]+$ ]]; then mib "${NEW_BYTES[$1,$2]}" 1048576; else echo n/a; fi; }
+header "MB/s (higher is better)" "usdcop-dr / best anchor"
+for i in "${!STEPS[@]}"; do row "${STEP_TITLE[$i]}" max mbs_of "${STEPS[$i]}"; done
+echo
+header "peak RSS MiB" "usdcop-dr / lowest anchor"
+for i in "${!STEPS[@]}"; do row "${STEP_TITLE[$i]}" min rss_of "${STEPS[$i]}"; done
+echo
+header "seconds: wall-clock / CPU (user+sys)" "usdcop-dr / best anchor"
 for i in "${!STEPS[@]}"; do
-    s=${STEPS[$i]}
-    u="$(val usdcop-dr "$s" mbs)"
-    r="$(val restic "$s" mbs)"
-    printf '| %s | %s | %s | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")" \
-        "$(val usdcop-dr "$s" rss)" "$(val restic "$s" rss)"
+    row "${STEP_TITLE[$i]}: wall-clock s" min secs_of "${STEPS[$i]}"
+    row "${STEP_TITLE[$i]}: CPU s" min cpu_of "${STEPS[$i]}"
 done
 echo
-echo "| detail | usdcop-dr | restic | ratio usdcop-dr/restic |"
-echo "|---|---:|---:|---:|"
-for i in "${!STEPS[@]}"; do
-    s=${STEPS[$i]}
-    u="$(val usdcop-dr "$s" secs)"
-    r="$(val restic "$s" secs)"
-    printf '| %s: wall-clock seconds | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")"
-    u="$(val usdcop-dr "$s" cpu)"
-    r="$(val restic "$s" cpu)"
-    printf '| %s: CPU seconds (user+sys) | %s | %s | %s |\n' "${STEP_TITLE[$i]}" "$u" "$r" "$(ratio "$u" "$r")"
-done
-repo_row() { # repo_row TITLE KEY-SUFFIX
-    local u=n/a r=n/a
-    if has usdcop-dr; then u="$(mib "${REPO_BYTES[usdcop-dr,$2]:-x}" 1048576)"; fi
-    if has restic; then r="$(mib "${REPO_BYTES[restic,$2]:-x}" 1048576)"; fi
-    printf '| %s | %s | %s | %s |\n' "$1" "$u" "$r" "$(ratio "$u" "$r")"
-}
-repo_row "repository size after first backup, MiB" "backup1"
-repo_row "repository growth from second backup (same stream), MiB" "backup2,growth"
-repo_row "repository growth from modified-stream backup, MiB" "backup3,growth"
-new_row() {
-    local u=n/a r=n/a
-    if has usdcop-dr; then u="$(mib "${NEW_BYTES[usdcop-dr,$2]:-x}" 1048576)"; fi
-    if has restic; then r="$(mib "${NEW_BYTES[restic,$2]:-x}" 1048576)"; fi
-    printf '| %s | %s | %s | %s |\n' "$1" "$u" "$r" "$(ratio "$u" "$r")"
-}
-new_row "new bytes stored as reported by the tool, first backup, MiB" backup1
-new_row "new bytes stored as reported by the tool, modified backup, MiB" backup3
+header "repository, MiB (lower is better)" "usdcop-dr / smallest anchor"
+row "size after first backup" min repo_of_mib backup1
+row "growth from second backup (same stream)" min repo_of_mib "backup2,growth"
+row "growth from modified-stream backup" min repo_of_mib "backup3,growth"
+row "new bytes reported, first backup" min new_of_mib backup1
+row "new bytes reported, modified backup" min new_of_mib backup3
 echo
-echo "(usdcop-dr: bytes_stored_new; restic: data_added, which restic 0.14 counts before compression. Repository sizes are du -sb of the repository directory; restic's cache in RESTIC_CACHE_DIR is not counted.)"
+echo "(usdcop-dr: bytes_stored_new; restic: data_added, which restic 0.14 counts before compression;"
+echo "borg: the archive's deduplicated_size (compressed). Repository sizes are du -sb of the repository"
+echo "directory; the tools' caches are not counted.)"
 
 if ((FAILED)); then
     log "one or more steps FAILED (see above)"

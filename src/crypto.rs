@@ -8,7 +8,7 @@
 //! Random 192-bit nonces are safe for any number of messages under one key.
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -97,23 +97,19 @@ impl Key {
         XChaCha20Poly1305::new(self.0.as_ref().into())
     }
 
-    /// Encrypt `plaintext` into a fresh sealed box.
+    /// Encrypt `plaintext` into a fresh sealed box (encrypted in place in
+    /// the output buffer: one copy of the plaintext, one allocation).
     pub fn seal(&self, domain: Domain, plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = self
+        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        out.resize(NONCE_LEN, 0);
+        rand::rngs::OsRng.fill_bytes(&mut out[..NONCE_LEN]);
+        out.extend_from_slice(plaintext);
+        let (nonce, msg) = out.split_at_mut(NONCE_LEN);
+        let tag = self
             .cipher()
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: domain.aad(),
-                },
-            )
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), domain.aad(), msg)
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(&tag);
         out
     }
 

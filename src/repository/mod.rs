@@ -889,7 +889,7 @@ pub fn decode_blob(
         .map_err(|e| e.context(format!("chunk {}", id.short())))?;
     let plain = match compression {
         Compression::None => inner,
-        Compression::Zstd => codec::decompress(&inner, raw_len as usize, "chunk")?,
+        Compression::Zstd => codec::decompress_exact(&inner, raw_len as usize, "chunk")?,
     };
     if plain.len() != raw_len as usize || Id::hash(&plain) != *id {
         return Err(Error::integrity(format!(
