@@ -1,5 +1,6 @@
 //! Moving bytes between sources, the repository and restore targets.
 
+pub mod level;
 pub mod reader;
 pub mod writer;
 

@@ -37,6 +37,7 @@ use crate::format::pack::{self, BlobKind, Compression, PackEntry};
 use crate::format::snapshot::{Entry, MAX_INLINE_CHUNKS};
 use crate::format::tree::{ChildRef, TreeBuilder, TreeItem};
 use crate::format::{codec, names, Hasher, Id};
+use crate::pipeline::level::{LevelChoice, LevelPlan};
 use crate::progress::Progress;
 use crate::repository::{MasterIndex, Repository};
 use crate::scratch::PrivateDir;
@@ -129,6 +130,8 @@ struct Shared {
     pending_index: Mutex<(Vec<IndexPack>, Instant)>,
     rt: tokio::runtime::Handle,
     compression_level: i32,
+    /// The level of each new data chunk (`pipeline::level`).
+    level_choice: LevelChoice,
     lease: Option<crate::repository::lock::Lease>,
 }
 
@@ -219,6 +222,7 @@ impl Writer {
             pending_index: Mutex::new((Vec::new(), Instant::now())),
             rt: tokio::runtime::Handle::current(),
             compression_level: config.compression_level,
+            level_choice: LevelChoice::new(config.compression_level),
             lease: opts.lease,
         });
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
@@ -341,7 +345,8 @@ impl Writer {
         if s.known.contains(&id) || !s.inflight.lock().unwrap().insert(id) {
             return Ok(id);
         }
-        let blob = seal_blob(s, BlobKind::Tree, id, plain.to_vec());
+        let level = LevelPlan::Level(s.compression_level);
+        let blob = seal_blob(s, BlobKind::Tree, id, plain.to_vec(), level);
         s.stats.tree_blobs_new.fetch_add(1, Ordering::Relaxed);
         s.stats
             .tree_bytes_new
@@ -525,7 +530,8 @@ fn process_chunk(s: &Shared, data: Vec<u8>, blobs: &Sender<SealedBlob>) -> Resul
     if s.known.contains(&id) || !s.inflight.lock().unwrap().insert(id) {
         return Ok(id);
     }
-    let blob = seal_blob(s, BlobKind::Data, id, data);
+    let plan = s.level_choice.plan(data.len());
+    let blob = seal_blob(s, BlobKind::Data, id, data, plan);
     s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
     s.stats
         .bytes_stored_new
@@ -537,10 +543,22 @@ fn process_chunk(s: &Shared, data: Vec<u8>, blobs: &Sender<SealedBlob>) -> Resul
     Ok(id)
 }
 
-/// Compress (when it helps) and seal one blob.
-fn seal_blob(s: &Shared, kind: BlobKind, id: Id, data: Vec<u8>) -> SealedBlob {
+/// Compress (when it helps, at the level `plan` says) and seal one blob.
+fn seal_blob(s: &Shared, kind: BlobKind, id: Id, data: Vec<u8>, plan: LevelPlan) -> SealedBlob {
     let raw_len = data.len() as u32;
-    let compressed = codec::compress(&data, s.compression_level);
+    let compressed = match plan {
+        LevelPlan::Level(level) => codec::compress(&data, level),
+        LevelPlan::Sample { level, fast } => {
+            let (a, b) = (codec::compress(&data, level), codec::compress(&data, fast));
+            s.level_choice
+                .record(data.len(), a.len().min(data.len()), b.len().min(data.len()));
+            if a.len() <= b.len() {
+                a
+            } else {
+                b
+            }
+        }
+    };
     let (compression, inner) = if compressed.len() < data.len() {
         (Compression::Zstd, compressed)
     } else {
