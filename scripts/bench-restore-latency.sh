@@ -17,6 +17,8 @@
 #   BENCH_DATA=DIR   keep the data set in DIR and reuse it when it is there (default: made
 #                    in the work directory each run)
 #   BENCH_RESTIC=0   leave restic out (default: restic's restore of the same data)
+#   BENCH_LOCAL=0    leave out the baseline: the first build's restore of the same data from
+#                    a repository in a local directory (issue 14: S3 at 40 ms within 20 %)
 #   BENCH_SKIP_BUILD=1  do not run cargo build --release
 #   LATENCY_PROXY_BIN   the relay (default: target/release/examples/latency_proxy, built here)
 #   BENCH_KEEP=1     keep the work directory
@@ -184,6 +186,11 @@ FIRST_BIN="${BINS[0]#*=}"; FIRST_BIN="${FIRST_BIN%%,*}"
 log "usdcop-dr: init + backup (direct to Garage)"
 AWS_ENDPOINT_URL="$DIRECT" "$FIRST_BIN" --quiet --repo s3://bench/usdcop init >&2
 AWS_ENDPOINT_URL="$DIRECT" "$FIRST_BIN" --quiet --repo s3://bench/usdcop backup files --source bench "$SRC" >&2
+if [[ "${BENCH_LOCAL:-1}" != 0 ]]; then
+    log "usdcop-dr: init + backup into a local directory (the baseline)"
+    "$FIRST_BIN" --quiet --repo "$WORK/local-repo" init >&2
+    "$FIRST_BIN" --quiet --repo "$WORK/local-repo" backup files --source bench "$SRC" >&2
+fi
 if [[ "${BENCH_RESTIC:-1}" != 0 ]]; then
     log "restic: init + backup (direct to Garage)"
     export RESTIC_CACHE_DIR="$WORK/restic-cache-backup"
@@ -213,6 +220,10 @@ for b in "${BINS[@]}"; do
         "$bin" --quiet --repo s3://bench/usdcop restore --snapshot latest \
         --target "$WORK/restore.$label" "${extra[@]}"
 done
+if [[ "${BENCH_LOCAL:-1}" != 0 ]]; then
+    timed local "$WORK/restore.local" "$FIRST_BIN" --quiet --repo "$WORK/local-repo" restore \
+        --snapshot latest --target "$WORK/restore.local"
+fi
 if [[ "${BENCH_RESTIC:-1}" != 0 ]]; then
     # A cold cache, as usdcop-dr has none: both read every index and tree from the store.
     export RESTIC_CACHE_DIR="$WORK/restic-cache-restore"
@@ -222,17 +233,26 @@ fi
 
 # ---------------------------------------------------------------- report
 RESTIC_SECS=""
-for r in "${RESULTS[@]}"; do read -r l s _ <<<"$r"; [[ "$l" == restic ]] && RESTIC_SECS="$s"; done
+LOCAL_SECS=""
+for r in "${RESULTS[@]}"; do
+    read -r l s _ <<<"$r"
+    [[ "$l" == restic ]] && RESTIC_SECS="$s"
+    [[ "$l" == local ]] && LOCAL_SECS="$s"
+done
 echo "Restore of $TOTAL_BYTES bytes ($LARGE_FILES x $LARGE_MIB MiB + $SMALL_FILES files of 1-128 KiB) from Garage with ${DELAY_MS} ms added per request; nproc $(nproc)"
 echo
-echo "| run | seconds | MB/s | vs restic | peak RSS MiB |"
-echo "|---|---:|---:|---:|---:|"
+echo "(local: the first build restoring the same data from a repository in a local directory, no relay;"
+echo "time vs local = the run's seconds / local's: the goal is at most 1.20)"
+echo
+echo "| run | seconds | MB/s | vs restic | time vs local | peak RSS MiB |"
+echo "|---|---:|---:|---:|---:|---:|"
 for r in "${RESULTS[@]}"; do
     read -r l s rss <<<"$r"
-    python3 - "$l" "$s" "$rss" "$TOTAL_BYTES" "$RESTIC_SECS" <<'PY'
+    python3 - "$l" "$s" "$rss" "$TOTAL_BYTES" "$RESTIC_SECS" "$LOCAL_SECS" <<'PY'
 import sys
-l, s, rss, total, rs = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+l, s, rss, total, rs, ls = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 ratio = f"{float(rs) / s:.2f}x" if rs else "-"
-print(f"| {l} | {s:.1f} | {total / s / 1e6:.0f} | {ratio} | {rss / 1024:.0f} |")
+vs_local = f"{s / float(ls):.2f}" if ls and l not in ("restic", "local") else "-"
+print(f"| {l} | {s:.1f} | {total / s / 1e6:.0f} | {ratio} | {vs_local} | {rss / 1024:.0f} |")
 PY
 done

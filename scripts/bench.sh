@@ -10,6 +10,10 @@
 #   BENCH_SEED         seed of the deterministic input generator (default 20240501)
 #   BENCH_SKIP_BUILD=1 do not run `cargo build --release` first
 #   BENCH_KEEP=1       keep the work directory (input, repositories) afterwards
+#   BENCH_RSS_GIB      stream sizes for the peak-RSS steps (default "1 10"; "" skips them): each
+#                      tool backs up and restores a stream of that many GiB made of copies of
+#                      the input with every line changed per copy (nothing dedups), fed through
+#                      a pipe, never stored on disk
 #   BENCH_WAIT_IDLE=N  before each timed command wait up to N seconds (default 0) for the
 #                      1-minute load average to fall below BENCH_IDLE_LOAD (default 1.0)
 #   USDCOP_DR_BIN      usdcop-dr binary (default <repo>/target/release/usdcop-dr)
@@ -498,6 +502,52 @@ for tool in "${TOOLS[@]}"; do
     fi
 done
 
+# ---------------------------------------------------------------- peak RSS, 1 and 10 GiB
+# A stream of GIB GiB: copies of the input, each with the first character of every line
+# replaced by the copy number (so every chunk is new and the text stays as compressible),
+# produced by sed into a pipe. Backup then restore to /dev/null, each tool into a fresh
+# repository; peak RSS must not grow with the stream.
+declare -A RSS_BIG
+big_stream() { # big_stream GIB: the stream on stdout
+    local bytes copies i
+    bytes="$(python3 -c 'import sys; print(int(float(sys.argv[1]) * 2**30))' "$1")"
+    copies=$(((bytes + SIZE_BYTES - 1) / SIZE_BYTES))
+    for ((i = 0; i < copies; i++)); do LC_ALL=C sed "s/^./$((i % 10))/" "$INPUT"; done | head -c "$bytes"
+}
+read -r -a RSS_SIZES <<<"${BENCH_RSS_GIB-1 10}"
+for gib in "${RSS_SIZES[@]}"; do
+    for tool in "${TOOLS[@]}"; do
+        [[ -n "${BROKEN[$tool]:-}" ]] && continue
+        repo="$WORK/rss-$tool"
+        rm -rf "$repo"
+        case $tool in
+            usdcop-dr) "$USDCOP_BIN" --repo "$repo" init ;;
+            restic) "$RESTIC_BIN" -r "$repo" init --repository-version 2 ;;
+            borg) "$BORG_BIN" init --encryption repokey "$repo" ;;
+        esac >/dev/null 2>&1 || { log "FAILED ($tool, rss init)"; FAILED=1; continue; }
+        log "$tool: peak RSS, ${gib} GiB stream"
+        tf="$WORK/time.$tool.rss$gib"
+        case $tool in
+            usdcop-dr) big_stream "$gib" | /usr/bin/time -f '%e %M' -o "$tf" "$USDCOP_BIN" --repo "$repo" \
+                backup stdin --source "$SOURCE_NAME" --stdin-name "$STDIN_NAME" ;;
+            restic) big_stream "$gib" | /usr/bin/time -f '%e %M' -o "$tf" "$RESTIC_BIN" -r "$repo" \
+                backup -q --stdin --stdin-filename "$STDIN_NAME" ;;
+            borg) big_stream "$gib" | /usr/bin/time -f '%e %M' -o "$tf" "$BORG_BIN" create \
+                --compression zstd,3 --stdin-name "$STDIN_NAME" "$repo::big" - ;;
+        esac >/dev/null 2>"$WORK/stderr.$tool.rss$gib" || { log "FAILED ($tool, rss $gib GiB backup)"; FAILED=1; continue; }
+        RSS_BIG[$tool,$gib,backup]="$(tail -n 1 "$tf" | cut -d' ' -f2)"
+        case $tool in
+            usdcop-dr) /usr/bin/time -f '%e %M' -o "$tf" "$USDCOP_BIN" --repo "$repo" restore \
+                --source "$SOURCE_NAME" --stdout ;;
+            restic) /usr/bin/time -f '%e %M' -o "$tf" "$RESTIC_BIN" -r "$repo" dump latest "$STDIN_NAME" ;;
+            borg) /usr/bin/time -f '%e %M' -o "$tf" "$BORG_BIN" extract --stdout "$repo::big" "$STDIN_NAME" ;;
+        esac 2>>"$WORK/stderr.$tool.rss$gib" | wc -c >"$WORK/rss-bytes" || { log "FAILED ($tool, rss $gib GiB restore)"; FAILED=1; }
+        RSS_BIG[$tool,$gib,restore]="$(tail -n 1 "$tf" | cut -d' ' -f2)"
+        log "$tool: ${gib} GiB: backup peak RSS ${RSS_BIG[$tool,$gib,backup]} KiB, restore ${RSS_BIG[$tool,$gib,restore]} KiB ($(cat "$WORK/rss-bytes") bytes back)"
+        rm -rf "$repo"
+    done
+done
+
 # ---------------------------------------------------------------- report
 cell() { # cell ARRAY-VALUE-OR-EMPTY TOOL STEP
     if [[ -n "${NOTE[$2,$3]:-}" && "${NOTE[$2,$3]}" != bytes_in=* ]]; then echo "${NOTE[$2,$3]}"
@@ -603,6 +653,15 @@ echo
 echo "(usdcop-dr: bytes_stored_new; restic: data_added, which restic 0.14 counts before compression;"
 echo "borg: the archive's deduplicated_size (compressed). Repository sizes are du -sb of the repository"
 echo "directory; the tools' caches are not counted.)"
+if ((${#RSS_SIZES[@]})); then
+    echo
+    header "peak RSS MiB by stream size (sed-made stream through a pipe)" "usdcop-dr / lowest anchor"
+    rss_big_of() { if [[ "${RSS_BIG[$1,$2,$3]:-x}" =~ ^[0-9]+$ ]]; then mib "${RSS_BIG[$1,$2,$3]}" 1024; else echo n/a; fi; }
+    for gib in "${RSS_SIZES[@]}"; do
+        row "backup, ${gib} GiB" min rss_big_of "$gib" backup
+        row "restore, ${gib} GiB" min rss_big_of "$gib" restore
+    done
+fi
 
 if ((FAILED)); then
     log "one or more steps FAILED (see above)"

@@ -49,6 +49,12 @@ pub const DEFAULT_MAX_GAP: u64 = 256 << 10;
 pub const DEFAULT_MAX_SPAN: u64 = 8 << 20;
 /// Stored plus decoded bytes of the spans in flight or waiting to be taken.
 pub const DEFAULT_READ_BUDGET: u64 = 128 << 20;
+/// A local repository needs no depth to hide round trips: smaller spans
+/// and budget keep a restore's peak RSS under 64 MiB, whatever the size of
+/// what is restored (8 MiB spans peaked at 88 MiB on a 10 GiB stream, 4 MiB
+/// ones at 57 MiB, at the same speed; docs/BENCHMARKS.md).
+pub const LOCAL_MAX_SPAN: u64 = 4 << 20;
+pub const LOCAL_READ_BUDGET: u64 = 32 << 20;
 
 /// CPUs available to this process.
 pub fn cores() -> usize {
@@ -79,13 +85,14 @@ impl ReadOptions {
     /// The defaults for a repository at `location`, with `concurrency`
     /// instead of the default one if given.
     pub fn for_location(location: &str, concurrency: Option<usize>) -> ReadOptions {
+        let s3 = location.starts_with("s3://");
         ReadOptions {
             concurrency: concurrency
                 .unwrap_or_else(|| default_concurrency(location))
                 .max(1),
             max_gap: DEFAULT_MAX_GAP,
-            max_span: DEFAULT_MAX_SPAN,
-            budget: DEFAULT_READ_BUDGET,
+            max_span: if s3 { DEFAULT_MAX_SPAN } else { LOCAL_MAX_SPAN },
+            budget: if s3 { DEFAULT_READ_BUDGET } else { LOCAL_READ_BUDGET },
         }
     }
 }
