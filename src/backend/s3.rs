@@ -835,6 +835,12 @@ impl S3Backend {
 /// because the body is streamed after `send` has returned. Such a cut is
 /// resumed by [`ResumableGet`] instead, from the byte already received.
 pub const MAX_BODY_CUTS: u32 = 5;
+/// A cut after the body delivered this much since the previous cut starts
+/// the count again: a long read through a lossy path may be cut many times
+/// while it advances, and only cuts in a row that get nowhere mean the path
+/// is broken. (Each such reset costs a MiB of progress, so a read still
+/// ends.)
+const CUT_COUNT_RESET_AFTER: u64 = 1 << 20;
 /// Pause before the first resumption; doubles with each further cut.
 const RESUME_BACKOFF: Duration = Duration::from_millis(200);
 /// A body that delivers nothing for this long counts as cut: a connection
@@ -851,7 +857,8 @@ const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 ///   `Range: bytes=N-M` and `If-Match: <ETag of the first answer>`: an
 ///   object replaced meanwhile fails the read (412) instead of two
 ///   versions being joined, and the answer must start at byte N.
-/// - At most [`MAX_BODY_CUTS`] cuts per read, then one clear error.
+/// - At most [`MAX_BODY_CUTS`] cuts in a row, then one clear error; cuts
+///   count in a row unless the body advanced a MiB in between.
 ///
 /// Used for every read of the repository ([`S3Backend`]'s `get` and
 /// `get_range`) and of bucket sources (`source::bucket`).
@@ -870,6 +877,8 @@ pub struct ResumableGet {
     etag: Option<String>,
     body: ByteStream,
     cuts: u32,
+    /// `received` at the previous cut.
+    received_at_cut: u64,
     stats: Arc<RequestStats>,
     /// Set when a resumption found the object replaced (412).
     replaced: Arc<AtomicBool>,
@@ -914,6 +923,7 @@ impl ResumableGet {
             etag: out.e_tag().map(str::to_owned),
             body,
             cuts: 0,
+            received_at_cut: 0,
             stats,
             replaced: Arc::default(),
         };
@@ -971,6 +981,10 @@ impl ResumableGet {
             self.body = ByteStream::default();
             return Ok(());
         }
+        if self.received >= self.received_at_cut + CUT_COUNT_RESET_AFTER {
+            self.cuts = 0;
+        }
+        self.received_at_cut = self.received;
         self.cuts += 1;
         let of = self
             .expected

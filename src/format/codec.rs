@@ -176,7 +176,9 @@ mod tests {
 
     #[test]
     fn decompress_exact_wants_the_exact_length() {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for level in [1, 3, 3, -1] {
             let c = compress(&data, level);
             assert!(c.len() < data.len());

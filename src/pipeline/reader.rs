@@ -92,7 +92,11 @@ impl ReadOptions {
                 .max(1),
             max_gap: DEFAULT_MAX_GAP,
             max_span: if s3 { DEFAULT_MAX_SPAN } else { LOCAL_MAX_SPAN },
-            budget: if s3 { DEFAULT_READ_BUDGET } else { LOCAL_READ_BUDGET },
+            budget: if s3 {
+                DEFAULT_READ_BUDGET
+            } else {
+                LOCAL_READ_BUDGET
+            },
         }
     }
 }
