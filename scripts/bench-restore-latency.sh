@@ -203,7 +203,7 @@ RESULTS=()
 timed() { # timed LABEL TARGET COMMAND... -> appends "label seconds rss_kib" to RESULTS
     local label="$1" target="$2"; shift 2
     sync
-    log "$label: restoring through the relay"
+    log "$label: restoring"
     /usr/bin/time -f '%e %M' -o "$WORK/time.$label" "$@" >"$WORK/out.$label" 2>"$WORK/err.$label" \
         || { cat "$WORK/err.$label" >&2; die "$label: restore failed"; }
     diff -r -q "$SRC" "$target$SRC" >&2 || { log "$label: restored tree differs from the source"; exit 1; }
