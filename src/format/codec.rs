@@ -100,11 +100,17 @@ thread_local! {
 pub fn compress(data: &[u8], level: i32) -> Vec<u8> {
     COMPRESSOR.with(|slot| {
         let mut slot = slot.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+        let (l, c) = slot.get_or_insert_with(|| {
             let c = zstd::bulk::Compressor::new(level).expect("zstd compression context");
-            *slot = Some((level, c));
+            (level, c)
+        });
+        if *l != level {
+            // The same context at another level (a writer's samples
+            // alternate): its tables are kept, only the parameters change.
+            c.set_compression_level(level)
+                .expect("zstd clamps any level to its range");
+            *l = level;
         }
-        let (_, c) = slot.as_mut().expect("just set");
         let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
         c.compress_to_buffer(data, &mut out)
             .expect("zstd compression of an in-memory buffer into its bound");
