@@ -364,9 +364,9 @@ print(val)
 PYEOF
 }
 
-do_init() {
-    local tool=$1 repo
-    repo="$(repo_of "$tool")"
+do_init() { # do_init TOOL [REPO]: a fresh repository (default: the tool's main one)
+    local tool=$1 repo=${2:-}
+    [[ -n "$repo" ]] || repo="$(repo_of "$tool")"
     case $tool in
         usdcop-dr) "$USDCOP_BIN" --repo "$repo" init ;;
         restic) "$RESTIC_BIN" -r "$repo" init --repository-version 2 ;;
@@ -520,11 +520,7 @@ for gib in "${RSS_SIZES[@]}"; do
         [[ -n "${BROKEN[$tool]:-}" ]] && continue
         repo="$WORK/rss-$tool"
         rm -rf "$repo"
-        case $tool in
-            usdcop-dr) "$USDCOP_BIN" --repo "$repo" init ;;
-            restic) "$RESTIC_BIN" -r "$repo" init --repository-version 2 ;;
-            borg) "$BORG_BIN" init --encryption repokey "$repo" ;;
-        esac >/dev/null 2>&1 || { log "FAILED ($tool, rss init)"; FAILED=1; continue; }
+        do_init "$tool" "$repo" || { FAILED=1; continue; }
         log "$tool: peak RSS, ${gib} GiB stream"
         tf="$WORK/time.$tool.rss$gib"
         case $tool in
