@@ -22,7 +22,8 @@
 #   BENCH_DIR            parent of the work directory (default /tmp/usdcop-bench-pg)
 #   BENCH_RESTIC_GZ=0    skip the extra restic repository fed pg_dump's default (compressed)
 #                        -Fc, which shows what compression inside the dump costs dedup
-#   BENCH_JOBS2=0        skip `usdcop-dr restore postgres --jobs 2`
+#   BENCH_JOBS2=0        skip `usdcop-dr restore postgres --jobs 2` and its baseline,
+#                        `pg_restore -j 2` of a local file
 #   BENCH_SKIP_BUILD=1   do not run `cargo build --release` first
 #   BENCH_KEEP=1         keep the work directory (repositories, logs); the server is stopped
 #   BENCH_WAIT_IDLE=N    before each timed command wait up to N seconds (default 0) for the
@@ -396,6 +397,13 @@ createdb_ restored_base
 log "baseline: pg_restore from a file"
 run_timed "restore,base" /dev/null "$PG_BIN/pg_restore" --exit-on-error -d "$(dsn restored_base)" \
     "$WORK/$STDIN_NAME" || true
+if [[ "$JOBS2" == 1 ]]; then
+    # The baseline of `usdcop-dr restore postgres --jobs 2`: pg_restore -j 2 of the file.
+    createdb_ restored_base_j2
+    log "baseline: pg_restore -j 2 from a file"
+    run_timed "restore,base-j2" /dev/null "$PG_BIN/pg_restore" --exit-on-error -j 2 \
+        -d "$(dsn restored_base_j2)" "$WORK/$STDIN_NAME" || true
+fi
 rm -f "$WORK/$STDIN_NAME"
 
 log "usdcop-dr: restore postgres --create (streamed, with verification)"
@@ -440,9 +448,10 @@ SQLEOF
 log "checking the restored databases against the source (untimed)"
 SRC_FP="$(fingerprint "$DB")"
 declare -A RESTORED_OK
-for pair in base:restored_base usdcop-dr:restored_dr restic:restored_restic usdcop-dr-j2:restored_dr_j2; do
+for pair in base:restored_base usdcop-dr:restored_dr restic:restored_restic usdcop-dr-j2:restored_dr_j2 \
+    base-j2:restored_base_j2; do
     who=${pair%%:*} db=${pair#*:}
-    [[ $who == usdcop-dr-j2 && "$JOBS2" != 1 ]] && continue
+    [[ ($who == usdcop-dr-j2 || $who == base-j2) && "$JOBS2" != 1 ]] && continue
     if [[ "$(fingerprint "$db" 2>/dev/null || echo none)" == "$SRC_FP" ]]; then
         RESTORED_OK[$who]=yes
     else
@@ -480,7 +489,7 @@ echo "$(mib "$DUMP_BYTES" 1048576) MiB after the change$(if [[ "$RESTIC_GZ" == 1
 # shellcheck disable=SC2054 # the keys contain commas
 LOAD_KEYS=(picture,source dump,backup1 usdcop-dr,backup1 restic,backup1 restic-gz,backup1 dump,backup2
     usdcop-dr,backup2 restic,backup2 restic-gz,backup2 usdcop-dr,backup2-counts dump,backup3 usdcop-dr,backup3
-    restic,backup3 restic-gz,backup3 restore,base usdcop-dr,restore restic,restore usdcop-dr,restore-j2
+    restic,backup3 restic-gz,backup3 restore,base restore,base-j2 usdcop-dr,restore restic,restore usdcop-dr,restore-j2
     picture,restored)
 echo "Load average (1 min) before each timed command (tool,step load):$(for k in "${LOAD_KEYS[@]}"; do
     if [[ -n "${LOAD[$k]:-}" ]]; then printf ' %s %s' "$k" "${LOAD[$k]}"; fi; done)."
@@ -501,7 +510,8 @@ row "2b. second backup, usdcop-dr --checksum-max-rows 0 (counts only)" "" usdcop
 row "3. backup after ~1 % of the bars changed" dump,backup3 usdcop-dr,backup3 restic,backup3 "$DUMP_BYTES"
 row "4. restore into a new database (usdcop-dr: with verification)" restore,base usdcop-dr,restore restic,restore "$DUMP_BYTES"
 if [[ "$JOBS2" == 1 ]]; then
-    row "4b. restore, usdcop-dr --jobs 2 (staged) vs restic streamed" "" usdcop-dr,restore-j2 restic,restore "$DUMP_BYTES"
+    row "4b. restore, pg_restore -j 2 of a file / usdcop-dr --jobs 2 (staged) / restic streamed" restore,base-j2 \
+        usdcop-dr,restore-j2 restic,restore "$DUMP_BYTES"
 fi
 echo
 echo "| CPU seconds, client (tool + pg_dump/pg_restore, user+sys) + server | pg_dump / pg_restore alone | usdcop-dr | restic |"
@@ -511,7 +521,9 @@ printf '| 2. second backup | %s | %s | %s |\n' "$(cpu_cell dump,backup2)" "$(cpu
 printf '| 2b. second backup, --checksum-max-rows 0 | | %s | |\n' "$(cpu_cell usdcop-dr,backup2-counts)"
 printf '| 3. backup after the change | %s | %s | %s |\n' "$(cpu_cell dump,backup3)" "$(cpu_cell usdcop-dr,backup3)" "$(cpu_cell restic,backup3)"
 printf '| 4. restore | %s | %s | %s |\n' "$(cpu_cell restore,base)" "$(cpu_cell usdcop-dr,restore)" "$(cpu_cell restic,restore)"
-if [[ "$JOBS2" == 1 ]]; then printf '| 4b. restore --jobs 2 | | %s | |\n' "$(cpu_cell usdcop-dr,restore-j2)"; fi
+if [[ "$JOBS2" == 1 ]]; then
+    printf '| 4b. restore --jobs 2 / pg_restore -j 2 | %s | %s | |\n' "$(cpu_cell restore,base-j2)" "$(cpu_cell usdcop-dr,restore-j2)"
+fi
 printf '| the picture'"'"'s queries by hand (psql), source / restic-restored database | %s / %s | | |\n' \
     "$(cpu_cell picture,source)" "$(cpu_cell picture,restored)"
 echo
@@ -542,7 +554,7 @@ echo "Its restore verified ${NOTE[usdcop-dr,restore,checksummed]:-?} checksummed
 echo "The picture's count/checksum queries run by hand with psql took ${SECS[picture,source]:-n/a} s on the source database"
 echo "and ${SECS[picture,restored]:-n/a} s on the restic-restored one."
 echo "Restored databases identical to the source (count and md5 checksum of every table, checked afterwards):"
-echo "pg_restore baseline ${RESTORED_OK[base]:-?}, usdcop-dr ${RESTORED_OK[usdcop-dr]:-?}, restic ${RESTORED_OK[restic]:-?}$(if [[ "$JOBS2" == 1 ]]; then echo ", usdcop-dr --jobs 2 ${RESTORED_OK[usdcop-dr-j2]:-?}"; fi)."
+echo "pg_restore baseline ${RESTORED_OK[base]:-?}$(if [[ "$JOBS2" == 1 ]]; then echo " (-j 2: ${RESTORED_OK[base-j2]:-?})"; fi), usdcop-dr ${RESTORED_OK[usdcop-dr]:-?}, restic ${RESTORED_OK[restic]:-?}$(if [[ "$JOBS2" == 1 ]]; then echo ", usdcop-dr --jobs 2 ${RESTORED_OK[usdcop-dr-j2]:-?}"; fi)."
 
 if ((FAILED)); then
     log "one or more steps FAILED (see above)"
