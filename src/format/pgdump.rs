@@ -108,7 +108,7 @@ impl CopyLines {
 
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() && !self.ended {
-            match data.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', data) {
                 Some(i) => {
                     self.add(&data[..i]);
                     self.end_line();
