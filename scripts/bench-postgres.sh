@@ -14,6 +14,9 @@
 #   backup2   the same, database unchanged; then usdcop-dr once more with
 #             --checksum-max-rows 0 (counts only), to separate the checksum pass's cost
 #   backup3   the same, after UPDATE of the latest 0.5 % of the bars + INSERT of 288 bars
+#   backup4   the same, after UPDATE of 1 % of the bars and of the features chosen at random;
+#             and what delta compression against the parent chunk would store for that
+#             change (examples/delta_estimate.rs on the dumps before and after it, untimed)
 #   restore   pg_restore from a file (baseline) | usdcop-dr restore postgres --create
 #             (its verification pass included) | restic dump latest | pg_restore
 #             | usdcop-dr restore postgres --jobs 2
@@ -24,12 +27,14 @@
 #                        -Fc, which shows what compression inside the dump costs dedup
 #   BENCH_JOBS2=0        skip `usdcop-dr restore postgres --jobs 2` and its baseline,
 #                        `pg_restore -j 2` of a local file
+#   BENCH_DELTA=0        skip the delta-compression estimate of backup4 (two dumps to files)
 #   BENCH_SKIP_BUILD=1   do not run `cargo build --release` first
 #   BENCH_KEEP=1         keep the work directory (repositories, logs); the server is stopped
 #   BENCH_WAIT_IDLE=N    before each timed command wait up to N seconds (default 0) for the
 #                        1-minute load average to fall below BENCH_IDLE_LOAD (default 1.0)
 #   USDCOP_DR_BIN        usdcop-dr binary (default <repo>/target/release/usdcop-dr)
 #   RESTIC_BIN           restic binary (default: restic on PATH)
+#   BORG_BIN             borg binary (default: borg on PATH; its backups run when it is there)
 #   USDCOP_DR_PG_BIN     PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin, else
 #                        `pg_config --bindir`)
 #
@@ -50,6 +55,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_DIR="${BENCH_DIR:-/tmp/usdcop-bench-pg}"
 USDCOP_BIN="${USDCOP_DR_BIN:-$REPO_ROOT/target/release/usdcop-dr}"
 RESTIC_BIN="${RESTIC_BIN:-restic}"
+BORG_BIN="${BORG_BIN:-borg}"
 SOURCE_NAME="pg-usdcop"
 DB="usdcop_trading"
 STDIN_NAME="$DB.dump"
@@ -102,6 +108,10 @@ fi
 if [[ -z "${USDCOP_DR_BIN:-}" && "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
     log "building usdcop-dr (cargo build --release)"
     (cd "$REPO_ROOT" && cargo build --release >&2) || die "cargo build --release failed"
+    if [[ "${BENCH_DELTA:-1}" == 1 ]]; then
+        (cd "$REPO_ROOT" && cargo build --release --example delta_estimate >&2) \
+            || die "cargo build --release --example delta_estimate failed"
+    fi
 fi
 [[ -x "$USDCOP_BIN" ]] || die "usdcop-dr binary not found at $USDCOP_BIN"
 RESTIC_VERSION="$("$RESTIC_BIN" version)"
@@ -141,12 +151,13 @@ log "work directory: $WORK"
 # Keep the caller's environment from redirecting any tool elsewhere.
 unset USDCOP_DR_REPO USDCOP_DR_PASSWORD_FILE USDCOP_DR_PG_DSN USDCOP_DR_PG_TARGET_DSN \
     RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND \
-    RESTIC_COMPRESSION RESTIC_PACK_SIZE \
+    RESTIC_COMPRESSION RESTIC_PACK_SIZE BORG_REPO BORG_PASSCOMMAND BORG_PASSPHRASE_FD \
     PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
     PGOPTIONS PGSSLMODE PGREQUIRESSL PGGSSENCMODE PGTARGETSESSIONATTRS PGCLIENTENCODING \
     PGAPPNAME PGDATESTYLE PGDATA PGSYSCONFDIR
-export USDCOP_DR_PASSWORD="$PASSPHRASE" RESTIC_PASSWORD="$PASSPHRASE"
+export USDCOP_DR_PASSWORD="$PASSPHRASE" RESTIC_PASSWORD="$PASSPHRASE" BORG_PASSPHRASE="$PASSPHRASE"
 export RESTIC_CACHE_DIR="$WORK/restic-cache"
+export BORG_BASE_DIR="$WORK/borg-base" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
 export USDCOP_DR_PG_BIN="$PG_BIN"
 export PGTZ=UTC PGCONNECT_TIMEOUT=10 PGPASSFILE="$WORK/no-pgpass"
 
@@ -292,12 +303,19 @@ repo_bytes() { du -sb "$1" | cut -f1; }
 REPO_DR="$WORK/repo-usdcop-dr"
 REPO_RESTIC="$WORK/repo-restic"
 REPO_RESTIC_GZ="$WORK/repo-restic-gz"
+REPO_BORG="$WORK/repo-borg"
 TOOLS=(usdcop-dr restic)
 if [[ "$RESTIC_GZ" == 1 ]]; then TOOLS+=(restic-gz); fi
-repo_of() { case $1 in usdcop-dr) echo "$REPO_DR" ;; restic) echo "$REPO_RESTIC" ;; restic-gz) echo "$REPO_RESTIC_GZ" ;; esac; }
+# borg 1.2 (repokey, zstd,3, its default chunker) for the backups' bytes, when installed.
+if command -v "$BORG_BIN" >/dev/null; then TOOLS+=(borg); fi
+repo_of() { case $1 in usdcop-dr) echo "$REPO_DR" ;; restic) echo "$REPO_RESTIC" ;; restic-gz) echo "$REPO_RESTIC_GZ" ;; borg) echo "$REPO_BORG" ;; esac; }
 
 "$USDCOP_BIN" --repo "$REPO_DR" init >"$WORK/init.usdcop-dr.log" 2>&1 \
     || { cat "$WORK/init.usdcop-dr.log" >&2; die "usdcop-dr init failed"; }
+if [[ " ${TOOLS[*]} " == *" borg "* ]]; then
+    "$BORG_BIN" init --encryption repokey "$REPO_BORG" >"$WORK/init.borg.log" 2>&1 \
+        || { cat "$WORK/init.borg.log" >&2; die "borg init failed"; }
+fi
 for r in "$REPO_RESTIC" "$REPO_RESTIC_GZ"; do
     [[ "$r" == "$REPO_RESTIC_GZ" && "$RESTIC_GZ" != 1 ]] && continue
     "$RESTIC_BIN" -r "$r" init --repository-version 2 >"$WORK/init.restic.log" 2>&1 \
@@ -309,6 +327,7 @@ done
 {
 PIPE_RESTIC='set -o pipefail; "$1" -Fc -Z0 -d "$2" | "$3" -r "$4" backup --json --stdin --stdin-filename "$5"'
 PIPE_RESTIC_GZ='set -o pipefail; "$1" -Fc -d "$2" | "$3" -r "$4" backup --json --stdin --stdin-filename "$5"'
+PIPE_BORG='set -o pipefail; "$1" -Fc -Z0 -d "$2" | "$3" create --json --compression zstd,3 --stdin-name "$5" "$4::$6" -'
 PIPE_RESTORE='set -o pipefail; "$1" -r "$2" dump latest "$3" | "$4" --exit-on-error -d "$5"'
 }
 
@@ -334,6 +353,12 @@ do_backup() { # do_backup TOOL STEP
                 "$RESTIC_BIN" "$repo" "$STDIN_NAME" || return 0
             BYTES[$key]="$(json_field "$out" total_bytes_processed || echo '?')"
             NEW_BYTES[$key]="$(json_field "$out" data_added || echo '?')"
+            ;;
+        borg)
+            run_timed "$key" "$out" bash -c "$PIPE_BORG" bench "$PG_BIN/pg_dump" "$(dsn "$DB")" \
+                "$BORG_BIN" "$repo" "$STDIN_NAME" "$step" || return 0
+            BYTES[$key]="$(json_field "$out" archive.stats.original_size || echo '?')"
+            NEW_BYTES[$key]="$(json_field "$out" archive.stats.deduplicated_size || echo '?')"
             ;;
     esac
     REPO_BYTES[$key]="$(repo_bytes "$repo")"
@@ -362,7 +387,32 @@ log "the picture's queries by hand on the source database"
 run_timed "picture,source" /dev/null "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 \
     -d "$(dsn "$DB")" -c "$PICTURE_SQL" || true
 
-for step in backup1 backup2 backup3; do
+DELTA_BIN="$(dirname "$USDCOP_BIN")/examples/delta_estimate"
+for step in backup1 backup2 backup3 backup4; do
+    if [[ $step == backup4 ]]; then
+        if [[ "${BENCH_DELTA:-1}" == 1 ]]; then
+            "$PG_BIN/pg_dump" -Fc -Z0 -d "$(dsn "$DB")" -f "$WORK/parent.dump" || die "pg_dump to a file failed"
+        fi
+        log "changing 1 % of the bars and of the features at random (UPDATE ... WHERE random() < 0.01)"
+        psql_db "$DB" >&2 <<SQLEOF || die "changing the database failed"
+SELECT setseed(0.14);
+UPDATE usdcop_m5_ohlcv SET close = close + 0.0001 WHERE random() < 0.01;
+UPDATE features SET value = value * 1.0001 WHERE random() < 0.01;
+VACUUM ANALYZE usdcop_m5_ohlcv;
+VACUUM ANALYZE features;
+SQLEOF
+        if [[ "${BENCH_DELTA:-1}" == 1 ]]; then
+            "$PG_BIN/pg_dump" -Fc -Z0 -d "$(dsn "$DB")" -f "$WORK/child.dump" || die "pg_dump to a file failed"
+            if [[ -x "$DELTA_BIN" ]]; then
+                log "delta estimate: the random change against its parent, zstd level 1 (untimed)"
+                DELTA_REPORT="$("$DELTA_BIN" "$WORK/parent.dump" "$WORK/child.dump" 1 2>&1)" \
+                    || { log "delta estimate failed: $DELTA_REPORT"; DELTA_REPORT=""; }
+            else
+                log "no $DELTA_BIN (cargo build --release --example delta_estimate): delta estimate skipped"
+            fi
+            rm -f "$WORK/parent.dump" "$WORK/child.dump"
+        fi
+    fi
     if [[ $step == backup3 ]]; then
         log "changing ~1 % of the bars: UPDATE of the latest $((BARS / 200)), INSERT of 288"
         psql_db "$DB" >&2 <<SQLEOF || die "changing the database failed"
@@ -383,7 +433,7 @@ SQLEOF
             --checksum-max-rows 0 || true
     fi
 done
-DUMP_BYTES="${BYTES[restic,backup3]:-${BYTES[usdcop-dr,backup3]:-0}}"
+DUMP_BYTES="${BYTES[restic,backup4]:-${BYTES[usdcop-dr,backup4]:-0}}"
 DUMP1_BYTES="${BYTES[restic,backup1]:-${BYTES[usdcop-dr,backup1]:-0}}"
 SOURCE_ROWS="$(psql_db "$DB" -c "SELECT (SELECT count(*) FROM usdcop_m5_ohlcv) + (SELECT count(*) FROM features)
     + (SELECT count(*) FROM pipeline_status) + (SELECT count(*) FROM model_registry)")"
@@ -489,7 +539,7 @@ echo "$(mib "$DUMP_BYTES" 1048576) MiB after the change$(if [[ "$RESTIC_GZ" == 1
 # shellcheck disable=SC2054 # the keys contain commas
 LOAD_KEYS=(picture,source dump,backup1 usdcop-dr,backup1 restic,backup1 restic-gz,backup1 dump,backup2
     usdcop-dr,backup2 restic,backup2 restic-gz,backup2 usdcop-dr,backup2-counts dump,backup3 usdcop-dr,backup3
-    restic,backup3 restic-gz,backup3 restore,base restore,base-j2 usdcop-dr,restore restic,restore usdcop-dr,restore-j2
+    restic,backup3 restic-gz,backup3 dump,backup4 usdcop-dr,backup4 restic,backup4 restic-gz,backup4 restore,base restore,base-j2 usdcop-dr,restore restic,restore usdcop-dr,restore-j2
     picture,restored)
 echo "Load average (1 min) before each timed command (tool,step load):$(for k in "${LOAD_KEYS[@]}"; do
     if [[ -n "${LOAD[$k]:-}" ]]; then printf ' %s %s' "$k" "${LOAD[$k]}"; fi; done)."
@@ -508,6 +558,7 @@ row "1. first backup" dump,backup1 usdcop-dr,backup1 restic,backup1 "$DUMP1_BYTE
 row "2. second backup, unchanged database" dump,backup2 usdcop-dr,backup2 restic,backup2 "$DUMP1_BYTES"
 row "2b. second backup, usdcop-dr --checksum-max-rows 0 (counts only)" "" usdcop-dr,backup2-counts restic,backup2 "$DUMP1_BYTES"
 row "3. backup after ~1 % of the bars changed" dump,backup3 usdcop-dr,backup3 restic,backup3 "$DUMP_BYTES"
+row "3b. backup after 1 % of the rows updated at random" dump,backup4 usdcop-dr,backup4 restic,backup4 "$DUMP_BYTES"
 row "4. restore into a new database (usdcop-dr: with verification)" restore,base usdcop-dr,restore restic,restore "$DUMP_BYTES"
 if [[ "$JOBS2" == 1 ]]; then
     row "4b. restore, pg_restore -j 2 of a file / usdcop-dr --jobs 2 (staged) / restic streamed" restore,base-j2 \
@@ -520,6 +571,7 @@ printf '| 1. first backup | %s | %s | %s |\n' "$(cpu_cell dump,backup1)" "$(cpu_
 printf '| 2. second backup | %s | %s | %s |\n' "$(cpu_cell dump,backup2)" "$(cpu_cell usdcop-dr,backup2)" "$(cpu_cell restic,backup2)"
 printf '| 2b. second backup, --checksum-max-rows 0 | | %s | |\n' "$(cpu_cell usdcop-dr,backup2-counts)"
 printf '| 3. backup after the change | %s | %s | %s |\n' "$(cpu_cell dump,backup3)" "$(cpu_cell usdcop-dr,backup3)" "$(cpu_cell restic,backup3)"
+printf '| 3b. backup after the random change | %s | %s | %s |\n' "$(cpu_cell dump,backup4)" "$(cpu_cell usdcop-dr,backup4)" "$(cpu_cell restic,backup4)"
 printf '| 4. restore | %s | %s | %s |\n' "$(cpu_cell restore,base)" "$(cpu_cell usdcop-dr,restore)" "$(cpu_cell restic,restore)"
 if [[ "$JOBS2" == 1 ]]; then
     printf '| 4b. restore --jobs 2 / pg_restore -j 2 | %s | %s | |\n' "$(cpu_cell restore,base-j2)" "$(cpu_cell usdcop-dr,restore-j2)"
@@ -527,8 +579,10 @@ fi
 printf '| the picture'"'"'s queries by hand (psql), source / restic-restored database | %s / %s | | |\n' \
     "$(cpu_cell picture,source)" "$(cpu_cell picture,restored)"
 echo
-echo "| repository | usdcop-dr | restic (-Z0 dump) |$(if [[ "$RESTIC_GZ" == 1 ]]; then echo " restic (compressed -Fc dump) |"; fi)"
-echo "|---|---:|---:|$(if [[ "$RESTIC_GZ" == 1 ]]; then echo "---:|"; fi)"
+HAS_BORG=0
+if [[ " ${TOOLS[*]} " == *" borg "* ]]; then HAS_BORG=1; fi
+echo "| repository | usdcop-dr | restic (-Z0 dump) |$(if [[ "$RESTIC_GZ" == 1 ]]; then echo " restic (compressed -Fc dump) |"; fi)$(if ((HAS_BORG)); then echo " borg (-Z0 dump) |"; fi)"
+echo "|---|---:|---:|$(if [[ "$RESTIC_GZ" == 1 ]]; then echo "---:|"; fi)$(if ((HAS_BORG)); then echo "---:|"; fi)"
 repo_row() { # repo_row TITLE KEY-SUFFIX [new]
     local t line="| $1 |"
     for t in "${TOOLS[@]}"; do
@@ -541,11 +595,19 @@ repo_row "size after the first backup, MiB (du -sb)" "backup1"
 repo_row "growth from the second backup (unchanged), MiB" "backup2,growth"
 repo_row "growth from the third backup (~1 % changed), MiB" "backup3,growth"
 repo_row "new data reported by the tool, third backup, MiB" "backup3" new
+repo_row "growth from the fourth backup (1 % of rows updated at random), MiB" "backup4,growth"
+repo_row "new data reported by the tool, fourth backup, MiB" "backup4" new
 if [[ "$RESTIC_GZ" == 1 ]]; then
     echo
     echo "restic fed pg_dump's default compressed -Fc (\`pg_dump -Fc | restic backup --stdin\`), wall seconds:"
     echo "first backup ${SECS[restic-gz,backup1]:-n/a}, second ${SECS[restic-gz,backup2]:-n/a}, third ${SECS[restic-gz,backup3]:-n/a}"
     echo "(ratio to usdcop-dr $(ratio restic-gz,backup1 usdcop-dr,backup1), $(ratio restic-gz,backup2 usdcop-dr,backup2), $(ratio restic-gz,backup3 usdcop-dr,backup3))."
+fi
+if ((HAS_BORG)); then
+    echo
+    echo "borg ($("$BORG_BIN" --version 2>/dev/null), \`pg_dump -Fc -Z0 | borg create --compression zstd,3 --stdin-name\`), wall seconds:"
+    echo "first backup ${SECS[borg,backup1]:-n/a}, second ${SECS[borg,backup2]:-n/a}, third ${SECS[borg,backup3]:-n/a}, fourth (random) ${SECS[borg,backup4]:-n/a}"
+    echo "(ratio to usdcop-dr $(ratio borg,backup1 usdcop-dr,backup1), $(ratio borg,backup2 usdcop-dr,backup2), $(ratio borg,backup3 usdcop-dr,backup3), $(ratio borg,backup4 usdcop-dr,backup4))."
 fi
 echo
 echo "usdcop-dr's picture: ${NOTE[usdcop-dr,backup3,rows]:-?} rows counted in the third backup, ${NOTE[usdcop-dr,backup3,checksummed]:-?} of 4 tables"
@@ -555,6 +617,16 @@ echo "The picture's count/checksum queries run by hand with psql took ${SECS[pic
 echo "and ${SECS[picture,restored]:-n/a} s on the restic-restored one."
 echo "Restored databases identical to the source (count and md5 checksum of every table, checked afterwards):"
 echo "pg_restore baseline ${RESTORED_OK[base]:-?}$(if [[ "$JOBS2" == 1 ]]; then echo " (-j 2: ${RESTORED_OK[base-j2]:-?})"; fi), usdcop-dr ${RESTORED_OK[usdcop-dr]:-?}, restic ${RESTORED_OK[restic]:-?}$(if [[ "$JOBS2" == 1 ]]; then echo ", usdcop-dr --jobs 2 ${RESTORED_OK[usdcop-dr-j2]:-?}"; fi)."
+
+if [[ -n "${DELTA_REPORT:-}" ]]; then
+    echo
+    echo "Delta compression against the parent chunk, estimated on the dumps before and after the random"
+    echo "change (examples/delta_estimate.rs; not what the repository stores):"
+    echo
+    echo '```'
+    echo "$DELTA_REPORT"
+    echo '```'
+fi
 
 if ((FAILED)); then
     log "one or more steps FAILED (see above)"

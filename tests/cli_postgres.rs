@@ -700,7 +700,7 @@ fn a_fresh_server_without_the_owning_role_needs_no_owner() {
 /// session settings; an archive cut short is an error.
 #[test]
 fn the_dump_stream_gives_each_tables_rows_and_digest() {
-    use usdcop_dr::format::pgdump::{row_digest, DumpScanner};
+    use usdcop_dr::format::pgdump::{row_digest, DumpScanner, RowHash};
     let pg = PgServer::start();
     pg.create_db("usdcop_trading");
     load_usdcop_like(&pg, "usdcop_trading", 3_000);
@@ -722,7 +722,7 @@ fn the_dump_stream_gives_each_tables_rows_and_digest() {
     );
     let dump = out.stdout;
     let scan = |piece: usize| {
-        let mut s = DumpScanner::new();
+        let mut s = DumpScanner::new(RowHash::Xxh3);
         for part in dump.chunks(piece) {
             s.feed(part).unwrap();
         }
@@ -779,11 +779,11 @@ fn the_dump_stream_gives_each_tables_rows_and_digest() {
             .stdout
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty() && *l != b"SET")
-            .fold(0u128, |s, l| s.wrapping_add(row_digest(l)));
+            .fold(0u128, |s, l| s.wrapping_add(row_digest(RowHash::Xxh3, l)));
         assert_eq!(t.digest, sum, "{table}");
     }
     // Cut short: an error, not a smaller count.
-    let mut s = DumpScanner::new();
+    let mut s = DumpScanner::new(RowHash::Xxh3);
     s.feed(&dump[..dump.len() * 2 / 3]).unwrap();
     assert!(s.finish().is_err());
 }

@@ -540,7 +540,7 @@ async fn take_pictures(
         set.spawn(async move {
             let client = inspect::connect(&target).await?;
             inspect::begin(&client, false).await?;
-            if algo == picture::ChecksumAlgorithm::DumpRowsSha256Sum {
+            if algo.row_hash().is_some() {
                 client
                     .batch_execute(inspect::DUMP_COPY_SETTINGS)
                     .await
@@ -564,9 +564,9 @@ async fn take_pictures(
                 if !exists {
                     continue;
                 }
-                let p = match (&t.copy_statement, algo) {
-                    (Some(copy), picture::ChecksumAlgorithm::DumpRowsSha256Sum) => {
-                        let (rows, sum) = inspect::copy_digest(&client, copy).await?;
+                let p = match (&t.copy_statement, algo.row_hash()) {
+                    (Some(copy), Some(hash)) => {
+                        let (rows, sum) = inspect::copy_digest(&client, copy, hash).await?;
                         TablePicture {
                             schema: t.schema.clone(),
                             name: t.name.clone(),

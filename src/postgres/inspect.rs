@@ -428,7 +428,7 @@ pub async fn table_picture(
              FROM {table} AS usdcop_dr_row"
         ),
         // Not a server-side sum: read back with `copy_digest`.
-        Some(ChecksumAlgorithm::DumpRowsSha256Sum) | None => {
+        Some(ChecksumAlgorithm::DumpRowsSha256Sum | ChecksumAlgorithm::DumpRowsXxh3Sum) | None => {
             format!("SELECT count(*)::int8, NULL::text FROM {table}")
         }
     };
@@ -451,11 +451,16 @@ pub async fn table_picture(
 pub const DUMP_COPY_SETTINGS: &str =
     "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3";
 
-/// Rows and `dump-rows-sha256-sum` of a table as `copy_statement` (from
-/// the dump: `COPY schema.table (columns) FROM stdin;`) reads it back with
-/// `COPY … TO STDOUT`, streamed (one line's hash state held). The session
-/// must have [`DUMP_COPY_SETTINGS`].
-pub async fn copy_digest(client: &Client, copy_statement: &str) -> Result<(u64, String)> {
+/// Rows and row-hash sum (`dump-rows-sha256-sum`, `dump-rows-xxh3-sum`)
+/// of a table as `copy_statement` (from the dump: `COPY schema.table
+/// (columns) FROM stdin;`) reads it back with `COPY … TO STDOUT`, streamed
+/// (one line's hash state held). The session must have
+/// [`DUMP_COPY_SETTINGS`].
+pub async fn copy_digest(
+    client: &Client,
+    copy_statement: &str,
+    hash: crate::format::pgdump::RowHash,
+) -> Result<(u64, String)> {
     use futures::StreamExt;
     let stmt = copy_statement
         .trim()
@@ -473,7 +478,7 @@ pub async fn copy_digest(client: &Client, copy_statement: &str) -> Result<(u64, 
         .await
         .map_err(|e| db_err("reading a restored table back (COPY TO STDOUT)", e))?;
     let mut stream = std::pin::pin!(stream);
-    let mut lines = crate::format::pgdump::CopyLines::new();
+    let mut lines = crate::format::pgdump::CopyLines::new(hash);
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| db_err("reading a restored table back", e))?;
         lines.feed(&piece);

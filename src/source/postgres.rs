@@ -145,7 +145,13 @@ impl Session {
         // as UTF8: other encodings keep the server-side picture.
         let from_dump = self.picture.encoding == "UTF8";
         let scan = Arc::new(std::sync::Mutex::new(ScanState {
-            scanner: from_dump.then(DumpScanner::new),
+            scanner: from_dump.then(|| {
+                DumpScanner::new(
+                    ChecksumAlgorithm::CURRENT
+                        .row_hash()
+                        .expect("the current algorithm reads the dump"),
+                )
+            }),
             error: None,
         }));
         let stream = Scanned {
