@@ -12,7 +12,8 @@
 //! the parent's is a duplicate (0 bytes). Every other child chunk is
 //! compressed twice at LEVEL (default 1, what a backup of pg_dump text
 //! chooses): alone, as a backup stores it today, and with its parent
-//! chunk as a zstd prefix dictionary. The parent chunk is the one a writer
+//! chunk as a zstd prefix dictionary, with long-distance matching
+//! (`DELTA_NO_LDM=1`: without). The parent chunk is the one a writer
 //! could name without reading the parent's contents: the parent chunk
 //! whose end boundary sits at the same place in the stream, counting from
 //! the last chunk both streams share (ordinal, resynchronised at every
@@ -114,6 +115,16 @@ fn main() {
             .expect("level");
         cctx.set_parameter(zstd::zstd_safe::CParameter::WindowLog(23))
             .expect("window");
+        // Long-distance matching: level 1's own match finder keeps 2^13
+        // hash slots, too few to remember a 1 MiB prefix (without it the
+        // prefix saved 1 % on the benchmark's random change; with it 98 %,
+        // in less CPU than compressing the chunk alone).
+        if std::env::var_os("DELTA_NO_LDM").is_none() {
+            cctx.set_parameter(zstd::zstd_safe::CParameter::EnableLongDistanceMatching(
+                true,
+            ))
+            .expect("ldm");
+        }
         cctx.ref_prefix(&base).expect("prefix");
         let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(ch.len()));
         cctx.compress2(&mut out, ch).expect("zstd with prefix");
