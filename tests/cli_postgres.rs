@@ -139,6 +139,9 @@ fn a_database_is_restored_row_for_row_and_a_small_change_stores_little() {
         (Some(3), Some(true))
     );
     assert_eq!(r["differences"].as_array().unwrap().len(), 0, "{r}");
+    // Every table was checked as soon as pg_restore reported its data
+    // loaded, not after pg_restore: the check overlaps the restore.
+    assert_eq!(r["tables_checked_during_restore"], r["tables"], "{r}");
     assert_same_data(&pg, SOURCE_DB, &other, "restored_parallel");
     let left: Vec<_> = std::fs::read_dir(staging.path()).unwrap().collect();
     assert!(left.is_empty(), "staged dump left behind: {left:?}");

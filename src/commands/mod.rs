@@ -6,6 +6,7 @@ pub mod backup_all;
 pub mod basebackup;
 pub mod drill;
 mod drill_pitr;
+pub mod pg_verify;
 pub mod prune;
 pub mod recover;
 pub mod repair;

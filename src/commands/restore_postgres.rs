@@ -7,9 +7,11 @@
 //! (`--create`) and restored. With `--jobs 1` the dump streams from the
 //! repository into pg_restore's stdin; with more jobs it is staged on local
 //! disk (pg_restore needs a seekable file to work in parallel) and removed
-//! afterwards. Finally every table of the snapshot's picture is counted
-//! (and checksummed where the picture has a checksum) in the target: any
-//! difference is an integrity failure.
+//! afterwards. Every table of the snapshot's picture is counted (and
+//! checksummed where the picture has a checksum) in the target: any
+//! difference is an integrity failure. A staged restore checks each table
+//! as soon as pg_restore has loaded it ([`super::pg_verify`]); a streamed
+//! one after pg_restore.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,7 +20,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::pg_verify::{self, Queue, Verifiers};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::pgdump::{DumpScanner, RowHash, MAX_TOC_BYTES};
 use crate::format::snapshot::{Entry, EntryType, Snapshot};
 use crate::format::Id;
 use crate::pipeline::{ChunkReader, ReadOptions};
@@ -110,6 +114,9 @@ pub struct PgRestoreSummary {
     pub tables: u64,
     pub rows: u64,
     pub tables_checksummed: u64,
+    /// Tables checked while pg_restore was still running (a staged
+    /// restore checks each table once pg_restore has loaded it).
+    pub tables_checked_during_restore: u64,
     /// Empty when every table matches the snapshot.
     pub differences: Vec<Difference>,
     pub warnings: Vec<Warning>,
@@ -224,9 +231,26 @@ pub async fn run(
     progress.set_total(entry.size);
     progress.set_item(&entry.path);
     let staged = plan.jobs > 1;
+    // At least two connections read the tables back (the server has the
+    // cores it restores with).
+    let verify_jobs = (plan.jobs as usize).max(VERIFY_JOBS_MIN);
+    let mut early = None;
     let restored = if staged {
         let dir = opts.staging_dir.as_deref();
-        restore_staged(&reader, entry, cmd, dir, progress.as_ref()).await
+        // TimescaleDB's restore mode ends with timescaledb_post_restore():
+        // its tables are checked after that.
+        if plan.timescaledb.is_none() {
+            early = Some(Verifiers::start(
+                target,
+                &picture.tables,
+                picture.checksum_algorithm,
+                verify_jobs,
+            ));
+        }
+        let watch = early
+            .as_ref()
+            .map(|v| (v.queue(), picture.tables.as_slice()));
+        restore_staged(&reader, entry, cmd, dir, progress.as_ref(), watch).await
     } else {
         restore_streamed(&reader, entry, cmd, progress.as_ref()).await
     };
@@ -270,16 +294,16 @@ pub async fn run(
     }
     drop(client);
 
-    let actual = take_pictures(
-        target,
-        &picture.tables,
-        picture.checksum_algorithm,
-        // The check follows pg_restore, whose jobs are done: at least two
-        // connections read the tables back (the server has the cores it
-        // just restored with).
-        (plan.jobs as usize).max(VERIFY_JOBS_MIN),
-    )
-    .await?;
+    let verifiers = match early {
+        Some(v) => v,
+        None => Verifiers::start(
+            target,
+            &picture.tables,
+            picture.checksum_algorithm,
+            verify_jobs,
+        ),
+    };
+    let (actual, checked_early) = verifiers.finish().await?;
     let differences = picture::compare(&picture.tables, &actual);
     Ok(PgRestoreSummary {
         snapshot_id,
@@ -296,6 +320,7 @@ pub async fn run(
             .iter()
             .filter(|t| t.checksum.is_some())
             .count() as u64,
+        tables_checked_during_restore: checked_early,
         differences,
         warnings: collector.take(),
         duration_s: clock.elapsed().as_secs_f64(),
@@ -352,13 +377,16 @@ async fn apply_globals(
 /// Stage the dump on local disk, then run a parallel `pg_restore` on it.
 /// The dump is decrypted data: it is staged as a 0600 file in a private
 /// 0700 directory of this run (under `dir`, else `$TMPDIR`), removed with
-/// it however the restore ends, SIGINT/SIGTERM included.
+/// it however the restore ends, SIGINT/SIGTERM included. With `watch`,
+/// pg_restore runs with `--verbose` and each table of the picture whose
+/// TABLE DATA item it reports finished is queued for checking.
 async fn restore_staged(
     reader: &ChunkReader,
     entry: &Entry,
     mut cmd: Command,
     dir: Option<&std::path::Path>,
     progress: &dyn Progress,
+    watch: Option<(Queue, &[TablePicture])>,
 ) -> Result<u64> {
     let private = crate::scratch::PrivateDir::create(dir)?;
     let (path, file) = private
@@ -373,9 +401,22 @@ async fn restore_staged(
         .into_inner()
         .map_err(|e| Error::io(format!("staging the dump in {where_}: {}", e.error())))?;
     drop(file);
+    let observer = match watch {
+        Some((queue, tables)) => {
+            let ids = table_data_ids(&path, tables)?;
+            cmd.arg("--verbose");
+            Some(Box::new(move |line: &str| {
+                if let Some(i) = pg_verify::finished_table_data(line).and_then(|id| ids.get(&id)) {
+                    queue.push(*i);
+                }
+                pg_verify::is_progress(line)
+            }) as tools::LineObserver)
+        }
+        None => None,
+    };
     cmd.arg(&path);
     let finished = tokio::task::spawn_blocking(move || {
-        let (child, stdin) = tools::FedChild::spawn("pg_restore", cmd)?;
+        let (child, stdin) = tools::FedChild::spawn_observed("pg_restore", cmd, observer)?;
         drop(stdin);
         child.finish()
     })
@@ -383,6 +424,52 @@ async fn restore_staged(
     .map_err(|e| Error::io(format!("pg_restore task failed: {e}")))?;
     drop(private);
     finished.map(|_| n)
+}
+
+/// The picture's table for each TABLE DATA item of the staged dump's TOC
+/// (by dump id; matched by schema and name, as the picture was made).
+fn table_data_ids(
+    path: &std::path::Path,
+    tables: &[TablePicture],
+) -> Result<std::collections::HashMap<i64, usize>> {
+    use std::io::Read;
+    let what = |e: std::io::Error| Error::io(format!("reading the staged dump's TOC: {e}"));
+    let mut f = std::fs::File::open(path).map_err(what)?;
+    let mut scanner = DumpScanner::new(RowHash::Xxh3);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut read = 0usize;
+    let entries = loop {
+        if let Some(e) = scanner.table_data_entries() {
+            break e;
+        }
+        let n = f.read(&mut buf).map_err(what)?;
+        read += n;
+        if n == 0 {
+            // A small dump, read whole: its data blocks name every table.
+            break scanner
+                .finish()?
+                .tables
+                .into_iter()
+                .map(|t| (t.dump_id, t.schema, t.name))
+                .collect();
+        }
+        if read > MAX_TOC_BYTES + buf.len() {
+            return Err(Error::format(
+                "pg_dump custom archive",
+                "the staged dump's TOC could not be read",
+            ));
+        }
+        scanner.feed(&buf[..n])?;
+    };
+    Ok(entries
+        .into_iter()
+        .filter_map(|(id, schema, name)| {
+            let i = tables
+                .iter()
+                .position(|t| t.schema == schema && t.name == name)?;
+            Some((id, i))
+        })
+        .collect())
 }
 
 /// `CREATE DATABASE` from template0 with the dump's encoding; `false` if
@@ -519,85 +606,6 @@ async fn prepare_timescaledb(client: &tokio_postgres::Client, version: &str) -> 
 
 /// Connections that read the restored tables back, at the least.
 const VERIFY_JOBS_MIN: usize = 2;
-
-/// The target's pictures of the snapshot's tables (checksums where the
-/// snapshot has one); a table that does not exist is simply absent. With
-/// `jobs` > 1 the tables are read over that many connections at once,
-/// the largest first (the restore was parallel: so is its check).
-async fn take_pictures(
-    target: &Dsn,
-    expected: &[TablePicture],
-    algo: picture::ChecksumAlgorithm,
-    jobs: usize,
-) -> Result<Vec<TablePicture>> {
-    let mut order: Vec<usize> = (0..expected.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(expected[i].rows));
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(order.into_iter()));
-    let workers = jobs.clamp(1, expected.len().max(1));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let (queue, target, expected) = (queue.clone(), target.clone(), expected.to_vec());
-        set.spawn(async move {
-            let client = inspect::connect(&target).await?;
-            inspect::begin(&client, false).await?;
-            if algo.row_hash().is_some() {
-                client
-                    .batch_execute(inspect::DUMP_COPY_SETTINGS)
-                    .await
-                    .map_err(|e| inspect::db_err("setting pg_dump's COPY settings", e))?;
-            }
-            let mut got = vec![];
-            loop {
-                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
-                let Some(i) = next else { break };
-                let t = &expected[i];
-                let name = format!(
-                    "{}.{}",
-                    inspect::quote_ident(&t.schema),
-                    inspect::quote_ident(&t.name)
-                );
-                let exists = client
-                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-                    .await
-                    .map_err(|e| inspect::db_err("looking up restored tables", e))?
-                    .get::<_, bool>(0);
-                if !exists {
-                    continue;
-                }
-                let p = match (&t.copy_statement, algo.row_hash()) {
-                    (Some(copy), Some(hash)) => {
-                        let (rows, sum) = inspect::copy_digest(&client, copy, hash).await?;
-                        TablePicture {
-                            schema: t.schema.clone(),
-                            name: t.name.clone(),
-                            rows,
-                            checksum: Some(sum),
-                            copy_statement: None,
-                        }
-                    }
-                    _ => {
-                        inspect::table_picture(
-                            &client,
-                            &t.schema,
-                            &t.name,
-                            t.checksum.as_ref().map(|_| algo),
-                        )
-                        .await?
-                    }
-                };
-                got.push((i, p));
-            }
-            let _ = client.batch_execute("COMMIT").await;
-            Ok::<_, Error>(got)
-        });
-    }
-    let mut all = vec![];
-    while let Some(done) = set.join_next().await {
-        all.extend(done.map_err(|e| Error::io(format!("verification task: {e}")))??);
-    }
-    all.sort_by_key(|(i, _)| *i);
-    Ok(all.into_iter().map(|(_, p)| p).collect())
-}
 
 #[cfg(test)]
 mod tests {

@@ -370,6 +370,22 @@ impl DumpScanner {
         }
     }
 
+    /// The TOC's TABLE DATA entries (dump id, schema, table), once the
+    /// header and TOC have been fed; `None` before.
+    pub fn table_data_entries(&self) -> Option<Vec<(i64, String, String)>> {
+        if matches!(self.state, State::Head) {
+            return None;
+        }
+        let mut v: Vec<_> = self
+            .toc
+            .iter()
+            .filter(|(_, e)| e.desc == "TABLE DATA")
+            .map(|(id, e)| (*id, e.namespace.clone(), e.tag.clone()))
+            .collect();
+        v.sort();
+        Some(v)
+    }
+
     /// Parse the header and TOC from `pending`; `Ok(None)` when more
     /// bytes are needed; else how many bytes they took.
     fn parse_head(&mut self) -> Result<Option<usize>> {
@@ -753,6 +769,21 @@ mod tests {
             ]);
             assert_eq!(scan_with(hash, &b, 5).unwrap().tables[0].digest, sum);
         }
+    }
+
+    #[test]
+    fn the_tocs_table_data_entries_are_known_once_the_head_is_read() {
+        let a = archive(&[("bars", &["1\tx"]), ("empty", &[])]);
+        let mut s = DumpScanner::new(RowHash::Xxh3);
+        assert_eq!(s.table_data_entries(), None);
+        s.feed(&a).unwrap();
+        let e = s.table_data_entries().unwrap();
+        let names: Vec<_> = e.iter().map(|(_, ns, t)| format!("{ns}.{t}")).collect();
+        assert_eq!(names, ["public.bars", "public.empty"]);
+        // the ids are the data blocks' ids
+        let summary = scan(&a, 7).unwrap();
+        let ids: Vec<_> = summary.tables.iter().map(|t| t.dump_id).collect();
+        assert_eq!(e.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(), ids);
     }
 
     #[test]

@@ -137,7 +137,15 @@ struct Tail {
 
 const TAIL_LINES: usize = 20;
 
-fn collect_stderr(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Tail>>, JoinHandle<()>) {
+/// Sees each line a child writes to stderr, as it is written; a line it
+/// returns `true` for is its own and stays out of the child's error tail
+/// (e.g. `pg_restore -v` progress lines).
+pub type LineObserver = Box<dyn FnMut(&str) -> bool + Send>;
+
+fn collect_stderr(
+    stderr: impl Read + Send + 'static,
+    mut observer: Option<LineObserver>,
+) -> (Arc<Mutex<Tail>>, JoinHandle<()>) {
     let tail = Arc::new(Mutex::new(Tail::default()));
     let t = tail.clone();
     let handle = std::thread::spawn(move || {
@@ -145,6 +153,9 @@ fn collect_stderr(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Tail>>, Join
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             tracing::debug!("child: {line}");
+            if observer.as_mut().is_some_and(|o| o(&line)) {
+                continue;
+            }
             let mut g = t.lock().unwrap();
             if g.lines.len() == TAIL_LINES {
                 g.lines.pop_front();
@@ -159,7 +170,13 @@ fn collect_stderr(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Tail>>, Join
 type Spawned = (Child, Registered, Arc<Mutex<Tail>>, JoinHandle<()>);
 
 /// Start `cmd` with the given stdin/stdout and its stderr collected.
-fn spawn(what: &str, mut cmd: Command, stdin: Stdio, stdout: Stdio) -> Result<Spawned> {
+fn spawn(
+    what: &str,
+    mut cmd: Command,
+    stdin: Stdio,
+    stdout: Stdio,
+    observer: Option<LineObserver>,
+) -> Result<Spawned> {
     cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         Error::new(
@@ -179,7 +196,7 @@ fn spawn(what: &str, mut cmd: Command, stdin: Stdio, stdout: Stdio) -> Result<Sp
             return Err(Error::io(format!("not starting {what}: {e}")));
         }
     };
-    let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"));
+    let (tail, handle) = collect_stderr(child.stderr.take().expect("piped"), observer);
     Ok((child, registered, tail, handle))
 }
 
@@ -242,7 +259,7 @@ impl ChildStream {
     /// Spawn `cmd` (stdin null, stdout piped, stderr collected).
     pub fn spawn(what: &str, cmd: Command) -> Result<ChildStream> {
         let (mut child, registered, tail, handle) =
-            spawn(what, cmd, Stdio::null(), Stdio::piped())?;
+            spawn(what, cmd, Stdio::null(), Stdio::piped(), None)?;
         let stdout = child.stdout.take().expect("piped");
         Ok(ChildStream {
             what: what.to_owned(),
@@ -317,8 +334,17 @@ pub struct FedChild {
 impl FedChild {
     /// Spawn `cmd` with stdin piped (returned) and stderr collected.
     pub fn spawn(what: &str, cmd: Command) -> Result<(FedChild, ChildStdin)> {
+        Self::spawn_observed(what, cmd, None)
+    }
+
+    /// [`FedChild::spawn`], each stderr line shown to `observer` first.
+    pub fn spawn_observed(
+        what: &str,
+        cmd: Command,
+        observer: Option<LineObserver>,
+    ) -> Result<(FedChild, ChildStdin)> {
         let (mut child, registered, tail, handle) =
-            spawn(what, cmd, Stdio::piped(), Stdio::null())?;
+            spawn(what, cmd, Stdio::piped(), Stdio::null(), observer)?;
         let stdin = child.stdin.take().expect("piped");
         Ok((
             FedChild {
