@@ -8,7 +8,9 @@
 //! transaction in parallel mode; no later item changes a table's rows:
 //! indexes, constraints, triggers and ownership do not), so the check of
 //! the first tables overlaps the load of the last ones and the index
-//! builds. Whatever was not queued by the time pg_restore exits (a
+//! builds. A streamed restore (one job) queues a table when pg_restore
+//! reports its next item: one job restores items in turn, and its COPY
+//! has committed by then. Whatever was not queued by the time pg_restore exits (a
 //! streamed restore, a line not seen) is queued then, largest first.
 //! Each table is read in a transaction of its own, so a worker never holds
 //! a lock on a table it has finished with: pg_restore's `ALTER TABLE`
@@ -188,6 +190,13 @@ pub fn finished_table_data(line: &str) -> Option<i64> {
         .flatten()
 }
 
+/// The table (`schema.name`) whose data `pg_restore -v` starts loading
+/// with one job (`pg_restore: processing data for table "public.bars"`).
+pub fn data_started(line: &str) -> Option<&str> {
+    line.strip_prefix("pg_restore: processing data for table \"")?
+        .strip_suffix('"')
+}
+
 /// A progress line of `pg_restore -v` (kept out of the error tail that a
 /// failure reports); errors, warnings, details and anything unknown are
 /// not.
@@ -234,6 +243,21 @@ mod tests {
         ] {
             assert_eq!(finished_table_data(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_tables_data_start_names_it() {
+        assert_eq!(
+            data_started("pg_restore: processing data for table \"public.usdcop_m5_ohlcv\""),
+            Some("public.usdcop_m5_ohlcv")
+        );
+        assert!(is_progress(
+            "pg_restore: processing data for table \"public.usdcop_m5_ohlcv\""
+        ));
+        assert_eq!(
+            data_started("pg_restore: creating TABLE \"public.bars\""),
+            None
+        );
     }
 
     #[test]

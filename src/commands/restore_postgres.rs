@@ -234,25 +234,25 @@ pub async fn run(
     // At least two connections read the tables back (the server has the
     // cores it restores with).
     let verify_jobs = (plan.jobs as usize).max(VERIFY_JOBS_MIN);
-    let mut early = None;
+    // Tables are checked as pg_restore reports them loaded, except in
+    // TimescaleDB's restore mode, which ends with timescaledb_post_restore():
+    // its tables are checked after that.
+    let early = plan.timescaledb.is_none().then(|| {
+        Verifiers::start(
+            target,
+            &picture.tables,
+            picture.checksum_algorithm,
+            verify_jobs,
+        )
+    });
+    let watch = early
+        .as_ref()
+        .map(|v| (v.queue(), picture.tables.as_slice()));
     let restored = if staged {
         let dir = opts.staging_dir.as_deref();
-        // TimescaleDB's restore mode ends with timescaledb_post_restore():
-        // its tables are checked after that.
-        if plan.timescaledb.is_none() {
-            early = Some(Verifiers::start(
-                target,
-                &picture.tables,
-                picture.checksum_algorithm,
-                verify_jobs,
-            ));
-        }
-        let watch = early
-            .as_ref()
-            .map(|v| (v.queue(), picture.tables.as_slice()));
         restore_staged(&reader, entry, cmd, dir, progress.as_ref(), watch).await
     } else {
-        restore_streamed(&reader, entry, cmd, progress.as_ref()).await
+        restore_streamed(&reader, entry, cmd, progress.as_ref(), watch).await
     };
     if restored.is_err() && plan.timescaledb.is_some() {
         // Leave the database out of TimescaleDB's restore mode (background
@@ -327,14 +327,38 @@ pub async fn run(
     })
 }
 
-/// Stream the dump from the repository into `pg_restore`'s stdin.
+/// Stream the dump from the repository into `pg_restore`'s stdin. With
+/// `watch`, pg_restore runs with `--verbose`, and a table is queued for
+/// checking once pg_restore has gone on from its data to the next item
+/// (one job restores items one after the other, each COPY committed
+/// before the next item starts).
 async fn restore_streamed(
     reader: &ChunkReader,
     entry: &Entry,
-    cmd: Command,
+    mut cmd: Command,
     progress: &dyn Progress,
+    watch: Option<(Queue, &[TablePicture])>,
 ) -> Result<u64> {
-    let (child, mut stdin) = tools::FedChild::spawn("pg_restore", cmd)?;
+    let observer = watch.map(|(queue, tables)| {
+        cmd.arg("--verbose");
+        let names: std::collections::HashMap<String, usize> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("{}.{}", t.schema, t.name), i))
+            .collect();
+        let mut loading: Option<usize> = None;
+        Box::new(move |line: &str| {
+            let progress = pg_verify::is_progress(line);
+            if progress {
+                if let Some(i) = loading.take() {
+                    queue.push(i);
+                }
+                loading = pg_verify::data_started(line).and_then(|t| names.get(t).copied());
+            }
+            progress
+        }) as tools::LineObserver
+    });
+    let (child, mut stdin) = tools::FedChild::spawn_observed("pg_restore", cmd, observer)?;
     let fed = super::restore::copy_entry(reader, entry, &mut stdin, progress).await;
     drop(stdin);
     let finished = child.finish();
