@@ -9,9 +9,9 @@
 //! disk (pg_restore needs a seekable file to work in parallel) and removed
 //! afterwards. Every table of the snapshot's picture is counted (and
 //! checksummed where the picture has a checksum) in the target: any
-//! difference is an integrity failure. A staged restore checks each table
-//! as soon as pg_restore has loaded it ([`super::pg_verify`]); a streamed
-//! one after pg_restore.
+//! difference is an integrity failure. Each table is checked as soon as
+//! pg_restore has loaded it ([`super::pg_verify`]); in TimescaleDB's
+//! restore mode, after pg_restore.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -114,8 +114,8 @@ pub struct PgRestoreSummary {
     pub tables: u64,
     pub rows: u64,
     pub tables_checksummed: u64,
-    /// Tables checked while pg_restore was still running (a staged
-    /// restore checks each table once pg_restore has loaded it).
+    /// Tables checked while pg_restore was still running (each table is
+    /// checked once pg_restore has loaded it; TimescaleDB's after it).
     pub tables_checked_during_restore: u64,
     /// Empty when every table matches the snapshot.
     pub differences: Vec<Difference>,
@@ -237,14 +237,15 @@ pub async fn run(
     // Tables are checked as pg_restore reports them loaded, except in
     // TimescaleDB's restore mode, which ends with timescaledb_post_restore():
     // its tables are checked after that.
-    let early = plan.timescaledb.is_none().then(|| {
+    let start_verifiers = || {
         Verifiers::start(
             target,
             &picture.tables,
             picture.checksum_algorithm,
             verify_jobs,
         )
-    });
+    };
+    let early = plan.timescaledb.is_none().then(start_verifiers);
     let watch = early
         .as_ref()
         .map(|v| (v.queue(), picture.tables.as_slice()));
@@ -294,16 +295,7 @@ pub async fn run(
     }
     drop(client);
 
-    let verifiers = match early {
-        Some(v) => v,
-        None => Verifiers::start(
-            target,
-            &picture.tables,
-            picture.checksum_algorithm,
-            verify_jobs,
-        ),
-    };
-    let (actual, checked_early) = verifiers.finish().await?;
+    let (actual, checked_early) = early.unwrap_or_else(start_verifiers).finish().await?;
     let differences = picture::compare(&picture.tables, &actual);
     Ok(PgRestoreSummary {
         snapshot_id,
