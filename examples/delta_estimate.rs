@@ -95,12 +95,13 @@ fn main() {
         }
         n_new += 1;
         let t = Instant::now();
-        plain_bytes += plain.compress(ch).expect("zstd").len() as u64;
+        let alone = plain.compress(ch).expect("zstd").len() as u64;
         plain_cpu += t.elapsed();
+        plain_bytes += alone;
         let k = next_parent.min(parent.len().saturating_sub(1));
         next_parent += 1;
         let Some(p) = parent.get(k) else {
-            delta_bytes += plain.compress(ch).expect("zstd").len() as u64;
+            delta_bytes += alone;
             return;
         };
         base.resize(p.len, 0);
