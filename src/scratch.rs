@@ -19,18 +19,21 @@
 //!   has returned, before the runtime drops tasks still running (their
 //!   guards would not run then).
 //!
-//! A path is created while the registry is locked: it is either created
-//! and registered before [`remove_all`] runs (which then removes it), or
-//! refused after; never created unseen.
+//! A path is created while its shard of the registry is locked: it is
+//! either created and registered before [`remove_all`] reaches that shard
+//! (which then removes it), or refused after; never created unseen. The
+//! registry has [`SHARDS`] shards, each thread using one of its own, so
+//! that threads writing many small files side by side do not wait for one
+//! another's `open(O_CREAT)` (one lock made a parallel restore no faster).
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 
@@ -47,7 +50,7 @@ enum Target {
     /// A file named relative to an open directory (a restore's temporary
     /// file beside its destination): removed with `unlinkat`, so no link
     /// on the way to it is followed, whatever changed in the target since.
-    FileAt(OwnedFd, CString),
+    FileAt(Arc<OwnedFd>, CString),
     /// A child process still running (pg_restore on a staged dump, say):
     /// sent SIGTERM, so that it does not go on against the database after
     /// the run was stopped. Registered only while it has not been waited
@@ -87,13 +90,15 @@ impl Registry {
         Ok((self.next, made))
     }
 
-    /// Forget `id`; remove its path too when `delete`.
-    fn remove(&mut self, id: u64, delete: bool) {
-        if let Some(target) = self.paths.remove(&id) {
-            if delete {
-                delete_target(&target);
-            }
+    /// Forget `id`; remove its path too when `delete`. What is only
+    /// forgotten is returned, to be dropped (a descriptor closed) after the
+    /// lock is released.
+    fn remove(&mut self, id: u64, delete: bool) -> Option<Target> {
+        let target = self.paths.remove(&id)?;
+        if delete {
+            delete_target(&target);
         }
+        Some(target)
     }
 
     fn remove_all(&mut self) -> usize {
@@ -123,26 +128,58 @@ fn delete_target(target: &Target) {
     }
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
+/// Shards of the registry (see the module's documentation).
+const SHARDS: usize = 16;
 
-fn registry() -> MutexGuard<'static, Registry> {
+static REGISTRY: [Mutex<Registry>; SHARDS] = [const { Mutex::new(Registry::new()) }; SHARDS];
+
+/// Where a registration lives: its shard and its number there.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    shard: usize,
+    id: u64,
+}
+
+thread_local! {
+    /// This thread's shard, handed out in turn.
+    static SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS
+    };
+}
+
+fn shard(i: usize) -> MutexGuard<'static, Registry> {
     // A panic elsewhere while holding the lock leaves the map consistent
     // (every change is one insert or remove): keep using it.
-    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+    REGISTRY[i].lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Create and register a target in this thread's shard ([`Registry::add`]).
+fn add<T>(create: impl FnOnce() -> io::Result<(Target, T)>) -> io::Result<(Slot, T)> {
+    let i = SHARD.with(|s| *s);
+    let (id, made) = shard(i).add(create)?;
+    Ok((Slot { shard: i, id }, made))
+}
+
+/// Forget a registration (removing its path when `delete`); a descriptor
+/// it held is closed after the shard's lock is released.
+fn remove(slot: Slot, delete: bool) {
+    let target = shard(slot.shard).remove(slot.id, delete);
+    drop(target);
 }
 
 /// Remove every registered file and directory now, and refuse new ones
 /// from here on (the process is about to exit). Returns how many paths
 /// were registered.
 pub fn remove_all() -> usize {
-    registry().remove_all()
+    (0..SHARDS).map(|i| shard(i).remove_all()).sum()
 }
 
 /// A directory of mode 0700 for this run's decrypted spools, removed with
 /// everything in it when dropped (or by [`remove_all`]).
 #[derive(Debug)]
 pub struct PrivateDir {
-    id: u64,
+    slot: Slot,
     path: PathBuf,
 }
 
@@ -157,8 +194,7 @@ impl PrivateDir {
             std::process::id(),
             hex::encode(crate::crypto::random_bytes::<6>())
         ));
-        let (id, ()) = registry()
-            .add(|| {
+        let (slot, ()) = add(|| {
                 // mkdir fails on any existing name (a link included), and
                 // the mode is set again in case the umask took bits away.
                 DirBuilder::new().mode(0o700).create(&path)?;
@@ -172,7 +208,7 @@ impl PrivateDir {
                 ))
                 .with_hint("point TMPDIR (or, for restores, --staging-dir) at a writable directory with room for it")
             })?;
-        Ok(PrivateDir { id, path })
+        Ok(PrivateDir { slot, path })
     }
 
     pub fn path(&self) -> &Path {
@@ -184,8 +220,8 @@ impl PrivateDir {
     /// random part).
     pub fn create_file(&self, name: &str) -> Result<(PathBuf, File)> {
         let path = self.path.join(name);
-        let reg = registry();
-        if reg.closed || !reg.paths.contains_key(&self.id) {
+        let reg = shard(self.slot.shard);
+        if reg.closed || !reg.paths.contains_key(&self.slot.id) {
             return Err(Error::io(format!(
                 "cannot create {}: the run is stopping",
                 path.display()
@@ -200,7 +236,7 @@ impl PrivateDir {
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
-        registry().remove(self.id, true);
+        remove(self.slot, true);
     }
 }
 
@@ -209,28 +245,28 @@ impl Drop for PrivateDir {
 /// its owner renames it into place or removes it.
 #[derive(Debug)]
 pub struct Registered {
-    id: u64,
+    slot: Slot,
 }
 
 /// Create file `name` in directory `dir` with `create` (which must use
 /// `O_EXCL | O_NOFOLLOW`) and register it for removal on a signal, both
-/// under the registry's lock: never created unseen.
+/// under the registry's lock: never created unseen. The registration
+/// shares `dir` (no descriptor is duplicated per file).
 pub fn create_at<T>(
-    dir: BorrowedFd<'_>,
+    dir: &Arc<OwnedFd>,
     name: &CStr,
     create: impl FnOnce() -> io::Result<T>,
 ) -> io::Result<(Registered, T)> {
-    let (id, made) = registry().add(|| {
-        let dir = dir.try_clone_to_owned()?;
+    let (slot, made) = add(|| {
         let made = create()?;
-        Ok((Target::FileAt(dir, name.to_owned()), made))
+        Ok((Target::FileAt(dir.clone(), name.to_owned()), made))
     })?;
-    Ok((Registered { id }, made))
+    Ok((Registered { slot }, made))
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        registry().remove(self.id, false);
+        remove(self.slot, false);
     }
 }
 
@@ -239,16 +275,16 @@ impl Drop for Registered {
 /// *before* waiting for the child: once reaped, its pid may be reused.
 /// Refused (the caller kills the child) once the run is stopping.
 pub fn register_child(pid: u32) -> io::Result<Registered> {
-    let (id, ()) = registry().add(|| Ok((Target::Child(pid), ())))?;
-    Ok(Registered { id })
+    let (slot, ()) = add(|| Ok((Target::Child(pid), ())))?;
+    Ok(Registered { slot })
 }
 
 /// Register an existing directory (a drill's restore target, say) for
 /// removal by a signal. Dropping the guard only forgets it: its owner
 /// removes it. Refused once the run is stopping.
 pub fn register_path(path: &Path) -> io::Result<Registered> {
-    let (id, ()) = registry().add(|| Ok((Target::Dir(path.to_owned()), ())))?;
-    Ok(Registered { id })
+    let (slot, ()) = add(|| Ok((Target::Dir(path.to_owned()), ())))?;
+    Ok(Registered { slot })
 }
 
 /// An asynchronous clean-up (drop a scratch database, empty a scratch
@@ -501,7 +537,7 @@ mod tests {
         reg.add(|| {
             let fd = create_in(&dir, &name)?;
             Ok((
-                Target::FileAt(dir.as_fd().try_clone_to_owned()?, name.clone()),
+                Target::FileAt(Arc::new(dir.as_fd().try_clone_to_owned()?), name.clone()),
                 fd,
             ))
         })
@@ -535,7 +571,7 @@ mod tests {
         let f = CString::new("f").unwrap();
         reg.add(|| {
             let fd = create_in(&dir, &f)?;
-            Ok((Target::FileAt(fd_of(&dir)?, f.clone()), fd))
+            Ok((Target::FileAt(Arc::new(fd_of(&dir)?), f.clone()), fd))
         })
         .unwrap();
         assert_eq!(reg.remove_all(), 2);
@@ -544,7 +580,7 @@ mod tests {
         let refused = reg
             .add(|| {
                 let fd = create_in(&dir, &g)?;
-                Ok((Target::FileAt(fd_of(&dir)?, g.clone()), fd))
+                Ok((Target::FileAt(Arc::new(fd_of(&dir)?), g.clone()), fd))
             })
             .unwrap_err();
         assert!(refused.to_string().contains("stopping"), "{refused}");

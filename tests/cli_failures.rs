@@ -727,3 +727,94 @@ fn a_damaged_snapshot_object_does_not_block_other_snapshots() {
         r.stderr
     );
 }
+
+// ---------------------------------------------------------------- 10
+
+/// A directory restore that cannot go on (every write past 48 KiB fails,
+/// as on a full disk) while several writers run side by side stops with
+/// the error and leaves no partly written file behind: every file in the
+/// target is whole and equal to its source, and no temporary file remains.
+#[test]
+fn a_restore_that_cannot_write_stops_and_leaves_only_whole_files() {
+    use std::os::unix::process::CommandExt;
+    let repo = TestRepo::new();
+    let src = repo.scratch("many");
+    let mut sources = BTreeMap::new();
+    for d in 0..6u64 {
+        let dir = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100u64 {
+            // Small files, and one of 64 KiB in each directory.
+            let size = if f == 60 {
+                64 << 10
+            } else {
+                100 + ((d * 100 + f) * 37 % 4000) as usize
+            };
+            let data = random_bytes(size, d * 1000 + f);
+            std::fs::write(dir.join(format!("f{f:03}")), &data).unwrap();
+            sources.insert(format!("d{d}/f{f:03}"), data);
+        }
+    }
+    let id = repo
+        .run(&[
+            "--json",
+            "backup",
+            "files",
+            "--source",
+            "many",
+            src.to_str().unwrap(),
+        ])
+        .ok()
+        .json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let target = repo.scratch("out");
+    let mut c = common::command(&repo.path);
+    c.args(["restore", "--snapshot", &id, "--target"])
+        .arg(&target);
+    // SAFETY: setrlimit and signal are async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 48 << 10,
+                rlim_max: 48 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let r = run_cmd(c, None);
+    assert!(
+        r.code != 0 && r.stderr.contains("File too large"),
+        "exit {}: {}",
+        r.code,
+        r.stderr
+    );
+
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    let mut whole = 0;
+    for (rel, data) in &sources {
+        let p = restored.join(rel);
+        match std::fs::read(&p) {
+            Ok(got) => {
+                assert!(got == *data, "{rel} is in the target but not whole");
+                whole += 1;
+            }
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{rel}: {e}"),
+        }
+    }
+    assert!(whole < sources.len(), "the restore did not stop");
+    for d in 0..6 {
+        let left = files_containing(&restored.join(format!("d{d}")), "usdcop-dr-");
+        assert!(left.is_empty(), "temporary files left in d{d}: {left:?}");
+        assert!(
+            !restored.join(format!("d{d}/f060")).exists(),
+            "a file larger than the limit was restored"
+        );
+    }
+}

@@ -259,10 +259,24 @@ fn included(path: &str, include: &[String]) -> bool {
         })
 }
 
-/// Files whose temporary copy is being synced, given its metadata and
-/// renamed into place at once (each fsync waits for the disk; many small
-/// files must not wait for one another).
-const COMMITS_AT_ONCE: usize = 16;
+/// Small files are written on the blocking pool, a job of several at a
+/// time, while the restore loop reads the next ones: creating, writing and
+/// closing a file is about 40 µs of kernel time, and one thread doing that
+/// for 300,000 files was the whole restore's bound (docs/BENCHMARKS.md).
+/// A file up to this size is held whole in memory on its way to a writer.
+const SMALL_FILE: u64 = 1 << 20;
+/// A job closes at this many bytes or this many files (a few files, when
+/// each waits for its fsync: jobs, not files, run side by side).
+const JOB_BYTES: u64 = 1 << 20;
+const JOB_FILES: usize = 256;
+const JOB_FILES_SYNCED: usize = 4;
+/// A job of at least this many files also closes where the directory
+/// changes (see [`Writers::push`]).
+const JOB_FILES_PER_DIR_CHANGE: usize = 8;
+/// Jobs at once when each file waits for the disk (`--sync file`; many
+/// small files must not wait for one another); otherwise one a core and
+/// one more. Memory: at most this many jobs of [`JOB_BYTES`].
+const JOBS_SYNCED: usize = 16;
 
 /// Files restored together: their chunks are read as one stream and in
 /// the order of their first chunk in the repository. A batch closes at
@@ -298,77 +312,27 @@ async fn restore_tree(
     // Directories whose metadata is set at the end, in list order.
     let mut dirs: Vec<(String, Meta)> = vec![];
     let mut links: Vec<Entry> = vec![];
-    let mut batch: Vec<Entry> = vec![];
-    let mut batch_chunks = 0usize;
-    let mut committing = Committing {
-        sync_each: sync == SyncMode::File,
-        permits: Arc::new(tokio::sync::Semaphore::new(COMMITS_AT_ONCE)),
-        tasks: tokio::task::JoinSet::new(),
-    };
-    while let Some(mut e) = stream.next().await? {
-        if !wanted(&e) {
-            continue;
-        }
-        match e.kind {
-            EntryType::Dir => {
-                let made = off_runtime(|| dir.dir(&e.path, true));
-                match made {
-                    Ok(_) => {
-                        summary.dirs += 1;
-                        let m = meta(&e, is_root);
-                        dirs.push((e.path, m));
-                    }
-                    Err(err) => failed(&e.path, err, progress.as_ref(), summary)?,
-                }
-            }
-            EntryType::Symlink => links.push(e),
-            EntryType::File | EntryType::Object => {
-                // A chunk list kept out of line is read now, for this file.
-                if e.chunk_tree.is_some() {
-                    match repo.entry_chunks(index, &e).await {
-                        Ok(ids) => {
-                            e.chunks = ids;
-                            e.chunk_tree = None;
-                        }
-                        Err(err) => {
-                            failed(&e.path, err, progress.as_ref(), summary)?;
-                            continue;
-                        }
-                    }
-                }
-                batch_chunks += e.chunks.len();
-                batch.push(e);
-                if batch.len() >= BATCH_FILES || batch_chunks >= BATCH_CHUNKS {
-                    let files = std::mem::take(&mut batch);
-                    batch_chunks = 0;
-                    restore_files(
-                        reader,
-                        &dir,
-                        files,
-                        is_root,
-                        &mut committing,
-                        progress.clone(),
-                        summary,
-                    )
-                    .await?;
-                }
-            }
-        }
-    }
-    restore_files(
+    let mut writers = Writers::new(dir.clone(), is_root, sync == SyncMode::File);
+    let written = restore_entries(
         reader,
+        repo,
+        index,
+        &mut stream,
+        wanted,
         &dir,
-        batch,
-        is_root,
-        &mut committing,
-        progress.clone(),
+        &mut writers,
+        &mut dirs,
+        &mut links,
+        progress.as_ref(),
         summary,
     )
-    .await?;
-    while let Some(done) = committing.tasks.join_next().await {
-        let (path, r) = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
-        record(&path, r, progress.as_ref(), summary)?;
+    .await;
+    if written.is_err() {
+        // Nothing half-written stays behind: every job in flight ends
+        // (removing what it did not commit) before the error is reported.
+        writers.abandon().await;
     }
+    written?;
     off_runtime(|| -> Result<()> {
         // Symlinks after every file and directory (not needed for safety
         // any more, since no write follows a link, but a link never points
@@ -400,12 +364,68 @@ async fn restore_tree(
     Ok(())
 }
 
-/// Files being synced, given their metadata and renamed into place.
-struct Committing {
-    /// fsync each file before its rename ([`SyncMode::File`]).
-    sync_each: bool,
-    permits: Arc<tokio::sync::Semaphore>,
-    tasks: tokio::task::JoinSet<(String, Result<u64>)>,
+/// The restore loop of [`restore_tree`]: directories made as they come,
+/// symlinks and directory metadata collected for the end, files restored a
+/// batch at a time; returns once every file job has ended.
+#[allow(clippy::too_many_arguments)]
+async fn restore_entries(
+    reader: &ChunkReader,
+    repo: &Repository,
+    index: &crate::repository::MasterIndex,
+    stream: &mut crate::repository::tree::EntryStream<'_>,
+    wanted: impl Fn(&Entry) -> bool,
+    dir: &Arc<TargetDir>,
+    writers: &mut Writers,
+    dirs: &mut Vec<(String, Meta)>,
+    links: &mut Vec<Entry>,
+    progress: &dyn Progress,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    let mut batch: Vec<Entry> = vec![];
+    let mut batch_chunks = 0usize;
+    while let Some(mut e) = stream.next().await? {
+        if !wanted(&e) {
+            continue;
+        }
+        match e.kind {
+            EntryType::Dir => {
+                let made = off_runtime(|| dir.dir(&e.path, true));
+                match made {
+                    Ok(_) => {
+                        summary.dirs += 1;
+                        let m = meta(&e, writers.is_root);
+                        dirs.push((e.path, m));
+                    }
+                    Err(err) => failed(&e.path, err, progress, summary)?,
+                }
+            }
+            EntryType::Symlink => links.push(e),
+            EntryType::File | EntryType::Object => {
+                // A chunk list kept out of line is read now, for this file.
+                if e.chunk_tree.is_some() {
+                    match repo.entry_chunks(index, &e).await {
+                        Ok(ids) => {
+                            e.chunks = ids;
+                            e.chunk_tree = None;
+                        }
+                        Err(err) => {
+                            failed(&e.path, err, progress, summary)?;
+                            continue;
+                        }
+                    }
+                }
+                batch_chunks += e.chunks.len();
+                batch.push(e);
+                if batch.len() >= BATCH_FILES || batch_chunks >= BATCH_CHUNKS {
+                    let files = std::mem::take(&mut batch);
+                    batch_chunks = 0;
+                    restore_files(reader, dir, files, writers, progress, summary).await?;
+                }
+            }
+        }
+    }
+    restore_files(reader, dir, batch, writers, progress, summary).await?;
+    writers.finish(progress, summary).await
 }
 
 /// Restore one batch of files. All their chunks are read as one stream,
@@ -413,14 +433,15 @@ struct Committing {
 /// into one ranged read and keep its full depth of reads in flight across
 /// file boundaries; in the order of their first chunk in the repository
 /// (pack, offset): files backed up together are read together. Bucket
-/// objects restore into a directory as plain files.
+/// objects restore into a directory as plain files. A small file is
+/// gathered whole and handed to the [`Writers`]; a larger one is streamed
+/// to disk here.
 async fn restore_files(
     reader: &ChunkReader,
     dir: &Arc<TargetDir>,
     mut files: Vec<Entry>,
-    is_root: bool,
-    committing: &mut Committing,
-    progress: Arc<dyn Progress>,
+    writers: &mut Writers,
+    progress: &dyn Progress,
     summary: &mut RestoreSummary,
 ) -> Result<()> {
     if files.is_empty() {
@@ -439,10 +460,47 @@ async fn restore_files(
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
     let mut chunks = reader.stream(ids);
-    for e in files {
+    let mut next_chunk = async || {
+        chunks
+            .next()
+            .await
+            .unwrap_or_else(|| Err(Error::io("the chunk reader stopped early".to_owned())))
+    };
+    for mut e in files {
         progress.set_item(&e.path);
+        if e.size <= SMALL_FILE {
+            let mut data = Vec::with_capacity(e.chunks.len());
+            let mut damaged = None;
+            for _ in 0..e.chunks.len() {
+                match next_chunk().await {
+                    Ok(c) if damaged.is_none() => {
+                        progress.add_bytes(c.len() as u64);
+                        data.push(c);
+                    }
+                    Ok(_) => {}
+                    // This file failed: its other chunks are not needed.
+                    Err(err) => damaged = damaged.or(Some(err)),
+                }
+            }
+            match damaged {
+                Some(err) => failed(&e.path, err, progress, summary)?,
+                None => {
+                    // One chunk, whose id the reader checked, that is the
+                    // entry's SHA-256: the content is proven already.
+                    let proven = e.chunks.len() == 1 && e.sha256 == Some(e.chunks[0]);
+                    e.chunks = vec![];
+                    let f = SmallFile {
+                        entry: e,
+                        data,
+                        proven,
+                    };
+                    writers.push(f, progress, summary).await?;
+                }
+            }
+            continue;
+        }
         // Removed again if anything below fails (TempFile's Drop).
-        let direct = !committing.sync_each;
+        let direct = writers.direct();
         let mut out = match off_runtime(|| {
             if direct {
                 dir.create_file_direct(&e.path)
@@ -452,15 +510,12 @@ async fn restore_files(
         }) {
             Ok(tmp) => Some((tmp, Hasher::new(), 0u64)),
             Err(err) => {
-                failed(&e.path, err, progress.as_ref(), summary)?;
+                failed(&e.path, err, progress, summary)?;
                 None
             }
         };
         for _ in &e.chunks {
-            let chunk = chunks
-                .next()
-                .await
-                .unwrap_or_else(|| Err(Error::io("the chunk reader stopped early".to_owned())));
+            let chunk = next_chunk().await;
             let Some((tmp, hasher, n)) = out.as_mut() else {
                 continue; // this file failed: its other chunks are not needed
             };
@@ -479,7 +534,7 @@ async fn restore_files(
                 }
                 Err(err) => {
                     off_runtime(|| drop(out.take()));
-                    failed(&e.path, err, progress.as_ref(), summary)?;
+                    failed(&e.path, err, progress, summary)?;
                 }
             }
         }
@@ -488,39 +543,224 @@ async fn restore_files(
         };
         if let Err(err) = check_content(&e, n, hasher) {
             off_runtime(|| drop(tmp));
-            failed(&e.path, err, progress.as_ref(), summary)?;
+            failed(&e.path, err, progress, summary)?;
             continue;
         }
-        let m = meta(&e, is_root);
-        if !committing.sync_each {
-            // No disk wait: metadata (and a rename, if any) right here,
-            // without handing the file to another thread.
+        let m = meta(&e, writers.is_root);
+        if writers.sync_each {
+            // Synced, given its metadata and renamed on the blocking pool,
+            // while the next files are written.
+            writers
+                .spawn(progress, summary, move |_| {
+                    vec![(e.path, tmp.commit(m, true).map(|()| n))]
+                })
+                .await?;
+        } else {
+            // No disk wait: metadata (and a rename, if any) right here.
             let r = off_runtime(|| tmp.commit(m, false)).map(|()| n);
-            record(&e.path, r, progress.as_ref(), summary)?;
-            continue;
+            record(&e.path, r, progress, summary)?;
         }
-        // Synced, given its metadata and renamed on the blocking pool,
-        // while the next files are written.
-        let permit = committing
-            .permits
+    }
+    Ok(())
+}
+
+/// A small file's entry (chunk list dropped) and its content, checked
+/// chunk by chunk against their ids, not yet against the entry's hash.
+struct SmallFile {
+    entry: Entry,
+    data: Vec<bytes::Bytes>,
+    /// The content's SHA-256 is known to be the entry's: not hashed again.
+    proven: bool,
+}
+
+/// What a job reports: each file's path and bytes written, or why not.
+type JobResults = Vec<(String, Result<u64>)>;
+
+/// Files written (or synced and committed) on the blocking pool while the
+/// restore loop reads the next ones: at most `slots` jobs at once, each
+/// job some small files ([`SMALL_FILE`]) or one large file's commit. Each
+/// file is still hashed against the snapshot before it is committed, and
+/// a job that fails leaves nothing uncommitted behind (`TempFile`'s Drop).
+struct Writers {
+    dir: Arc<TargetDir>,
+    is_root: bool,
+    /// fsync each file before its commit ([`SyncMode::File`]).
+    sync_each: bool,
+    slots: Arc<tokio::sync::Semaphore>,
+    tasks: tokio::task::JoinSet<JobResults>,
+    job: Vec<SmallFile>,
+    job_bytes: u64,
+}
+
+impl Writers {
+    fn new(dir: Arc<TargetDir>, is_root: bool, sync_each: bool) -> Writers {
+        let slots = if sync_each {
+            JOBS_SYNCED
+        } else {
+            crate::pipeline::reader::cores() + 1
+        };
+        Writers {
+            dir,
+            is_root,
+            sync_each,
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            tasks: tokio::task::JoinSet::new(),
+            job: vec![],
+            job_bytes: 0,
+        }
+    }
+
+    /// Files are created under their own name unless each is synced
+    /// before it appears (see [`TargetDir::create_file_direct`]).
+    fn direct(&self) -> bool {
+        !self.sync_each
+    }
+
+    async fn push(
+        &mut self,
+        f: SmallFile,
+        progress: &dyn Progress,
+        summary: &mut RestoreSummary,
+    ) -> Result<()> {
+        // A job keeps to one directory where it can: writers then create
+        // files in different directories (creating takes the directory's
+        // lock) and each finds its directory open (TargetDir::parent).
+        fn dir_of(p: &str) -> &str {
+            p.rsplit_once('/').map_or("", |(d, _)| d)
+        }
+        if self.job.len() >= JOB_FILES_PER_DIR_CHANGE
+            && self
+                .job
+                .last()
+                .is_some_and(|last| dir_of(&last.entry.path) != dir_of(&f.entry.path))
+        {
+            self.dispatch(progress, summary).await?;
+        }
+        self.job_bytes += f.entry.size;
+        self.job.push(f);
+        let most = if self.sync_each {
+            JOB_FILES_SYNCED
+        } else {
+            JOB_FILES
+        };
+        if self.job.len() >= most || self.job_bytes >= JOB_BYTES {
+            self.dispatch(progress, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// Hand the job being gathered to the pool.
+    async fn dispatch(
+        &mut self,
+        progress: &dyn Progress,
+        summary: &mut RestoreSummary,
+    ) -> Result<()> {
+        if self.job.is_empty() {
+            return Ok(());
+        }
+        let job = std::mem::take(&mut self.job);
+        self.job_bytes = 0;
+        let (is_root, sync, direct) = (self.is_root, self.sync_each, self.direct());
+        self.spawn(progress, summary, move |dir| {
+            job.into_iter()
+                .map(|f| write_small(dir, f, is_root, sync, direct))
+                .collect()
+        })
+        .await
+    }
+
+    /// Run `work` on the blocking pool once a slot is free, and record what
+    /// the jobs that have ended meanwhile report.
+    async fn spawn(
+        &mut self,
+        progress: &dyn Progress,
+        summary: &mut RestoreSummary,
+        work: impl FnOnce(&TargetDir) -> JobResults + Send + 'static,
+    ) -> Result<()> {
+        let permit = self
+            .slots
             .clone()
             .acquire_owned()
             .await
             .expect("never closed");
-        let path = e.path;
-        let sync = committing.sync_each;
-        committing.tasks.spawn_blocking(move || {
-            let r = tmp.commit(m, sync).map(|()| n);
+        let dir = self.dir.clone();
+        self.tasks.spawn_blocking(move || {
+            let r = work(&dir);
             drop(permit);
-            (path, r)
+            r
         });
-        while let Some(done) = committing.tasks.try_join_next() {
-            let (path, r) = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
-            record(&path, r, progress.as_ref(), summary)?;
+        while let Some(done) = self.tasks.try_join_next() {
+            record_job(done, progress, summary)?;
         }
+        Ok(())
     }
-    drop(chunks);
+
+    /// Write what is gathered, and wait for every job.
+    async fn finish(
+        &mut self,
+        progress: &dyn Progress,
+        summary: &mut RestoreSummary,
+    ) -> Result<()> {
+        self.dispatch(progress, summary).await?;
+        while let Some(done) = self.tasks.join_next().await {
+            record_job(done, progress, summary)?;
+        }
+        Ok(())
+    }
+
+    /// After an error: wait for the jobs in flight, whatever they report.
+    async fn abandon(&mut self) {
+        self.job.clear();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn record_job(
+    done: std::result::Result<JobResults, tokio::task::JoinError>,
+    progress: &dyn Progress,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    let results = done.map_err(|e| Error::io(format!("restore task failed: {e}")))?;
+    for (path, r) in results {
+        record(&path, r, progress, summary)?;
+    }
     Ok(())
+}
+
+/// Create, write, check and commit one small file (on a writer thread).
+fn write_small(
+    dir: &TargetDir,
+    f: SmallFile,
+    is_root: bool,
+    sync: bool,
+    direct: bool,
+) -> (String, Result<u64>) {
+    let e = f.entry;
+    let r = (|| {
+        let mut tmp = if direct {
+            dir.create_file_direct(&e.path)?
+        } else {
+            dir.create_file(&e.path)?
+        };
+        let mut hasher = (!f.proven).then(Hasher::new);
+        let mut n = 0u64;
+        for c in &f.data {
+            if let Some(h) = hasher.as_mut() {
+                h.update(c);
+            }
+            tmp.file()
+                .write_all(c)
+                .map_err(|err| write_err(&tmp.temp_path().display().to_string(), err))?;
+            n += c.len() as u64;
+        }
+        match hasher {
+            Some(h) => check_content(&e, n, h)?,
+            None => check_length(&e, n)?,
+        }
+        tmp.commit(meta(&e, is_root), sync)?;
+        Ok(n)
+    })();
+    (e.path, r)
 }
 
 /// Owners are restored only when running as root (as tar and restic do).
@@ -603,13 +843,26 @@ pub(crate) async fn copy_entry(
 
 /// The restored content's length and SHA-256 against the snapshot's.
 fn check_content(e: &Entry, n: u64, hasher: Hasher) -> Result<()> {
-    if n != e.size || e.sha256.is_some_and(|h| h != hasher.finish()) {
-        return Err(Error::integrity(format!(
-            "{}: restored content does not match the snapshot's checksum ({n} of {} bytes)",
-            e.path, e.size
-        )));
+    if e.sha256.is_some_and(|h| h != hasher.finish()) {
+        return Err(mismatch(e, n));
+    }
+    check_length(e, n)
+}
+
+/// The restored content's length against the snapshot's (its hash is
+/// proven otherwise).
+fn check_length(e: &Entry, n: u64) -> Result<()> {
+    if n != e.size {
+        return Err(mismatch(e, n));
     }
     Ok(())
+}
+
+fn mismatch(e: &Entry, n: u64) -> Error {
+    Error::integrity(format!(
+        "{}: restored content does not match the snapshot's checksum ({n} of {} bytes)",
+        e.path, e.size
+    ))
 }
 
 fn write_err(what: &str, e: std::io::Error) -> Error {

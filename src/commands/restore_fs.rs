@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind};
 
@@ -34,12 +35,17 @@ const WALK: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW 
 pub(crate) struct TargetDir {
     root: OwnedFd,
     path: PathBuf,
-    /// The last parent directory walked to, open: files of one directory
-    /// come one after another, and each walk costs an openat per
-    /// component. Opened by the same safe walk, so reusing it is as safe
-    /// (it stays the directory that was checked, whatever is renamed later).
-    last_parent: std::sync::Mutex<Option<(String, OwnedFd)>>,
+    /// Parent directories walked to lately, open: files of one directory
+    /// come one after another (from several writers at once), and each
+    /// walk costs an openat and a close per component. Opened by the same
+    /// safe walk, so reusing one is as safe (it stays the directory that
+    /// was checked, whatever is renamed later).
+    parents: std::sync::Mutex<Vec<(String, Arc<OwnedFd>)>>,
 }
+
+/// Parent directories kept open ([`TargetDir::parents`]): a few per
+/// writer thread.
+const PARENTS_KEPT: usize = 32;
 
 /// Owner, mode and modification time to give an entry.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +90,7 @@ impl TargetDir {
         Ok(TargetDir {
             root,
             path: path.to_path_buf(),
-            last_parent: std::sync::Mutex::new(None),
+            parents: std::sync::Mutex::new(Vec::with_capacity(PARENTS_KEPT)),
         })
     }
 
@@ -115,28 +121,26 @@ impl TargetDir {
 
     /// The open parent directory of `rel` (created if missing) and the
     /// entry's own name in it.
-    pub fn parent(&self, rel: &str) -> crate::Result<(OwnedFd, CString)> {
+    pub fn parent(&self, rel: &str) -> crate::Result<(Arc<OwnedFd>, CString)> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let cached = {
-            let last = self.last_parent.lock().unwrap_or_else(|p| p.into_inner());
-            match last.as_ref() {
-                Some((d, fd)) if d == dir => {
-                    Some(dup(fd.as_fd()).map_err(|e| self.io_err(dir, e))?)
-                }
-                _ => None,
-            }
-        };
-        let fd = match cached {
-            Some(fd) => fd,
-            None => {
-                let fd = self.dir(dir, true)?;
-                let keep = dup(fd.as_fd()).map_err(|e| self.io_err(dir, e))?;
-                *self.last_parent.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((dir.to_owned(), keep));
-                fd
-            }
-        };
         let name = cstring(name.as_bytes()).map_err(|e| self.io_err(rel, e))?;
+        let cached = {
+            let parents = self.parents.lock().unwrap_or_else(|p| p.into_inner());
+            parents
+                .iter()
+                .rev()
+                .find(|(d, _)| d == dir)
+                .map(|(_, fd)| fd.clone())
+        };
+        if let Some(fd) = cached {
+            return Ok((fd, name));
+        }
+        let fd = Arc::new(self.dir(dir, true)?);
+        let mut parents = self.parents.lock().unwrap_or_else(|p| p.into_inner());
+        if parents.len() >= PARENTS_KEPT {
+            parents.remove(0); // the oldest; closed once no file holds it
+        }
+        parents.push((dir.to_owned(), fd.clone()));
         Ok((fd, name))
     }
 
@@ -212,7 +216,7 @@ impl TargetDir {
     fn create_file_as(&self, rel: &str, direct: bool) -> crate::Result<TempFile> {
         let (dir, name) = self.parent(rel)?;
         if direct {
-            let made = crate::scratch::create_at(dir.as_fd(), &name, || {
+            let made = crate::scratch::create_at(&dir, &name, || {
                 open_at(
                     Some(dir.as_fd()),
                     &name,
@@ -250,7 +254,7 @@ impl TargetDir {
         // Created and registered under one lock, so that SIGINT/SIGTERM
         // removes it too (decrypted data is not left behind,
         // docs/SECURITY.md), through this directory's descriptor.
-        let (registered, fd) = crate::scratch::create_at(dir.as_fd(), &tmp, || {
+        let (registered, fd) = crate::scratch::create_at(&dir, &tmp, || {
             open_at(
                 Some(dir.as_fd()),
                 &tmp,
@@ -315,7 +319,7 @@ impl TargetDir {
 /// A file being restored under a temporary name (see [`TargetDir::create_file`]).
 pub(crate) struct TempFile {
     file: Option<File>,
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     tmp: CString,
     name: CString,
     shown: PathBuf,
