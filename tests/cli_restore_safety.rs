@@ -760,3 +760,45 @@ fn restore_bucket_takes_the_latest_bucket_snapshot() {
     assert_eq!(cmp["problems"], serde_json::json!([]), "{cmp}");
     let _ = Id::parse(&bucket_id).unwrap();
 }
+
+/// An entry whose chunks hold more than its recorded size (a damaged or
+/// forged list: a 1-byte file over many chunks) is reported as damaged and
+/// not restored, and its chunks are not gathered past that size; the
+/// other files are restored.
+#[test]
+fn a_file_whose_chunks_exceed_its_size_is_not_restored() {
+    let repo = TestRepo::new();
+    let src = repo.scratch("src");
+    let big = common::random_bytes(3 << 20, 7);
+    std::fs::write(src.join("big"), &big).unwrap();
+    std::fs::write(src.join("ok"), b"fine").unwrap();
+    let base = backup_files(&repo, "config", &src);
+    let id = craft(&repo, &base, |s| {
+        let e = s.iter_mut().find(|e| e.path.ends_with("/big")).unwrap();
+        assert!(
+            e.chunks.len() > 1,
+            "3 MiB of random bytes is several chunks"
+        );
+        e.size = 1;
+    });
+    let target = repo.dir.path().join("target");
+    let r = repo.run(&[
+        "restore",
+        "--snapshot",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("does not match the snapshot's checksum"),
+        "{}",
+        r.stderr
+    );
+    let restored = target.join(rel(&src));
+    assert!(
+        !restored.join("big").exists(),
+        "the damaged file was restored"
+    );
+    assert_eq!(std::fs::read(restored.join("ok")).unwrap(), b"fine");
+}

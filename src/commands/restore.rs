@@ -470,12 +470,21 @@ async fn restore_files(
         progress.set_item(&e.path);
         if e.size <= SMALL_FILE {
             let mut data = Vec::with_capacity(e.chunks.len());
+            let mut got = 0u64;
             let mut damaged = None;
             for _ in 0..e.chunks.len() {
                 match next_chunk().await {
                     Ok(c) if damaged.is_none() => {
                         progress.add_bytes(c.len() as u64);
-                        data.push(c);
+                        got += c.len() as u64;
+                        if got > e.size {
+                            // More than the entry says (a damaged or forged
+                            // list): never gathered past its size.
+                            damaged = Some(mismatch(&e, got));
+                            data.clear();
+                        } else {
+                            data.push(c);
+                        }
                     }
                     Ok(_) => {}
                     // This file failed: its other chunks are not needed.
