@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, run_cmd, Run, TestRepo, PASSWORD};
+use common::{random_bytes, run_cmd, TestRepo, PASSWORD};
 
 /// Every file and directory under `root`, with file contents: a
 /// byte-for-byte picture of a repository.
@@ -63,16 +63,6 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn restore_into(repo: &TestRepo, snapshot: &str, dir: &Path) -> Run {
-    repo.run(&[
-        "restore",
-        "--snapshot",
-        snapshot,
-        "--target",
-        dir.to_str().unwrap(),
-    ])
 }
 
 // ---------------------------------------------------------------- 1
@@ -186,7 +176,7 @@ fn a_damaged_pack_is_named_and_never_restored_as_wrong_bytes() {
 
     // Directory restore: the damaged file is absent, no temp file is left.
     let target = repo.scratch("restore-a");
-    let r = restore_into(&repo, &a_id, &target);
+    let r = repo.restore_into(&a_id, &target);
     assert_eq!(
         r.code, 3,
         "restore --target of a damaged snapshot: {}",
@@ -213,7 +203,7 @@ fn a_damaged_pack_is_named_and_never_restored_as_wrong_bytes() {
         "snapshot b restored wrong bytes"
     );
     let target_b = repo.scratch("restore-b");
-    restore_into(&repo, &b_id, &target_b).ok();
+    repo.restore_into(&b_id, &target_b).ok();
     assert!(std::fs::read(target_b.join("b.dump")).unwrap() == data_b);
 }
 
@@ -281,7 +271,7 @@ fn a_deleted_index_object_is_reported_and_restore_refuses() {
     );
 
     let target = repo.scratch("restore");
-    let r = restore_into(&repo, &id, &target);
+    let r = repo.restore_into(&id, &target);
     assert_ne!(r.code, 0, "restore --target without an index succeeded");
     assert!(
         r.stderr.contains("not in the index"),

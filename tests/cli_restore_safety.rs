@@ -156,13 +156,7 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
             symlink_entry("x/passwd", "pwned"),
         ];
     });
-    let r = repo.run(&[
-        "restore",
-        "--snapshot",
-        &links_only,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    let r = repo.restore_into(&links_only, &target);
     assert_eq!(
         record_tree(&outside),
         before,
@@ -200,13 +194,7 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
             },
         ];
     });
-    let r = repo.run(&[
-        "restore",
-        "--snapshot",
-        &id,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    let r = repo.restore_into(&id, &target);
     assert_eq!(r.code, 3, "{}", r.stderr);
     for needle in [
         "3 unsafe entries",
@@ -288,13 +276,7 @@ fn a_symlink_then_an_entry_below_it_is_refused_before_anything_is_written() {
         r.stderr
     );
     assert_eq!(record_tree(&outside), before, "the sentinel changed");
-    let r = repo.run(&[
-        "restore",
-        "--snapshot",
-        &base,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    let r = repo.restore_into(&base, &target);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         std::fs::read(target.join(rel(&src)).join("evil")).unwrap(),
@@ -343,13 +325,7 @@ fn an_entry_before_the_symlink_it_lies_below_is_refused_before_anything_is_writt
         forged.push(symlink_entry("y", "../sentinel"));
         *s = forged;
     });
-    let r = repo.run(&[
-        "restore",
-        "--snapshot",
-        &id,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    let r = repo.restore_into(&id, &target);
     assert_eq!(r.code, 3, "{}", r.stderr);
     for needle in [
         "2 unsafe entries",
@@ -518,12 +494,10 @@ fn a_link_restored_earlier_is_not_chmodded_or_chowned_through_later() {
     tree_with_srv(&src);
     let tuesday = backup_files(&repo, "config", &src);
     let target = repo.scratch("target");
-    let t = target.to_str().unwrap();
-    repo.run(&["restore", "--snapshot", &monday, "--target", t])
-        .ok();
+    repo.restore_into(&monday, &target).ok();
     let link = target.join(rel(&src)).join("srv");
     assert_eq!(std::fs::read_link(&link).unwrap(), outside);
-    let r = repo.run(&["restore", "--snapshot", &tuesday, "--target", t]);
+    let r = repo.restore_into(&tuesday, &target);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("is a symlink"), "{}", r.stderr);
     assert_eq!(
@@ -534,14 +508,7 @@ fn a_link_restored_earlier_is_not_chmodded_or_chowned_through_later() {
     // Into an empty target the same snapshot restores whole, with its
     // modes (and owners as root).
     let clean = repo.scratch("clean");
-    repo.run(&[
-        "restore",
-        "--snapshot",
-        &tuesday,
-        "--target",
-        clean.to_str().unwrap(),
-    ])
-    .ok();
+    repo.restore_into(&tuesday, &clean).ok();
     let srv = clean.join(rel(&src)).join("srv");
     let m = std::fs::symlink_metadata(&srv).unwrap();
     assert!(m.is_dir());
@@ -782,13 +749,7 @@ fn a_file_whose_chunks_exceed_its_size_is_not_restored() {
         e.size = 1;
     });
     let target = repo.dir.path().join("target");
-    let r = repo.run(&[
-        "restore",
-        "--snapshot",
-        &id,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    let r = repo.restore_into(&id, &target);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(
         r.stderr.contains("does not match the snapshot's checksum"),

@@ -264,6 +264,17 @@ impl TestRepo {
             .stdout
     }
 
+    /// `restore --snapshot <snapshot> --target <dir>`.
+    pub fn restore_into(&self, snapshot: &str, dir: &Path) -> Run {
+        self.run(&[
+            "restore",
+            "--snapshot",
+            snapshot,
+            "--target",
+            dir.to_str().unwrap(),
+        ])
+    }
+
     /// Objects under a repository directory (e.g. "data"), as paths.
     pub fn objects(&self, dir: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
