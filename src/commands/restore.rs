@@ -261,7 +261,7 @@ fn included(path: &str, include: &[String]) -> bool {
 
 /// Small files are written on the blocking pool, a job of several at a
 /// time, while the restore loop reads the next ones: creating, writing and
-/// closing a file is about 40 µs of kernel time, and one thread doing that
+/// closing a file is about 35 µs of kernel time, and one thread doing that
 /// for 300,000 files was the whole restore's bound (docs/BENCHMARKS.md).
 /// A file up to this size is held whole in memory on its way to a writer.
 const SMALL_FILE: u64 = 1 << 20;
@@ -669,10 +669,10 @@ impl Writers {
         }
         let job = std::mem::take(&mut self.job);
         self.job_bytes = 0;
-        let (is_root, sync, direct) = (self.is_root, self.sync_each, self.direct());
+        let (is_root, sync_each) = (self.is_root, self.sync_each);
         self.spawn(progress, summary, move |dir| {
             job.into_iter()
-                .map(|f| write_small(dir, f, is_root, sync, direct))
+                .map(|f| write_small(dir, f, is_root, sync_each))
                 .collect()
         })
         .await
@@ -736,20 +736,21 @@ fn record_job(
     Ok(())
 }
 
-/// Create, write, check and commit one small file (on a writer thread).
+/// Create, write, check and commit one small file (on a writer thread):
+/// under a temporary name and fsynced when `sync_each`, else under its own
+/// name ([`Writers::direct`]).
 fn write_small(
     dir: &TargetDir,
     f: SmallFile,
     is_root: bool,
-    sync: bool,
-    direct: bool,
+    sync_each: bool,
 ) -> (String, Result<u64>) {
     let e = f.entry;
     let r = (|| {
-        let mut tmp = if direct {
-            dir.create_file_direct(&e.path)?
-        } else {
+        let mut tmp = if sync_each {
             dir.create_file(&e.path)?
+        } else {
+            dir.create_file_direct(&e.path)?
         };
         let mut hasher = (!f.proven).then(Hasher::new);
         let mut n = 0u64;
@@ -766,7 +767,7 @@ fn write_small(
             Some(h) => check_content(&e, n, h)?,
             None => check_length(&e, n)?,
         }
-        tmp.commit(meta(&e, is_root), sync)?;
+        tmp.commit(meta(&e, is_root), sync_each)?;
         Ok(n)
     })();
     (e.path, r)
