@@ -2,26 +2,43 @@
 //! The same chunker serves files, stdin, pg_dump pipes and S3 bodies.
 //!
 //! FastCDC (2020) from the `fastcdc` crate finds the cut points; this type
-//! only keeps the window of at most `max_size` bytes the algorithm needs,
-//! so memory stays at about two maximum chunk sizes whatever the input.
+//! only keeps the window the algorithm needs: a cut is decided once
+//! `max_size` bytes past the chunk's start are buffered (or at the end).
+//! The window is [`WINDOW_MAXES`] maximum chunk sizes, so memory stays
+//! bounded whatever the input. A reader fills it in place
+//! ([`Chunker::read_from`]: no copy between a read buffer and the window),
+//! and the bytes still pending move to its front only once the free space
+//! at its end runs low: at most once per `(WINDOW_MAXES - 1) · max_size`
+//! bytes read, moving fewer than `max_size` bytes.
+
+use std::io::Read;
 
 use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::format::meta::ChunkerParams;
 
+/// The window's size in maximum chunk sizes.
+pub const WINDOW_MAXES: usize = 3;
+/// The most one [`Chunker::read_from`] asks its reader for.
+pub const READ_MAX: usize = 1 << 20;
+/// The window's first size; it doubles as the input needs.
+const FIRST_GROWTH: usize = 64 << 10;
+
 pub struct Chunker {
     params: ChunkerParams,
+    /// The window; `buf[start..end]` are the bytes not yet emitted.
     buf: Vec<u8>,
-    /// Start of the not-yet-emitted bytes in `buf`.
     start: usize,
+    end: usize,
 }
 
 impl Chunker {
     pub fn new(params: ChunkerParams) -> Self {
         Chunker {
             params,
-            buf: Vec::with_capacity(params.max_size as usize * 2),
+            buf: Vec::new(),
             start: 0,
+            end: 0,
         }
     }
 
@@ -29,22 +46,70 @@ impl Chunker {
         &self.params
     }
 
-    /// How many more bytes `push` should be given before `next_chunk` can
-    /// decide a cut; callers read this much from their source.
-    pub fn wanted(&self) -> usize {
-        (self.params.max_size as usize).saturating_sub(self.pending())
+    fn window(&self) -> usize {
+        self.params.max_size as usize * WINDOW_MAXES
     }
 
     fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
-    pub fn push(&mut self, data: &[u8]) {
-        if self.start > 0 && self.start + self.pending() + data.len() > self.buf.capacity() {
-            self.buf.drain(..self.start);
+    /// Room at the window's end for up to `want` (> 0) more bytes. While
+    /// the buffer is smaller than the window it doubles, from
+    /// [`FIRST_GROWTH`], so that a small stream touches little memory; at
+    /// the window's size the pending bytes move to the front once the free
+    /// space at the end is short of `want`. Returns the free space: more
+    /// than 0, possibly less than `want`.
+    fn make_room(&mut self, want: usize) -> usize {
+        if self.buf.len() - self.end < want && self.buf.len() < self.window() {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(self.window());
+            }
+            let len = (self.buf.len() * 2).max(FIRST_GROWTH).min(self.window());
+            self.buf.resize(len, 0);
+        }
+        if self.buf.len() - self.end < want && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        self.buf.extend_from_slice(data);
+        if self.buf.len() == self.end {
+            // Only past the window: a caller pushing more than it holds
+            // without taking chunks.
+            self.buf.resize(self.end + want, 0);
+        }
+        self.buf.len() - self.end
+    }
+
+    /// Copy `data` into the window.
+    pub fn push(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = self.make_room(data.len().min(READ_MAX));
+            let n = room.min(data.len());
+            self.buf[self.end..self.end + n].copy_from_slice(&data[..n]);
+            self.end += n;
+            data = &data[n..];
+        }
+    }
+
+    /// One read from `reader` straight into the window (at most
+    /// [`READ_MAX`] bytes, fewer once `max_size` bytes are pending, so the
+    /// window never grows past its size while the caller takes chunks
+    /// between reads). Returns 0 at the end of the input; an
+    /// `Interrupted` read is retried.
+    pub fn read_from(&mut self, reader: &mut impl Read) -> std::io::Result<usize> {
+        let want = READ_MAX.min(self.window().saturating_sub(self.pending()).max(1));
+        let want = self.make_room(want).min(want);
+        loop {
+            match reader.read(&mut self.buf[self.end..self.end + want]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The next complete chunk, if enough bytes are buffered to be sure of
@@ -54,12 +119,12 @@ impl Chunker {
         if pending == 0 || (!eof && pending < self.params.max_size as usize) {
             return None;
         }
-        let len = self.cut(&self.buf[self.start..]);
+        let len = self.cut(&self.buf[self.start..self.end]);
         let chunk = self.buf[self.start..self.start + len].to_vec();
         self.start += len;
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
         Some(chunk)
     }
@@ -165,6 +230,36 @@ mod tests {
                 while let Some(ch) = c.next_chunk(false) { got.push(ch); }
             }
             while let Some(ch) = c.next_chunk(true) { got.push(ch); }
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn reading_in_place_gives_the_same_chunks(
+            data in proptest::collection::vec(any::<u8>(), 0..200_000),
+            pieces in proptest::collection::vec(1usize..40_000, 1..10),
+        ) {
+            // A reader whose reads come back short, by the given sizes.
+            struct Short<'a> { data: &'a [u8], pieces: Vec<usize>, i: usize }
+            impl Read for Short<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    let n = self.pieces[self.i % self.pieces.len()].min(buf.len()).min(self.data.len());
+                    self.i += 1;
+                    buf[..n].copy_from_slice(&self.data[..n]);
+                    self.data = &self.data[n..];
+                    Ok(n)
+                }
+            }
+            let expected = chunk_all(params(), &data);
+            let mut r = Short { data: &data, pieces, i: 0 };
+            let mut c = Chunker::new(params());
+            let mut got = Vec::new();
+            loop {
+                let n = c.read_from(&mut r).unwrap();
+                // The window stays bounded while chunks are taken.
+                prop_assert!(c.buf.len() <= c.window());
+                while let Some(ch) = c.next_chunk(n == 0) { got.push(ch); }
+                if n == 0 { break; }
+            }
             prop_assert_eq!(got, expected);
         }
     }

@@ -266,20 +266,20 @@ impl Writer {
         let mut chunker = Chunker::new(self.chunker_params);
         let mut hasher = StreamHasher::Inline(Hasher::new());
         let mut size = 0u64;
+        let mut chunked = 0u64;
         let mut pending: VecDeque<Receiver<Result<Id>>> = VecDeque::new();
         let mut chunks = Vec::new();
-        let mut buf = vec![0u8; 256 * 1024];
         let mut eof = false;
         while !eof {
-            let n = read_some(&mut reader, &mut buf)?;
+            let n = chunker.read_from(&mut reader).map_err(|e| {
+                Error::new(crate::ErrorKind::Source, format!("reading the source: {e}"))
+            })?;
             // Checked at every read, so a slow source cannot keep a
             // writer going long after its lock has lapsed.
             self.shared.check_lease()?;
             eof = n == 0;
-            hasher.update(&buf[..n], size);
             size += n as u64;
             progress.add_bytes(n as u64);
-            chunker.push(&buf[..n]);
             while let Some(data) = chunker.next_chunk(eof) {
                 if let Some(e) = self.shared.failed() {
                     return Err(e);
@@ -287,17 +287,29 @@ impl Writer {
                 if pending.len() >= self.queue_depth {
                     chunks.push(self.wait(pending.pop_front().unwrap())?);
                 }
+                chunked += data.len() as u64;
                 let (reply, rx) = bounded(1);
-                jobs.send(Job { data, reply }).map_err(|_| self.broken())?;
+                hasher
+                    .send(Job { data, reply }, chunked, jobs)
+                    .map_err(|_| self.broken())?;
                 pending.push_back(rx);
             }
         }
         for rx in pending {
             chunks.push(self.wait(rx)?);
         }
+        let sha256 = hasher.finish()?;
+        // The stream hash is taken over the chunks; their lengths must add
+        // up to what was read (the chunker is property-tested to cut its
+        // input exactly; this keeps a defect there from passing silently).
+        if chunked != size {
+            return Err(Error::io(format!(
+                "internal error: {size} bytes read but {chunked} chunked"
+            )));
+        }
         Ok(StoredStream {
             size,
-            sha256: hasher.finish()?,
+            sha256,
             chunks,
         })
     }
@@ -442,40 +454,52 @@ impl Drop for Writer {
     }
 }
 
-/// The whole-stream SHA-256. Small streams are hashed on the reader
-/// thread; past [`HASH_THREAD_AFTER`] bytes the hasher moves to a thread of
-/// its own, so that reading and chunking are not serialised behind it
-/// (that serial path bounds an all-duplicate backup to one core).
+/// The whole-stream SHA-256, taken over the chunks in order on their way
+/// to the workers (no copy of the stream). Small streams are hashed on the
+/// reader thread; past [`HASH_THREAD_AFTER`] bytes the hasher becomes a
+/// stage of its own between the reader and the workers, so that reading
+/// and chunking are not serialised behind it (that serial path bounds an
+/// all-duplicate backup to one core).
 const HASH_THREAD_AFTER: u64 = 4 << 20;
 
 enum StreamHasher {
     Inline(Hasher),
-    Thread(Sender<Vec<u8>>, JoinHandle<Id>),
+    Thread(Sender<Job>, JoinHandle<Id>),
 }
 
 impl StreamHasher {
-    fn update(&mut self, data: &[u8], seen: u64) {
+    /// Hash `job`'s chunk and pass it on to the workers (`jobs`); `seen`
+    /// counts the stream's bytes chunked so far, this chunk included. An
+    /// error means the pipeline has stopped.
+    fn send(&mut self, job: Job, seen: u64, jobs: &Sender<Job>) -> std::result::Result<(), ()> {
         match self {
-            StreamHasher::Inline(h) if seen < HASH_THREAD_AFTER => h.update(data),
+            StreamHasher::Inline(h) if seen < HASH_THREAD_AFTER => {
+                h.update(&job.data);
+                jobs.send(job).map_err(|_| ())
+            }
             StreamHasher::Inline(h) => {
                 let mut h = std::mem::take(h);
-                let (tx, rx) = bounded::<Vec<u8>>(8);
+                let (tx, rx) = bounded::<Job>(2);
+                let jobs = jobs.clone();
                 let handle = std::thread::Builder::new()
                     .name("stream-hash".into())
                     .spawn(move || {
-                        for piece in rx {
-                            h.update(&piece);
+                        for job in rx {
+                            h.update(&job.data);
+                            // Workers gone: the pipeline failed, and the
+                            // reader learns it from the dropped reply.
+                            if jobs.send(job).is_err() {
+                                break;
+                            }
                         }
                         h.finish()
                     })
                     .expect("spawn stream hasher");
+                let sent = tx.send(job).map_err(|_| ());
                 *self = StreamHasher::Thread(tx, handle);
-                self.update(data, seen);
+                sent
             }
-            StreamHasher::Thread(tx, _) => {
-                // The thread only stops when the sender is dropped.
-                let _ = tx.send(data.to_vec());
-            }
+            StreamHasher::Thread(tx, _) => tx.send(job).map_err(|_| ()),
         }
     }
 
@@ -497,21 +521,6 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
         .name(name)
         .spawn(f)
         .expect("spawn pipeline thread")
-}
-
-fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    loop {
-        match reader.read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::new(
-                    crate::ErrorKind::Source,
-                    format!("reading the source: {e}"),
-                ))
-            }
-        }
-    }
 }
 
 fn worker(s: Arc<Shared>, jobs: Receiver<Job>, blobs: Sender<SealedBlob>) {
