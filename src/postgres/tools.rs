@@ -261,6 +261,7 @@ impl ChildStream {
         let (mut child, registered, tail, handle) =
             spawn(what, cmd, Stdio::null(), Stdio::piped(), None)?;
         let stdout = child.stdout.take().expect("piped");
+        widen_pipe(&stdout);
         Ok(ChildStream {
             what: what.to_owned(),
             child,
@@ -294,6 +295,18 @@ impl ChildStream {
         self.done = Some(r.clone());
         r
     }
+}
+
+/// The pipe's buffer, raised from the kernel's 64 KiB so that the
+/// producer (pg_dump) can run up to a mebibyte ahead while our workers
+/// compress a burst of chunks, and each read takes more at once: fewer
+/// wake-ups on both sides. Best effort: a kernel or per-user limit that
+/// refuses it leaves the default, which only costs speed.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; no memory is passed.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
 }
 
 impl Read for ChildStream {
