@@ -4,20 +4,26 @@
 //! pays. On some data it does not: on `pg_dump` COPY text, level 1 is both
 //! about twice as fast and as small or smaller (docs/BENCHMARKS.md), while
 //! on source code or binaries level 3 saves 10 % or more. So a writer
-//! samples: of every [`PERIOD`] bytes of new chunks, the first [`SAMPLE`]
-//! are compressed at both levels (the smaller result is stored); when the
+//! samples: the first [`SAMPLE`] bytes of new chunks of each period are
+//! compressed at both levels (the smaller result is stored); when the
 //! configured level saves less than [`MIN_GAIN_PERCENT`] over level 1 on
-//! the sample, the rest of the period uses level 1. Readers do not care
-//! which level made a frame, and chunk ids name plaintext, so the choice
-//! changes neither dedup nor the format. It costs SAMPLE / PERIOD (about
-//! 3 %) of the compression work, twice.
+//! the sample, the rest of the period uses level 1. A period is
+//! [`PERIOD`] bytes of new chunks; each time a sample confirms the choice
+//! before it the next period is twice as long, up to [`PERIOD_MAX`], and a
+//! sample that changes the choice brings it back to [`PERIOD`]. Readers do
+//! not care which level made a frame, and chunk ids name plaintext, so the
+//! choice changes neither dedup nor the format. The sampling costs about
+//! 3 % of the compression work twice while the data keeps changing, under
+//! 1 % once the choice has held for a few periods.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The fast level compared against.
 pub const FAST_LEVEL: i32 = 1;
-/// New-chunk bytes per decision.
+/// New-chunk bytes per decision, at first and after a change of choice.
 pub const PERIOD: u64 = 256 << 20;
+/// The longest period, reached while the choice keeps being confirmed.
+pub const PERIOD_MAX: u64 = 1 << 30;
 /// Of each period, the first bytes compressed at both levels.
 pub const SAMPLE: u64 = 8 << 20;
 /// The configured level is kept when it makes the sample this much smaller.
@@ -35,24 +41,41 @@ pub enum LevelPlan {
 #[derive(Debug)]
 pub struct LevelChoice {
     level: i32,
-    new_bytes: AtomicU64,
-    /// The sample of the current period: raw bytes, stored bytes at the
+    /// Taken once per new chunk (a mebibyte on average): no contention.
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// New-chunk bytes planned so far.
+    new_bytes: u64,
+    /// Where the current period began and how long it is.
+    period_from: u64,
+    period: u64,
+    /// The sample being gathered: raw bytes recorded, stored bytes at the
     /// configured level and at the fast level.
-    sampled: AtomicU64,
-    at_level: AtomicU64,
-    at_fast: AtomicU64,
-    use_fast: AtomicBool,
+    sampled: u64,
+    at_level: u64,
+    at_fast: u64,
+    use_fast: bool,
+    /// Whether any sample has decided yet.
+    decided: bool,
 }
 
 impl LevelChoice {
     pub fn new(level: i32) -> Self {
         LevelChoice {
             level,
-            new_bytes: AtomicU64::new(0),
-            sampled: AtomicU64::new(0),
-            at_level: AtomicU64::new(0),
-            at_fast: AtomicU64::new(0),
-            use_fast: AtomicBool::new(false),
+            state: Mutex::new(State {
+                new_bytes: 0,
+                period_from: 0,
+                period: PERIOD,
+                sampled: 0,
+                at_level: 0,
+                at_fast: 0,
+                use_fast: false,
+                decided: false,
+            }),
         }
     }
 
@@ -63,13 +86,18 @@ impl LevelChoice {
         if self.level <= FAST_LEVEL {
             return LevelPlan::Level(self.level);
         }
-        let before = self.new_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        if before % PERIOD < SAMPLE {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = st.new_bytes;
+        st.new_bytes += len as u64;
+        if before >= st.period_from + st.period {
+            st.period_from = before;
+        }
+        if before < st.period_from + SAMPLE {
             LevelPlan::Sample {
                 level: self.level,
                 fast: FAST_LEVEL,
             }
-        } else if self.use_fast.load(Ordering::Relaxed) {
+        } else if st.use_fast {
             LevelPlan::Level(FAST_LEVEL)
         } else {
             LevelPlan::Level(self.level)
@@ -80,20 +108,31 @@ impl LevelChoice {
     /// configured level and `at_fast` at the fast one (each at most `raw`:
     /// what would be stored). Decides once the period's sample is full.
     pub fn record(&self, raw: usize, at_level: usize, at_fast: usize) {
-        let l = self.at_level.fetch_add(at_level as u64, Ordering::Relaxed) + at_level as u64;
-        let f = self.at_fast.fetch_add(at_fast as u64, Ordering::Relaxed) + at_fast as u64;
-        let before = self.sampled.fetch_add(raw as u64, Ordering::Relaxed);
-        if before < SAMPLE && before + raw as u64 >= SAMPLE {
-            self.use_fast.store(!pays(l, f), Ordering::Relaxed);
-            self.sampled.store(0, Ordering::Relaxed);
-            self.at_level.store(0, Ordering::Relaxed);
-            self.at_fast.store(0, Ordering::Relaxed);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.at_level += at_level as u64;
+        st.at_fast += at_fast as u64;
+        st.sampled += raw as u64;
+        if st.sampled >= SAMPLE {
+            let use_fast = !pays(st.at_level, st.at_fast);
+            st.period = if st.decided && use_fast == st.use_fast {
+                (st.period * 2).min(PERIOD_MAX)
+            } else {
+                PERIOD
+            };
+            st.use_fast = use_fast;
+            st.decided = true;
+            st.sampled = 0;
+            st.at_level = 0;
+            st.at_fast = 0;
         }
     }
 
     /// Whether chunks outside the sample go at the fast level now.
     pub fn uses_fast(&self) -> bool {
-        self.use_fast.load(Ordering::Relaxed)
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .use_fast
     }
 }
 
@@ -148,6 +187,36 @@ mod tests {
         let plans = feed(&c, 260, 200_000, 300_000);
         assert!(!c.uses_fast());
         assert!(plans[10..250].iter().all(|p| *p == LevelPlan::Level(3)));
+    }
+
+    fn samples(plans: &[LevelPlan]) -> Vec<usize> {
+        plans
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p, LevelPlan::Sample { .. }))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn a_confirmed_choice_is_sampled_less_often_and_a_change_resets() {
+        let c = LevelChoice::new(3);
+        // 3 GiB of pg_dump-like data: level 3 does not pay.
+        let plans = feed(&c, 3072, 297_000, 300_000);
+        let starts: Vec<usize> = samples(&plans).into_iter().step_by(8).collect();
+        // Periods of 256, 512, 1024 and 1024 MiB (the longest) after the
+        // first: each sample confirmed the choice.
+        assert_eq!(starts, [0, 256, 768, 1792, 2816]);
+        assert_eq!(samples(&plans).len(), 5 * 8);
+        assert!(c.uses_fast());
+        // The data changes before the next sample (at 3840 MiB, 768 into
+        // this feed), which sees it: the next period is short again.
+        let plans = feed(&c, 1100, 200_000, 300_000);
+        assert!(!c.uses_fast());
+        assert_eq!(
+            samples(&plans),
+            (768..776).chain(1024..1032).collect::<Vec<_>>()
+        );
     }
 
     #[test]
