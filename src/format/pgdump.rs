@@ -489,6 +489,13 @@ impl DumpScanner {
     /// bytes are kept in `pending`).
     fn take_int(&mut self, data: &mut &[u8]) -> Result<Option<i64>> {
         let want = 1 + self.int_size;
+        // pg_dump writes every row of a table's data as a chunk of its
+        // own, so this runs once per row: the whole int is mostly there.
+        if self.pending.is_empty() && data.len() >= want {
+            let v = decode_int(data[0], &data[1..want])?;
+            *data = &data[want..];
+            return Ok(Some(v));
+        }
         let take = (want - self.pending.len()).min(data.len());
         self.pending.extend_from_slice(&data[..take]);
         *data = &data[take..];
