@@ -28,6 +28,10 @@
 #   BENCH_JOBS2=0        skip `usdcop-dr restore postgres --jobs 2` and its baseline,
 #                        `pg_restore -j 2` of a local file
 #   BENCH_DELTA=0        skip the delta-compression estimate of backup4 (two dumps to files)
+#   BENCH_LIVE_PAIRS=N   first, N alternating pairs of `pg_dump -Fc -Z0 > /dev/null` and a first
+#                        `usdcop-dr backup postgres` (into a fresh repository each time): each
+#                        pair's ratio and the median, the steadier figure on a shared machine
+#   BENCH_LIVE_ONLY=1    stop after those pairs (with BENCH_LIVE_PAIRS; no restic, no restores)
 #   BENCH_SKIP_BUILD=1   do not run `cargo build --release` first
 #   BENCH_KEEP=1         keep the work directory (repositories, logs); the server is stopped
 #   BENCH_WAIT_IDLE=N    before each timed command wait up to N seconds (default 0) for the
@@ -387,6 +391,52 @@ log "the picture's queries by hand on the source database"
 run_timed "picture,source" /dev/null "$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 \
     -d "$(dsn "$DB")" -c "$PICTURE_SQL" || true
 
+mib() { [[ "$1" =~ ^-?[0-9]+$ ]] && awk -v k="$1" -v d="$2" 'BEGIN { printf "%.1f", k / d }' || echo "n/a"; }
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", b / 1e6 / s }'; }
+cell() { # cell KEY BYTES: "s, MB/s, RSS"
+    local k=$1
+    if [[ -n "${NOTE[$k]:-}" ]]; then echo "${NOTE[$k]}"; return; fi
+    if [[ -z "${SECS[$k]:-}" ]]; then echo "n/a"; return; fi
+    printf '%s s, %s MB/s, %s MiB' "${SECS[$k]}" "$(mbps "$2" "${SECS[$k]}")" "$(mib "${RSS[$k]}" 1024)"
+}
+ratio() { # ratio KEY-A KEY-B: SECS[A] / SECS[B]
+    awk -v a="${SECS[$1]:-x}" -v b="${SECS[$2]:-x}" -v na="${NOTE[$1]:-}" -v nb="${NOTE[$2]:-}" \
+        'BEGIN { if (na == "" && nb == "" && a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+cpu_cell() { [[ -n "${CPU[$1]:-}" ]] && echo "${CPU[$1]} + ${SCPU[$1]}" || echo "n/a"; }
+
+
+# Alternating pairs: the machine's speed drifts by tens of percent over minutes, so the
+# ratio of a dump and a backup run back to back is steadier than any one wall time.
+LIVE_PAIRS="${BENCH_LIVE_PAIRS:-0}"
+if ((LIVE_PAIRS > 0)); then
+    ratios=()
+    echo "## Live backup against pg_dump alone, $BARS bars, $LIVE_PAIRS pairs"
+    echo
+    echo "usdcop-dr $(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown); each pair: \`pg_dump -Fc -Z0 > /dev/null\`, then a first \`usdcop-dr backup postgres\` into a fresh repository."
+    echo
+    echo "| pair | pg_dump s | usdcop-dr s | ratio | usdcop-dr CPU s (+ server) | peak RSS MiB |"
+    echo "|---:|---:|---:|---:|---:|---:|"
+    for i in $(seq 1 "$LIVE_PAIRS"); do
+        do_dump_baseline "pair$i"
+        rm -rf "$WORK/repo-pair"
+        "$USDCOP_BIN" --repo "$WORK/repo-pair" init >/dev/null 2>&1 || die "usdcop-dr init failed"
+        run_timed "usdcop-dr,pair$i" /dev/null "$USDCOP_BIN" --repo "$WORK/repo-pair" backup postgres \
+            --source "$SOURCE_NAME" --dsn "$(dsn "$DB")" || true
+        r="$(ratio "usdcop-dr,pair$i" "dump,pair$i")"
+        [[ "$r" != n/a ]] && ratios+=("$r")
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$i" "${SECS[dump,pair$i]:-n/a}" "${SECS[usdcop-dr,pair$i]:-n/a}" \
+            "$r" "$(cpu_cell "usdcop-dr,pair$i")" "$(mib "${RSS[usdcop-dr,pair$i]:-x}" 1024)"
+    done
+    rm -rf "$WORK/repo-pair"
+    echo
+    echo "Median ratio: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }') (goal ≤ 1.10)."
+    echo
+    if [[ "${BENCH_LIVE_ONLY:-0}" == 1 ]]; then
+        exit "$FAILED"
+    fi
+fi
+
 DELTA_BIN="$(dirname "$USDCOP_BIN")/examples/delta_estimate"
 for step in backup1 backup2 backup3 backup4; do
     if [[ $step == backup4 ]]; then
@@ -512,20 +562,6 @@ for pair in base:restored_base usdcop-dr:restored_dr restic:restored_restic usdc
 done
 
 # ---------------------------------------------------------------- report
-mib() { [[ "$1" =~ ^-?[0-9]+$ ]] && awk -v k="$1" -v d="$2" 'BEGIN { printf "%.1f", k / d }' || echo "n/a"; }
-mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", b / 1e6 / s }'; }
-cell() { # cell KEY BYTES: "s, MB/s, RSS"
-    local k=$1
-    if [[ -n "${NOTE[$k]:-}" ]]; then echo "${NOTE[$k]}"; return; fi
-    if [[ -z "${SECS[$k]:-}" ]]; then echo "n/a"; return; fi
-    printf '%s s, %s MB/s, %s MiB' "${SECS[$k]}" "$(mbps "$2" "${SECS[$k]}")" "$(mib "${RSS[$k]}" 1024)"
-}
-ratio() { # ratio KEY-A KEY-B: SECS[A] / SECS[B]
-    awk -v a="${SECS[$1]:-x}" -v b="${SECS[$2]:-x}" -v na="${NOTE[$1]:-}" -v nb="${NOTE[$2]:-}" \
-        'BEGIN { if (na == "" && nb == "" && a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
-}
-cpu_cell() { [[ -n "${CPU[$1]:-}" ]] && echo "${CPU[$1]} + ${SCPU[$1]}" || echo "n/a"; }
-
 cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "## PostgreSQL: usdcop-dr vs restic, $BARS bars"
 echo
