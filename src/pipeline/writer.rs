@@ -2,14 +2,15 @@
 //! dedup lookup, compress, encrypt) → packer → uploaders → index objects.
 //!
 //! ```text
-//!  caller thread          N worker threads        packer thread       K uploader threads
-//!  read + chunk  ──job──▶ sha256, dedup, zstd, ──blob──▶ append to  ──pack──▶ put pack, then
-//!  whole-stream sha256    seal                   spool file          write index objects
-//!       ◀──── (id, new?) in order ───┘
+//!  caller thread        stream-hash         N worker threads        packer thread       K uploader threads
+//!  read into the  ─job─▶ whole-stream ─job─▶ sha256, dedup, zstd, ──blob──▶ append to  ──pack──▶ put pack, then
+//!  chunker, cut          sha256              seal                   spool file          write index objects
+//!       ◀──── (id, new?) in order ────────────────┘
 //! ```
 //! Every channel is bounded, so a slow store slows the reader instead of
-//! filling memory. Peak memory ≈ (2·N + N) chunks in flight + 2 sealed
-//! blobs + buffers: about 3·N·avg_chunk, independent of input size. Packs
+//! filling memory. Peak memory ≈ the chunker's window (3 maximum chunks)
+//! + (2·N + N + 2) chunks in flight + 2 sealed blobs + buffers,
+//! independent of input size. Packs
 //! are spooled to disk (`Backend::spool_dir`), never held in memory.
 //!
 //! Write order gives crash safety: a pack is uploaded before any index
