@@ -4,12 +4,12 @@
 //! FastCDC (2020) from the `fastcdc` crate finds the cut points; this type
 //! only keeps the window the algorithm needs: a cut is decided once
 //! `max_size` bytes past the chunk's start are buffered (or at the end).
-//! The window is [`WINDOW_MAXES`] maximum chunk sizes, so memory stays
+//! The window is two maximum chunk sizes and one read, so memory stays
 //! bounded whatever the input. A reader fills it in place
 //! ([`Chunker::read_from`]: no copy between a read buffer and the window),
 //! and the bytes still pending move to its front only once the free space
-//! at its end runs low: at most once per `(WINDOW_MAXES - 1) · max_size`
-//! bytes read, moving fewer than `max_size` bytes.
+//! at its end runs low: at most once per `max_size` bytes read, moving
+//! fewer than `max_size` bytes.
 
 use std::io::Read;
 
@@ -17,8 +17,6 @@ use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::format::meta::ChunkerParams;
 
-/// The window's size in maximum chunk sizes.
-pub const WINDOW_MAXES: usize = 3;
 /// The most one [`Chunker::read_from`] asks its reader for.
 pub const READ_MAX: usize = 1 << 20;
 /// The window's first size; it doubles as the input needs.
@@ -46,8 +44,13 @@ impl Chunker {
         &self.params
     }
 
+    /// Two maximum chunks and one read: the pending bytes (fewer than
+    /// `max_size` once the chunks are taken) move to the front at most
+    /// once per `max_size` bytes read. A larger window moves less often but
+    /// is held by every stream in flight; a copy costs far less than the
+    /// memory (docs/ARCHITECTURE.md).
     fn window(&self) -> usize {
-        self.params.max_size as usize * WINDOW_MAXES
+        self.params.max_size as usize * 2 + READ_MAX
     }
 
     fn pending(&self) -> usize {

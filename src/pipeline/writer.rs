@@ -8,8 +8,8 @@
 //!       ◀──── (id, new?) in order ────────────────┘
 //! ```
 //! Every channel is bounded, so a slow store slows the reader instead of
-//! filling memory. Peak memory ≈ the chunker's window (3 maximum chunks)
-//! + (2·N + N + 2) chunks in flight + 2 sealed blobs + buffers,
+//! filling memory. Peak memory ≈ the chunker's window (2 maximum chunks
+//! + 1 MiB) + (2·N + N + 2) chunks in flight + 2 sealed blobs + buffers,
 //! independent of input size. Packs
 //! are spooled to disk (`Backend::spool_dir`), never held in memory.
 //!
@@ -480,7 +480,7 @@ impl StreamHasher {
             }
             StreamHasher::Inline(h) => {
                 let mut h = std::mem::take(h);
-                let (tx, rx) = bounded::<Job>(2);
+                let (tx, rx) = bounded::<Job>(1);
                 let jobs = jobs.clone();
                 let handle = std::thread::Builder::new()
                     .name("stream-hash".into())
