@@ -127,6 +127,51 @@ fn sigterm_during_a_staged_postgres_restore_removes_the_staged_dump() {
 }
 
 #[test]
+fn a_missing_staging_directory_stops_a_restore_before_the_database_is_created() {
+    let pg = PgServer::start();
+    pg.create_db("usdcop_trading");
+    load_usdcop_like(&pg, "usdcop_trading", 1_000);
+    let repo = TestRepo::with_init_args(&[]);
+    let with_pg = |args: &[&str]| pg_command(&repo, &pg, args);
+    let src = pg.dsn("usdcop_trading");
+    common::run_cmd(
+        with_pg(&["backup", "postgres", "--source", "pg", "--dsn", &src]),
+        None,
+    )
+    .ok();
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("not-there");
+    let run = common::run_cmd(
+        with_pg(&[
+            "restore",
+            "postgres",
+            "--target-dsn",
+            &pg.dsn("restored"),
+            "--create",
+            "--jobs",
+            "2",
+            "--staging-dir",
+            missing.to_str().unwrap(),
+        ]),
+        None,
+    );
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("not-there"), "{}", run.stderr);
+    assert!(!run.stderr.contains("partial restore"), "{}", run.stderr);
+    let exists = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname = 'restored'",
+    );
+    assert_eq!(
+        exists.trim(),
+        "0",
+        "the database was created: {}",
+        run.stderr
+    );
+    assert!(!missing.exists());
+}
+
+#[test]
 fn sigint_during_a_directory_restore_removes_its_temporary_files() {
     let repo = TestRepo::new();
     let data = random_bytes(96 << 20, 3);

@@ -183,7 +183,17 @@ pub async fn run(
     let pg_restore = tools::find("pg_restore", dump_major, opts.pg_restore.as_deref())?;
     let target = &opts.target;
 
-    // Checks first: nothing is changed until they all pass.
+    // Checks first: nothing is changed until they all pass. With more
+    // than one job the dump is staged: its private directory is made now,
+    // so that a missing or unwritable --staging-dir stops the restore
+    // before a database is created.
+    let staging = if plan.jobs > 1 {
+        Some(crate::scratch::PrivateDir::create(
+            opts.staging_dir.as_deref(),
+        )?)
+    } else {
+        None
+    };
     let created = if opts.create {
         create_database(target, &picture, plan.timescaledb.as_deref()).await?
     } else {
@@ -249,9 +259,8 @@ pub async fn run(
     let watch = early
         .as_ref()
         .map(|v| (v.queue(), picture.tables.as_slice()));
-    let restored = if staged {
-        let dir = opts.staging_dir.as_deref();
-        restore_staged(&reader, entry, cmd, dir, progress.as_ref(), watch).await
+    let restored = if let Some(private) = staging {
+        restore_staged(&reader, entry, cmd, private, progress.as_ref(), watch).await
     } else {
         restore_streamed(&reader, entry, cmd, progress.as_ref(), watch).await
     };
@@ -400,11 +409,10 @@ async fn restore_staged(
     reader: &ChunkReader,
     entry: &Entry,
     mut cmd: Command,
-    dir: Option<&std::path::Path>,
+    private: crate::scratch::PrivateDir,
     progress: &dyn Progress,
     watch: Option<(Queue, &[TablePicture])>,
 ) -> Result<u64> {
-    let private = crate::scratch::PrivateDir::create(dir)?;
     let (path, file) = private
         .create_file("dump")
         .map_err(|e| e.with_hint("pick a directory with room for the dump with --staging-dir"))?;
