@@ -70,16 +70,27 @@ fn signal_when(
     )
 }
 
-#[test]
-fn sigterm_during_a_staged_postgres_restore_removes_the_staged_dump() {
+/// A server with the USDCOP-like database of `bars` bars, backed up once
+/// (source `pg`) into a fresh repository.
+fn backed_up_database(bars: usize) -> (PgServer, TestRepo) {
     let pg = PgServer::start();
     pg.create_db("usdcop_trading");
-    load_usdcop_like(&pg, "usdcop_trading", 20_000);
+    load_usdcop_like(&pg, "usdcop_trading", bars);
     let repo = TestRepo::with_init_args(&[]);
-    let with_pg = |args: &[&str]| pg_command(&repo, &pg, args);
     let src = pg.dsn("usdcop_trading");
-    let backup = with_pg(&["backup", "postgres", "--source", "pg", "--dsn", &src]);
+    let backup = pg_command(
+        &repo,
+        &pg,
+        &["backup", "postgres", "--source", "pg", "--dsn", &src],
+    );
     common::run_cmd(backup, None).ok();
+    (pg, repo)
+}
+
+#[test]
+fn sigterm_during_a_staged_postgres_restore_removes_the_staged_dump() {
+    let (pg, repo) = backed_up_database(20_000);
+    let with_pg = |args: &[&str]| pg_command(&repo, &pg, args);
 
     let staging = tempfile::tempdir().unwrap();
     let target = pg.dsn("restored");
@@ -128,17 +139,8 @@ fn sigterm_during_a_staged_postgres_restore_removes_the_staged_dump() {
 
 #[test]
 fn a_missing_staging_directory_stops_a_restore_before_the_database_is_created() {
-    let pg = PgServer::start();
-    pg.create_db("usdcop_trading");
-    load_usdcop_like(&pg, "usdcop_trading", 1_000);
-    let repo = TestRepo::with_init_args(&[]);
+    let (pg, repo) = backed_up_database(1_000);
     let with_pg = |args: &[&str]| pg_command(&repo, &pg, args);
-    let src = pg.dsn("usdcop_trading");
-    common::run_cmd(
-        with_pg(&["backup", "postgres", "--source", "pg", "--dsn", &src]),
-        None,
-    )
-    .ok();
     let parent = tempfile::tempdir().unwrap();
     let missing = parent.path().join("not-there");
     let run = common::run_cmd(
