@@ -8,9 +8,9 @@
 //!       ◀──── (id, new?) in order ────────────────┘
 //! ```
 //! Every channel is bounded, so a slow store slows the reader instead of
-//! filling memory. Peak memory ≈ the chunker's window (2 maximum chunks
-//! + 1 MiB) + (2·N + N + 2) chunks in flight + 2 sealed blobs + buffers,
-//! independent of input size. Packs
+//! filling memory. Peak memory is about the chunker's window (2 maximum
+//! chunks and 1 MiB), plus 2·N + N + 2 chunks in flight, 2 sealed blobs
+//! and buffers, independent of input size. Packs
 //! are spooled to disk (`Backend::spool_dir`), never held in memory.
 //!
 //! Write order gives crash safety: a pack is uploaded before any index
