@@ -796,3 +796,52 @@ fn the_dump_stream_gives_each_tables_rows_and_digest() {
     s.feed(&dump[..dump.len() * 2 / 3]).unwrap();
     assert!(s.finish().is_err());
 }
+
+/// A dump pg_dump wrote into a pipe has no data offsets in its TOC; the
+/// locator's patches give exactly the offsets pg_dump writes when its
+/// output is a file it can seek in (what `restore postgres --jobs N` does
+/// to its staged copy, so that `pg_restore -j` seeks to each table).
+#[test]
+fn the_locator_writes_the_data_offsets_pg_dump_writes_into_a_file() {
+    use usdcop_dr::format::pgdump::DumpScanner;
+    let pg = PgServer::start();
+    pg.create_db("usdcop_trading");
+    load_usdcop_like(&pg, "usdcop_trading", 2_000);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seekable.dump");
+    let dump = |to_file: bool| {
+        let mut c = pg.command("pg_dump");
+        c.args(["-Fc", "-Z0", "-h", "127.0.0.1", "-U", "postgres"]);
+        if to_file {
+            c.arg("-f").arg(&file);
+        }
+        c.arg("usdcop_trading");
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let piped = dump(false);
+    dump(true);
+    let seekable = std::fs::read(&file).unwrap();
+    assert_eq!(piped.len(), seekable.len());
+    let mut locator = DumpScanner::locator();
+    for part in piped.chunks(7919) {
+        locator.feed(part).unwrap();
+    }
+    let patches = locator.into_offset_patches().unwrap();
+    // One per table with data (the USDCOP-like set's four) at least.
+    assert!(patches.len() >= USDCOP_TABLES.len(), "{patches:?}");
+    for (at, field) in &patches {
+        let at = *at as usize;
+        assert_eq!(piped[at], 1, "the piped dump's offset was set already");
+        assert_eq!(&seekable[at..at + field.len()], &field[..], "at {at}");
+    }
+    // The seekable dump leaves no offset unset that would need a patch.
+    let mut again = DumpScanner::locator();
+    again.feed(&seekable).unwrap();
+    assert!(again.into_offset_patches().unwrap().is_empty());
+}

@@ -399,6 +399,30 @@ async fn apply_globals(
     Ok(())
 }
 
+/// The staged dump on its way to its file, also fed to a
+/// [`DumpScanner::locator`] (a scanner that only finds each table's data).
+struct Locating<W> {
+    inner: W,
+    /// Dropped at the first bytes it cannot read.
+    locator: Option<DumpScanner>,
+}
+
+impl<W: std::io::Write> std::io::Write for Locating<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(l) = self.locator.as_mut() {
+            if l.feed(&buf[..n]).is_err() {
+                self.locator = None;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Stage the dump on local disk, then run a parallel `pg_restore` on it.
 /// The dump is decrypted data: it is staged as a 0600 file in a private
 /// 0700 directory of this run (under `dir`, else `$TMPDIR`), removed with
@@ -417,13 +441,30 @@ async fn restore_staged(
         .create_file("dump")
         .map_err(|e| e.with_hint("pick a directory with room for the dump with --staging-dir"))?;
     let where_ = private.path().display().to_string();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut out = Locating {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        locator: Some(DumpScanner::locator()),
+    };
     let n = super::restore::copy_entry(reader, entry, &mut out, progress)
         .await
         .map_err(|e| e.context(format!("staging the dump in {where_}")))?;
-    let file = out
+    let Locating { inner, locator } = out;
+    let file = inner
         .into_inner()
         .map_err(|e| Error::io(format!("staging the dump in {where_}: {}", e.error())))?;
+    // pg_dump wrote into a pipe, so its TOC does not say where each
+    // table's data lies, and `pg_restore -j` would find each by skipping
+    // through every block before it (a block per row). Record them as
+    // pg_dump does when it can seek. An archive the locator could not
+    // read (compressed, say) is left as it is: pg_restore still finds
+    // its data, only slower.
+    if let Some(Ok(patches)) = locator.map(DumpScanner::into_offset_patches) {
+        use std::os::unix::fs::FileExt;
+        for (at, field) in patches {
+            file.write_all_at(&field, at)
+                .map_err(|e| Error::io(format!("staging the dump in {where_}: {e}")))?;
+        }
+    }
     drop(file);
     let observer = match watch {
         Some((queue, tables)) => {

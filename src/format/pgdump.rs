@@ -251,7 +251,17 @@ struct TocEntry {
     namespace: String,
     tag: String,
     copy_statement: String,
+    /// Where the entry's data offset field (a flag byte, then the offset)
+    /// lies in the archive, and its flag.
+    offset_field: u64,
+    offset_flag: u8,
 }
+
+/// A TOC entry's data offset flag: pg_dump could not seek back to record
+/// where the data lies (its output was a pipe).
+const K_OFFS_NOT_SET: u8 = 1;
+/// The data lies at the recorded offset.
+const K_OFFS_POS_SET: u8 = 2;
 
 #[derive(Debug)]
 enum State {
@@ -260,6 +270,8 @@ enum State {
     BlockType,
     BlockId {
         kind: u8,
+        /// Where the block's type byte lies in the archive.
+        at: u64,
     },
     /// A data block's next chunk length.
     ChunkLen {
@@ -288,6 +300,13 @@ pub struct DumpScanner {
     tables: Vec<TableDigest>,
     large_objects: u64,
     hash: RowHash,
+    /// Rows are counted and digested; without, only the blocks are found.
+    digest_rows: bool,
+    /// Archive bytes fed before the current `feed` call's data.
+    fed: u64,
+    /// Where each entry's data block begins (its block type byte).
+    data_at: Vec<(i64, u64)>,
+    off_size: usize,
 }
 
 fn bad(detail: impl std::fmt::Display) -> Error {
@@ -367,7 +386,50 @@ impl DumpScanner {
             current: None,
             tables: Vec::new(),
             large_objects: 0,
+            digest_rows: true,
+            fed: 0,
+            data_at: Vec::new(),
+            off_size: 8,
         }
+    }
+
+    /// A scanner that only finds where each entry's data lies (for
+    /// [`DumpScanner::into_offset_patches`]), digesting no rows.
+    pub fn locator() -> DumpScanner {
+        DumpScanner {
+            digest_rows: false,
+            ..DumpScanner::new(RowHash::Xxh3)
+        }
+    }
+
+    /// For an archive written where pg_dump could not seek (a pipe), whose
+    /// TOC therefore does not say where each entry's data lies: the bytes
+    /// to write at which archive positions so that it does, as pg_dump
+    /// itself writes them when it can seek. Only entries whose offset is
+    /// "not set" and whose data block was seen are patched; the fields are
+    /// fixed-width, so the archive keeps its length. Call once the whole
+    /// archive was fed; an archive cut short is an error. `pg_restore -j`
+    /// then seeks straight to each table's data instead of skipping
+    /// through every block before it (at `-Z0` a block per row).
+    pub fn into_offset_patches(mut self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.complete()?;
+        let mut out = Vec::new();
+        for (id, at) in &self.data_at {
+            let Some(e) = self.toc.get(id) else { continue };
+            if e.offset_flag != K_OFFS_NOT_SET {
+                continue;
+            }
+            let bytes = at.to_le_bytes();
+            // An offset too large for the archive's offset size (never
+            // with pg_dump's 8 bytes) stays unset: pg_restore finds it.
+            if bytes[self.off_size.min(8)..].iter().any(|b| *b != 0) {
+                continue;
+            }
+            let mut field = vec![K_OFFS_POS_SET];
+            field.extend_from_slice(&bytes[..self.off_size.min(8)]);
+            out.push((e.offset_field, field));
+        }
+        Ok(out)
     }
 
     /// The TOC's TABLE DATA entries (dump id, schema, table), once the
@@ -459,7 +521,8 @@ impl DumpScanner {
             need!(c.string())?; // owner
             need!(c.string())?; // with oids
             while need!(c.string())?.is_some() {}
-            need!(c.byte()); // data offset flag
+            let offset_field = c.at as u64;
+            let offset_flag = need!(c.byte());
             need!(c.take(off_size));
             toc.insert(
                 id,
@@ -468,11 +531,14 @@ impl DumpScanner {
                     namespace,
                     tag,
                     copy_statement,
+                    offset_field,
+                    offset_flag,
                 },
             );
         }
         let used = c.at;
         self.int_size = int_size;
+        self.off_size = off_size;
         self.toc = toc;
         self.head = Some(DumpSummary {
             version: (maj, min, rev),
@@ -507,7 +573,15 @@ impl DumpScanner {
         Ok(Some(v))
     }
 
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<()> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<()> {
+        let end = self.fed + data.len() as u64;
+        let r = self.feed_at(data);
+        self.fed = end;
+        r
+    }
+
+    fn feed_at(&mut self, mut data: &[u8]) -> Result<()> {
+        let (base, total) = (self.fed, data.len());
         while !data.is_empty() {
             match self.state {
                 State::Head => {
@@ -527,26 +601,23 @@ impl DumpScanner {
                                 )));
                             }
                         }
-                        Some(used) => {
-                            let rest = self.pending.split_off(used);
-                            self.pending.clear();
-                            self.state = State::BlockType;
-                            self.feed(&rest)?;
-                        }
+                        Some(used) => self.after_head(used)?,
                     }
                 }
                 State::BlockType => {
+                    let at = base + (total - data.len()) as u64;
                     let kind = data[0];
                     data = &data[1..];
                     if kind != BLK_DATA && kind != BLK_BLOBS {
                         return Err(bad(format!("block type {kind}")));
                     }
-                    self.state = State::BlockId { kind };
+                    self.state = State::BlockId { kind, at };
                 }
-                State::BlockId { kind } => {
+                State::BlockId { kind, at } => {
                     let Some(id) = self.take_int(&mut data)? else {
                         continue;
                     };
+                    self.data_at.push((id, at));
                     if kind == BLK_BLOBS {
                         self.state = State::BlobOid;
                         continue;
@@ -555,7 +626,7 @@ impl DumpScanner {
                         .toc
                         .get(&id)
                         .ok_or_else(|| bad(format!("a data block for unknown entry {id}")))?;
-                    if entry.desc == "TABLE DATA" {
+                    if entry.desc == "TABLE DATA" && self.digest_rows {
                         self.tables.push(TableDigest {
                             dump_id: id,
                             schema: entry.namespace.clone(),
@@ -627,23 +698,35 @@ impl DumpScanner {
         Ok(())
     }
 
-    /// The figures, once the whole dump was fed; an archive cut short is
-    /// an error.
-    pub fn finish(mut self) -> Result<DumpSummary> {
+    /// The archive was fed to its end: the head parsed (a small archive's
+    /// only now) and no block left open.
+    fn complete(&mut self) -> Result<()> {
         if matches!(self.state, State::Head) {
             match self.parse_head()? {
-                Some(used) => {
-                    let rest = self.pending.split_off(used);
-                    self.pending.clear();
-                    self.state = State::BlockType;
-                    self.feed(&rest)?;
-                }
+                Some(used) => self.after_head(used)?,
                 None => return Err(bad("the archive ends inside its header or TOC")),
             }
         }
         if !matches!(self.state, State::BlockType) || !self.pending.is_empty() {
             return Err(bad("the archive ends inside a data block"));
         }
+        Ok(())
+    }
+
+    /// The head took the first `used` bytes of `pending`: read on from the
+    /// rest.
+    fn after_head(&mut self, used: usize) -> Result<()> {
+        let rest = self.pending.split_off(used);
+        self.pending.clear();
+        self.state = State::BlockType;
+        self.fed = used as u64;
+        self.feed_at(&rest)
+    }
+
+    /// The figures, once the whole dump was fed; an archive cut short is
+    /// an error.
+    pub fn finish(mut self) -> Result<DumpSummary> {
+        self.complete()?;
         let mut s = self.head.take().expect("parsed");
         s.tables = self.tables;
         s.large_objects = self.large_objects;
@@ -775,6 +858,42 @@ mod tests {
                 ("one", &["\\.x"]),
             ]);
             assert_eq!(scan_with(hash, &b, 5).unwrap().tables[0].digest, sum);
+        }
+    }
+
+    #[test]
+    fn offset_patches_point_each_entry_at_its_data_block() {
+        let bytes = archive(&[("bars", &["1\t2", "3\t4"]), ("ticks", &["5\t6"])]);
+        for piece in [1, 3, 7, 64, bytes.len()] {
+            let mut loc = DumpScanner::locator();
+            for p in bytes.chunks(piece) {
+                loc.feed(p).unwrap();
+            }
+            let patches = loc.into_offset_patches().unwrap();
+            assert_eq!(patches.len(), 2, "piece {piece}");
+            let mut patched = bytes.clone();
+            for (at, field) in &patches {
+                let at = *at as usize;
+                // The field was "not set" and keeps its length.
+                assert_eq!(patched[at], K_OFFS_NOT_SET);
+                assert_eq!(field.len(), 9);
+                patched[at..at + field.len()].copy_from_slice(field);
+            }
+            for (i, (at, field)) in patches.iter().enumerate() {
+                assert_eq!(field[0], K_OFFS_POS_SET);
+                let data = u64::from_le_bytes(field[1..9].try_into().unwrap()) as usize;
+                assert!(*at < data as u64);
+                assert_eq!(patched[data], BLK_DATA, "piece {piece}");
+                assert_eq!(patched[data + 1..data + 6], int(10 + i as i64)[..]);
+            }
+            // The patched archive reads the same, and needs no patch.
+            assert_eq!(
+                format!("{:?}", scan(&patched, 5).unwrap().tables),
+                format!("{:?}", scan(&bytes, 5).unwrap().tables)
+            );
+            let mut again = DumpScanner::locator();
+            again.feed(&patched).unwrap();
+            assert!(again.into_offset_patches().unwrap().is_empty());
         }
     }
 
