@@ -96,9 +96,9 @@ impl Chunker {
     }
 
     /// One read from `reader` straight into the window (at most
-    /// [`READ_MAX`] bytes, fewer once `max_size` bytes are pending, so the
-    /// window never grows past its size while the caller takes chunks
-    /// between reads). Returns 0 at the end of the input; an
+    /// [`READ_MAX`] bytes, and never more than the window holds beyond the
+    /// pending bytes, so it does not grow past its size while the caller
+    /// takes chunks between reads). Returns 0 at the end of the input; an
     /// `Interrupted` read is retried.
     pub fn read_from(&mut self, reader: &mut impl Read) -> std::io::Result<usize> {
         let want = READ_MAX.min(self.window().saturating_sub(self.pending()).max(1));

@@ -240,7 +240,7 @@ pub async fn run(
     let cmd = pg_restore.command(target, &args);
     progress.set_total(entry.size);
     progress.set_item(&entry.path);
-    let staged = plan.jobs > 1;
+    let staged = staging.is_some();
     // At least two connections read the tables back (the server has the
     // cores it restores with).
     let verify_jobs = (plan.jobs as usize).max(VERIFY_JOBS_MIN);
