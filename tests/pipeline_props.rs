@@ -123,13 +123,21 @@ async fn round_trip(repo: &Arc<Repository>, data: &[u8]) -> BackupSummary {
 }
 
 /// Every chunk of snapshot `id` but the last is within [min, max]; the last
-/// is within [1, max]; together they are the stream's length.
-async fn check_chunk_sizes(repo: &Arc<Repository>, id: usdcop_dr::format::Id, len: usize) {
+/// is within [1, max]; together they are the stream's length (`data`'s).
+/// The entry's whole-content SHA-256 is there only where it costs nothing:
+/// a stream of at most one chunk, whose id it is.
+async fn check_chunk_sizes(repo: &Arc<Repository>, id: usdcop_dr::format::Id, data: &[u8]) {
+    let len = data.len();
     let snap = repo.load_snapshot(&id).await.unwrap();
     let index = repo.load_index().await.unwrap();
     let p = repo.config().chunker;
     let entries = repo.load_entries(&index, &snap).await.unwrap();
     let chunks = &entries[0].chunks;
+    let whole = usdcop_dr::format::Id::hash(data);
+    match chunks.len() {
+        0 | 1 => assert_eq!(entries[0].sha256, Some(whole), "{len} bytes"),
+        n => assert_eq!(entries[0].sha256, None, "{len} bytes in {n} chunks"),
+    }
     let sizes: Vec<u32> = chunks
         .iter()
         .map(|c| index.get(c).expect("chunk indexed").raw_len)
@@ -272,7 +280,7 @@ fn every_edge_size_round_trips() {
             for len in edge_sizes() {
                 let data = make(content, len);
                 let s = round_trip(&repo, &data).await;
-                check_chunk_sizes(&repo, s.snapshot_id, len).await;
+                check_chunk_sizes(&repo, s.snapshot_id, &data).await;
                 if k == 0 && len > 0 && len <= 1024 {
                     // A stream no longer than the minimum chunk is one chunk.
                     assert_eq!(s.chunks, 1, "{len} random bytes");
@@ -292,7 +300,7 @@ proptest! {
             let repo = new_repo(dir.path(), &small_opts()).await;
             let data = make(content, len);
             let first = round_trip(&repo, &data).await;
-            check_chunk_sizes(&repo, first.snapshot_id, len).await;
+            check_chunk_sizes(&repo, first.snapshot_id, &data).await;
             assert!(first.chunks_new <= first.chunks);
             if let Content::Random(_) = content {
                 // Incompressible: everything is stored, plus per-chunk overhead.

@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::{Entry, EntryType, Snapshot, SourceKind};
 use crate::format::{Hasher, Id};
-use crate::pipeline::{off_runtime, ChunkReader, ReadOptions};
+use crate::pipeline::{off_runtime, Chunk, ChunkReader, ReadOptions};
 use crate::progress::{Collector, Progress, Warning};
 use crate::repository::Repository;
 use crate::source::postgres::GLOBALS_ENTRY;
@@ -472,8 +472,8 @@ async fn restore_files(
             let mut data = Vec::with_capacity(e.chunks.len());
             let mut got = 0u64;
             let mut damaged = None;
-            for _ in 0..e.chunks.len() {
-                match next_chunk().await {
+            for want in &e.chunks {
+                match next_chunk().await.and_then(|c| in_order(&e, want, c)) {
                     Ok(c) if damaged.is_none() => {
                         progress.add_bytes(c.len() as u64);
                         got += c.len() as u64;
@@ -483,7 +483,7 @@ async fn restore_files(
                             damaged = Some(mismatch(&e, got));
                             data.clear();
                         } else {
-                            data.push(c);
+                            data.push(c.data);
                         }
                     }
                     Ok(_) => {}
@@ -494,9 +494,7 @@ async fn restore_files(
             match damaged {
                 Some(err) => failed(&e.path, err, progress, summary)?,
                 None => {
-                    // One chunk, whose id the reader checked, that is the
-                    // entry's SHA-256: the content is proven already.
-                    let proven = e.chunks.len() == 1 && e.sha256 == Some(e.chunks[0]);
+                    let proven = proven(&e);
                     e.chunks = vec![];
                     let f = SmallFile {
                         entry: e,
@@ -517,20 +515,22 @@ async fn restore_files(
                 dir.create_file(&e.path)
             }
         }) {
-            Ok(tmp) => Some((tmp, Hasher::new(), 0u64)),
+            Ok(tmp) => Some((tmp, (!proven(&e)).then(Hasher::new), 0u64)),
             Err(err) => {
                 failed(&e.path, err, progress, summary)?;
                 None
             }
         };
-        for _ in &e.chunks {
+        for want in &e.chunks {
             let chunk = next_chunk().await;
             let Some((tmp, hasher, n)) = out.as_mut() else {
                 continue; // this file failed: its other chunks are not needed
             };
-            let written = chunk.and_then(|c| {
+            let written = chunk.and_then(|c| in_order(&e, want, c)).and_then(|c| {
                 off_runtime(|| {
-                    hasher.update(&c);
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&c);
+                    }
                     tmp.file().write_all(&c)
                 })
                 .map_err(|err| write_err(&tmp.temp_path().display().to_string(), err))?;
@@ -763,10 +763,7 @@ fn write_small(
                 .map_err(|err| write_err(&tmp.temp_path().display().to_string(), err))?;
             n += c.len() as u64;
         }
-        match hasher {
-            Some(h) => check_content(&e, n, h)?,
-            None => check_length(&e, n)?,
-        }
+        check_content(&e, n, hasher)?;
         tmp.commit(meta(&e, is_root), sync_each)?;
         Ok(n)
     })();
@@ -826,42 +823,78 @@ fn failed(
     Ok(())
 }
 
-/// Stream one entry's chunks into `out`, checking the whole-content hash.
-/// Hashing and writing run off the runtime's threads ([`off_runtime`]).
+/// Stream one entry's chunks into `out`, checking what proves it: every
+/// chunk against its id (the reader), the ids against the entry's list in
+/// order, the length, and the whole content's SHA-256 where the snapshot
+/// has one that the chunk ids do not already prove. Hashing and writing
+/// run off the runtime's threads ([`off_runtime`]).
 pub(crate) async fn copy_entry(
     reader: &ChunkReader,
     e: &Entry,
     out: &mut (dyn Write + Send),
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let mut hasher = Hasher::new();
+    let mut hasher = (!proven(e)).then(Hasher::new);
     let mut n = 0u64;
+    let mut expected = e.chunks.iter();
     let mut chunks = reader.stream(e.chunks.clone());
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
+        let chunk = match expected.next() {
+            Some(want) => in_order(e, want, chunk?)?,
+            None => return Err(Error::io("the chunk reader gave more chunks than asked")),
+        };
         off_runtime(|| {
-            hasher.update(&chunk);
+            if let Some(h) = hasher.as_mut() {
+                h.update(&chunk);
+            }
             out.write_all(&chunk)
         })
         .map_err(|err| write_err(&e.path, err))?;
         n += chunk.len() as u64;
         progress.add_bytes(chunk.len() as u64);
     }
+    if expected.next().is_some() {
+        return Err(mismatch(e, n));
+    }
     check_content(e, n, hasher)?;
     Ok(n)
 }
 
-/// The restored content's length and SHA-256 against the snapshot's.
-fn check_content(e: &Entry, n: u64, hasher: Hasher) -> Result<()> {
-    if e.sha256.is_some_and(|h| h != hasher.finish()) {
-        return Err(mismatch(e, n));
+/// Whether the chunks alone prove an entry's content: the reader checks
+/// each chunk against its id, the restore each id against the entry's list
+/// ([`in_order`]) and the length. The whole content's SHA-256 is checked
+/// besides where the snapshot has one that is not just the one chunk's id
+/// (entries of streams since `WholeHash::Skip` have none: docs/FORMAT.md).
+pub(crate) fn proven(e: &Entry) -> bool {
+    match e.sha256 {
+        None => true,
+        Some(h) => e.chunks.len() == 1 && e.chunks[0] == h,
     }
-    check_length(e, n)
 }
 
-/// The restored content's length against the snapshot's (its hash is
-/// proven otherwise).
-fn check_length(e: &Entry, n: u64) -> Result<()> {
+/// `c` if it is the chunk the entry lists at this place (`want`): with
+/// every chunk checked against its id by the reader, this proves the
+/// order.
+pub(crate) fn in_order(e: &Entry, want: &Id, c: Chunk) -> Result<Chunk> {
+    if c.id != *want {
+        return Err(Error::integrity(format!(
+            "{}: chunk {} came where the snapshot lists {}",
+            e.path,
+            c.id.short(),
+            want.short()
+        )));
+    }
+    Ok(c)
+}
+
+/// The restored content's length and SHA-256 (when taken) against the
+/// snapshot's.
+fn check_content(e: &Entry, n: u64, hasher: Option<Hasher>) -> Result<()> {
+    if let (Some(want), Some(h)) = (e.sha256, hasher) {
+        if want != h.finish() {
+            return Err(mismatch(e, n));
+        }
+    }
     if n != e.size {
         return Err(mismatch(e, n));
     }
@@ -928,4 +961,55 @@ pub async fn load_entries_checked(
             e
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::snapshot::EntryType;
+
+    fn entry(sha256: Option<Id>, chunks: Vec<Id>) -> Entry {
+        Entry {
+            path: "db.dump".into(),
+            kind: EntryType::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            sha256,
+            chunks,
+            chunk_tree: None,
+            target: None,
+            object: None,
+        }
+    }
+
+    #[test]
+    fn the_whole_hash_is_checked_only_where_the_chunk_ids_do_not_prove_it() {
+        let (a, b) = (Id::hash(b"a"), Id::hash(b"b"));
+        // A stream's entry without a whole hash: its chunk ids prove it.
+        assert!(proven(&entry(None, vec![a, b])));
+        // One chunk whose id is the whole hash.
+        assert!(proven(&entry(Some(a), vec![a])));
+        // A whole hash the chunk ids do not give: checked.
+        assert!(!proven(&entry(Some(Id::hash(b"ab")), vec![a, b])));
+        assert!(!proven(&entry(Some(b), vec![a])));
+    }
+
+    #[test]
+    fn a_chunk_out_of_the_entry_order_is_an_integrity_error() {
+        let (a, b) = (Id::hash(b"a"), Id::hash(b"b"));
+        let e = entry(None, vec![a, b]);
+        let chunk = |id: Id, data: &'static [u8]| Chunk {
+            id,
+            data: bytes::Bytes::from_static(data),
+        };
+        assert_eq!(&*in_order(&e, &a, chunk(a, b"a")).unwrap(), b"a");
+        let err = in_order(&e, &a, chunk(b, b"b")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(err.to_string().contains(&b.short()), "{err}");
+    }
 }

@@ -4,5 +4,5 @@ pub mod level;
 pub mod reader;
 pub mod writer;
 
-pub use reader::{off_runtime, ChunkReader, ReadOptions};
-pub use writer::{StoredList, StoredStream, Writer, WriterOptions, WriterTotals};
+pub use reader::{off_runtime, Chunk, ChunkReader, ReadOptions};
+pub use writer::{StoredList, StoredStream, WholeHash, Writer, WriterOptions, WriterTotals};

@@ -267,7 +267,7 @@ impl ChunkReader {
     /// checked against its id. A chunk that cannot be read intact is an
     /// error at its place (integrity: damaged or missing; I/O: the store
     /// failed); the chunks after it still come.
-    pub fn stream<I>(&self, ids: I) -> BoxStream<'static, Result<Bytes>>
+    pub fn stream<I>(&self, ids: I) -> BoxStream<'static, Result<Chunk>>
     where
         I: IntoIterator<Item = Id>,
         I::IntoIter: Send + 'static,
@@ -306,7 +306,7 @@ impl ChunkReader {
     }
 
     /// Fetch and decode one planned read: one result per chunk asked for.
-    async fn read(&self, p: Planned) -> Vec<Result<Bytes>> {
+    async fn read(&self, p: Planned) -> Vec<Result<Chunk>> {
         let span = match p {
             Planned::Missing(id) => {
                 return vec![Err(Error::integrity(format!(
@@ -348,7 +348,10 @@ impl ChunkReader {
                         let off = (loc.offset as u64 - start) as usize;
                         let stored = &bytes[off..off + loc.stored_len as usize];
                         decode_blob(&key, stored, loc.compression, loc.raw_len, id)
-                            .map(Bytes::from)
+                            .map(|b| Chunk {
+                                id: *id,
+                                data: Bytes::from(b),
+                            })
                             .map_err(|e| e.context(format!("pack {name}")))
                     })
                     .collect::<Vec<_>>()
@@ -360,7 +363,7 @@ impl ChunkReader {
                 .order
                 .iter()
                 .map(|&k| match &d[k] {
-                    Ok(b) => Ok(b.clone()),
+                    Ok(c) => Ok(c.clone()),
                     Err(e) => Err(copy_err(e)),
                 })
                 .collect(),
@@ -390,12 +393,12 @@ fn copy_err(e: &Error) -> Error {
 /// stopped early does not leave reads running); a task that died yields
 /// one error per chunk it owed.
 struct Spawned(
-    tokio::task::JoinHandle<(Vec<Result<Bytes>>, OwnedSemaphorePermit)>,
+    tokio::task::JoinHandle<(Vec<Result<Chunk>>, OwnedSemaphorePermit)>,
     usize,
 );
 
 impl Future for Spawned {
-    type Output = (Vec<Result<Bytes>>, Option<OwnedSemaphorePermit>);
+    type Output = (Vec<Result<Chunk>>, Option<OwnedSemaphorePermit>);
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let n = self.1;
         Pin::new(&mut self.0).poll(cx).map(|r| match r {
@@ -418,14 +421,30 @@ impl Drop for Spawned {
 
 /// A span's chunks with its share of the budget, given back once taken.
 struct Held {
-    items: std::vec::IntoIter<Result<Bytes>>,
+    items: std::vec::IntoIter<Result<Chunk>>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Iterator for Held {
-    type Item = Result<Bytes>;
-    fn next(&mut self) -> Option<Result<Bytes>> {
+    type Item = Result<Chunk>;
+    fn next(&mut self) -> Option<Result<Chunk>> {
         self.items.next()
+    }
+}
+
+/// One chunk of [`ChunkReader::stream`]: its plaintext, checked against
+/// `id`, the id it was read for (a consumer compares it with the list it
+/// asked for, which proves the order). Derefs to the bytes.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub id: Id,
+    pub data: Bytes,
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
     }
 }
 

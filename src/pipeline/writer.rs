@@ -66,8 +66,27 @@ pub struct WriterOptions {
 #[derive(Debug, Clone)]
 pub struct StoredStream {
     pub size: u64,
-    pub sha256: Id,
+    /// SHA-256 of the whole content: always with [`WholeHash::Take`];
+    /// with [`WholeHash::Skip`] only when it costs nothing (a stream of
+    /// at most one chunk, whose id is that hash).
+    pub sha256: Option<Id>,
     pub chunks: Vec<Id>,
+}
+
+/// Whether [`Writer::store_stream_with`] takes the SHA-256 of the whole
+/// content besides the chunk ids.
+///
+/// The chunk ids (SHA-256 of each chunk), in order, with the size, already
+/// prove the content: a restore checks every chunk against its id and the
+/// ids against the list, in order (docs/FORMAT.md, "Entries"). The whole
+/// hash is one more pass over every byte, on backup and on restore; it is
+/// taken where something outside the repository is compared with it (a
+/// bucket's live object, a file left in place) and skipped for streams
+/// nothing else reads (a database dump, standard input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WholeHash {
+    Take,
+    Skip,
 }
 
 #[derive(Debug, Default)]
@@ -256,16 +275,26 @@ impl Writer {
         })
     }
 
-    /// Chunk and store one stream; returns its chunk list and checksum.
-    /// Blocking: call from a blocking thread.
-    pub fn store_stream(
+    /// Chunk and store one stream; returns its chunk list and the SHA-256
+    /// of the whole content. Blocking: call from a blocking thread.
+    pub fn store_stream(&self, reader: impl Read, progress: &dyn Progress) -> Result<StoredStream> {
+        self.store_stream_with(reader, progress, WholeHash::Take)
+    }
+
+    /// [`Writer::store_stream`], with the whole content's SHA-256 taken
+    /// or not ([`WholeHash`]).
+    pub fn store_stream_with(
         &self,
         mut reader: impl Read,
         progress: &dyn Progress,
+        whole: WholeHash,
     ) -> Result<StoredStream> {
         let jobs = self.jobs.as_ref().expect("writer not finished");
         let mut chunker = Chunker::new(self.chunker_params);
-        let mut hasher = StreamHasher::Inline(Hasher::new());
+        let mut hasher = match whole {
+            WholeHash::Take => StreamHasher::Inline(Hasher::new()),
+            WholeHash::Skip => StreamHasher::Off,
+        };
         let mut size = 0u64;
         let mut chunked = 0u64;
         let mut pending: VecDeque<Receiver<Result<Id>>> = VecDeque::new();
@@ -299,10 +328,17 @@ impl Writer {
         for rx in pending {
             chunks.push(self.wait(rx)?);
         }
-        let sha256 = hasher.finish()?;
-        // The stream hash is taken over the chunks; their lengths must add
-        // up to what was read (the chunker is property-tested to cut its
-        // input exactly; this keeps a defect there from passing silently).
+        let sha256 = match hasher.finish()? {
+            Some(h) => Some(h),
+            // One chunk's id is the SHA-256 of the whole.
+            None if chunks.len() == 1 => Some(chunks[0]),
+            None if chunks.is_empty() => Some(Id::hash(b"")),
+            None => None,
+        };
+        // The chunk ids and the stream hash are taken over the chunks; their
+        // lengths must add up to what was read (the chunker is
+        // property-tested to cut its input exactly; this keeps a defect
+        // there from passing silently).
         if chunked != size {
             return Err(Error::io(format!(
                 "internal error: {size} bytes read but {chunked} chunked"
@@ -466,6 +502,8 @@ const HASH_THREAD_AFTER: u64 = 4 << 20;
 enum StreamHasher {
     Inline(Hasher),
     Thread(Sender<Job>, JoinHandle<Id>),
+    /// No whole-stream hash ([`WholeHash::Skip`]).
+    Off,
 }
 
 impl StreamHasher {
@@ -501,18 +539,21 @@ impl StreamHasher {
                 sent
             }
             StreamHasher::Thread(tx, _) => tx.send(job).map_err(|_| ()),
+            StreamHasher::Off => jobs.send(job).map_err(|_| ()),
         }
     }
 
-    fn finish(self) -> Result<Id> {
+    fn finish(self) -> Result<Option<Id>> {
         match self {
-            StreamHasher::Inline(h) => Ok(h.finish()),
+            StreamHasher::Inline(h) => Ok(Some(h.finish())),
             StreamHasher::Thread(tx, handle) => {
                 drop(tx);
                 handle
                     .join()
+                    .map(Some)
                     .map_err(|_| Error::io("stream hasher thread panicked"))
             }
+            StreamHasher::Off => Ok(None),
         }
     }
 }

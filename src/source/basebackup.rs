@@ -206,7 +206,7 @@ pub fn store_tar(
                     )));
                 }
                 entry.size = stored.size;
-                entry.sha256 = Some(stored.sha256);
+                entry.sha256 = stored.sha256;
                 entry.chunks = stored.chunks;
                 facts.totals.files += 1;
                 facts.totals.bytes += stored.size;

@@ -631,7 +631,7 @@ async fn fetch(
         match store_body(body, writer.clone(), progress.clone(), &o).await {
             Ok(stored) => {
                 e.size = stored.size;
-                e.sha256 = Some(stored.sha256);
+                e.sha256 = stored.sha256;
                 e.chunks = stored.chunks;
                 return Ok(Some(e));
             }

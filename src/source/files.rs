@@ -247,7 +247,7 @@ impl<'a> FilesSource<'a> {
             }
         }
         entry.size = stored.size;
-        entry.sha256 = Some(stored.sha256);
+        entry.sha256 = stored.sha256;
         entry.chunks = stored.chunks;
         self.totals.files += 1;
         self.totals.bytes += entry.size;

@@ -6,10 +6,12 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::format::snapshot::{validate_path, Entry, EntryType};
-use crate::pipeline::Writer;
+use crate::pipeline::{WholeHash, Writer};
 use crate::progress::Progress;
 
-/// Store `reader` as the single entry `name`.
+/// Store `reader` as the single entry `name`. Its chunk ids prove it on
+/// restore; the whole-content SHA-256, which nothing outside the
+/// repository reads for a stream, is not taken ([`WholeHash::Skip`]).
 pub fn store(
     writer: &Writer,
     name: &str,
@@ -23,7 +25,7 @@ pub fn store(
         ))
     })?;
     progress.set_item(name);
-    let stored = writer.store_stream(reader, progress)?;
+    let stored = writer.store_stream_with(reader, progress, WholeHash::Skip)?;
     Ok(Entry {
         path: name.to_owned(),
         kind: EntryType::File,
@@ -34,7 +36,7 @@ pub fn store(
         ctime_ns: 0,
         inode: 0,
         size: stored.size,
-        sha256: Some(stored.sha256),
+        sha256: stored.sha256,
         chunks: stored.chunks,
         target: None,
         chunk_tree: None,
