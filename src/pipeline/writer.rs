@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!  caller thread        stream-hash         N worker threads        packer thread       K uploader threads
-//!  read into the  ─job─▶ whole-stream ─job─▶ sha256, dedup, zstd, ──blob──▶ append to  ──pack──▶ put pack, then
-//!  chunker, cut          sha256              seal                   spool file          write index objects
+//!  read into the  ─job─▶ whole-content ─job─▶ sha256, dedup, zstd, ──blob──▶ append to ──pack──▶ put pack, then
+//!  chunker, cut          sha256 (files,      seal                   spool file          write index objects
+//!                        objects: WholeHash)
 //!       ◀──── (id, new?) in order ────────────────┘
 //! ```
 //! Every channel is bounded, so a slow store slows the reader instead of
