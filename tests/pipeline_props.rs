@@ -400,3 +400,51 @@ fn a_300_mib_stream_round_trips_in_bounded_memory() {
         peak / 1024
     );
 }
+
+/// Files keep their whole-content SHA-256 (a live file or object is
+/// compared with it), whether one chunk (its id, not hashed twice) or many.
+#[test]
+fn every_file_entry_has_its_whole_sha256() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(dir.path(), &small_opts()).await;
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        let files: Vec<(String, Vec<u8>)> = [0usize, 1, 1000, 5000, 16_384, 100_000, 300_000]
+            .iter()
+            .enumerate()
+            .map(|(k, &len)| (format!("f{k}"), random_bytes(len, 40 + k as u64)))
+            .collect();
+        for (name, data) in &files {
+            std::fs::write(tree.join(name), data).unwrap();
+        }
+        let s = backup::run(
+            repo.clone(),
+            BackupOptions::new("files"),
+            BackupInput::Files(vec![tree.clone()]),
+            Arc::new(Silent),
+        )
+        .await
+        .unwrap();
+        let snap = repo.load_snapshot(&s.snapshot_id).await.unwrap();
+        let index = repo.load_index().await.unwrap();
+        let entries = repo.load_entries(&index, &snap).await.unwrap();
+        let mut many = 0;
+        for (name, data) in &files {
+            let e = entries
+                .iter()
+                .find(|e| e.path.ends_with(&format!("/{name}")))
+                .unwrap_or_else(|| panic!("{name} not in the snapshot"));
+            let want: [u8; 32] = Sha256::digest(data).into();
+            assert_eq!(
+                e.sha256.map(|h| h.0),
+                Some(want),
+                "{name}: {} bytes in {} chunks",
+                data.len(),
+                e.chunks.len()
+            );
+            many += usize::from(e.chunks.len() > 1);
+        }
+        assert!(many >= 2, "some files span several chunks");
+    });
+}

@@ -301,6 +301,10 @@ impl Writer {
         let mut pending: VecDeque<Receiver<Result<Id>>> = VecDeque::new();
         let mut chunks = Vec::new();
         let mut eof = false;
+        // The stream turned out to be one chunk, cut at its end: its id is
+        // the whole content's SHA-256, so it was not hashed twice (most
+        // files and objects of a tree or bucket).
+        let mut only_chunk = false;
         while !eof {
             let n = chunker.read_from(&mut reader).map_err(|e| {
                 Error::new(crate::ErrorKind::Source, format!("reading the source: {e}"))
@@ -318,11 +322,16 @@ impl Writer {
                 if pending.len() >= self.queue_depth {
                     chunks.push(self.wait(pending.pop_front().unwrap())?);
                 }
+                let first = chunked == 0;
                 chunked += data.len() as u64;
                 let (reply, rx) = bounded(1);
-                hasher
-                    .send(Job { data, reply }, chunked, jobs)
-                    .map_err(|_| self.broken())?;
+                let job = Job { data, reply };
+                if first && eof && chunked == size {
+                    only_chunk = true;
+                    jobs.send(job).map_err(|_| self.broken())?;
+                } else {
+                    hasher.send(job, chunked, jobs).map_err(|_| self.broken())?;
+                }
                 pending.push_back(rx);
             }
         }
@@ -330,8 +339,9 @@ impl Writer {
             chunks.push(self.wait(rx)?);
         }
         let sha256 = match hasher.finish()? {
-            Some(h) => Some(h),
             // One chunk's id is the SHA-256 of the whole.
+            _ if only_chunk => Some(chunks[0]),
+            Some(h) => Some(h),
             None if chunks.len() == 1 => Some(chunks[0]),
             None if chunks.is_empty() => Some(Id::hash(b"")),
             None => None,
