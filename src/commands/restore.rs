@@ -970,20 +970,9 @@ mod tests {
 
     fn entry(sha256: Option<Id>, chunks: Vec<Id>) -> Entry {
         Entry {
-            path: "db.dump".into(),
-            kind: EntryType::File,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            size: 0,
             sha256,
             chunks,
-            chunk_tree: None,
-            target: None,
-            object: None,
+            ..Entry::bare("db.dump", EntryType::File)
         }
     }
 

@@ -111,6 +111,29 @@ pub struct Entry {
     pub object: Option<ObjectInfo>,
 }
 
+impl Entry {
+    /// An entry of `kind` at `path` with nothing else set: no content,
+    /// mode 0, owner 0, times 0 (a start that callers fill in).
+    pub fn bare(path: impl Into<String>, kind: EntryType) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            sha256: None,
+            chunks: vec![],
+            chunk_tree: None,
+            target: None,
+            object: None,
+        }
+    }
+}
+
 fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
@@ -421,22 +444,7 @@ mod tests {
 
     #[test]
     fn entries_below_a_symlink_or_with_unsafe_paths_are_named() {
-        let e = |path: &str, kind: EntryType| Entry {
-            path: path.into(),
-            kind,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            size: 0,
-            sha256: None,
-            chunks: vec![],
-            chunk_tree: None,
-            target: None,
-            object: None,
-        };
+        let e = |path: &str, kind: EntryType| Entry::bare(path, kind);
         let ok = [
             e("a", EntryType::Dir),
             e("a/l", EntryType::Symlink),

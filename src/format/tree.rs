@@ -412,20 +412,10 @@ mod tests {
 
     fn entry(path: String, size: u64) -> Entry {
         Entry {
-            path,
-            kind: EntryType::File,
             mode: 0o644,
-            uid: 0,
-            gid: 0,
             mtime_ns: 1,
-            ctime_ns: 0,
-            inode: 0,
             size,
-            sha256: None,
-            chunks: vec![],
-            chunk_tree: None,
-            target: None,
-            object: None,
+            ..Entry::bare(path, EntryType::File)
         }
     }
 

@@ -318,22 +318,7 @@ mod merge_tests {
     use super::*;
 
     fn entry(path: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryType::File,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            size: 0,
-            sha256: None,
-            chunks: vec![],
-            chunk_tree: None,
-            target: None,
-            object: None,
-        }
+        Entry::bare(path, EntryType::File)
     }
 
     /// The walk visits a directory's children right after it, sorted by
