@@ -130,20 +130,11 @@ pub fn store_tar(
         let mtime_ns = (header.mtime().map_err(tar_err)? as i64).saturating_mul(1_000_000_000);
         let size = header.size().map_err(tar_err)?;
         let mut entry = Entry {
-            path: path.clone(),
-            kind: EntryType::File,
             mode,
             uid,
             gid,
             mtime_ns,
-            ctime_ns: 0,
-            inode: 0,
-            size: 0,
-            sha256: None,
-            chunks: vec![],
-            chunk_tree: None,
-            target: None,
-            object: None,
+            ..Entry::bare(path.clone(), EntryType::File)
         };
         match header.entry_type() {
             tar::EntryType::Directory => {
