@@ -301,10 +301,6 @@ impl Writer {
         let mut pending: VecDeque<Receiver<Result<Id>>> = VecDeque::new();
         let mut chunks = Vec::new();
         let mut eof = false;
-        // The stream turned out to be one chunk, cut at its end: its id is
-        // the whole content's SHA-256, so it was not hashed twice (most
-        // files and objects of a tree or bucket).
-        let mut only_chunk = false;
         while !eof {
             let n = chunker.read_from(&mut reader).map_err(|e| {
                 Error::new(crate::ErrorKind::Source, format!("reading the source: {e}"))
@@ -327,7 +323,9 @@ impl Writer {
                 let (reply, rx) = bounded(1);
                 let job = Job { data, reply };
                 if first && eof && chunked == size {
-                    only_chunk = true;
+                    // The stream is this one chunk: its id is the whole
+                    // content's SHA-256, so it is not hashed twice (most
+                    // files and objects of a tree or bucket).
                     jobs.send(job).map_err(|_| self.broken())?;
                 } else {
                     hasher.send(job, chunked, jobs).map_err(|_| self.broken())?;
@@ -338,13 +336,12 @@ impl Writer {
         for rx in pending {
             chunks.push(self.wait(rx)?);
         }
-        let sha256 = match hasher.finish()? {
-            // One chunk's id is the SHA-256 of the whole.
-            _ if only_chunk => Some(chunks[0]),
-            Some(h) => Some(h),
-            None if chunks.len() == 1 => Some(chunks[0]),
-            None if chunks.is_empty() => Some(Id::hash(b"")),
-            None => None,
+        let whole = hasher.finish()?;
+        // One chunk's id is the SHA-256 of the whole, taken or not.
+        let sha256 = match chunks.len() {
+            0 => Some(whole.unwrap_or_else(|| Id::hash(b""))),
+            1 => Some(chunks[0]),
+            _ => whole,
         };
         // The chunk ids and the stream hash are taken over the chunks; their
         // lengths must add up to what was read (the chunker is
